@@ -1,0 +1,64 @@
+//! The tool table: every name corvid answers to, and what runs for it.
+//!
+//! A tool is a function from its argv (argv[0] is the tool's name) to an exit
+//! code. Tools that corvid does not provide yet are listed as such, so that
+//! an administrator who links one in gets a clear refusal and a non-zero exit,
+//! never a silent no-op.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// What a name in the table does.
+pub enum Tool {
+    /// Runs: the tool's entry point.
+    Ready(fn(Vec<OsString>) -> ExitCode),
+    /// Named by the mission but not built yet: refuse clearly.
+    NotYet,
+}
+
+/// Every tool name, with a one-line description, in the order `corvid help` lists them.
+const TABLE: &[(&str, &str)] = &[
+    ("mupdate", "MUPDATE server of a Cyrus Murder (master, slave)"),
+    ("mupdate-client", "script MUPDATE: FIND, LIST, RESERVE, ACTIVATE, DELETE"),
+    ("sync_server", "Cyrus replication replica (csync)"),
+    ("sync_client", "Cyrus replication client"),
+    ("backupd", "csync target that keeps restorable backups"),
+    ("dsync", "Dovecot-style mirror and backup"),
+    ("dsync-server", "the remote side of dsync"),
+    ("store", "inspect and verify a corvid store"),
+    ("passwd", "manage corvid's password file"),
+];
+
+/// The entry point for `name`, or `None` if corvid does not know the name at all.
+pub fn find(name: &str) -> Option<Tool> {
+    if !TABLE.iter().any(|(n, _)| *n == name) {
+        return None;
+    }
+    Some(match name {
+        _ => Tool::NotYet,
+    })
+}
+
+/// Runs tool `name` with `args` (args[0] is the tool's name).
+pub fn run(name: &str, args: Vec<OsString>) -> ExitCode {
+    match find(name) {
+        Some(Tool::Ready(entry)) => entry(args),
+        Some(Tool::NotYet) => {
+            eprintln!("corvid: {name}: not implemented yet in this build of corvid");
+            ExitCode::from(69) // EX_UNAVAILABLE
+        }
+        None => {
+            eprintln!("corvid: unknown tool '{name}'\n\n{}", usage());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The text `corvid help` prints.
+pub fn usage() -> String {
+    let mut s = String::from("usage: corvid TOOL [flags]   (or link corvid under a tool's name)\n\ntools:\n");
+    for (name, what) in TABLE {
+        s.push_str(&format!("  {name:<15} {what}\n"));
+    }
+    s
+}
