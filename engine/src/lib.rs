@@ -6,3 +6,4 @@
 //! thread or a random source; time and randomness are inputs, and every write
 //! leaves a machine as an effect whose durability comes back as a completion.
 #![forbid(unsafe_code)]
+pub mod machine;
