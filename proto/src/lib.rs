@@ -9,3 +9,4 @@
 //! more than a documented, bounded amount of a peer's input: literal bodies
 //! are handed out in chunks whatever size the peer announces.
 #![forbid(unsafe_code)]
+pub mod compress;
