@@ -7,3 +7,4 @@
 //! leaves a machine as an effect whose durability comes back as a completion.
 #![forbid(unsafe_code)]
 pub mod machine;
+pub mod harness;
