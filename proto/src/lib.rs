@@ -10,3 +10,4 @@
 //! are handed out in chunks whatever size the peer announces.
 #![forbid(unsafe_code)]
 pub mod compress;
+pub mod frame;
