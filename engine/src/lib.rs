@@ -8,3 +8,5 @@
 #![forbid(unsafe_code)]
 pub mod machine;
 pub mod harness;
+pub mod model;
+pub mod store;
