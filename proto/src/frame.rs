@@ -852,7 +852,7 @@ fn header_astring(input: &[u8]) -> Option<(Bytes, &[u8])> {
     } else {
         let n = input
             .iter()
-            .take_while(|&&b| !matches!(b, b' ' | b'\t' | b'(' | b')' | b'"' | b'{' | b'}' | b'%'))
+            .take_while(|&&b| !matches!(b, b' ' | b'\t' | b'(' | b')' | b'"' | b'{' | b'%'))
             .count();
         if n == 0 {
             return None;

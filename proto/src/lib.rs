@@ -10,5 +10,6 @@
 //! are handed out in chunks whatever size the peer announces.
 #![forbid(unsafe_code)]
 pub mod compress;
+pub mod dlist;
 pub mod frame;
 pub mod dsync;
