@@ -13,3 +13,4 @@ pub mod compress;
 pub mod dlist;
 pub mod frame;
 pub mod dsync;
+pub mod sasl;
