@@ -8,5 +8,6 @@
 #![forbid(unsafe_code)]
 pub mod machine;
 pub mod harness;
+pub mod memstore;
 pub mod model;
 pub mod store;

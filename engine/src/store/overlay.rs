@@ -69,10 +69,6 @@ pub(crate) struct Delta {
 pub(crate) type StagedLookup<'a> = Option<&'a dyn Fn(&Guid) -> Option<u64>>;
 
 impl Delta {
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Delta::default()
-    }
-
     /// The delta of a whole batch over `base`, or the first refusal.
     pub(crate) fn of_batch<S: MailRead + ?Sized>(
         base: &S,
