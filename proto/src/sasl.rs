@@ -78,7 +78,10 @@ impl Mechanism {
     /// without repeats; names corvid does not speak are skipped.
     pub fn parse_list(list: &str) -> Vec<Mechanism> {
         let mut out = Vec::new();
-        for m in list.split_ascii_whitespace().filter_map(Mechanism::from_name) {
+        for m in list
+            .split_ascii_whitespace()
+            .filter_map(Mechanism::from_name)
+        {
             if !out.contains(&m) {
                 out.push(m);
             }
@@ -170,7 +173,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { response_bytes_max: 8192, login_field_bytes_max: 1024 }
+        Options {
+            response_bytes_max: 8192,
+            login_field_bytes_max: 1024,
+        }
     }
 }
 
@@ -189,7 +195,10 @@ pub enum SaslError {
     TooLong { bytes_max: usize },
     /// The PLAIN message or LOGIN field broke the mechanism's grammar: the peer's malformed bytes.
     #[error("malformed {mechanism} message: {reason}")]
-    Malformed { mechanism: Mechanism, reason: &'static str },
+    Malformed {
+        mechanism: Mechanism,
+        reason: &'static str,
+    },
     /// The client canceled with `*`: the peer's choice.
     #[error("client canceled authentication")]
     Canceled,
@@ -218,7 +227,9 @@ enum ServerState {
     /// LOGIN, `Username:` sent.
     LoginUser,
     /// LOGIN, `Password:` sent for this user.
-    LoginPassword { authcid: String },
+    LoginPassword {
+        authcid: String,
+    },
     Finished,
 }
 
@@ -237,8 +248,16 @@ pub struct Server {
 impl Server {
     /// Starts `mechanism`; `initial` is the decoded initial response, if the
     /// client sent one (an empty one, `=`, is `Some(&[])`).
-    pub fn start(mechanism: Mechanism, initial: Option<&[u8]>, opts: Options) -> Result<(Server, ServerStep), SaslError> {
-        let mut server = Server { mechanism, opts, state: ServerState::Finished };
+    pub fn start(
+        mechanism: Mechanism,
+        initial: Option<&[u8]>,
+        opts: Options,
+    ) -> Result<(Server, ServerStep), SaslError> {
+        let mut server = Server {
+            mechanism,
+            opts,
+            state: ServerState::Finished,
+        };
         let step = match (mechanism, initial) {
             (Mechanism::Plain, None) => {
                 server.state = ServerState::PlainWait;
@@ -255,8 +274,13 @@ impl Server {
     }
 
     /// Starts the mechanism named `name` (as a client wrote it).
-    pub fn start_named(name: &str, initial: Option<&[u8]>, opts: Options) -> Result<(Server, ServerStep), SaslError> {
-        let m = Mechanism::from_name(name).ok_or_else(|| SaslError::UnknownMechanism(name.to_owned()))?;
+    pub fn start_named(
+        name: &str,
+        initial: Option<&[u8]>,
+        opts: Options,
+    ) -> Result<(Server, ServerStep), SaslError> {
+        let m = Mechanism::from_name(name)
+            .ok_or_else(|| SaslError::UnknownMechanism(name.to_owned()))?;
         Server::start(m, initial, opts)
     }
 
@@ -268,29 +292,42 @@ impl Server {
     pub fn step(&mut self, response: &[u8]) -> Result<ServerStep, SaslError> {
         let state = std::mem::replace(&mut self.state, ServerState::Finished);
         if response.len() > self.opts.response_bytes_max {
-            return Err(SaslError::TooLong { bytes_max: self.opts.response_bytes_max });
+            return Err(SaslError::TooLong {
+                bytes_max: self.opts.response_bytes_max,
+            });
         }
         match state {
             ServerState::PlainWait => Ok(ServerStep::Done(self.plain(response)?)),
             ServerState::LoginUser => self.login_user(response),
             ServerState::LoginPassword { authcid } => {
                 self.login_field(response)?;
-                Ok(ServerStep::Done(Credentials { authzid: None, authcid, password: Secret::new(response) }))
+                Ok(ServerStep::Done(Credentials {
+                    authzid: None,
+                    authcid,
+                    password: Secret::new(response),
+                }))
             }
             ServerState::Finished => Err(SaslError::Finished),
         }
     }
 
     fn malformed(&self, reason: &'static str) -> SaslError {
-        SaslError::Malformed { mechanism: self.mechanism, reason }
+        SaslError::Malformed {
+            mechanism: self.mechanism,
+            reason,
+        }
     }
 
     fn plain(&self, msg: &[u8]) -> Result<Credentials, SaslError> {
         if msg.len() > self.opts.response_bytes_max {
-            return Err(SaslError::TooLong { bytes_max: self.opts.response_bytes_max });
+            return Err(SaslError::TooLong {
+                bytes_max: self.opts.response_bytes_max,
+            });
         }
         let mut parts = msg.splitn(3, |&b| b == 0);
-        let (Some(authzid), Some(authcid), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(authzid), Some(authcid), Some(password)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return Err(self.malformed("expected authzid NUL authcid NUL password"));
         };
         if password.contains(&0) {
@@ -302,8 +339,10 @@ impl Server {
         if password.is_empty() {
             return Err(self.malformed("empty password"));
         }
-        let authcid = std::str::from_utf8(authcid).map_err(|_| self.malformed("authentication identity is not UTF-8"))?;
-        let authzid = std::str::from_utf8(authzid).map_err(|_| self.malformed("authorization identity is not UTF-8"))?;
+        let authcid = std::str::from_utf8(authcid)
+            .map_err(|_| self.malformed("authentication identity is not UTF-8"))?;
+        let authzid = std::str::from_utf8(authzid)
+            .map_err(|_| self.malformed("authorization identity is not UTF-8"))?;
         Ok(Credentials {
             authzid: (!authzid.is_empty()).then(|| authzid.to_owned()),
             authcid: authcid.to_owned(),
@@ -326,8 +365,11 @@ impl Server {
         if user.is_empty() {
             return Err(self.malformed("empty user name"));
         }
-        let authcid = std::str::from_utf8(user).map_err(|_| self.malformed("user name is not UTF-8"))?;
-        self.state = ServerState::LoginPassword { authcid: authcid.to_owned() };
+        let authcid =
+            std::str::from_utf8(user).map_err(|_| self.malformed("user name is not UTF-8"))?;
+        self.state = ServerState::LoginPassword {
+            authcid: authcid.to_owned(),
+        };
         Ok(ServerStep::Challenge(LOGIN_PASSWORD_CHALLENGE.to_vec()))
     }
 }
@@ -359,7 +401,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(mechanism: Mechanism, credentials: Credentials) -> Client {
-        Client { mechanism, credentials, state: ClientState::Start }
+        Client {
+            mechanism,
+            credentials,
+            state: ClientState::Start,
+        }
     }
 
     pub fn mechanism(&self) -> Mechanism {
@@ -391,7 +437,9 @@ impl Client {
 
     /// The response to the server's decoded `challenge`.
     pub fn step(&mut self, challenge: &[u8]) -> Result<Secret, SaslError> {
-        let unexpected = SaslError::UnexpectedChallenge { mechanism: self.mechanism };
+        let unexpected = SaslError::UnexpectedChallenge {
+            mechanism: self.mechanism,
+        };
         match (self.mechanism, &self.state) {
             // No initial response was sent: the server's empty challenge asks for it.
             (Mechanism::Plain, ClientState::Start) if challenge.is_empty() => {

@@ -2,11 +2,12 @@
 //! (research/transcripts csync-*.txt and mupdate-auth.txt) and Cyrus SASL's
 //! plugin behaviour.
 
-use proto::sasl::{
-    decode_initial, decode_response, encode, encode_initial, Client, Credentials, Mechanism, Options, Response,
-    SaslError, Secret, Server, ServerStep, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE,
-};
 use proptest::prelude::*;
+use proto::sasl::{
+    decode_initial, decode_response, encode, encode_initial, Client, Credentials, Mechanism,
+    Options, Response, SaslError, Secret, Server, ServerStep, LOGIN_PASSWORD_CHALLENGE,
+    LOGIN_USERNAME_CHALLENGE,
+};
 
 fn opts() -> Options {
     Options::default()
@@ -20,7 +21,11 @@ fn done(step: ServerStep) -> Credentials {
 }
 
 fn creds(authzid: Option<&str>, authcid: &str, pw: &[u8]) -> Credentials {
-    Credentials { authzid: authzid.map(Into::into), authcid: authcid.into(), password: Secret::new(pw) }
+    Credentials {
+        authzid: authzid.map(Into::into),
+        authcid: authcid.into(),
+        password: Secret::new(pw),
+    }
 }
 
 /// `C: AUTHENTICATE PLAIN AHJlcGwAcmVwbHBhc3M=` from sync_client 3.6.1 (csync-*.txt).
@@ -33,14 +38,21 @@ fn csync_plain_initial_response() {
     assert_eq!(c.effective_id(), "repl");
     // And our client produces the same bytes.
     let mut client = Client::new(Mechanism::Plain, creds(None, "repl", b"replpass"));
-    assert_eq!(encode_initial(client.initial_response().unwrap().expose()), "AHJlcGwAcmVwbHBhc3M=");
+    assert_eq!(
+        encode_initial(client.initial_response().unwrap().expose()),
+        "AHJlcGwAcmVwbHBhc3M="
+    );
 }
 
 /// mupdate-auth.txt, third connection: authzid differs from authcid.
 #[test]
 fn mupdate_plain_with_authzid() {
     let ir = decode_initial(b"c29tZW9uZQBtdXBkYXRlYWRtaW4Ac2VjcmV0", &opts()).unwrap();
-    let c = done(Server::start(Mechanism::Plain, Some(ir.expose()), opts()).unwrap().1);
+    let c = done(
+        Server::start(Mechanism::Plain, Some(ir.expose()), opts())
+            .unwrap()
+            .1,
+    );
     assert_eq!(c, creds(Some("someone"), "mupdateadmin", b"secret"));
     assert_eq!(c.effective_id(), "someone");
 }
@@ -52,16 +64,28 @@ fn plain_without_initial_response() {
     let (mut s, step) = Server::start(Mechanism::Plain, None, opts()).unwrap();
     assert_eq!(step, ServerStep::Challenge(Vec::new()));
     assert_eq!(encode(b""), "");
-    let Response::Data(r) = decode_response(b"AG11cGRhdGVhZG1pbgBzZWNyZXQ=", &opts()).unwrap() else { panic!() };
-    assert_eq!(done(s.step(r.expose()).unwrap()), creds(None, "mupdateadmin", b"secret"));
+    let Response::Data(r) = decode_response(b"AG11cGRhdGVhZG1pbgBzZWNyZXQ=", &opts()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        done(s.step(r.expose()).unwrap()),
+        creds(None, "mupdateadmin", b"secret")
+    );
     assert_eq!(s.step(b"more"), Err(SaslError::Finished));
 
     assert_eq!(decode_response(b"*", &opts()).unwrap(), Response::Cancel);
 
     // Our client answers the empty challenge with the message.
     let mut client = Client::new(Mechanism::Plain, creds(None, "mupdateadmin", b"secret"));
-    assert_eq!(encode(client.step(b"").unwrap().expose()), "AG11cGRhdGVhZG1pbgBzZWNyZXQ=");
-    assert!(matches!(client.step(b""), Err(SaslError::UnexpectedChallenge { .. })));
+    assert_eq!(
+        encode(client.step(b"").unwrap().expose()),
+        "AG11cGRhdGVhZG1pbgBzZWNyZXQ="
+    );
+    assert!(matches!(
+        client.step(b""),
+        Err(SaslError::UnexpectedChallenge { .. })
+    ));
 }
 
 #[test]
@@ -78,13 +102,24 @@ fn plain_malformed_messages_refused() {
     ];
     for (msg, reason) in cases {
         let e = Server::start(Mechanism::Plain, Some(msg), opts()).unwrap_err();
-        assert_eq!(e, SaslError::Malformed { mechanism: Mechanism::Plain, reason }, "{msg:?}");
+        assert_eq!(
+            e,
+            SaslError::Malformed {
+                mechanism: Mechanism::Plain,
+                reason
+            },
+            "{msg:?}"
+        );
         // The same message as a response to the empty challenge.
         let (mut s, _) = Server::start(Mechanism::Plain, None, opts()).unwrap();
         assert!(matches!(s.step(msg), Err(SaslError::Malformed { .. })));
     }
     // A password of any bytes but NUL is kept as bytes.
-    let c = done(Server::start(Mechanism::Plain, Some(b"\0alice\0p\xe4ss w"), opts()).unwrap().1);
+    let c = done(
+        Server::start(Mechanism::Plain, Some(b"\0alice\0p\xe4ss w"), opts())
+            .unwrap()
+            .1,
+    );
     assert_eq!(c.password.expose(), b"p\xe4ss w");
 }
 
@@ -94,7 +129,10 @@ fn login_two_steps() {
     let (mut s, step) = Server::start(Mechanism::Login, None, opts()).unwrap();
     assert_eq!(step, ServerStep::Challenge(b"Username:".to_vec()));
     assert_eq!(encode(LOGIN_USERNAME_CHALLENGE), "VXNlcm5hbWU6");
-    assert_eq!(s.step(b"alice").unwrap(), ServerStep::Challenge(b"Password:".to_vec()));
+    assert_eq!(
+        s.step(b"alice").unwrap(),
+        ServerStep::Challenge(b"Password:".to_vec())
+    );
     assert_eq!(encode(LOGIN_PASSWORD_CHALLENGE), "UGFzc3dvcmQ6");
     let c = done(s.step(b"wonderland").unwrap());
     assert_eq!(c, creds(None, "alice", b"wonderland"));
@@ -115,40 +153,90 @@ fn login_client_answers_in_order() {
     assert!(c.initial_response().is_none());
     assert_eq!(c.step(b"Username:").unwrap().expose(), b"alice");
     assert_eq!(c.step(b"Password:").unwrap().expose(), b"pw");
-    assert!(matches!(c.step(b"Again:"), Err(SaslError::UnexpectedChallenge { mechanism: Mechanism::Login })));
+    assert!(matches!(
+        c.step(b"Again:"),
+        Err(SaslError::UnexpectedChallenge {
+            mechanism: Mechanism::Login
+        })
+    ));
 }
 
 #[test]
 fn login_limits_and_malformed() {
     let (mut s, _) = Server::start(Mechanism::Login, None, opts()).unwrap();
-    assert!(matches!(s.step(&[b'a'; 1025]), Err(SaslError::Malformed { .. })));
+    assert!(matches!(
+        s.step(&[b'a'; 1025]),
+        Err(SaslError::Malformed { .. })
+    ));
     let (mut s, _) = Server::start(Mechanism::Login, None, opts()).unwrap();
-    assert!(matches!(s.step(b""), Err(SaslError::Malformed { reason: "empty user name", .. })));
+    assert!(matches!(
+        s.step(b""),
+        Err(SaslError::Malformed {
+            reason: "empty user name",
+            ..
+        })
+    ));
     let (mut s, _) = Server::start(Mechanism::Login, Some(&[b'a'; 1024]), opts()).unwrap();
-    assert!(matches!(s.step(&[b'p'; 1025]), Err(SaslError::Malformed { .. })));
+    assert!(matches!(
+        s.step(&[b'p'; 1025]),
+        Err(SaslError::Malformed { .. })
+    ));
     let (mut s, _) = Server::start(Mechanism::Login, Some(b"a"), opts()).unwrap();
-    assert!(matches!(s.step(b"p\0w"), Err(SaslError::Malformed { reason: "NUL in field", .. })));
+    assert!(matches!(
+        s.step(b"p\0w"),
+        Err(SaslError::Malformed {
+            reason: "NUL in field",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn base64_steps_and_limits() {
     assert_eq!(decode_initial(b"=", &opts()).unwrap(), Secret::default());
     assert_eq!(encode_initial(b""), "=");
-    assert_eq!(decode_response(b"", &opts()).unwrap(), Response::Data(Secret::default()));
-    assert_eq!(decode_response(b"not base64!", &opts()), Err(SaslError::BadBase64));
-    assert_eq!(decode_initial(b"AHJlcGw", &opts()), Err(SaslError::BadBase64));
-    let small = Options { response_bytes_max: 6, ..Options::default() };
+    assert_eq!(
+        decode_response(b"", &opts()).unwrap(),
+        Response::Data(Secret::default())
+    );
+    assert_eq!(
+        decode_response(b"not base64!", &opts()),
+        Err(SaslError::BadBase64)
+    );
+    assert_eq!(
+        decode_initial(b"AHJlcGw", &opts()),
+        Err(SaslError::BadBase64)
+    );
+    let small = Options {
+        response_bytes_max: 6,
+        ..Options::default()
+    };
     // 8 base64 characters are 6 bytes: at the limit, accepted; one over, refused.
     assert!(decode_response(b"AAAAAAAA", &small).is_ok());
-    assert_eq!(decode_response(b"AAAAAAAAAAAA", &small), Err(SaslError::TooLong { bytes_max: 6 }));
-    let five = Options { response_bytes_max: 5, ..Options::default() };
-    assert_eq!(decode_response(b"AAAAAAAA", &five), Err(SaslError::TooLong { bytes_max: 5 }));
+    assert_eq!(
+        decode_response(b"AAAAAAAAAAAA", &small),
+        Err(SaslError::TooLong { bytes_max: 6 })
+    );
+    let five = Options {
+        response_bytes_max: 5,
+        ..Options::default()
+    };
+    assert_eq!(
+        decode_response(b"AAAAAAAA", &five),
+        Err(SaslError::TooLong { bytes_max: 5 })
+    );
     assert!(decode_response(b"AAAAAAA=", &five).is_ok());
     // A huge line is refused by its length alone.
     let huge = vec![b'A'; 1 << 20];
-    assert_eq!(decode_response(&huge, &opts()), Err(SaslError::TooLong { bytes_max: 8192 }));
+    assert_eq!(
+        decode_response(&huge, &opts()),
+        Err(SaslError::TooLong { bytes_max: 8192 })
+    );
     let (mut s, _) = Server::start(Mechanism::Plain, None, small).unwrap();
-    assert_eq!(s.step(b"\0alice\0pw"), Err(SaslError::TooLong { bytes_max: 6 }));
+    assert_eq!(
+        s.step(b"\0alice\0pw"),
+        Err(SaslError::TooLong { bytes_max: 6 })
+    );
 }
 
 #[test]
@@ -156,7 +244,10 @@ fn mechanism_names() {
     assert_eq!(Mechanism::from_name("plain"), Some(Mechanism::Plain));
     assert_eq!(Mechanism::from_name("Login"), Some(Mechanism::Login));
     assert_eq!(Mechanism::from_name("CRAM-MD5"), None);
-    assert_eq!(Mechanism::parse_list("SCRAM-SHA-1 LOGIN  plain LOGIN"), vec![Mechanism::Login, Mechanism::Plain]);
+    assert_eq!(
+        Mechanism::parse_list("SCRAM-SHA-1 LOGIN  plain LOGIN"),
+        vec![Mechanism::Login, Mechanism::Plain]
+    );
     assert_eq!(
         Server::start_named("NOSUCHMECH", None, opts()).unwrap_err(),
         SaslError::UnknownMechanism("NOSUCHMECH".into())
@@ -169,7 +260,10 @@ fn passwords_never_in_debug() {
     let c = creds(Some("someone"), "mupdateadmin", b"hunter2");
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("hunter2"), "{dbg}");
-    assert!(dbg.contains("mupdateadmin") && dbg.contains("7 bytes redacted"), "{dbg}");
+    assert!(
+        dbg.contains("mupdateadmin") && dbg.contains("7 bytes redacted"),
+        "{dbg}"
+    );
     let mut client = Client::new(Mechanism::Plain, c.clone());
     assert!(!format!("{client:?}").contains("hunter2"));
     let ir = client.initial_response().unwrap();
