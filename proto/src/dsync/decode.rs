@@ -42,6 +42,9 @@ impl Default for Options {
 }
 
 /// One thing read from the stream, in wire order.
+// Events are handed out one at a time, never stored in bulk by the codec,
+// so the size of the `Item` variant is not worth a box on every record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// `VERSION\tdsync\t<major>\t<minor>`.
@@ -283,7 +286,7 @@ impl Decoder {
                             let i = header
                                 .index_of(key.as_bytes())
                                 .expect("checked when the header came");
-                            if values.get(i).map_or(true, |v| v.is_none()) {
+                            if !matches!(values.get(i), Some(Some(_))) {
                                 return Err(DecodeError::MissingField {
                                     item: kind.name(),
                                     key,

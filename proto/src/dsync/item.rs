@@ -657,7 +657,7 @@ fn parse_tombstones(v: &[u8]) -> Option<Vec<Tombstone>> {
         return Some(Vec::new());
     }
     let words: Vec<&[u8]> = v.split(|&b| b == b' ').collect();
-    if words.len() % 2 != 0 {
+    if words.len() % 2 == 1 {
         return None;
     }
     words
@@ -942,14 +942,21 @@ fn set_extra(mut item: Item, extra: Extra) -> Item {
 // encoding
 
 /// Named non-NULL values of one record, as Dovecot's writer would add them.
+/// A "soft" value is one Dovecot always writes even when it says nothing
+/// (an empty `hashed_headers`, `cache_fields`, `escape_char`, a zero
+/// `last_messages_count`): it is left out when the announced header lacks
+/// its key, so items still encode under an older peer's schema.
 #[derive(Default)]
 struct Writer {
-    fields: Vec<(&'static str, Bytes)>,
+    fields: Vec<(&'static str, Bytes, bool)>,
 }
 
 impl Writer {
     fn put(&mut self, key: &'static str, v: impl Into<Bytes>) {
-        self.fields.push((key, v.into()));
+        self.fields.push((key, v.into(), false));
+    }
+    fn put_soft(&mut self, key: &'static str, v: impl Into<Bytes>, says_nothing: bool) {
+        self.fields.push((key, v.into(), says_nothing));
     }
     fn opt(&mut self, key: &'static str, v: &Option<Bytes>) {
         if let Some(v) = v {
@@ -988,7 +995,8 @@ fn to_columns(
     let named = w
         .fields
         .into_iter()
-        .map(|(k, v)| (Bytes::from_static(k.as_bytes()), v));
+        .filter(|(k, _, soft)| !*soft || header.index_of(k.as_bytes()).is_some())
+        .map(|(k, v, _)| (Bytes::from_static(k.as_bytes()), v));
     for (k, v) in named.chain(extra.iter().cloned()) {
         let i = header
             .index_of(&k)
@@ -1066,7 +1074,8 @@ pub(crate) fn encode_item(
                 hh.extend_from_slice(&join_list(std::slice::from_ref(name)));
                 hh.push(b'\t');
             }
-            w.put("hashed_headers", hh);
+            let empty = hh.is_empty();
+            w.put_soft("hashed_headers", hh, empty);
             &h.extra
         }
         Item::MailboxState(s) => {
@@ -1075,7 +1084,11 @@ pub(crate) fn encode_item(
             w.dec("last_common_uid", s.last_common_uid);
             w.dec("last_common_modseq", s.last_common_modseq);
             w.dec("last_common_pvt_modseq", s.last_common_pvt_modseq);
-            w.dec("last_messages_count", s.last_messages_count);
+            w.put_soft(
+                "last_messages_count",
+                s.last_messages_count.to_string(),
+                s.last_messages_count == 0,
+            );
             w.flag("changes_during_sync", s.changes_during_sync);
             &s.extra
         }
@@ -1107,9 +1120,10 @@ pub(crate) fn encode_item(
         }
         Item::MailboxDelete(d) => {
             w.put("hierarchy_sep", vec![d.hierarchy_sep]);
-            w.put(
+            w.put_soft(
                 "escape_char",
                 d.escape_char.map(|c| vec![c]).unwrap_or_default(),
+                d.escape_char.is_none(),
             );
             for (key, list) in [
                 ("mailboxes", &d.mailboxes),
@@ -1157,7 +1171,8 @@ pub(crate) fn encode_item(
                     join_values(&mut cf, &to_columns(b'c', ch, fw, &f.extra)?);
                 }
             }
-            w.put("cache_fields", cf);
+            let empty = cf.is_empty();
+            w.put_soft("cache_fields", cf, empty);
             &b.extra
         }
         Item::MailboxAttribute(a) => {
