@@ -10,6 +10,7 @@
 //! are handed out in chunks whatever size the peer announces.
 #![forbid(unsafe_code)]
 pub mod compress;
+pub mod csync;
 pub mod dlist;
 pub mod frame;
 pub mod dsync;
