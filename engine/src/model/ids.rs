@@ -240,6 +240,21 @@ impl std::str::FromStr for Guid {
     }
 }
 
+// The wire codec has its own GUID type (`proto::dlist::Guid`, committed
+// after this one); both hold the same 20 bytes and convert freely, so a
+// machine moves between wire and model without re-parsing.
+impl From<proto::dlist::Guid> for Guid {
+    fn from(g: proto::dlist::Guid) -> Guid {
+        Guid(*g.as_bytes())
+    }
+}
+
+impl From<Guid> for proto::dlist::Guid {
+    fn from(g: Guid) -> proto::dlist::Guid {
+        proto::dlist::Guid::from_bytes(g.0)
+    }
+}
+
 /// A mailbox GUID as dsync uses it: 128 bits, grammar `32HEXDIG`.
 ///
 /// It is the identity of a folder across dsync peers (the name is only an

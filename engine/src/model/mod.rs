@@ -9,7 +9,9 @@
 //! a name into a path; ordering is deterministic everywhere (`BTreeMap`).
 //!
 //! Message GUIDs: `proto` had no GUID type committed when this was written,
-//! so the model defines [`Guid`]; protocol codecs convert at their edge.
+//! so the model defines [`Guid`] (with SHA-1 hashing and hex helpers); it
+//! converts both ways with `proto::dlist::Guid` (`From`), so codecs and
+//! machines meet at that edge.
 
 pub mod crc;
 mod ids;

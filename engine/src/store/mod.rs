@@ -370,4 +370,94 @@ macro_rules! forward_mail_read {
     )*};
 }
 
-forward_mail_read!(&T, std::rc::Rc<T>, std::sync::Arc<T>, Box<T>);
+forward_mail_read!(&T, &mut T, std::rc::Rc<T>, std::sync::Arc<T>, Box<T>);
+
+/// A `RefCell` reads through a shared borrow per call, so a simulator can
+/// hand machines `Rc<RefCell<MemStore>>` while it mutates the store
+/// between steps. Panics if the store is mutably borrowed during a read
+/// (a driver bug).
+impl<T: MailRead> MailRead for std::cell::RefCell<T> {
+    fn mailbox(&self, name: &MailboxName) -> Result<Option<Mailbox>, StoreError> {
+        self.borrow().mailbox(name)
+    }
+    fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
+        self.borrow().mailbox_by_uniqueid(id)
+    }
+    fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+        self.borrow().mailbox_by_guid(guid)
+    }
+    fn mailboxes_of_user(&self, user: &UserId) -> Result<Vec<Mailbox>, StoreError> {
+        self.borrow().mailboxes_of_user(user)
+    }
+    fn mailboxes(
+        &self,
+        after: Option<&MailboxName>,
+        limit: usize,
+    ) -> Result<Vec<Mailbox>, StoreError> {
+        self.borrow().mailboxes(after, limit)
+    }
+    fn users(&self) -> Result<Vec<UserId>, StoreError> {
+        self.borrow().users()
+    }
+    fn records(
+        &self,
+        mailbox: &UniqueId,
+        range: UidRange,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.borrow().records(mailbox, range, limit)
+    }
+    fn record(&self, mailbox: &UniqueId, uid: Uid) -> Result<Option<Record>, StoreError> {
+        self.borrow().record(mailbox, uid)
+    }
+    fn sync_crcs(&self, mailbox: &UniqueId) -> Result<SyncCrcs, StoreError> {
+        self.borrow().sync_crcs(mailbox)
+    }
+    fn has_message(&self, guid: &Guid) -> Result<bool, StoreError> {
+        self.borrow().has_message(guid)
+    }
+    fn message_size(&self, guid: &Guid) -> Result<Option<u64>, StoreError> {
+        self.borrow().message_size(guid)
+    }
+    fn message_bytes(&self, guid: &Guid, offset: u64, max_len: usize) -> Result<Bytes, StoreError> {
+        self.borrow().message_bytes(guid, offset, max_len)
+    }
+    fn seen(&self, user: &UserId, mailbox: &UniqueId) -> Result<Option<Seen>, StoreError> {
+        self.borrow().seen(user, mailbox)
+    }
+    fn seen_of_user(&self, user: &UserId) -> Result<Vec<(UniqueId, Seen)>, StoreError> {
+        self.borrow().seen_of_user(user)
+    }
+    fn subscriptions(&self, user: &UserId) -> Result<Vec<(MailboxName, Subscription)>, StoreError> {
+        self.borrow().subscriptions(user)
+    }
+    fn quota(&self, root: &MailboxName) -> Result<Option<QuotaRoot>, StoreError> {
+        self.borrow().quota(root)
+    }
+    fn sieve_scripts(&self, user: &UserId) -> Result<Vec<SieveScript>, StoreError> {
+        self.borrow().sieve_scripts(user)
+    }
+    fn sieve_active(&self, user: &UserId) -> Result<Option<SieveName>, StoreError> {
+        self.borrow().sieve_active(user)
+    }
+    fn server_annotations(&self) -> Result<Annotations, StoreError> {
+        self.borrow().server_annotations()
+    }
+    fn tombstones_named(&self, name: &MailboxName) -> Result<Vec<Tombstone>, StoreError> {
+        self.borrow().tombstones_named(name)
+    }
+    fn tombstones_of_user(&self, user: &UserId) -> Result<Vec<Tombstone>, StoreError> {
+        self.borrow().tombstones_of_user(user)
+    }
+    fn sync_log(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SyncLogLine)>, StoreError> {
+        self.borrow().sync_log(channel, after, limit)
+    }
+    fn sync_log_last(&self, channel: &str) -> Result<u64, StoreError> {
+        self.borrow().sync_log_last(channel)
+    }
+}
