@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dsync_common::*;
-use proto::dsync::{Event, Item};
+use proto::dsync::{AttributeType, Event, Item, MailboxAttribute};
 
 fn find_doveadm() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -72,7 +72,9 @@ impl Lab {
                  mail_location = maildir:~/Maildir\n\
                  namespace inbox {{\n  inbox = yes\n  separator = /\n  prefix =\n}}\n\
                  mail_privileged_group =\nmail_uid = {mail_uid}\nmail_gid = {mail_gid}\n\
-                 first_valid_uid = {first_valid}\nfirst_valid_gid = {first_valid_gid}\n",
+                 first_valid_uid = {first_valid}\nfirst_valid_gid = {first_valid_gid}\n\
+                 mail_attribute_dict = file:%h/dovecot-attributes\n\
+                 protocol imap {{\n  imap_metadata = yes\n}}\n",
                 root = root.display(),
                 first_valid_gid = mail_gid.min(1000),
             ),
@@ -140,6 +142,27 @@ impl Lab {
         script
     }
 
+    /// A plain `doveadm <args>` on `side`.
+    fn doveadm(&self, side: &str, args: &[&str]) {
+        self.chown_tree(&self.side(side));
+        let out = Command::new("env")
+            .arg("-i")
+            .arg("PATH=/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(format!("HOME={}", self.side(side).display()))
+            .arg("USER=corvid")
+            .arg(&self.doveadm)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run doveadm");
+        assert!(
+            out.status.success(),
+            "doveadm {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `doveadm <args> <tap>` on `side` as master, against `server_side`.
     fn dsync(&self, side: &str, args: &[&str], server_side: &str, capdir: &Path) {
         self.chown_tree(&self.side(side));
@@ -171,6 +194,8 @@ impl Drop for Lab {
         let _ = fs::remove_dir_all(&self.root);
     }
 }
+
+const ATTR_VALUE: &str = "tab\there\nnew line\r\n.\n\u{1}one\u{2}two";
 
 /// Bodies that exercise the dot-stuffing: dot lines, a lone `.`, a CRLF
 /// terminator inside the text, a trailing CR, no final newline.
@@ -271,6 +296,30 @@ fn real_doveadm_sync_through_our_tap() {
         sources.push((guid, body));
     }
     fs::create_dir_all(lab.side("B")).unwrap();
+    // Mailbox attributes (METADATA) travel as A records; values with TAB,
+    // LF and \x01 exercise the escaping.
+    lab.doveadm(
+        "A",
+        &[
+            "mailbox",
+            "metadata",
+            "set",
+            "INBOX",
+            "/private/comment",
+            "hello world",
+        ],
+    );
+    lab.doveadm(
+        "A",
+        &[
+            "mailbox",
+            "metadata",
+            "set",
+            "INBOX",
+            "/shared/vendor/corvid",
+            ATTR_VALUE,
+        ],
+    );
 
     // 1: initial two-way sync A -> empty B: trees, changes, requests, bodies.
     let cap1 = lab.root.join("cap1");
