@@ -5,4 +5,5 @@
 //! It holds no protocol decision: it moves bytes, time and store completions
 //! between the world and a machine, and nothing else.
 #![forbid(unsafe_code)]
+pub mod auth;
 pub mod config;

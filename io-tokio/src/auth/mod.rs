@@ -1,0 +1,261 @@
+//! Checking credentials the way a Cyrus host is configured to, and deciding
+//! who may act as whom.
+//!
+//! A SASL exchange (`proto::sasl`) ends with [`Credentials`]; this module
+//! says whether their password is right ([`Authenticator`]) and what the
+//! session may then do ([`Access`]):
+//!
+//! - `sasl_pwcheck_method: saslauthd` asks saslauthd over its socket at
+//!   `sasl_saslauthd_path`, exactly as libsasl2 does ([`Saslauthd`]). This
+//!   is the way to share Cyrus's user base (PAM, shadow, LDAP, IMAP…).
+//! - `corvid_passwd_file: PATH` reads corvid's own file of argon2 hashes
+//!   ([`PasswdFile`], managed with `corvid passwd`). It wins over
+//!   `sasl_pwcheck_method`, because that key is shared with the Cyrus
+//!   daemons on the host and corvid must not make the admin change it.
+//! - `sasl_pwcheck_method: auxprop` (libsasl's default, usually with
+//!   Cyrus's sasldb2, a Berkeley DB or LMDB file) is refused with an error
+//!   that names the two ways that work: reading sasldb2 would mean a
+//!   Berkeley DB reader for one backend of one plugin.
+//!
+//! Admins and proxying follow Cyrus (`imap/global.c`): an identity is an
+//! admin if `admins:` lists it (or lists `anyone`); a client may authorize
+//! as someone other than itself (PLAIN's authzid) only if the authenticated
+//! identity is an admin or listed in `proxyservers:`.
+//!
+//! What it never does: log or show a password (every type holding one has
+//! a redacting `Debug`), or cache a verdict (saslauthd has its own `-c`
+//! cache; the password file is read on every check so that `corvid passwd`
+//! takes effect at once).
+
+mod passwd;
+mod saslauthd;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+
+pub use proto::sasl::{Credentials, Secret};
+
+pub use passwd::{PasswdError, PasswdFile};
+pub use saslauthd::{Saslauthd, SaslauthdOptions};
+
+use crate::config::{Admins, Config, ConfigError};
+
+/// The answer to a password check that ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is right.
+    Accepted,
+    /// It is not (or the user does not exist, or the backend said no); the
+    /// reason is for our log, never for the peer, and never holds the password.
+    Rejected(String),
+}
+
+/// A check that could not run, or a configuration corvid cannot check with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The config asks for a password check corvid does not do: the administrator's config.
+    #[error("sasl_pwcheck_method: {method} is not supported by corvid{detail}; use `sasl_pwcheck_method: saslauthd` (with saslauthd running) or set `corvid_passwd_file: PATH` (managed with `corvid passwd`)")]
+    UnsupportedMethod { method: String, detail: String },
+    /// The config could not be read as needed: the administrator's config.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// saslauthd could not be reached or talked nonsense: the environment (saslauthd not running, wrong path).
+    #[error("saslauthd at {}: {reason}", path.display())]
+    Saslauthd { path: PathBuf, reason: String },
+    /// The password file could not be read or is broken: the administrator's file.
+    #[error(transparent)]
+    Passwd(#[from] PasswdError),
+}
+
+/// What the check needs besides the credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckContext<'a> {
+    /// The SASL service name the protocol registers (Cyrus: `csync` for
+    /// sync_server and backupd, `mupdate` for mupdate, `imap` for imapd);
+    /// saslauthd passes it on (PAM uses it as the PAM service).
+    pub service: &'a str,
+    /// The user realm, if any. A `user@realm` authcid overrides it, as
+    /// libsasl does before asking saslauthd.
+    pub realm: Option<&'a str>,
+}
+
+/// Checks a password. Implemented by the configured backends below; a
+/// simulation or test can implement it too.
+pub trait Authenticator: Send + Sync {
+    /// Whether `password` is `authcid`'s.
+    fn check(
+        &self,
+        authcid: &str,
+        password: &Secret,
+        ctx: CheckContext<'_>,
+    ) -> impl Future<Output = Result<Verdict, AuthError>> + Send;
+}
+
+/// The password check an imapd.conf asks for.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PwCheck {
+    Saslauthd(Saslauthd),
+    PasswdFile(PasswdFile),
+}
+
+impl PwCheck {
+    /// The backend `conf` configures: `corvid_passwd_file` if set, else the
+    /// first method of `sasl_pwcheck_method` corvid supports (only
+    /// `saslauthd`); libsasl's default `auxprop` and everything else is
+    /// refused with an error saying what to set instead.
+    pub fn from_config(conf: &Config) -> Result<PwCheck, AuthError> {
+        if let Some(path) = conf.get_str("corvid_passwd_file") {
+            return Ok(PwCheck::PasswdFile(PasswdFile::new(path)));
+        }
+        let methods = conf.get_str("sasl_pwcheck_method").unwrap_or("auxprop");
+        if methods.split_ascii_whitespace().any(|m| m == "saslauthd") {
+            let path = conf
+                .get_str("sasl_saslauthd_path")
+                .unwrap_or(saslauthd::DEFAULT_PATH);
+            return Ok(PwCheck::Saslauthd(Saslauthd::new(
+                path,
+                SaslauthdOptions::default(),
+            )));
+        }
+        let method = methods
+            .split_ascii_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let detail = match method.as_str() {
+            "auxprop" => format!(
+                " (the auxprop plugin {} keeps its users in {}, a Berkeley DB/LMDB file corvid does not read)",
+                conf.get_str("sasl_auxprop_plugin").unwrap_or("sasldb"),
+                conf.get_str("sasl_sasldb_path").unwrap_or("/etc/sasldb2"),
+            ),
+            "alwaystrue" => " (it accepts every password)".to_owned(),
+            _ => String::new(),
+        };
+        Err(AuthError::UnsupportedMethod { method, detail })
+    }
+}
+
+impl Authenticator for PwCheck {
+    async fn check(
+        &self,
+        authcid: &str,
+        password: &Secret,
+        ctx: CheckContext<'_>,
+    ) -> Result<Verdict, AuthError> {
+        match self {
+            PwCheck::Saslauthd(s) => s.check(authcid, password, ctx).await,
+            PwCheck::PasswdFile(f) => f.check(authcid, password, ctx).await,
+        }
+    }
+}
+
+/// Who may do what once the password is right: `admins:` and
+/// `proxyservers:` of the config.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    admins: Admins,
+    proxyservers: Admins,
+}
+
+/// An identity that passed the password check and the authorization rule.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Whose password was checked.
+    pub authcid: String,
+    /// Who the session acts as (the authzid, else `authcid`).
+    pub userid: String,
+    /// Whether `userid` is listed in `admins:`.
+    pub is_admin: bool,
+}
+
+impl fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("authcid", &self.authcid)
+            .field("userid", &self.userid)
+            .field("is_admin", &self.is_admin)
+            .finish()
+    }
+}
+
+/// Why a login was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// Wrong password, unknown user, or the backend said no: the peer's credentials.
+    #[error("authentication failed for {authcid}: {reason}")]
+    Rejected { authcid: String, reason: String },
+    /// The password was right but `authcid` may not act as `authzid`: the peer asked for more than it may.
+    #[error("{authcid} may not authorize as {authzid} (only admins and proxyservers may)")]
+    ProxyDenied { authcid: String, authzid: String },
+    /// The check could not run: the environment or the config.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl Access {
+    pub fn new(admins: Admins, proxyservers: Admins) -> Access {
+        Access {
+            admins,
+            proxyservers,
+        }
+    }
+
+    /// `admins:` and `proxyservers:` of `conf` (with its ident overrides).
+    pub fn from_config(conf: &Config) -> Access {
+        Access {
+            admins: conf.admins(),
+            proxyservers: Admins::parse(conf.get_str("proxyservers").unwrap_or("")),
+        }
+    }
+
+    /// Whether `id` is an admin.
+    pub fn is_admin(&self, id: &str) -> bool {
+        self.admins.contains(id)
+    }
+
+    /// Cyrus's proxy policy: anyone may act as themselves; only admins and
+    /// `proxyservers` may act as someone else.
+    pub fn authorize(
+        &self,
+        authcid: &str,
+        authzid: Option<&str>,
+    ) -> Result<Authenticated, LoginError> {
+        let userid = match authzid {
+            Some(z) if z != authcid => {
+                if !(self.admins.contains(authcid) || self.proxyservers.contains(authcid)) {
+                    return Err(LoginError::ProxyDenied {
+                        authcid: authcid.to_owned(),
+                        authzid: z.to_owned(),
+                    });
+                }
+                z
+            }
+            _ => authcid,
+        };
+        Ok(Authenticated {
+            authcid: authcid.to_owned(),
+            userid: userid.to_owned(),
+            is_admin: self.admins.contains(userid),
+        })
+    }
+
+    /// Checks `creds` with `auth`, then applies [`Access::authorize`].
+    pub async fn login(
+        &self,
+        auth: &impl Authenticator,
+        creds: &Credentials,
+        ctx: CheckContext<'_>,
+    ) -> Result<Authenticated, LoginError> {
+        match auth.check(&creds.authcid, &creds.password, ctx).await? {
+            Verdict::Accepted => self.authorize(&creds.authcid, creds.authzid.as_deref()),
+            Verdict::Rejected(reason) => Err(LoginError::Rejected {
+                authcid: creds.authcid.clone(),
+                reason,
+            }),
+        }
+    }
+}
