@@ -393,3 +393,34 @@ fn encoder_misuse_is_refused() {
         Err(EncodeError::OutOfOrder { .. })
     ));
 }
+
+#[test]
+fn keyword_change_entries() {
+    assert_eq!(
+        KeywordChangeKind::parse(b"&$Important"),
+        Some((KeywordChangeKind::AddAndFinal, b"$Important".as_slice()))
+    );
+    assert_eq!(
+        KeywordChangeKind::parse(b"-work"),
+        Some((KeywordChangeKind::Remove, b"work".as_slice()))
+    );
+    assert_eq!(KeywordChangeKind::parse(b"?x"), None);
+    assert_eq!(KeywordChangeKind::parse(b""), None);
+    assert_eq!(KeywordChangeKind::Final.entry(b"kw"), Bytes::from("=kw"));
+    // every keyword change in the real captures has a known prefix
+    let mut seen = 0;
+    for cap in captures() {
+        for f in ["m2s.raw", "s2m.raw"] {
+            for ev in decode_all(&std::fs::read(cap.join(f)).unwrap()) {
+                if let Event::Item(Item::MailChange(c)) = ev {
+                    for k in &c.keyword_changes {
+                        let (kind, kw) = KeywordChangeKind::parse(k).unwrap();
+                        assert_eq!(kind.entry(kw), *k);
+                        seen += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen > 5, "only {seen} keyword changes in the corpus");
+}

@@ -358,7 +358,8 @@ pub struct MailChange {
     pub final_flags: u8,
     /// Keywords were reset.
     pub keywords_reset: bool,
-    /// `+kw`, `-kw`, `=kw`, `&kw` entries; empty = not sent.
+    /// `+kw`, `-kw`, `=kw`, `&kw` entries (see [`KeywordChangeKind`]),
+    /// kept as sent; empty = not sent.
     pub keyword_changes: Vec<Bytes>,
     /// Unix time; 0 = not sent. Hex on the wire.
     pub received_timestamp: u64,
@@ -366,6 +367,54 @@ pub struct MailChange {
     pub virtual_size: u64,
     /// Unknown keys.
     pub extra: Extra,
+}
+
+/// What one `C.keyword_changes` entry says, from its prefix byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum KeywordChangeKind {
+    /// `+kw`: added since the last sync.
+    Add,
+    /// `-kw`: removed since the last sync.
+    Remove,
+    /// `=kw`: set now, unchanged.
+    Final,
+    /// `&kw`: added since the last sync and set now.
+    AddAndFinal,
+}
+
+impl KeywordChangeKind {
+    /// The prefix byte on the wire.
+    pub fn prefix(self) -> u8 {
+        match self {
+            KeywordChangeKind::Add => b'+',
+            KeywordChangeKind::Remove => b'-',
+            KeywordChangeKind::Final => b'=',
+            KeywordChangeKind::AddAndFinal => b'&',
+        }
+    }
+
+    /// Split an entry into its kind and keyword; `None` for an empty
+    /// entry or an unknown prefix.
+    pub fn parse(entry: &[u8]) -> Option<(Self, &[u8])> {
+        let (&p, kw) = entry.split_first()?;
+        let kind = match p {
+            b'+' => KeywordChangeKind::Add,
+            b'-' => KeywordChangeKind::Remove,
+            b'=' => KeywordChangeKind::Final,
+            b'&' => KeywordChangeKind::AddAndFinal,
+            _ => return None,
+        };
+        Some((kind, kw))
+    }
+
+    /// The wire entry for `keyword` with this prefix.
+    pub fn entry(self, keyword: &[u8]) -> Bytes {
+        let mut v = Vec::with_capacity(keyword.len() + 1);
+        v.push(self.prefix());
+        v.extend_from_slice(keyword);
+        Bytes::from(v)
+    }
 }
 
 /// `R`: a request for a body.

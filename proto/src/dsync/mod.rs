@@ -39,8 +39,8 @@ pub use encode::{EncodeOptions, Encoder};
 pub use error::{DecodeError, EncodeError};
 pub use item::{
     flags, AttributeType, CacheDecision, CacheDecisionKind, CacheField, ChangeType, Existence,
-    Extra, Finish, Guid128, Handshake, Item, Mail, MailChange, MailRequest, Mailbox,
-    MailboxAttribute, MailboxDelete, MailboxState, MailboxTreeNode, SyncType, Tombstone,
+    Extra, Finish, Guid128, Handshake, Item, KeywordChangeKind, Mail, MailChange, MailRequest,
+    Mailbox, MailboxAttribute, MailboxDelete, MailboxState, MailboxTreeNode, SyncType, Tombstone,
     UnknownItem,
 };
 pub use schema::{ItemHeader, ItemKind, Schema};
