@@ -30,17 +30,20 @@ pub enum MailboxKind {
     Submission,
     /// `p`: JMAP push subscriptions.
     PushSubscription,
+    /// `j`: JMAP notifications.
+    JmapNotify,
     /// `f`: the `#sieve` mailbox (3.6 SIEVE-MAILBOX).
     Sieve,
 }
 
 /// Cyrus MBOXTYPE: a kind letter followed by flag letters.
 ///
-/// Grammar: `[kind] *flag` where kind is one of `e n b c a s p f` and
+/// Grammar: `[kind] *flag` where kind is one of `e n b c a s p j f` and
 /// flags are `d` (deleted, tombstone), `m` (moving), `r` (remote),
 /// `z` (reserved), `i` (intermediate); `l` (legacy dirs) is accepted and
 /// dropped, as Cyrus strips it before sending. The empty string is plain
-/// email, which Cyrus 3.6 sends by omitting MBOXTYPE.
+/// email, which Cyrus 3.6 sends by omitting MBOXTYPE. Printed as Cyrus
+/// does: kind, then `d m r z i` in that order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct MailboxType {
     /// The kind.
@@ -72,6 +75,7 @@ impl MailboxType {
                 b'a' => Some(MailboxKind::Addressbook),
                 b's' => Some(MailboxKind::Submission),
                 b'p' => Some(MailboxKind::PushSubscription),
+                b'j' => Some(MailboxKind::JmapNotify),
                 b'f' => Some(MailboxKind::Sieve),
                 _ => None,
             };
@@ -106,6 +110,7 @@ impl MailboxType {
             MailboxKind::Addressbook => 'a',
             MailboxKind::Submission => 's',
             MailboxKind::PushSubscription => 'p',
+            MailboxKind::JmapNotify => 'j',
             MailboxKind::Sieve => 'f',
         };
         let flags = [
