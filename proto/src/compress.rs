@@ -151,6 +151,9 @@ pub struct Inflater {
     input: BytesMut,
     /// Set once the final deflate block was decoded.
     finished: bool,
+    /// The last pull filled its whole chunk, so the decompressor may hold
+    /// more output even with no new input.
+    output_pending: bool,
     /// A corrupt stream stays corrupt: every later call repeats the error.
     poisoned: Option<CompressError>,
 }
@@ -183,6 +186,7 @@ impl Inflater {
             options,
             input: BytesMut::new(),
             finished: false,
+            output_pending: false,
             poisoned: None,
         }
     }
@@ -211,6 +215,10 @@ impl Inflater {
     pub fn pull(&mut self) -> Result<Option<Bytes>, CompressError> {
         if let Some(e) = &self.poisoned {
             return Err(e.clone());
+        }
+        if self.input.is_empty() && !self.output_pending {
+            // nothing to do: spare the chunk allocation
+            return Ok(None);
         }
         let mut out = vec![0u8; self.options.output_chunk_bytes_max];
         let mut filled = 0;
@@ -243,6 +251,7 @@ impl Inflater {
                 Err(e) => return Err(self.poison(CompressError::Corrupt(e.to_string()))),
             }
         }
+        self.output_pending = filled == out.len();
         if filled == 0 {
             return Ok(None);
         }
