@@ -1,0 +1,216 @@
+//! Accept loops: one driver per accepted connection, with graceful shutdown.
+//!
+//! [`serve`] accepts from any [`Listener`] (a tokio `TcpListener`, a turmoil
+//! `TcpListener`, or the socket Cyrus master(8) hands down, see [`master`]),
+//! runs a caller's per-connection future on its own task, keeps at most
+//! [`ServeOptions::connections_max`] of them alive, and on shutdown stops
+//! accepting, lets the live ones finish for [`ServeOptions::shutdown_grace`],
+//! then aborts the rest. [`serve_machines`] is the common case: build a
+//! machine per connection and run it with [`Driver`].
+//!
+//! Nothing here knows a protocol; the machine factory does.
+
+pub mod master;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use engine::machine::{Machine, Time};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::driver::{Driver, EffectExecutor, Options, Transport};
+use crate::tls::TlsConfigs;
+
+/// Something that accepts connections.
+pub trait Listener: Send {
+    /// The connection type.
+    type Stream: Transport;
+
+    /// Waits for the next connection and its peer address.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send {
+        tokio::net::TcpListener::accept(self)
+    }
+}
+
+impl Listener for turmoil::net::TcpListener {
+    type Stream = turmoil::net::TcpStream;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send {
+        turmoil::net::TcpListener::accept(self)
+    }
+}
+
+/// Knobs of an accept loop.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Connections served at once; the loop stops accepting (the kernel
+    /// backlog holds newcomers) until one ends. 1024.
+    pub connections_max: usize,
+    /// After shutdown, how long live connections may take to finish before
+    /// they are aborted. 10 s.
+    pub shutdown_grace: Duration,
+    /// Pause after a failed accept (out of file descriptors, …) so the loop
+    /// does not spin. 100 ms.
+    pub accept_error_pause: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            connections_max: 1024,
+            shutdown_grace: Duration::from_secs(10),
+            accept_error_pause: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What an accept loop did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections whose task ran to its end.
+    pub finished: u64,
+    /// Connections aborted because the shutdown grace ran out.
+    pub aborted: u64,
+}
+
+/// Accepts from `listener` until `shutdown` completes, running
+/// `handle(stream, peer)` on a task per connection. See the module doc.
+pub async fn serve<L, F, Fut>(
+    mut listener: L,
+    mut handle: F,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) -> ServeReport
+where
+    L: Listener,
+    F: FnMut(L::Stream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut report = ServeReport::default();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let room = tasks.len() < options.connections_max.max(1);
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                count_join(&mut report, joined);
+            }
+            accepted = listener.accept(), if room => match accepted {
+                Ok((stream, peer)) => {
+                    report.accepted += 1;
+                    debug!(%peer, "accepted");
+                    tasks.spawn(handle(stream, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(options.accept_error_pause).await;
+                }
+            },
+        }
+    }
+    info!(live = tasks.len(), "shutting down: no longer accepting");
+    drop(listener);
+    let grace = tokio::time::sleep(options.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            biased;
+            joined = tasks.join_next() => match joined {
+                Some(joined) => count_join(&mut report, joined),
+                None => break,
+            },
+            () = &mut grace => {
+                report.aborted += tasks.len() as u64;
+                warn!(aborted = tasks.len(), "shutdown grace over; aborting connections");
+                tasks.shutdown().await;
+                break;
+            }
+        }
+    }
+    report
+}
+
+fn count_join(report: &mut ServeReport, joined: Result<(), tokio::task::JoinError>) {
+    match joined {
+        Ok(()) => report.finished += 1,
+        // A panicking connection task is a bug; it ends that connection
+        // only, and is counted as finished so the books balance.
+        Err(e) => {
+            warn!(error = %e, "connection task failed");
+            report.finished += 1;
+        }
+    }
+}
+
+/// What every connection of [`serve_machines`] shares.
+#[derive(Clone, Debug, Default)]
+pub struct MachineServe {
+    /// Driver limits.
+    pub driver: Options,
+    /// TLS configurations for STARTTLS (or implicit TLS, below).
+    pub tls: TlsConfigs,
+    /// Start TLS before the machine speaks (an imaps-style port).
+    pub implicit_tls: bool,
+    /// Accept-loop knobs.
+    pub serve: ServeOptions,
+}
+
+/// [`serve`] with a machine per connection: `factory(now, peer)` builds it
+/// (`now` on the loop's clock, shared by every connection, so machines can
+/// compare times), and a [`Driver`] runs it with a clone of `executor`.
+/// Events are not collected; a machine that must report to the application
+/// does so through effects.
+pub async fn serve_machines<L, M, E, F>(
+    listener: L,
+    mut factory: F,
+    executor: E,
+    settings: MachineServe,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport
+where
+    L: Listener,
+    M: Machine + Send + 'static,
+    M::Effect: Send + 'static,
+    M::Completion: Send + 'static,
+    M::Event: Send,
+    M::Command: Send,
+    E: EffectExecutor<M::Effect, Completion = M::Completion> + Clone + 'static,
+    F: FnMut(Time, SocketAddr) -> M,
+{
+    let epoch = tokio::time::Instant::now();
+    let serve_options = settings.serve.clone();
+    serve(
+        listener,
+        move |stream, peer| {
+            let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
+            let machine = factory(now, peer);
+            let mut driver = Driver::new(machine, executor.clone())
+                .options(settings.driver.clone())
+                .tls(settings.tls.clone())
+                .epoch(epoch)
+                .peer(peer);
+            if settings.implicit_tls {
+                driver = driver.start_layer(engine::machine::Layer::TlsServer);
+            }
+            let span = tracing::info_span!("serve");
+            async move {
+                let _outcome = driver.run(stream).await;
+            }
+            .instrument(span)
+        },
+        shutdown,
+        serve_options,
+    )
+    .await
+}
