@@ -135,7 +135,7 @@ proptest! {
         e.value(&v);
         let out = e.finish().into_bytes();
         let atomish = !s.is_empty() && s.len() < 1024 && s != b"NIL"
-            && s.iter().all(|&b| b < 0x80 && b >= 0x1f && b != 0x7f && !b" {()\"%*\\".contains(&b));
+            && s.iter().all(|&b| (0x1f..0x80).contains(&b) && b != 0x7f && !b" {()\"%*\\".contains(&b));
         let quotable = s.len() < 1024 && s.iter().all(|&b| b < 0x80 && !b"\0\r\n\"%\\".contains(&b));
         if atomish {
             prop_assert_eq!(&out[..], &s[..]);
@@ -290,8 +290,8 @@ fn malformed_values_are_refused() {
     }
     // Deep nesting is bounded.
     let mut deep = b"K ".to_vec();
-    deep.extend(std::iter::repeat(b'(').take(1000));
-    deep.extend(std::iter::repeat(b')').take(1000));
+    deep.extend_from_slice(&[b'('; 1000]);
+    deep.extend_from_slice(&[b')'; 1000]);
     deep.extend_from_slice(b"\r\n");
     let mut f = Framer::new(Options::csync());
     f.handle_input(&deep);

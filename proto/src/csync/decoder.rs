@@ -372,7 +372,7 @@ pub(crate) fn status_kind(word: &[u8]) -> Option<StatusKind> {
 }
 
 /// The text after `WORD ` on a literal-free line (empty if the line is just `WORD`).
-pub(crate) fn rest_after<'a>(text: &'a [u8], word_len: usize) -> Option<&'a [u8]> {
+pub(crate) fn rest_after(text: &[u8], word_len: usize) -> Option<&[u8]> {
     match text.get(word_len) {
         None => Some(&[]),
         Some(b' ') => Some(&text[word_len + 1..]),
