@@ -13,5 +13,6 @@ pub mod compress;
 pub mod csync;
 pub mod dlist;
 pub mod frame;
+pub mod mupdate;
 pub mod dsync;
 pub mod sasl;
