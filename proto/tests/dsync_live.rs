@@ -3,6 +3,9 @@
 //! behind a tap of our own that copies both directions to files, then
 //! decode every captured byte, check each message body against the file it
 //! came from, and re-encode both directions to the identical bytes.
+//! A second test turns it around: our encoder, as the master, writes a
+//! stream from typed items to a real `doveadm dsync-server`, which must
+//! accept it and store the message exactly.
 //!
 //! Skips (with a message) when `doveadm` is not installed. Runs doveadm
 //! without any Dovecot daemon, as the lab does: a private config, no auth,
@@ -15,12 +18,14 @@
 mod dsync_common;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use bytes::{Bytes, BytesMut};
 use dsync_common::*;
-use proto::dsync::{AttributeType, Event, Item, MailboxAttribute};
+use proto::dsync::*;
 
 fn find_doveadm() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -49,8 +54,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(doveadm: PathBuf) -> Self {
-        let root = std::env::temp_dir().join(format!("corvid-dsync-live-{}", std::process::id()));
+    fn new(doveadm: PathBuf, test: &str) -> Self {
+        let root =
+            std::env::temp_dir().join(format!("corvid-dsync-live-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("run")).unwrap();
         fs::create_dir_all(root.join("state")).unwrap();
@@ -289,7 +295,7 @@ fn real_doveadm_sync_through_our_tap() {
         eprintln!("SKIPPED dsync_live: doveadm (Dovecot 2.3) is not installed; install dovecot-core to run it");
         return;
     };
-    let lab = Lab::new(doveadm);
+    let lab = Lab::new(doveadm, "tap");
     let mut sources = Vec::new();
     for (folder, base, info, body) in messages() {
         let guid = lab.put("A", folder, base, info, &body);
@@ -351,4 +357,217 @@ fn real_doveadm_sync_through_our_tap() {
             }
         }
     }
+}
+
+/// Our encoder as the master: a stream built from typed items (never
+/// copied from a capture) pushes one mailbox with one message into an
+/// empty replica served by the real `doveadm dsync-server`, open loop.
+/// Dovecot must accept every byte, request the body, store it with our
+/// GUIDs and flags, and finish cleanly; its answer must decode fully.
+#[test]
+fn real_dsync_server_accepts_our_stream() {
+    let Some(doveadm) = find_doveadm() else {
+        eprintln!("SKIPPED dsync_live: doveadm (Dovecot 2.3) is not installed; install dovecot-core to run it");
+        return;
+    };
+    let lab = Lab::new(doveadm, "master");
+    fs::create_dir_all(lab.side("B")).unwrap();
+    lab.chown_tree(&lab.side("B"));
+
+    let mailbox_guid = Guid128::parse(b"0123456789abcdef0123456789abcdef").unwrap();
+    let uid_validity = 1_700_000_000;
+    let mail_guid = Bytes::from_static(b"1700000100.M1P1.corvid");
+    let body: &[u8] =
+        b"From: corvid@example.com\nSubject: from our encoder\nMessage-ID: <enc@corvid>\n\n\
+.\n..\n.leading dot\nlast line without newline";
+
+    let mut out = BytesMut::new();
+    let mut enc = Encoder::new(EncodeOptions::default());
+    enc.encode_preamble(&mut out).unwrap();
+    let mut put = |ev: Event, out: &mut BytesMut| enc.encode(&ev, out).unwrap();
+    put(
+        Event::Item(Item::Handshake(Handshake {
+            hostname: Bytes::from_static(b"corvid"),
+            sync_type: Some(SyncType::Full),
+            send_mail_requests: true,
+            import_commit_msgs_interval: 100,
+            hashed_headers: vec![
+                Bytes::from_static(b"Date"),
+                Bytes::from_static(b"Message-ID"),
+            ],
+            alt_char: Some(b'_'),
+            ..Handshake::default()
+        })),
+        &mut out,
+    );
+    put(
+        Event::Item(Item::MailboxTreeNode(MailboxTreeNode {
+            name: vec![Bytes::from_static(b"INBOX")],
+            existence: Existence::Exists,
+            mailbox_guid: Some(mailbox_guid),
+            uid_validity,
+            uid_next: 2,
+            last_renamed_or_created: 0,
+            subscribed: true,
+            last_subscription_change: 1_700_000_000,
+            extra: vec![],
+        })),
+        &mut out,
+    );
+    put(Event::EndOfList, &mut out);
+    put(
+        Event::Item(Item::MailboxDelete(MailboxDelete {
+            hierarchy_sep: b'/',
+            escape_char: Some(b'%'),
+            mailboxes: vec![],
+            dirs: vec![],
+            unsubscribes: vec![],
+            extra: vec![],
+        })),
+        &mut out,
+    );
+    put(
+        Event::Item(Item::Mailbox(Mailbox {
+            mailbox_guid,
+            uid_validity,
+            uid_next: 2,
+            messages_count: 1,
+            first_recent_uid: 1,
+            highest_modseq: 2,
+            have_guids: true,
+            have_save_guids: true,
+            ..Mailbox::default()
+        })),
+        &mut out,
+    );
+    put(Event::EndOfList, &mut out); // attributes
+    put(
+        Event::Item(Item::MailChange(MailChange {
+            change_type: ChangeType::Save,
+            uid: 1,
+            guid: Some(mail_guid.clone()),
+            hdr_hash: None,
+            modseq: 2,
+            pvt_modseq: 0,
+            add_flags: 0,
+            remove_flags: 0,
+            final_flags: flags::SEEN | flags::FLAGGED,
+            keywords_reset: false,
+            keyword_changes: vec![],
+            received_timestamp: 0,
+            virtual_size: u64::MAX,
+            extra: vec![],
+        })),
+        &mut out,
+    );
+    put(Event::EndOfList, &mut out); // changes
+    put(Event::EndOfList, &mut out); // our requests: none
+    put(
+        Event::Item(Item::Mail(Mail {
+            guid: Some(mail_guid.clone()),
+            pop3_uidl: Some(Bytes::new()),
+            received_date: 1_700_000_100,
+            saved_date: 1_700_000_100,
+            stream: true,
+            ..Mail::default()
+        })),
+        &mut out,
+    );
+    put(Event::BodyChunk(Bytes::from_static(body)), &mut out);
+    put(Event::BodyEnd, &mut out);
+    put(Event::EndOfList, &mut out); // mails
+    put(
+        Event::Item(Item::MailboxState(MailboxState {
+            mailbox_guid,
+            last_uidvalidity: uid_validity,
+            last_common_uid: 1,
+            last_common_modseq: 2,
+            last_common_pvt_modseq: 0,
+            last_messages_count: 1,
+            changes_during_sync: false,
+            extra: vec![],
+        })),
+        &mut out,
+    );
+    put(Event::EndOfList, &mut out); // mailboxes
+
+    let mut child = Command::new("env")
+        .arg("-i")
+        .arg("PATH=/usr/bin:/bin:/usr/sbin:/sbin")
+        .arg(format!("HOME={}", lab.side("B").display()))
+        .arg("USER=corvid")
+        .arg(&lab.doveadm)
+        .arg("-c")
+        .arg(&lab.conf)
+        .arg("dsync-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn doveadm dsync-server");
+    let mut stdin = child.stdin.take().unwrap();
+    let to_send = out.to_vec();
+    // write on a thread so a full stdout pipe cannot deadlock us
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&to_send);
+    });
+    let mut answer = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut answer)
+        .unwrap();
+    writer.join().unwrap();
+    let status = child.wait_with_output().unwrap();
+    assert!(
+        status.status.success(),
+        "dsync-server failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let events = merge_bodies(decode_all(&answer));
+    let items: Vec<&Item> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Item(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        items.iter().any(|i| matches!(i, Item::MailRequest(r) if r.guid.as_ref() == Some(&mail_guid) && r.uid == 1)),
+        "the server asked for our body: {items:?}"
+    );
+    let finish = items.iter().find_map(|i| match i {
+        Item::Finish(f) => Some(f),
+        _ => None,
+    });
+    assert_eq!(finish, Some(&Finish::default()), "clean finish");
+    assert_eq!(events.last(), Some(&Event::Done));
+
+    // Dovecot stored the message under our GUID with our flags and body.
+    let cur = lab.side("B").join("Maildir/cur");
+    let stored: Vec<PathBuf> = fs::read_dir(&cur)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let name = stored[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.ends_with(":2,FS"), "{name}");
+    assert!(fs::read(&stored[0]).unwrap() == body, "stored body differs");
+    let uidlist = fs::read_to_string(lab.side("B").join("Maildir/dovecot-uidlist")).unwrap();
+    // header: our UIDVALIDITY and mailbox GUID; record: UID 1 with our GUID
+    let header = uidlist.lines().next().unwrap();
+    assert!(header.contains(&format!(" V{uid_validity} ")), "{uidlist}");
+    assert!(header.ends_with(&format!(" G{mailbox_guid}")), "{uidlist}");
+    assert!(
+        uidlist
+            .lines()
+            .any(|l| l.starts_with("1 G1700000100.M1P1.corvid :")),
+        "{uidlist}"
+    );
 }
