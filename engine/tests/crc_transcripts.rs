@@ -16,6 +16,7 @@
 //! * a later `GET USER`/`GET MAILBOXES` line for a mailbox with a known set
 //!   must carry the computed pair;
 //! * `APPLY EXPUNGE` answered OK expunges in the known set.
+//!
 //! Anything else (a NO, a sync-cache delta over unknown state) makes the
 //! set unknown. The test fails on any mismatch and also requires a minimum
 //! number of checks, so it cannot pass by checking nothing.

@@ -512,8 +512,8 @@ impl<S: MailRead + ?Sized> MailRead for Overlay<'_, S> {
                 .mailboxes
                 .values()
                 .flatten()
-                .filter(|m| after.map_or(true, |a| m.name > *a))
-                .filter(|m| bound.as_ref().map_or(true, |b| m.name <= *b))
+                .filter(|m| !matches!(after, Some(a) if m.name <= *a))
+                .filter(|m| !matches!(&bound, Some(b) if m.name > *b))
                 .cloned(),
         );
         base_items.sort_by(|a, b| a.name.cmp(&b.name));
