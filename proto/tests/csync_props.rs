@@ -516,3 +516,23 @@ fn fifty_megabyte_fetch_reply_streams_in_bounded_memory() {
     assert_eq!(got, total);
     assert!(max <= 32 * 1024 + 200, "held {max} bytes");
 }
+
+#[test]
+fn imap_capabilities_are_found() {
+    let mut d = ImapClientDecoder::new();
+    d.handle_input(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN SASL-IR] replica Cyrus IMAP 3.6.1 server ready\r\n");
+    d.handle_input(
+        b"A01 OK [CAPABILITY IMAP4rev1 X-REPLICATION X-SIEVE-MAILBOX] Success (no protection)\r\n",
+    );
+    d.handle_input(b"* CAPABILITY IMAP4rev1 x-replication\r\n* BYE LOGOUT received\r\n");
+    let mut got = Vec::new();
+    while let Some(Event::Decoded(r)) = d.poll_event().unwrap() {
+        got.push(r);
+    }
+    assert_eq!(got.len(), 4);
+    assert!(!got[0].has_capability("X-REPLICATION"));
+    assert!(got[0].has_capability("sasl-ir"));
+    assert!(got[1].has_capability("X-REPLICATION"));
+    assert!(got[2].has_capability("X-REPLICATION"));
+    assert_eq!(got[3].capabilities(), None);
+}

@@ -405,6 +405,41 @@ pub enum ImapResponse {
 }
 
 impl ImapResponse {
+    /// The capabilities this line announces: the words of
+    /// `* CAPABILITY …`, or of a `[CAPABILITY …]` code opening the text of
+    /// an untagged or tagged OK (the greeting, and the AUTHENTICATE reply
+    /// where imapd lists `X-REPLICATION`).
+    pub fn capabilities(&self) -> Option<Vec<&[u8]>> {
+        let text: &[u8] = match self {
+            ImapResponse::Capability(words) => return Some(words.iter().map(|w| &w[..]).collect()),
+            ImapResponse::Condition {
+                condition: Condition::Ok,
+                text,
+            } => text,
+            ImapResponse::Tagged { status, .. }
+                if status.kind == super::StatusKind::Ok && status.code.is_none() =>
+            {
+                &status.text
+            }
+            _ => return None,
+        };
+        let inner = text.strip_prefix(b"[CAPABILITY ")?;
+        let end = inner.iter().position(|&b| b == b']')?;
+        Some(
+            inner[..end]
+                .split(|&b| b == b' ')
+                .filter(|w| !w.is_empty())
+                .collect(),
+        )
+    }
+
+    /// `true` if [`ImapResponse::capabilities`] lists `name` (ASCII
+    /// case-insensitive), e.g. `X-REPLICATION`.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities()
+            .is_some_and(|c| c.iter().any(|w| w.eq_ignore_ascii_case(name.as_bytes())))
+    }
+
     /// The exact line imapd prints (`{n}` literals), CRLF included.
     pub fn encode(&self) -> Encoded {
         let mut e = Encoder::new(LiteralStyle::Sync);
