@@ -470,6 +470,19 @@ byte_name!(
     |c| c == 0 || c == b'\r' || c == b'\n' || c == b'/'
 );
 
+byte_name!(
+    /// The message GUID a dsync peer knows a message by, when it is not our
+    /// SHA-1 hex: Dovecot's GUIDs are strings (a maildir file's base name,
+    /// a dbox 128-bit id). Kept so a later `C e` expunge or `R` request for
+    /// that string finds the message.
+    ///
+    /// Grammar: 1 ..= 255 bytes, no NUL, CR, LF or TAB.
+    PeerMailGuid,
+    "peer mail GUID",
+    255,
+    |c| c == 0 || c == b'\r' || c == b'\n' || c == b'\t'
+);
+
 impl Keyword {
     /// The ASCII-lower-cased form (what IMAP comparison and the sync CRC use).
     pub fn folded(&self) -> Vec<u8> {

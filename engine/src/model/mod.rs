@@ -22,7 +22,7 @@ mod user;
 pub use crc::SyncCrcs;
 pub use ids::{
     AnnotationEntry, AnnotationOwner, Guid, InvalidValue, Keyword, MailboxGuid, MailboxName,
-    ModSeq, Partition, SieveName, Uid, UidValidity, UniqueId, UnixTime, UserId,
+    ModSeq, Partition, PeerMailGuid, SieveName, Uid, UidValidity, UniqueId, UnixTime, UserId,
 };
 pub use mailbox::{
     Acl, AclEntry, Mailbox, MailboxKind, MailboxOptions, MailboxType, NameChange, Tombstone,

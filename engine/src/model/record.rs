@@ -12,7 +12,9 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use super::ids::{AnnotationEntry, AnnotationOwner, Guid, Keyword, ModSeq, Uid, UnixTime};
+use super::ids::{
+    AnnotationEntry, AnnotationOwner, Guid, Keyword, ModSeq, PeerMailGuid, Uid, UnixTime,
+};
 
 /// The five IMAP system flags a record can carry (`\Recent` is session
 /// state and `\Expunged` is [`Record::expunged`], so neither is here).
@@ -293,6 +295,9 @@ pub struct Record {
     /// MODSEQ at which the record was created (virtual `createdmodseq`);
     /// 0 = unknown.
     pub createdmodseq: ModSeq,
+    /// The GUID a dsync peer gave this message, if not our SHA-1 hex.
+    /// Not part of any Cyrus checksum.
+    pub peer_guid: Option<PeerMailGuid>,
 }
 
 impl Record {
@@ -311,6 +316,7 @@ impl Record {
             thrid: 0,
             savedate: UnixTime::ZERO,
             createdmodseq: ModSeq::ZERO,
+            peer_guid: None,
         }
     }
 }
