@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 pub mod auth;
 pub mod config;
+pub mod capture;
 pub mod driver;
 pub mod listen;
 pub mod tls;

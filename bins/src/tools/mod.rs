@@ -5,6 +5,8 @@
 //! an administrator who links one in gets a clear refusal and a non-zero exit,
 //! never a silent no-op.
 
+mod capture;
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 
@@ -27,6 +29,7 @@ const TABLE: &[(&str, &str)] = &[
     ("dsync-server", "the remote side of dsync"),
     ("store", "inspect and verify a corvid store"),
     ("passwd", "manage corvid's password file"),
+    ("capture", "logging relay: byte-exact transcripts of real peers' traffic"),
 ];
 
 /// The entry point for `name`, or `None` if corvid does not know the name at all.
@@ -35,6 +38,7 @@ pub fn find(name: &str) -> Option<Tool> {
         return None;
     }
     Some(match name {
+        "capture" => Tool::Ready(capture::main),
         _ => Tool::NotYet,
     })
 }
