@@ -70,8 +70,23 @@ impl DotDecoder {
         out: &mut Vec<u8>,
         out_max: usize,
     ) -> (usize, bool) {
+        let max = out_max.max(4);
         let mut i = 0;
-        while i < input.len() && out.len() + 4 <= out_max.max(4) {
+        while i < input.len() && out.len() + 4 <= max {
+            if self.state == State::Text {
+                // Fast path: copy plain text up to the next CR/LF in one go,
+                // leaving room for the 3 bytes one state step may emit.
+                let end = input.len().min(i + (max - 3 - out.len()));
+                let run = input[i..end]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(end - i);
+                if run > 0 {
+                    out.extend_from_slice(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
             let b = input[i];
             i += 1;
             if self.step(b, out) {
@@ -153,12 +168,13 @@ impl DotEncoder {
     }
 
     pub(crate) fn encode(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        for &b in data {
-            if b == b'.' && self.at_line_start {
+        // Line by line: only the first byte of each line can need a dot.
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start && line[0] == b'.' {
                 out.push(b'.');
             }
-            out.push(b);
-            self.at_line_start = b == b'\n';
+            out.extend_from_slice(line);
+            self.at_line_start = line.last() == Some(&b'\n');
         }
     }
 
