@@ -451,10 +451,11 @@ impl Framer {
     /// as described in the module documentation (tests assert it).
     pub fn buffered_bytes(&self) -> usize {
         let inline = match &self.state {
+            // By capacity: what is allocated, not just filled.
             State::Literal {
                 sink: Sink::Inline(b),
                 ..
-            } => b.len(),
+            } => b.capacity(),
             _ => 0,
         };
         self.buf.len() + self.acc.text.len() + self.acc.inline_bytes + inline + self.acc.tail.len()
@@ -649,7 +650,12 @@ impl Framer {
                 self.acc.poison(RefusalReason::LineTooLong, &[]);
                 Sink::Discard
             } else {
-                Sink::Inline(BytesMut::with_capacity(header.len as usize))
+                // Grow with the bytes that actually arrive: reserving the
+                // announced size up front would let a peer make us allocate
+                // the whole limit with a few header bytes.
+                Sink::Inline(BytesMut::with_capacity(
+                    (header.len as usize).min(self.opts.chunk_bytes_max.max(1)),
+                ))
             }
         } else {
             self.pending.push_back(Event::LiteralStart(header.clone()));

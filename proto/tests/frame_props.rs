@@ -427,3 +427,17 @@ fn file_literals_off_for_mupdate() {
         vec![b"X %{default abc 3}".to_vec(), b"abc".to_vec()]
     );
 }
+
+#[test]
+fn announced_inline_literal_is_not_preallocated() {
+    // A header alone must not make the framer reserve the announced size.
+    let opts = Options::csync();
+    let mut f = Framer::new(opts);
+    f.handle_input(b"APPLY SIEVE %(CONTENT {60000000+}\r\nabc");
+    while f.poll_event().unwrap().is_some() {}
+    assert!(
+        f.buffered_bytes() <= 64 * 1024 + 1024,
+        "{}",
+        f.buffered_bytes()
+    );
+}
