@@ -11,3 +11,4 @@ pub mod harness;
 pub mod memstore;
 pub mod model;
 pub mod store;
+pub mod mupdate;
