@@ -424,3 +424,17 @@ fn keyword_change_entries() {
     }
     assert!(seen > 5, "only {seen} keyword changes in the corpus");
 }
+
+#[test]
+fn duplicate_header_keys_read_the_first_column() {
+    let wire = with_preamble(b"");
+    let wire = String::from_utf8(wire)
+        .unwrap()
+        .replace("Rguid\tuid\n", "Rguid\tuid\tuid\tx\tx\n");
+    let events = decode_all(&[wire.as_bytes(), b"Rg\t1\t2\ta\tb\n"].concat());
+    let Some(Event::Item(Item::MailRequest(r))) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(r.uid, 1);
+    assert_eq!(r.extra, vec![(Bytes::from("x"), Bytes::from("a"))]);
+}

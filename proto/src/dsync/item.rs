@@ -689,6 +689,10 @@ impl<'a> Reader<'a> {
             .zip(&self.used)
             .enumerate()
             .filter(|(_, (_, used))| !**used)
+            // A key declared twice is only ever read from its first column
+            // (as in Dovecot); the later copies cannot be written back under
+            // that key without clobbering it, so they are not kept.
+            .filter(|(i, (k, _))| self.header.index_of(k) == Some(*i))
             .filter_map(|(i, (k, _))| Some((k.clone(), self.values.get(i)?.clone()?)))
             .collect()
     }
