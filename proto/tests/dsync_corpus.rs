@@ -29,10 +29,6 @@ fn our_tokens(events: &[Event]) -> Vec<(String, Vec<String>)> {
     out
 }
 
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `visible()` of the lab's ibc-format.py.
 fn vis(b: &[u8]) -> String {
     let mut out = String::new();
