@@ -24,6 +24,9 @@ mod decoder;
 pub mod imap;
 mod response;
 
+#[cfg(feature = "arbitrary")]
+mod arbitrary_impls;
+
 pub use command::{ClientLine, Command, CommandError, Verb};
 pub use decoder::{ClientDecoder, ClientPhase, DecodeError, Event, ResponseError, ServerDecoder};
 pub use response::{texts, Capability, Code, Greeting, Response, Status, StatusKind};
