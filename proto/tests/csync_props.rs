@@ -536,3 +536,27 @@ fn imap_capabilities_are_found() {
     assert!(got[2].has_capability("X-REPLICATION"));
     assert_eq!(got[3].capabilities(), None);
 }
+
+#[test]
+fn decoder_options_are_checked() {
+    use proto::frame::Options;
+    assert!(ServerDecoder::with_options(Options {
+        file_literals: false,
+        ..Options::csync()
+    })
+    .is_err());
+    assert!(ClientDecoder::with_options(Options {
+        inline_literal_bytes_max: 10,
+        ..Options::csync()
+    })
+    .is_err());
+    assert!(ServerDecoder::with_options(Options {
+        line_bytes_max: 1 << 20,
+        literal_bytes_max: 1 << 16,
+        inline_literal_bytes_max: 1 << 16,
+        ..Options::csync()
+    })
+    .is_ok());
+    let item = Item::new(Bytes::from_static(b"mailbox"), Value::Nil);
+    assert!(item.key_is("MAILBOX"));
+}

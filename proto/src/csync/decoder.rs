@@ -73,7 +73,17 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn new(opts: frame::Options) -> Result<Self, DecodeError> {
-        if opts.inline_literal_bytes_max as u64 > opts.line_bytes_max as u64 {
+        if !opts.file_literals {
+            // Without them a file literal's bytes would be read as lines.
+            return Err(DecodeError::Options("csync needs file_literals"));
+        }
+        if (opts.inline_literal_bytes_max as u64) < opts.literal_bytes_max {
+            // dlist values need a plain literal's bytes in the message.
+            return Err(DecodeError::Options(
+                "inline_literal_bytes_max below literal_bytes_max",
+            ));
+        }
+        if opts.inline_literal_bytes_max > opts.line_bytes_max {
             return Err(DecodeError::Options(
                 "inline_literal_bytes_max exceeds line_bytes_max",
             ));
@@ -170,9 +180,10 @@ impl ServerDecoder {
         Self::with_options(frame::Options::csync()).expect("csync defaults are valid")
     }
 
-    /// A decoder with custom limits. Plain literals must stay inline
-    /// (dlist values need their bytes), so `inline_literal_bytes_max`
-    /// should be at least `literal_bytes_max`.
+    /// A decoder with custom limits: `file_literals` on, and
+    /// `literal_bytes_max <= inline_literal_bytes_max <= line_bytes_max`
+    /// (dlist values need a plain literal's bytes inline), else
+    /// [`DecodeError::Options`].
     pub fn with_options(opts: frame::Options) -> Result<Self, DecodeError> {
         Ok(ServerDecoder {
             stream: Stream::new(opts)?,

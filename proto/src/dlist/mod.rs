@@ -91,6 +91,13 @@ impl Item {
             value,
         }
     }
+
+    /// `true` if the key is `name`, ignoring ASCII case — how sync_server
+    /// matches the sub-command after APPLY/GET/RESTORE (it upper-cases
+    /// it). Keys inside kvlists are case-sensitive: use [`KvList::get`].
+    pub fn key_is(&self, name: &str) -> bool {
+        self.key.eq_ignore_ascii_case(name.as_bytes())
+    }
 }
 
 /// A key/value list, order preserved (Cyrus emits keys in a fixed order and
