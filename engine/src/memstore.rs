@@ -26,7 +26,7 @@ use crate::model::{
     SieveScript, Subscription, SyncLogLine, Tombstone, UniqueId, UserId,
 };
 use crate::store::{
-    BatchId, Completion, Delta, DurableProof, MailRead, MsgDelta, Overlay, StageHandle,
+    BatchId, Change, Completion, Delta, DurableProof, MailRead, Overlay, Plan, StageHandle,
     StageHasher, StoreError, StoreWrite, UidRange, WriteBatch,
 };
 
@@ -75,101 +75,102 @@ impl MemState {
         self.messages.len()
     }
 
-    /// Apply a delta built over this state. `linked` holds the bytes of
-    /// every `LinkMessage` in it.
-    fn merge(&mut self, delta: Delta, linked: &BTreeMap<Guid, Bytes>) {
-        // Names first out, then in, so swaps inside one delta work.
-        for id in delta.mailboxes.keys() {
-            if let Some(old) = self.mailboxes.remove(id) {
-                if self.names.get(&old.name) == Some(id) {
-                    self.names.remove(&old.name);
+    /// Apply a plan built over this state: exactly the primitive
+    /// [`Change`]s a durable store applies. `linked` holds the bytes of
+    /// every staged message the plan links.
+    fn apply_plan(&mut self, plan: &Plan, linked: &BTreeMap<Guid, Bytes>) {
+        for c in plan.changes() {
+            match c {
+                Change::StoreInline(g, b) => {
+                    self.messages.entry(*g).or_insert_with(|| b.clone());
+                }
+                Change::LinkStaged(g, _) => {
+                    let b = linked
+                        .get(g)
+                        .expect("MemStore captured the bytes of every linked message");
+                    self.messages.entry(*g).or_insert_with(|| b.clone());
+                }
+                Change::RemoveMailbox(id) => {
+                    if let Some(old) = self.mailboxes.remove(id) {
+                        if self.names.get(&old.name) == Some(id) {
+                            self.names.remove(&old.name);
+                        }
+                    }
+                }
+                Change::PutMailbox(m) => {
+                    let clash = self.names.insert(m.name.clone(), m.uniqueid.clone());
+                    assert!(
+                        clash.is_none() || clash.as_ref() == Some(&m.uniqueid),
+                        "plan order frees a name before it is reused"
+                    );
+                    self.mailboxes.insert(m.uniqueid.clone(), m.clone());
+                }
+                Change::ClearRecords(id) => {
+                    self.records.remove(id);
+                }
+                Change::PutRecord(id, r) => {
+                    self.records
+                        .entry(id.clone())
+                        .or_default()
+                        .insert(r.uid, r.clone());
+                }
+                Change::RemoveRecord(id, uid) => {
+                    if let Some(recs) = self.records.get_mut(id) {
+                        recs.remove(&uid);
+                        if recs.is_empty() {
+                            self.records.remove(id);
+                        }
+                    }
+                }
+                Change::ClearSeenOfUser(u) => self.seen.retain(|(x, _), _| x != u),
+                Change::ClearSeenOfMailbox(m) => self.seen.retain(|(_, x), _| x != m),
+                Change::PutSeen(u, m, s) => {
+                    self.seen.insert((u.clone(), m.clone()), s.clone());
+                }
+                Change::RemoveSeen(u, m) => {
+                    self.seen.remove(&(u.clone(), m.clone()));
+                }
+                Change::ClearSubscriptionsOfUser(u) => self.subs.retain(|(x, _), _| x != u),
+                Change::PutSubscription(u, n, s) => {
+                    self.subs.insert((u.clone(), n.clone()), *s);
+                }
+                Change::PutQuota(r, q) => {
+                    self.quotas.insert(r.clone(), q.clone());
+                }
+                Change::RemoveQuota(r) => {
+                    self.quotas.remove(r);
+                }
+                Change::SetServerAnnotations(a) => self.server_annotations = a.clone(),
+                Change::ClearSieveOfUser(u) => self.sieve.retain(|(x, _), _| x != u),
+                Change::PutSieve(u, sc) => {
+                    self.sieve.insert((u.clone(), sc.name.clone()), sc.clone());
+                }
+                Change::RemoveSieve(u, n) => {
+                    self.sieve.remove(&(u.clone(), n.clone()));
+                }
+                Change::SetSieveActive(u, Some(n)) => {
+                    self.sieve_active.insert(u.clone(), n.clone());
+                }
+                Change::SetSieveActive(u, None) => {
+                    self.sieve_active.remove(u);
+                }
+                Change::PutTombstone(t) => {
+                    self.tombstones.insert(t.uniqueid.clone(), t.clone());
+                }
+                Change::RemoveTombstone(id) => {
+                    self.tombstones.remove(id);
+                }
+                Change::AppendSyncLog(ch, line) => {
+                    let (last, lines) = self.logs.entry(ch.to_string()).or_default();
+                    *last += 1;
+                    lines.insert(*last, line.clone());
+                }
+                Change::TrimSyncLog(ch, through) => {
+                    if let Some((_, lines)) = self.logs.get_mut(ch) {
+                        lines.retain(|seq, _| *seq > through);
+                    }
                 }
             }
-        }
-        for (id, m) in delta.mailboxes {
-            if let Some(m) = m {
-                self.names.insert(m.name.clone(), id.clone());
-                self.mailboxes.insert(id, m);
-            }
-        }
-        for (id, rd) in delta.records {
-            if rd.cleared {
-                self.records.remove(&id);
-            }
-            let recs = self.records.entry(id.clone()).or_default();
-            for (uid, r) in rd.puts {
-                match r {
-                    Some(r) => recs.insert(uid, r),
-                    None => recs.remove(&uid),
-                };
-            }
-            if recs.is_empty() {
-                self.records.remove(&id);
-            }
-        }
-        for (guid, m) in delta.messages {
-            let bytes = match m {
-                MsgDelta::Inline(b) => b,
-                MsgDelta::Linked { .. } => linked
-                    .get(&guid)
-                    .cloned()
-                    .expect("MemStore captured the bytes of every linked message"),
-            };
-            self.messages.entry(guid).or_insert(bytes);
-        }
-        for u in &delta.seen_cleared_users {
-            self.seen.retain(|(x, _), _| x != u);
-        }
-        for m in &delta.seen_cleared_mailboxes {
-            self.seen.retain(|(_, x), _| x != m);
-        }
-        for (k, s) in delta.seen {
-            match s {
-                Some(s) => self.seen.insert(k, s),
-                None => self.seen.remove(&k),
-            };
-        }
-        for u in &delta.subs_cleared_users {
-            self.subs.retain(|(x, _), _| x != u);
-        }
-        self.subs.extend(delta.subs);
-        for (k, q) in delta.quotas {
-            match q {
-                Some(q) => self.quotas.insert(k, q),
-                None => self.quotas.remove(&k),
-            };
-        }
-        if let Some(a) = delta.server_annotations {
-            self.server_annotations = a;
-        }
-        for u in &delta.sieve_cleared_users {
-            self.sieve.retain(|(x, _), _| x != u);
-        }
-        for (k, s) in delta.sieve {
-            match s {
-                Some(s) => self.sieve.insert(k, s),
-                None => self.sieve.remove(&k),
-            };
-        }
-        for (u, a) in delta.sieve_active {
-            match a {
-                Some(a) => self.sieve_active.insert(u, a),
-                None => self.sieve_active.remove(&u),
-            };
-        }
-        for (id, t) in delta.tombstones {
-            match t {
-                Some(t) => self.tombstones.insert(id, t),
-                None => self.tombstones.remove(&id),
-            };
-        }
-        for (ch, l) in delta.logs {
-            let (last, lines) = self.logs.entry(ch).or_default();
-            for line in l.appended {
-                *last += 1;
-                lines.insert(*last, line);
-            }
-            lines.retain(|seq, _| *seq > l.trimmed_through);
         }
     }
 }
@@ -350,7 +351,7 @@ impl MailRead for MemState {
 
 struct PendingBatch {
     id: BatchId,
-    delta: Delta,
+    plan: Plan,
     linked: BTreeMap<Guid, Bytes>,
 }
 
@@ -428,25 +429,24 @@ impl MemStore {
         }
         let staged = &self.staged;
         let lookup = |g: &Guid| staged.get(g).map(|b| b.len() as u64);
-        let delta = Delta::of_batch(
+        let plan = Plan::build(
             &Overlay::new(&self.durable, &self.pending_delta),
             batch,
-            Some(&lookup),
+            &lookup,
         )?;
+        let guids: Vec<Guid> = plan.linked().map(|(g, _)| *g).collect();
         let mut linked = BTreeMap::new();
-        for (guid, m) in &delta.messages {
-            if let MsgDelta::Linked { .. } = m {
-                let b = self
-                    .staged
-                    .remove(guid)
-                    .expect("the delta only links staged GUIDs");
-                linked.insert(*guid, b);
-            }
+        for guid in guids {
+            let b = self
+                .staged
+                .remove(&guid)
+                .expect("a plan only links staged GUIDs");
+            linked.insert(guid, b);
         }
-        self.pending_delta.merge(delta.clone());
+        self.pending_delta.merge(plan.delta.clone());
         self.pending.push(PendingBatch {
             id: batch.id,
-            delta,
+            plan,
             linked,
         });
         Ok(())
@@ -471,7 +471,7 @@ impl MemStore {
         let done: Vec<PendingBatch> = self.pending.drain(..n).collect();
         let mut out = Vec::with_capacity(done.len());
         for p in done {
-            self.durable.merge(p.delta, &p.linked);
+            self.durable.apply_plan(&p.plan, &p.linked);
             out.push(Completion::Durable {
                 batch_id: p.id,
                 proof: DurableProof::attest(p.id),
@@ -484,7 +484,7 @@ impl MemStore {
     fn rebuild_pending_delta(&mut self) {
         let mut d = Delta::default();
         for p in &self.pending {
-            d.merge(p.delta.clone());
+            d.merge(p.plan.delta.clone());
         }
         self.pending_delta = d;
     }

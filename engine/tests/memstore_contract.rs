@@ -555,3 +555,58 @@ fn put_mailbox_refuses_name_and_guid_clashes() {
         }
     ));
 }
+
+#[test]
+fn plan_orders_changes_so_a_name_swap_applies() {
+    use engine::store::{Change, Plan};
+    let mut s = MemStore::default();
+    commit(
+        &mut s,
+        &batch(
+            1,
+            vec![
+                Mutation::PutMailbox(mailbox(0, 0)),
+                Mutation::PutMailbox(mailbox(1, 1)),
+            ],
+        ),
+    );
+    let rename = |i: usize, n: MailboxName| Mutation::RenameMailbox {
+        uniqueid: uniq(i),
+        new_name: n,
+        at: UnixTime(50),
+        modseq: ModSeq(2),
+    };
+    let tmp = MailboxName::new("tmp").unwrap();
+    let swap = batch(
+        2,
+        vec![rename(0, tmp), rename(1, name(0)), rename(0, name(1))],
+    );
+    let plan = Plan::build(&s, &swap, &|_| None).unwrap();
+    let kinds: Vec<&str> = plan
+        .changes()
+        .iter()
+        .map(|c| match c {
+            Change::RemoveMailbox(_) => "remove",
+            Change::PutMailbox(_) => "put",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["remove", "remove", "put", "put"]);
+    assert!(matches!(commit(&mut s, &swap), Completion::Durable { .. }));
+    assert_eq!(s.mailbox(&name(0)).unwrap().unwrap().uniqueid, uniq(1));
+    assert_eq!(s.mailbox(&name(1)).unwrap().unwrap().uniqueid, uniq(0));
+    assert_eq!(
+        s.mailbox_by_uniqueid(&uniq(0))
+            .unwrap()
+            .unwrap()
+            .name_history
+            .len(),
+        2
+    );
+    // What the store refuses, the plan refuses.
+    let bad = batch(3, vec![link(1)]);
+    assert_eq!(
+        Plan::build(&s, &bad, &|_| None).unwrap_err(),
+        StoreError::MissingMessage(Guid::of(&msg(1)))
+    );
+}

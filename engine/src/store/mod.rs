@@ -25,14 +25,16 @@
 mod batch;
 mod completion;
 mod overlay;
+mod plan;
 mod stage;
 
 pub use batch::{BatchId, Mutation, WriteBatch};
 pub use completion::{
     commit, commit_group, Completion, DurableProof, EffectRunner, StageId, StoreEffect,
 };
-pub(crate) use overlay::{Delta, MsgDelta};
+pub(crate) use overlay::Delta;
 pub use overlay::{Overlay, Pending};
+pub use plan::{Change, Plan};
 pub use stage::{StageHandle, StageHasher};
 
 use bytes::Bytes;
@@ -274,7 +276,10 @@ pub trait MailRead {
 ///   Staged bytes are not durable and may be dropped at any time before a
 ///   linking batch is written (they are always dropped by a crash).
 /// * `write` applies a batch atomically with the semantics documented on
-///   [`Mutation`]: on `Err` nothing of it happened. A written batch need
+///   [`Mutation`]: on `Err` nothing of it happened. [`Plan::build`] does the
+///   validation and turns the batch into primitive [`Change`]s; a store
+///   that applies those in one transaction has exactly `MemStore`'s
+///   semantics. A written batch need
 ///   not be durable (nor visible to readers) before `sync`.
 /// * `sync` makes every batch written so far durable and visible; on `Err`
 ///   none of the batches written since the last successful `sync` may be
