@@ -40,7 +40,7 @@ fn parse_login(line: &str) -> Option<(String, String)> {
     let mut out = Vec::new();
     let mut chars = rest.chars();
     for _ in 0..2 {
-        while let Some(c) = chars.next() {
+        for c in chars.by_ref() {
             if c == '"' {
                 break;
             }
