@@ -13,6 +13,8 @@
 //! converts both ways with `proto::dlist::Guid` (`From`), so codecs and
 //! machines meet at that edge.
 
+#[cfg(feature = "arbitrary")]
+mod arbitrary_impls;
 pub mod crc;
 mod ids;
 mod mailbox;

@@ -22,6 +22,8 @@
 //!
 //! This module never does I/O itself; the store behind the trait does.
 
+#[cfg(feature = "arbitrary")]
+mod arbitrary_impls;
 mod batch;
 mod completion;
 mod overlay;
