@@ -15,6 +15,8 @@
 //!   master's on the APPLY line: the computed pair must equal that pair;
 //! * a later `GET USER`/`GET MAILBOXES` line for a mailbox with a known set
 //!   must carry the computed pair;
+//! * an `APPLY MAILBOX` over a known set that carries SINCE_CRC /
+//!   SINCE_CRC_ANNOT (sync cache) must name that set's pair;
 //! * `APPLY EXPUNGE` answered OK expunges in the known set.
 //!
 //! Anything else (a NO, a sync-cache delta over unknown state) makes the
@@ -222,6 +224,7 @@ struct Tally {
     empty: usize,
     after_apply: usize,
     reported: usize,
+    since: usize,
     failures: Vec<String>,
 }
 
@@ -393,6 +396,30 @@ fn replay(file: &str, text: &str, t: &mut Tally) {
                 let Some(mut recs) = base else {
                     continue;
                 };
+                // SINCE_CRC / SINCE_CRC_ANNOT (sync cache) name the replica's
+                // state before this apply: our known set must match it.
+                if let (Some(b), Some(a)) = (v.get("SINCE_CRC"), v.get("SINCE_CRC_ANNOT")) {
+                    let since = SyncCrcs {
+                        basic: b.num() as u32,
+                        annot: a.num() as u32,
+                    };
+                    let got = SyncCrcs::of_records(recs.values());
+                    // 0 is Cyrus's "don't check" for either half.
+                    let since = SyncCrcs {
+                        basic: if since.basic == 0 {
+                            got.basic
+                        } else {
+                            since.basic
+                        },
+                        annot: if since.annot == 0 {
+                            got.annot
+                        } else {
+                            since.annot
+                        },
+                    };
+                    t.check("SINCE_CRC of a known set", file, line, got, since);
+                    t.since += 1;
+                }
                 if let Some(list) = v.get("RECORD") {
                     for r in list.list().iter().map(record_of) {
                         recs.insert(r.uid.get(), r);
@@ -449,8 +476,8 @@ fn sync_crcs_match_cyrus_3_6_transcripts() {
         replay(&name, &text, &mut t);
     }
     eprintln!(
-        "checked: {} FULLMAILBOX, {} empty, {} after APPLY, {} later reports",
-        t.full_mailbox, t.empty, t.after_apply, t.reported
+        "checked: {} FULLMAILBOX, {} empty, {} after APPLY, {} later reports, {} SINCE",
+        t.full_mailbox, t.empty, t.after_apply, t.reported, t.since
     );
     assert!(t.failures.is_empty(), "{}", t.failures.join("\n"));
     assert!(t.full_mailbox >= 4, "too few FULLMAILBOX checks");
