@@ -610,3 +610,32 @@ fn plan_orders_changes_so_a_name_swap_applies() {
         StoreError::MissingMessage(Guid::of(&msg(1)))
     );
 }
+
+#[test]
+fn completions_hand_out_their_proof_only_for_the_expected_batch() {
+    let mut s = MemStore::default();
+    let c = commit(&mut s, &batch(5, vec![Mutation::PutMailbox(mailbox(0, 0))]));
+    assert_eq!(c.batch_id(), Some(BatchId(5)));
+    let c2 = commit(&mut s, &batch(6, vec![Mutation::PutMailbox(mailbox(1, 1))]));
+    assert!(matches!(
+        c2.into_proof(BatchId(5)),
+        Err(Err(Completion::Durable { .. }))
+    ));
+    let proof = c.into_proof(BatchId(5)).unwrap();
+    assert_eq!(proof.batch_id(), BatchId(5));
+    let f = commit(
+        &mut s,
+        &batch(
+            7,
+            vec![Mutation::DeleteMailbox {
+                uniqueid: uniq(3),
+                at: UnixTime(0),
+                modseq: ModSeq(0),
+            }],
+        ),
+    );
+    assert_eq!(
+        f.into_proof(BatchId(7)).unwrap_err().unwrap(),
+        StoreError::UnknownMailbox(uniq(3))
+    );
+}

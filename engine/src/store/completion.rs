@@ -120,6 +120,33 @@ pub enum Completion {
     },
 }
 
+impl Completion {
+    /// The batch this completes (`None` for a staging).
+    pub fn batch_id(&self) -> Option<BatchId> {
+        match self {
+            Completion::Durable { batch_id, .. } | Completion::Failed { batch_id, .. } => {
+                Some(*batch_id)
+            }
+            Completion::Staged { .. } => None,
+        }
+    }
+
+    /// For machines: the proof if this is `Durable` for `expected`, the
+    /// store's error if it `Failed`. A completion for another batch, or a
+    /// staging, is handed back unchanged in `Err(Err(..))` — a machine
+    /// that gets one has mixed up its ids.
+    pub fn into_proof(
+        self,
+        expected: BatchId,
+    ) -> Result<DurableProof, Result<StoreError, Completion>> {
+        match self {
+            Completion::Durable { batch_id, proof } if batch_id == expected => Ok(proof),
+            Completion::Failed { batch_id, error } if batch_id == expected => Err(Ok(error)),
+            other => Err(Err(other)),
+        }
+    }
+}
+
 /// For drivers: write one batch and sync, returning its completion.
 pub fn commit<S: StoreWrite + ?Sized>(store: &mut S, batch: &WriteBatch) -> Completion {
     let r = store.write(batch).and_then(|()| store.sync());
