@@ -6,6 +6,7 @@
 //! never a silent no-op.
 
 mod capture;
+mod passwd;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ pub fn find(name: &str) -> Option<Tool> {
     }
     Some(match name {
         "capture" => Tool::Ready(capture::main),
+        "passwd" => Tool::Ready(passwd::main),
         _ => Tool::NotYet,
     })
 }
