@@ -189,6 +189,9 @@ impl MailRead for MemState {
     }
 
     fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+        if guid.is_zero() {
+            return Ok(None);
+        }
         // Linear: MemStore serves tests and the simulator, not millions.
         Ok(self.mailboxes.values().find(|m| m.guid == *guid).cloned())
     }

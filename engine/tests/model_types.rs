@@ -28,6 +28,18 @@ fn guids_are_40_hex_digits_and_sha1() {
     let mg = MailboxGuid::parse(b"0123456789abcdef0123456789ABCDEF").unwrap();
     assert_eq!(mg.to_hex(), "0123456789abcdef0123456789abcdef");
     assert!(MailboxGuid::parse(b"0123").is_err());
+    let u = UniqueId::new("p0mgjmas3k7mjy7qj5jqib3f").unwrap();
+    let d = MailboxGuid::derive_from_uniqueid(&u);
+    assert_eq!(d, MailboxGuid::derive_from_uniqueid(&u.clone()));
+    assert_ne!(
+        d,
+        MailboxGuid::derive_from_uniqueid(&UniqueId::new("other").unwrap())
+    );
+    assert!(!d.is_zero());
+    assert_eq!(
+        UniqueId::from_mailbox_guid(&mg).as_bytes(),
+        mg.to_hex().as_bytes()
+    );
 }
 
 #[test]

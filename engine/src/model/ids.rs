@@ -289,6 +289,24 @@ impl MailboxGuid {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The dsync GUID of a mailbox that has only a Cyrus UNIQUEID: the
+    /// first 128 bits of SHA-1("corvid-mailbox-guid\0" + uniqueid). Master
+    /// and replica share the UNIQUEID, so both derive the same GUID and a
+    /// folder keeps one identity across csync and dsync. Never zero.
+    pub fn derive_from_uniqueid(id: &UniqueId) -> MailboxGuid {
+        use sha1::Digest;
+        let mut h = sha1::Sha1::new();
+        h.update(b"corvid-mailbox-guid\0");
+        h.update(id.as_bytes());
+        let d: [u8; 20] = h.finalize().into();
+        let mut g = [0u8; 16];
+        g.copy_from_slice(&d[..16]);
+        if g == [0; 16] {
+            g[15] = 1;
+        }
+        MailboxGuid(g)
+    }
 }
 
 impl fmt::Display for MailboxGuid {
@@ -482,6 +500,14 @@ byte_name!(
     255,
     |c| c == 0 || c == b'\r' || c == b'\n' || c == b'\t'
 );
+
+impl UniqueId {
+    /// The UNIQUEID of a mailbox that has only a dsync GUID: its 32 hex
+    /// digits (a valid Cyrus uniqueid atom).
+    pub fn from_mailbox_guid(g: &MailboxGuid) -> UniqueId {
+        UniqueId::new(g.to_hex()).expect("hex digits are atom characters")
+    }
+}
 
 impl Keyword {
     /// The ASCII-lower-cased form (what IMAP comparison and the sync CRC use).

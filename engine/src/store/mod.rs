@@ -169,7 +169,8 @@ pub trait MailRead {
     fn mailbox(&self, name: &MailboxName) -> Result<Option<Mailbox>, StoreError>;
     /// The mailbox with this Cyrus UNIQUEID.
     fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError>;
-    /// The mailbox with this dsync GUID.
+    /// The mailbox with this dsync GUID (`None` for the zero GUID, which
+    /// means "no GUID").
     fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError>;
     /// Every mailbox whose [`Mailbox::owner`] is `user`, by name.
     fn mailboxes_of_user(&self, user: &UserId) -> Result<Vec<Mailbox>, StoreError>;

@@ -445,6 +445,9 @@ impl<S: MailRead + ?Sized> MailRead for Overlay<'_, S> {
     }
 
     fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+        if guid.is_zero() {
+            return Ok(None);
+        }
         for m in self.delta.mailboxes.values().flatten() {
             if m.guid == *guid {
                 return Ok(Some(m.clone()));
