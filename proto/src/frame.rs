@@ -618,10 +618,19 @@ impl Framer {
         };
         let over = header.len > max
             || (matches!(header.kind, LiteralKind::File { .. }) && !self.opts.file_literals);
-        if awaits && (over || self.acc.poison.is_some()) {
+        let inline = matches!(header.kind, LiteralKind::Sync | LiteralKind::NonSync)
+            && header.len <= self.opts.inline_literal_bytes_max as u64;
+        let overflows_line =
+            inline && self.acc.size() as u64 + header.len > self.opts.line_bytes_max as u64;
+        if awaits && (over || overflows_line || self.acc.poison.is_some()) {
             // The peer sends nothing until we continue, so refusing now
             // keeps the stream in sync without skipping anything.
-            self.acc.poison(too_large, &[]);
+            let reason = if over {
+                too_large
+            } else {
+                RefusalReason::LineTooLong
+            };
+            self.acc.poison(reason, &[]);
             let r = self.finish_refused(true);
             self.pending.push_back(Event::Refused(r));
             return;
@@ -641,12 +650,10 @@ impl Framer {
                 .push_back(Event::ContinuationNeeded { len: header.len });
             self.awaiting_decision = true;
         }
-        let inline_fits = matches!(header.kind, LiteralKind::Sync | LiteralKind::NonSync)
-            && header.len <= self.opts.inline_literal_bytes_max as u64;
         let sink = if self.acc.poison.is_some() {
             Sink::Discard
-        } else if inline_fits {
-            if self.acc.size() as u64 + header.len > self.opts.line_bytes_max as u64 {
+        } else if inline {
+            if overflows_line {
                 self.acc.poison(RefusalReason::LineTooLong, &[]);
                 Sink::Discard
             } else {

@@ -441,3 +441,19 @@ fn announced_inline_literal_is_not_preallocated() {
         f.buffered_bytes()
     );
 }
+
+#[test]
+fn sync_literal_that_would_overflow_the_line_is_refused_before_continuation() {
+    let opts = Options {
+        line_bytes_max: 64,
+        ..Options::default()
+    };
+    let mut f = Framer::new(opts);
+    f.handle_input(b"A1 FIND {60}\r\nN1 NOOP\r\n");
+    let Ok(Some(Event::Refused(r))) = f.poll_event() else {
+        panic!()
+    };
+    assert_eq!(r.reason, RefusalReason::LineTooLong);
+    assert!(r.at_sync_literal);
+    assert!(matches!(f.poll_event(), Ok(Some(Event::Message(m))) if m.text() == b"N1 NOOP"));
+}
