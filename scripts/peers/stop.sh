@@ -28,7 +28,7 @@ done
 for d in /proc/[0-9]*; do
   pid=${d#/proc/}
   [ "$pid" = $$ ] && continue
-  cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+  cmd=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue
   case $cmd in
     *"$R/master/imapd.conf"*|*"$R/replica/imapd.conf"*|*"$R/mupdate/imapd.conf"*|*"$R/master/sync-"*)
       stop_pid "$pid" "leftover ${cmd:0:60}" ;;
