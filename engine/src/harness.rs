@@ -177,7 +177,7 @@ where
     fn next_due(&self) -> Option<(Time, Due)> {
         let mut best: Option<(Time, Due)> = None;
         let mut consider = |t: Time, d: Due| {
-            if best.map_or(true, |b| (t, d) < b) {
+            if !matches!(best, Some(b) if b <= (t, d)) {
                 best = Some((t, d));
             }
         };

@@ -96,8 +96,9 @@ impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
         let nanos = self.0.subsec_nanos();
-        if nanos % 1_000_000 == 0 {
-            write!(f, "{}.{:03}s", secs, nanos / 1_000_000)
+        let millis = nanos / 1_000_000;
+        if millis * 1_000_000 == nanos {
+            write!(f, "{}.{:03}s", secs, millis)
         } else {
             write!(f, "{}.{:09}s", secs, nanos)
         }

@@ -93,8 +93,8 @@ pub struct NoEffects;
 
 impl EffectExecutor<Infallible> for NoEffects {
     type Completion = Infallible;
-    fn execute(&self, effect: Infallible) -> impl Future<Output = Infallible> + Send {
-        async move { match effect {} }
+    async fn execute(&self, effect: Infallible) -> Infallible {
+        match effect {}
     }
 }
 
@@ -671,14 +671,11 @@ where
 
     async fn send_events(&mut self) {
         while let Some(event) = self.pending_events.pop_front() {
-            match &self.events {
-                Some(tx) => {
-                    if tx.send(event).await.is_err() {
-                        debug!("event receiver gone; dropping events from now on");
-                        self.events = None;
-                    }
+            if let Some(tx) = &self.events {
+                if tx.send(event).await.is_err() {
+                    debug!("event receiver gone; dropping events from now on");
+                    self.events = None;
                 }
-                None => {}
             }
         }
     }

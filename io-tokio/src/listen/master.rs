@@ -25,7 +25,6 @@
 //! adopts them at most once per process, so no descriptor gets two owners.
 
 use std::fs::File;
-use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
@@ -170,12 +169,10 @@ impl MasterListener {
 impl Listener for MasterListener {
     type Stream = tokio::net::TcpStream;
 
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send {
-        async move {
-            let accepted = self.listener.accept().await?;
-            self.status.send(Status::ConnectionMulti);
-            Ok(accepted)
-        }
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let accepted = self.listener.accept().await?;
+        self.status.send(Status::ConnectionMulti);
+        Ok(accepted)
     }
 }
 

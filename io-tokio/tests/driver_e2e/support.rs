@@ -292,14 +292,14 @@ impl Machine for LineClient {
     }
 }
 
+type StoreFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + Send>>;
+
 /// A store that records writes and completes them after `delay` (tokio
 /// time, so turmoil's clock applies).
 pub fn recording_store(
     delay: Duration,
 ) -> (
-    FnExecutor<
-        impl Fn(Write) -> std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + Send>> + Clone,
-    >,
+    FnExecutor<impl Fn(Write) -> StoreFuture + Clone>,
     Arc<Mutex<Vec<Write>>>,
 ) {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -309,7 +309,7 @@ pub fn recording_store(
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             Stored::Ok
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + Send>>
+        }) as StoreFuture
     });
     (exec, log)
 }
@@ -328,7 +328,7 @@ pub struct NoStore;
 
 impl io_tokio::driver::EffectExecutor<Write> for NoStore {
     type Completion = Stored;
-    fn execute(&self, _w: Write) -> impl std::future::Future<Output = Stored> + Send {
-        async { panic!("no store in this test") }
+    async fn execute(&self, _w: Write) -> Stored {
+        panic!("no store in this test")
     }
 }
