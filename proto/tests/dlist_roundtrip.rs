@@ -318,3 +318,15 @@ fn typed_accessors() {
     assert_eq!(g.to_string(), "644657d1095548205478542cf038c9f624f2e7cb");
     assert!(Guid::parse(b"644657d1").is_err());
 }
+
+#[test]
+fn quoted_escapes_from_other_peers_round_trip() {
+    let line = b"K (\"a\\\"b\\\\c\" \"plain\" \"\")\r\n";
+    let (item, _) = decode_item(line, 3);
+    let l = item.value.as_list().unwrap();
+    assert_eq!(l[0], Value::Quoted(Bytes::from_static(b"a\"b\\c")));
+    assert_eq!(l[1], Value::Quoted(Bytes::from_static(b"plain")));
+    assert_eq!(l[2], Value::Quoted(Bytes::new()));
+    let (again, _) = encode_item(&item, LiteralStyle::NonSync);
+    assert_eq!(again, line);
+}

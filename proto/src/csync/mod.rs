@@ -16,6 +16,13 @@
 //! state needed to read the next line correctly (the banner phase of the
 //! client side, a pending SASL response on the server side).
 //!
+//! Known differences from Cyrus, both refusals of input Cyrus's own
+//! client never sends: a command whose dlist is still open at the end of
+//! its line (`GET USER` with no argument, an unclosed `%(`) is refused as
+//! a parse failure, where sync_server keeps reading the next line
+//! (`csync-error-probes.txt`); and a blown framing limit gets the parse
+//! failure's BAD instead of Cyrus's `* Fatal error` and exit.
+//!
 //! Layering: bytes in → (TLS, inflate: not here) → [`crate::frame`] →
 //! [`crate::dlist`] on complete messages → these types.
 

@@ -244,7 +244,7 @@ impl<'m> Cursor<'m> {
                 })?;
                 self.pos += a.len();
                 self.check_not_into_literal(at)?;
-                Ok(Bytes::copy_from_slice(a))
+                Ok(self.share(a))
             }
             None => Err(self.end_error("a string")),
         }
@@ -319,7 +319,7 @@ impl<'m> Cursor<'m> {
                     .count();
                 self.pos += n;
                 self.check_not_into_literal(at)?;
-                Ok(Value::Flag(Bytes::copy_from_slice(&w[..n])))
+                Ok(Value::Flag(self.share(&w[..n])))
             }
             Some(_) => {
                 let (_, a) = atom_token(self.window()).map_err(|_| ParseError::Unexpected {
@@ -331,10 +331,17 @@ impl<'m> Cursor<'m> {
                 if a == b"NIL" {
                     Ok(Value::Nil)
                 } else {
-                    Ok(Value::Atom(Bytes::copy_from_slice(a)))
+                    Ok(Value::Atom(self.share(a)))
                 }
             }
         }
+    }
+
+    /// `part` (a slice of the message text) as shared bytes, without
+    /// copying: decoded values keep the message text alive, so a consumer
+    /// that stores a small value for long should copy it.
+    fn share(&self, part: &[u8]) -> Bytes {
+        self.msg.text_bytes().slice_ref(part)
     }
 
     /// A token that ran up to a literal boundary swallowed an announcement
@@ -349,6 +356,14 @@ impl<'m> Cursor<'m> {
     fn quoted(&mut self) -> Result<Bytes, ParseError> {
         let w = self.window();
         debug_assert_eq!(w.first(), Some(&b'"'));
+        // Without escapes (always, from Cyrus) the content is a slice of
+        // the message; with them it is rebuilt.
+        if let Some(end) = w[1..].iter().position(|&b| b == b'"' || b == b'\\') {
+            if w[1 + end] == b'"' {
+                self.pos += end + 2;
+                return Ok(self.share(&w[1..1 + end]));
+            }
+        }
         let mut out = Vec::new();
         let mut i = 1;
         while i < w.len() {
