@@ -560,3 +560,57 @@ fn decoder_options_are_checked() {
     let item = Item::new(Bytes::from_static(b"mailbox"), Value::Nil);
     assert!(item.key_is("MAILBOX"));
 }
+
+fn junk() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..16),
+        Just(b"\r\n".to_vec()),
+        Just(b"{3+}\r\n".to_vec()),
+        Just(b"{2}\r\n".to_vec()),
+        Just(b"%{default 0123456789abcdef0123456789abcdef01234567 4}\r\n".to_vec()),
+        Just(b"%{p nothex 2}\r\n".to_vec()),
+        Just(b"APPLY MAILBOX %(".to_vec()),
+        Just(b"* MAILBOX (".to_vec()),
+        Just(b"\"".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b"(((".to_vec()),
+        Just(b")".to_vec()),
+        Just(b"NIL ".to_vec()),
+        Just(b"S1 SYNCGET ".to_vec()),
+        Just(b"+ ".to_vec()),
+    ];
+    proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(input in junk(), cut in 1usize..20) {
+        let small = proto::frame::Options { line_bytes_max: 200, literal_bytes_max: 50, inline_literal_bytes_max: 50, file_literal_bytes_max: 10, ..proto::frame::Options::csync() };
+        let mut a = ServerDecoder::with_options(small.clone()).unwrap();
+        let mut b = ClientDecoder::with_options(small.clone()).unwrap();
+        let mut c = ImapServerDecoder::with_options(proto::frame::Options { sync_literals: proto::frame::SyncLiterals::AwaitContinuation, ..small.clone() }).unwrap();
+        let mut d = ImapClientDecoder::with_options(small).unwrap();
+        let (mut fa, mut fb, mut fc, mut fd) = (false, false, false, false);
+        for piece in input.chunks(cut) {
+            a.handle_input(piece);
+            b.handle_input(piece);
+            c.handle_input(piece);
+            d.handle_input(piece);
+            while !fa { match a.poll_event() { Ok(Some(_)) => {}, Ok(None) => break, Err(_) => fa = true } }
+            while !fb { match b.poll_event() { Ok(Some(_)) => {}, Ok(None) => break, Err(_) => fb = true } }
+            while !fc {
+                match c.poll_event() {
+                    // Alternate accepting and refusing synchronising literals.
+                    Ok(Some(Event::ContinuationNeeded { len })) => { if len % 2 == 1 { c.reject_literal().unwrap() } }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => fc = true,
+                }
+            }
+            while !fd { match d.poll_event() { Ok(Some(_)) => {}, Ok(None) => break, Err(_) => fd = true } }
+            // Memory stays within the small limits plus one input piece.
+            prop_assert!(a.buffered_bytes() <= 200 + 1024 + 64 * 1024);
+        }
+        let _ = (a.handle_eof(), b.handle_eof(), c.handle_eof(), d.handle_eof());
+    }
+}

@@ -265,6 +265,16 @@ impl ImapServerDecoder {
         self.stream.framer().handle_input(input);
     }
 
+    /// Bytes received but not decoded (for a layer switch).
+    pub fn take_unconsumed(&mut self) -> BytesMut {
+        self.stream.framer().take_unconsumed()
+    }
+
+    /// Bytes held (bounded; see [`crate::frame`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.stream.framer_ref().buffered_bytes()
+    }
+
     /// The peer closed its side.
     pub fn handle_eof(&mut self) -> Result<(), DecodeError> {
         Ok(self.stream.framer().handle_eof()?)
@@ -563,6 +573,16 @@ impl ImapClientDecoder {
     /// Received bytes.
     pub fn handle_input(&mut self, input: &[u8]) {
         self.stream.framer().handle_input(input);
+    }
+
+    /// Bytes received but not decoded (for a layer switch).
+    pub fn take_unconsumed(&mut self) -> BytesMut {
+        self.stream.framer().take_unconsumed()
+    }
+
+    /// Bytes held (bounded; see [`crate::frame`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.stream.framer_ref().buffered_bytes()
     }
 
     /// The peer closed its side.
