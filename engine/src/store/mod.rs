@@ -26,6 +26,7 @@
 mod arbitrary_impls;
 mod batch;
 mod completion;
+pub mod conformance;
 mod overlay;
 mod plan;
 mod stage;
@@ -250,7 +251,8 @@ pub trait MailRead {
     fn sieve_active(&self, user: &UserId) -> Result<Option<SieveName>, StoreError>;
     /// The server annotations (Cyrus mailbox `""`).
     fn server_annotations(&self) -> Result<Annotations, StoreError>;
-    /// Tombstones of deleted mailboxes that had `name`, oldest first.
+    /// Tombstones of deleted mailboxes that had `name`, oldest first (ties
+    /// by uniqueid).
     fn tombstones_named(&self, name: &MailboxName) -> Result<Vec<Tombstone>, StoreError>;
     /// Tombstones of a user's deleted mailboxes, by uniqueid.
     fn tombstones_of_user(&self, user: &UserId) -> Result<Vec<Tombstone>, StoreError>;
