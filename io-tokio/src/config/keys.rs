@@ -12,7 +12,7 @@
 
 /// How Cyrus interprets a key's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Taken verbatim.
     Str,
     /// Cyrus `SWITCH`: judged by its first character(s), see `parse_switch`.

@@ -38,12 +38,30 @@
 
 mod keys;
 
+pub use keys::Kind as KeyKind;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keys::Kind;
+
+/// The keys corvid knows (type-checks at load and has Cyrus defaults for),
+/// with their kind and default, in name order. Deprecated keys are listed
+/// with the key that replaced them.
+pub fn known_keys() -> impl Iterator<
+    Item = (
+        &'static str,
+        KeyKind,
+        Option<&'static str>,
+        Option<&'static str>,
+    ),
+> {
+    keys::KEYS
+        .iter()
+        .map(|k| (k.name, k.kind, k.default, k.replaced_by))
+}
 
 /// Where a value came from: the file and the line (the first physical line
 /// of a continued line) it was set on.
@@ -256,8 +274,8 @@ pub fn parse_switch(value: &str) -> Option<bool> {
 }
 
 /// Cyrus `strtol(value, &end, 0)` with the whole value consumed: optional
-/// sign, `0x` hex, leading-`0` octal, else decimal. Out of range is refused
-/// (strtol would clamp).
+/// sign, `0x` hex, leading-`0` octal, else decimal. Out of range clamps to
+/// the i64 bounds, as strtol does (Cyrus accepts such a value).
 pub fn parse_int(value: &str) -> Option<i64> {
     let (neg, rest) = match value.as_bytes().first() {
         Some(b'-') => (true, &value[1..]),
@@ -275,8 +293,13 @@ pub fn parse_int(value: &str) -> Option<i64> {
     if digits.is_empty() || !digits.bytes().all(|c| (c as char).is_digit(radix)) {
         return None;
     }
-    let v = i64::from_str_radix(digits, radix).ok()?;
-    Some(if neg { -v } else { v })
+    let v = match i128::from_str_radix(digits, radix) {
+        Ok(v) => v,
+        // Only a digit string too long for i128 gets here: it is out of range.
+        Err(_) => i128::MAX,
+    };
+    let v = if neg { -v } else { v };
+    Some(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
 }
 
 /// Cyrus `config_parseduration`: seconds, or `None` if malformed.
@@ -460,7 +483,9 @@ impl Loader<'_> {
         {
             i += 1;
         }
-        if line.get(i) != Some(&b':') {
+        // An empty key (`: value`) is not caught by Cyrus's parser, but
+        // Cyrus dies on it later (cyr_info exits without a word): refuse it here.
+        if line.get(i) != Some(&b':') || i == usize::from(line[0] == b'@') {
             return Err(ConfigError::InvalidKey { origin });
         }
         let key = String::from_utf8_lossy(&line[..i]).to_ascii_lowercase();
@@ -581,15 +606,21 @@ impl Config {
             }
         }
         // Cyrus refuses a defaultpartition that is not alphanumeric, and lower-cases it.
-        if let Some(e) = conf.lookup("defaultpartition") {
+        let ident_key = conf.ident.as_ref().map(|i| format!("{i}_defaultpartition"));
+        let key = match ident_key {
+            Some(k) if conf.entries.contains_key(&k) => k,
+            _ => "defaultpartition".to_owned(),
+        };
+        if let Some(e) = conf.entries.get_mut(&key) {
             if !e.value.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(ConfigError::InvalidValue {
                     origin: e.origin.clone(),
-                    key: "defaultpartition".into(),
+                    key,
                     shown: shown("defaultpartition", &e.value),
                     expected: "a partition name of letters and digits".into(),
                 });
             }
+            e.value.make_ascii_lowercase();
         }
         Ok(conf)
     }
@@ -816,10 +847,9 @@ impl Config {
         self.get_str(&format!("partition-{name}")).map(Path::new)
     }
 
-    /// `defaultpartition`, lower-cased (Cyrus lower-cases it), if set.
-    pub fn default_partition(&self) -> Option<String> {
+    /// `defaultpartition` (lower-cased at load, as Cyrus does), if set.
+    pub fn default_partition(&self) -> Option<&str> {
         self.get_str("defaultpartition")
-            .map(str::to_ascii_lowercase)
     }
 
     /// `sync_log_channels` as channel names; `None` is the default channel
