@@ -20,8 +20,11 @@ export CORVID_PEERS_ENV=$CORVID_PEERS_RUN/env
 . "$HERE/peers.env"
 WHAT=${*:-csync mupdate}
 
-(cd "$ROOT" && cargo build -q -p bins)
-CORVID=${CORVID:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/corvid}
+# CORVID=/path/to/corvid skips the build (e.g. while the workspace is mid-change)
+if [ -z "${CORVID:-}" ]; then
+  (cd "$ROOT" && cargo build -q -p bins)
+  CORVID=${CARGO_TARGET_DIR:-$ROOT/target}/debug/corvid
+fi
 CS=$ROOT/corpus/traces/csync
 MU=$ROOT/corpus/traces/mupdate
 mkdir -p "$CS" "$MU"
