@@ -337,15 +337,23 @@ where
             deferred: VecDeque::new(),
             tls_switch: None,
             close: None,
+            ended: false,
             timeout: None,
             peer_eof: false,
             bytes_read: 0,
             bytes_written: 0,
         };
-        let result = run
-            .run(Box::new(transport), first_layer)
-            .instrument(span.clone())
-            .await;
+        let result = async {
+            let result = run.run(Box::new(transport), first_layer).await;
+            // Whatever ended the connection, effects already emitted run to
+            // completion and the machine hears of them (a store write must
+            // not be cut off halfway because the peer reset).
+            run.ended = true;
+            run.finish_effects().await;
+            result
+        }
+        .instrument(span.clone())
+        .await;
         let _enter = span.enter();
         match &result {
             Ok(reason) => info!(
@@ -399,6 +407,9 @@ struct Run<'e, M: Machine, E> {
     deferred: VecDeque<OutputOf<M>>,
     tls_switch: Option<(Layer, bytes::Bytes)>,
     close: Option<CloseReason>,
+    /// The connection is over; only completions of effects in flight are
+    /// still delivered.
+    ended: bool,
     timeout: Option<Time>,
     peer_eof: bool,
     bytes_read: u64,
@@ -460,7 +471,6 @@ where
                 write_all(&mut wr, &mut self.out, &mut self.bytes_written).await?;
                 // The peer may already be gone; the close stands either way.
                 let _ = wr.shutdown().await;
-                self.finish_effects().await;
                 return Ok(reason);
             }
 
@@ -562,13 +572,14 @@ where
     }
 
     fn act(&mut self, output: OutputOf<M>) -> Result<(), Error> {
-        if self.tls_switch.is_some() {
+        if self.tls_switch.is_some() && !self.ended {
             // Whatever follows a TLS switch waits for the handshake.
             self.deferred.push_back(output);
             return Ok(());
         }
-        if self.close.is_some() {
-            // After Close: events still matter; bytes and layers do not.
+        if self.close.is_some() || self.ended {
+            // After Close (or the connection's end): events still matter;
+            // bytes and layers do not.
             match output {
                 Output::Event(e) => self.pending_events.push_back(e),
                 Output::Effect { id, .. } => {
@@ -653,8 +664,10 @@ where
         }
     }
 
-    /// After Close: runs every effect already emitted to completion and
-    /// hands the completions to the machine (whose events still go out).
+    /// After the end: runs every effect already emitted to completion and
+    /// hands the completions to the machine (whose events still go out). An
+    /// executor that never completes holds the connection's task, so
+    /// executors carry their own timeouts.
     async fn finish_effects(&mut self) {
         loop {
             self.start_effects();

@@ -160,3 +160,94 @@ async fn local_close_by_command() {
         CloseReason::PeerClosed
     );
 }
+
+/// A machine that stores every line it reads and keeps reading while the
+/// stores run; each completion becomes an event.
+#[derive(Default)]
+struct Recorder {
+    buf: bytes::BytesMut,
+    out: std::collections::VecDeque<engine::machine::Output<Write, String>>,
+    ids: engine::machine::EffectIds,
+    closed: bool,
+}
+
+impl engine::machine::Machine for Recorder {
+    type Effect = Write;
+    type Completion = crate::support::Stored;
+    type Event = String;
+    type Command = std::convert::Infallible;
+
+    fn handle_input(&mut self, _now: Time, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while let Some(line) = crate::support::take_line(&mut self.buf) {
+            let id = self.ids.next_id();
+            self.out.push_back(engine::machine::Output::Effect {
+                id,
+                effect: Write {
+                    key: line,
+                    value: String::new(),
+                },
+            });
+        }
+    }
+    fn handle_eof(&mut self, _now: Time) {
+        self.closed = true;
+        self.out
+            .push_back(engine::machine::Output::Close(CloseReason::PeerClosed));
+    }
+    fn handle_timeout(&mut self, _now: Time) {}
+    fn handle_completion(
+        &mut self,
+        _now: Time,
+        id: engine::machine::EffectId,
+        _c: crate::support::Stored,
+    ) {
+        self.out
+            .push_back(engine::machine::Output::Event(format!("done {id:?}")));
+    }
+    fn handle_command(&mut self, _now: Time, c: std::convert::Infallible) {
+        match c {}
+    }
+    fn poll_output(&mut self) -> Option<engine::machine::Output<Write, String>> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn wants_input(&self) -> bool {
+        !self.closed
+    }
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// The peer resets the connection while a store runs: the driver ends with
+/// the i/o error, but the store still completes and the machine still hears
+/// of it.
+#[tokio::test]
+async fn effects_in_flight_complete_after_a_reset() {
+    let (c, s) = tcp_pair().await;
+    let (store, writes) = recording_store(Duration::from_millis(300));
+    let (ev_tx, mut ev_rx) = mpsc::channel(8);
+    let server = tokio::spawn(Driver::new(Recorder::default(), store).events(ev_tx).run(s));
+    let mut c = c;
+    c.write_all(b"first\r\nsecond\r\n").await.unwrap();
+    // Wait until both writes reached the store, then reset (RST, not FIN).
+    while writes.lock().unwrap().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    c.set_zero_linger().unwrap();
+    drop(c);
+    let mut seen = Vec::new();
+    while let Some(e) = next_event(&mut ev_rx).await {
+        seen.push(e);
+    }
+    assert_eq!(seen, ["done #1", "done #2"]);
+    let outcome = server.await.unwrap();
+    assert!(
+        matches!(&outcome.result, Err(io_tokio::driver::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{:?}",
+        outcome.result
+    );
+}
