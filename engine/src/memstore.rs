@@ -160,10 +160,15 @@ impl MemState {
                 Change::RemoveTombstone(id) => {
                     self.tombstones.remove(id);
                 }
-                Change::AppendSyncLog(ch, line) => {
+                Change::AppendSyncLog(ch, seq, line) => {
                     let (last, lines) = self.logs.entry(ch.to_string()).or_default();
-                    *last += 1;
-                    lines.insert(*last, line.clone());
+                    assert!(seq > *last, "sequence numbers never repeat");
+                    lines.insert(seq, line.clone());
+                    *last = seq;
+                }
+                Change::SyncLogLast(ch, seq) => {
+                    let (last, _) = self.logs.entry(ch.to_string()).or_default();
+                    *last = (*last).max(seq);
                 }
                 Change::TrimSyncLog(ch, through) => {
                     if let Some((_, lines)) = self.logs.get_mut(ch) {

@@ -639,3 +639,40 @@ fn completions_hand_out_their_proof_only_for_the_expected_batch() {
         StoreError::UnknownMailbox(uniq(3))
     );
 }
+
+#[test]
+fn trimming_never_hides_lines_appended_later() {
+    let line = |i: usize| Mutation::AppendSyncLog {
+        channel: "squatter".into(),
+        line: SyncLogLine::Mailbox(name(i)),
+    };
+    let trim = |t: u64| Mutation::TrimSyncLog {
+        channel: "squatter".into(),
+        through: t,
+    };
+    let mut s = MemStore::default();
+    // A trim beyond the end is clamped: the line appended after it stays.
+    commit(&mut s, &batch(1, vec![trim(100), line(0)]));
+    assert_eq!(
+        s.sync_log("squatter", 0, 10).unwrap(),
+        vec![(1, SyncLogLine::Mailbox(name(0)))]
+    );
+    // Lines appended and trimmed in one batch still use up their numbers.
+    commit(&mut s, &batch(2, vec![line(1), line(2), trim(100)]));
+    assert!(s.sync_log("squatter", 0, 10).unwrap().is_empty());
+    assert_eq!(s.sync_log_last("squatter").unwrap(), 3);
+    // Same through the overlay before durability.
+    let mut p = Pending::new(&s);
+    p.push(&batch(3, vec![line(3), trim(4), line(4)])).unwrap();
+    assert_eq!(
+        p.sync_log("squatter", 0, 10).unwrap(),
+        vec![(5, SyncLogLine::Mailbox(name(4)))]
+    );
+    assert_eq!(p.sync_log_last("squatter").unwrap(), 5);
+    commit(&mut s, &batch(3, vec![line(3), trim(4), line(4)]));
+    assert_eq!(
+        s.sync_log("squatter", 0, 10).unwrap(),
+        vec![(5, SyncLogLine::Mailbox(name(4)))]
+    );
+    assert_eq!(s.sync_log_last("squatter").unwrap(), 5);
+}

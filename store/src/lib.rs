@@ -4,4 +4,13 @@
 //!
 //! This crate never speaks a protocol; it only keeps mail and says when a
 //! write is durable.
+//!
+//! The embedded store: [`Embedded::open`] → implements
+//! `engine::store::{MailRead, StoreWrite}`; [`Embedded::reader`] gives
+//! cloneable read handles; [`embedded::Committer`] runs it on a thread with
+//! group commit.
 #![forbid(unsafe_code)]
+
+pub mod embedded;
+
+pub use embedded::{Embedded, Reader};

@@ -6,6 +6,7 @@
 //! never a silent no-op.
 
 mod capture;
+mod store;
 mod passwd;
 
 use std::ffi::OsString;
@@ -41,6 +42,7 @@ pub fn find(name: &str) -> Option<Tool> {
     Some(match name {
         "capture" => Tool::Ready(capture::main),
         "passwd" => Tool::Ready(passwd::main),
+        "store" => Tool::Ready(store::main),
         _ => Tool::NotYet,
     })
 }

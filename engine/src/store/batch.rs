@@ -189,8 +189,10 @@ pub enum Mutation {
         /// The line.
         line: SyncLogLine,
     },
-    /// Drop a channel's lines up to and including sequence number
-    /// `through` (after a sync run consumed them).
+    /// Drop the channel's lines that exist now with sequence numbers up to
+    /// and including `through` (after a sync run consumed them). It never
+    /// affects lines appended later, even if `through` is beyond the last
+    /// number used so far (it is clamped to it).
     TrimSyncLog {
         /// The channel.
         channel: String,

@@ -39,8 +39,15 @@ pub(crate) enum MsgDelta {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct LogDelta {
-    pub(crate) appended: Vec<SyncLogLine>,
+    /// Lines appended, with the sequence numbers they got.
+    pub(crate) appended: Vec<(u64, SyncLogLine)>,
+    /// Every line with a sequence number ≤ this is gone (clamped to the
+    /// last number that existed when trimmed, so it never hides a line
+    /// appended after the trim).
     pub(crate) trimmed_through: u64,
+    /// The highest sequence number appended here (kept when its line is
+    /// trimmed again: numbers never repeat).
+    pub(crate) last: u64,
 }
 
 /// What a sequence of mutations changes; see the module doc.
@@ -343,15 +350,21 @@ impl Delta {
                 self.tombstones.insert(uniqueid.clone(), None);
             }
             Mutation::AppendSyncLog { channel, line } => {
+                let seq = self.view(base).sync_log_last(channel)? + 1;
                 self.logs
                     .entry(channel.clone())
                     .or_default()
                     .appended
-                    .push(line.clone());
+                    .push((seq, line.clone()));
+                let l = self.logs.get_mut(channel).expect("just inserted");
+                l.last = seq;
             }
             Mutation::TrimSyncLog { channel, through } => {
+                let last = self.view(base).sync_log_last(channel)?;
                 let l = self.logs.entry(channel.clone()).or_default();
-                l.trimmed_through = l.trimmed_through.max(*through);
+                l.trimmed_through = l.trimmed_through.max((*through).min(last));
+                let t = l.trimmed_through;
+                l.appended.retain(|(seq, _)| *seq > t);
             }
         }
         Ok(())
@@ -394,8 +407,11 @@ impl Delta {
         self.tombstones.extend(later.tombstones);
         for (ch, l) in later.logs {
             let mine = self.logs.entry(ch).or_default();
-            mine.appended.extend(l.appended);
             mine.trimmed_through = mine.trimmed_through.max(l.trimmed_through);
+            let t = mine.trimmed_through;
+            mine.appended.retain(|(seq, _)| *seq > t);
+            mine.appended.extend(l.appended);
+            mine.last = mine.last.max(l.last);
         }
     }
 }
@@ -770,25 +786,23 @@ impl<S: MailRead + ?Sized> MailRead for Overlay<'_, S> {
         };
         let after = after.max(l.trimmed_through);
         let mut v = self.base.sync_log(channel, after, limit)?;
-        if v.len() < limit {
-            let base_last = self.base.sync_log_last(channel)?;
-            for (i, line) in l.appended.iter().enumerate() {
-                let seq = base_last + 1 + i as u64;
-                if seq > after && v.len() < limit {
-                    v.push((seq, line.clone()));
-                }
-            }
-        }
+        v.extend(
+            l.appended
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .take(limit.saturating_sub(v.len()))
+                .cloned(),
+        );
         Ok(v)
     }
 
     fn sync_log_last(&self, channel: &str) -> Result<u64, StoreError> {
-        let appended = self
+        let base = self.base.sync_log_last(channel)?;
+        Ok(self
             .delta
             .logs
             .get(channel)
-            .map_or(0, |l| l.appended.len() as u64);
-        Ok(self.base.sync_log_last(channel)? + appended)
+            .map_or(base, |l| base.max(l.last)))
     }
 }
 

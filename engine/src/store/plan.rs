@@ -72,11 +72,15 @@ pub enum Change<'a> {
     PutTombstone(&'a Tombstone),
     /// Delete a tombstone if present.
     RemoveTombstone(&'a UniqueId),
-    /// Append a line to a channel: its sequence number is the channel's
-    /// last one plus 1.
-    AppendSyncLog(&'a str, &'a SyncLogLine),
-    /// Delete a channel's lines with sequence numbers ≤ this.
+    /// Delete a channel's existing lines with sequence numbers ≤ this.
     TrimSyncLog(&'a str, u64),
+    /// Insert a line with this sequence number (higher than any the
+    /// channel had).
+    AppendSyncLog(&'a str, u64, &'a SyncLogLine),
+    /// The channel's last sequence number ever used is now this (it
+    /// counts lines appended and trimmed again within the batch, so
+    /// numbers never repeat).
+    SyncLogLast(&'a str, u64),
 }
 
 /// A validated batch; see the module doc.
@@ -182,13 +186,16 @@ impl Plan {
             });
         }
         for (ch, l) in &d.logs {
+            if l.trimmed_through > 0 {
+                out.push(Change::TrimSyncLog(ch, l.trimmed_through));
+            }
             out.extend(
                 l.appended
                     .iter()
-                    .map(|line| Change::AppendSyncLog(ch, line)),
+                    .map(|(seq, line)| Change::AppendSyncLog(ch, *seq, line)),
             );
-            if l.trimmed_through > 0 {
-                out.push(Change::TrimSyncLog(ch, l.trimmed_through));
+            if l.last > 0 {
+                out.push(Change::SyncLogLast(ch, l.last));
             }
         }
         out

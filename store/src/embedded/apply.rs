@@ -1,0 +1,590 @@
+//! Mutation semantics on the write transaction: the SQL twin of the
+//! engine's `Delta::apply` (engine/src/store/overlay.rs), which is the
+//! reference. Every check reads through the same connection, inside the
+//! open transaction, so a mutation sees the ones before it in its batch and
+//! in earlier batches of the same group commit.
+//!
+//! Refusals return before anything of that mutation is written; the caller
+//! wraps each batch in a savepoint and rolls it back whole on any refusal.
+//! This module never touches message files: it records which staged
+//! messages a batch links, and the committer makes them durable before the
+//! commit.
+
+use super::rows::{
+    self, db, encode_annotations, encode_line, encode_quota_map, i, keywords_text, ConnRead,
+};
+use engine::model::{
+    Annotations, Guid, Mailbox, ModSeq, Record, SyncCrcs, UniqueId, UnixTime, UserId,
+};
+use engine::store::{Mutation, StoreError};
+use rusqlite::{params, Connection};
+
+/// What a batch asks of the message files: guids linked from staging, and
+/// bytes given inline.
+#[derive(Default)]
+pub(crate) struct Links {
+    /// Staged GUIDs this batch makes part of the store (each once).
+    pub(crate) staged: Vec<Guid>,
+    /// Inline messages this batch stores (each once).
+    pub(crate) inline: Vec<(Guid, bytes::Bytes)>,
+}
+
+/// Applies mutations on `c`. `staged` says whether (and how big) bytes
+/// are staged under a GUID.
+pub(crate) struct Apply<'a> {
+    pub(crate) c: &'a Connection,
+    pub(crate) staged: &'a dyn Fn(&Guid) -> Option<(u64, String)>,
+    pub(crate) inline_partition: &'a str,
+    pub(crate) links: Links,
+}
+
+impl Apply<'_> {
+    fn read(&self) -> ConnRead<'_> {
+        ConnRead(self.c)
+    }
+
+    fn require_mailbox(&self, id: &UniqueId) -> Result<(i64, Mailbox), StoreError> {
+        self.read()
+            .mailbox_full(id)?
+            .ok_or_else(|| StoreError::UnknownMailbox(id.clone()))
+    }
+
+    pub(crate) fn apply(&mut self, m: &Mutation) -> Result<(), StoreError> {
+        let c = self.c;
+        match m {
+            Mutation::LinkMessage { guid, size } => {
+                if self.read().message_size(guid)?.is_some() {
+                    return Ok(());
+                }
+                let (staged_size, partition) =
+                    (self.staged)(guid).ok_or(StoreError::MissingMessage(*guid))?;
+                if staged_size != *size {
+                    return Err(StoreError::SizeMismatch {
+                        guid: *guid,
+                        expected: *size,
+                        actual: staged_size,
+                    });
+                }
+                insert_message(c, guid, &partition, *size)?;
+                self.links.staged.push(*guid);
+            }
+            Mutation::PutMessage { guid, bytes } => {
+                let actual = Guid::of(bytes);
+                if actual != *guid {
+                    return Err(StoreError::GuidMismatch {
+                        expected: *guid,
+                        actual,
+                    });
+                }
+                if self.read().message_size(guid)?.is_none() {
+                    insert_message(c, guid, self.inline_partition, bytes.len() as u64)?;
+                    self.links.inline.push((*guid, bytes.clone()));
+                }
+            }
+            Mutation::PutMailbox(mb) => self.put_mailbox(mb)?,
+            Mutation::RenameMailbox {
+                uniqueid,
+                new_name,
+                at,
+                modseq,
+            } => {
+                let (id, mb) = self.require_mailbox(uniqueid)?;
+                if mb.name == *new_name {
+                    return Ok(());
+                }
+                if let Some(holder) = self.read().mailbox(new_name)? {
+                    return Err(StoreError::NameTaken {
+                        name: new_name.clone(),
+                        holder: holder.uniqueid,
+                    });
+                }
+                c.execute(
+                    "UPDATE mailboxes SET name = ?2, renamed_or_created_at = ?3 WHERE id = ?1",
+                    params![id, new_name.as_bytes(), at.0],
+                )
+                .map_err(db)?;
+                c.execute(
+                    "INSERT INTO name_history (mailbox_id, seq, old_name, at, modseq) \
+                     VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM name_history \
+                     WHERE mailbox_id = ?1), ?2, ?3, ?4)",
+                    params![id, mb.name.as_bytes(), at.0, i(modseq.0)],
+                )
+                .map_err(db)?;
+            }
+            Mutation::DeleteMailbox {
+                uniqueid,
+                at,
+                modseq,
+            } => self.delete_mailbox(uniqueid, *at, *modseq)?,
+            Mutation::PutRecord { mailbox, record } => {
+                let id = self
+                    .read()
+                    .mailbox_id(mailbox)?
+                    .ok_or_else(|| StoreError::UnknownMailbox(mailbox.clone()))?;
+                if !record.expunged && self.read().message_size(&record.guid)?.is_none() {
+                    return Err(StoreError::MissingMessage(record.guid));
+                }
+                let mut crcs = rows::stored_crcs(c, id).map_err(db)?;
+                if let Some(old) = self.read().record_of(id, record.uid)? {
+                    crcs.toggle(&old);
+                }
+                crcs.toggle(record);
+                put_record(c, id, record)?;
+                set_crcs(c, id, crcs)?;
+            }
+            Mutation::PurgeRecords { mailbox, uids } => {
+                let id = self
+                    .read()
+                    .mailbox_id(mailbox)?
+                    .ok_or_else(|| StoreError::UnknownMailbox(mailbox.clone()))?;
+                let mut crcs = rows::stored_crcs(c, id).map_err(db)?;
+                for uid in uids {
+                    if let Some(old) = self.read().record_of(id, *uid)? {
+                        crcs.toggle(&old);
+                        c.execute(
+                            "DELETE FROM records WHERE mailbox_id = ?1 AND uid = ?2",
+                            params![id, uid.get() as i64],
+                        )
+                        .map_err(db)?;
+                    }
+                }
+                set_crcs(c, id, crcs)?;
+            }
+            Mutation::PutSeen {
+                user,
+                mailbox,
+                seen,
+            } => {
+                c.execute(
+                    "INSERT OR REPLACE INTO seen (userid, uniqueid, lastread, lastuid, lastchange, \
+                     seenuids) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        user.as_bytes(),
+                        mailbox.as_bytes(),
+                        seen.lastread.0,
+                        seen.lastuid as i64,
+                        seen.lastchange.0,
+                        seen.seenuids.as_str()
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Mutation::DeleteSeen { user, mailbox } => {
+                c.execute(
+                    "DELETE FROM seen WHERE userid = ?1 AND uniqueid = ?2",
+                    params![user.as_bytes(), mailbox.as_bytes()],
+                )
+                .map_err(db)?;
+            }
+            Mutation::SetSubscription {
+                user,
+                name,
+                subscription,
+            } => {
+                c.execute(
+                    "INSERT OR REPLACE INTO subs (userid, name, subscribed, changed_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        user.as_bytes(),
+                        name.as_bytes(),
+                        subscription.subscribed as i64,
+                        subscription.changed_at.0
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Mutation::PutQuota { root, quota } => {
+                c.execute(
+                    "INSERT OR REPLACE INTO quota (root, limits, usage, modseq) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        root.as_bytes(),
+                        encode_quota_map(&quota.limits),
+                        encode_quota_map(&quota.usage),
+                        i(quota.modseq.0)
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Mutation::DeleteQuota { root } => {
+                c.execute("DELETE FROM quota WHERE root = ?1", [root.as_bytes()])
+                    .map_err(db)?;
+            }
+            Mutation::SetAnnotation {
+                mailbox,
+                entry,
+                owner,
+                value,
+            } => {
+                let id = match mailbox {
+                    None => 0,
+                    Some(u) => self
+                        .read()
+                        .mailbox_id(u)?
+                        .ok_or_else(|| StoreError::UnknownMailbox(u.clone()))?,
+                };
+                if value.value.is_empty() {
+                    c.execute(
+                        "DELETE FROM mailbox_annotations WHERE mailbox_id = ?1 AND entry = ?2 \
+                         AND owner = ?3",
+                        params![id, entry.as_bytes(), owner.as_bytes()],
+                    )
+                    .map_err(db)?;
+                } else {
+                    c.execute(
+                        "INSERT OR REPLACE INTO mailbox_annotations (mailbox_id, entry, owner, \
+                         modseq, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            id,
+                            entry.as_bytes(),
+                            owner.as_bytes(),
+                            i(value.modseq.0),
+                            &value.value[..]
+                        ],
+                    )
+                    .map_err(db)?;
+                }
+            }
+            Mutation::PutSieve { user, script } => {
+                c.execute(
+                    "INSERT OR REPLACE INTO sieve (userid, name, last_update, content) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        user.as_bytes(),
+                        script.name.as_bytes(),
+                        script.last_update.0,
+                        &script.content[..]
+                    ],
+                )
+                .map_err(db)?;
+            }
+            Mutation::DeleteSieve { user, name } => {
+                c.execute(
+                    "DELETE FROM sieve WHERE userid = ?1 AND name = ?2",
+                    params![user.as_bytes(), name.as_bytes()],
+                )
+                .map_err(db)?;
+                c.execute(
+                    "DELETE FROM sieve_active WHERE userid = ?1 AND name = ?2",
+                    params![user.as_bytes(), name.as_bytes()],
+                )
+                .map_err(db)?;
+            }
+            Mutation::ActivateSieve { user, name } => match name {
+                Some(n) => {
+                    let exists = self
+                        .read()
+                        .sieve_scripts(user)?
+                        .iter()
+                        .any(|s| s.name == *n);
+                    if !exists {
+                        return Err(StoreError::UnknownSieve {
+                            user: user.clone(),
+                            name: n.clone(),
+                        });
+                    }
+                    c.execute(
+                        "INSERT OR REPLACE INTO sieve_active (userid, name) VALUES (?1, ?2)",
+                        params![user.as_bytes(), n.as_bytes()],
+                    )
+                    .map_err(db)?;
+                }
+                None => {
+                    c.execute(
+                        "DELETE FROM sieve_active WHERE userid = ?1",
+                        [user.as_bytes()],
+                    )
+                    .map_err(db)?;
+                }
+            },
+            Mutation::DeleteUser { user, at, modseq } => self.delete_user(user, *at, *modseq)?,
+            Mutation::ForgetTombstone { uniqueid } => {
+                c.execute(
+                    "DELETE FROM tombstones WHERE uniqueid = ?1",
+                    [uniqueid.as_bytes()],
+                )
+                .map_err(db)?;
+            }
+            Mutation::AppendSyncLog { channel, line } => {
+                let (ty, a, b) = encode_line(line)?;
+                let seq = self.read().sync_log_last(channel)? + 1;
+                c.execute(
+                    "INSERT INTO sync_log_channels (channel, last_seq, trimmed_through, exported_seq) \
+                     VALUES (?1, ?2, 0, 0) ON CONFLICT (channel) DO UPDATE SET last_seq = ?2",
+                    params![channel, i(seq)],
+                )
+                .map_err(db)?;
+                // A line at or below an earlier trim point is born trimmed
+                // (the trim already consumed that sequence number).
+                c.execute(
+                    "INSERT INTO sync_log (channel, seq, type, arg1, arg2) \
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM sync_log_channels \
+                     WHERE channel = ?1 AND trimmed_through < ?2",
+                    params![channel, i(seq), ty, a, b],
+                )
+                .map_err(db)?;
+            }
+            Mutation::TrimSyncLog { channel, through } => {
+                c.execute(
+                    "INSERT INTO sync_log_channels (channel, last_seq, trimmed_through, exported_seq) \
+                     VALUES (?1, 0, ?2, 0) ON CONFLICT (channel) DO UPDATE \
+                     SET trimmed_through = max(trimmed_through, ?2)",
+                    params![channel, i(*through)],
+                )
+                .map_err(db)?;
+                c.execute(
+                    "DELETE FROM sync_log WHERE channel = ?1 AND seq <= ?2",
+                    params![channel, i(*through)],
+                )
+                .map_err(db)?;
+            }
+            other => {
+                return Err(StoreError::Io(format!(
+                    "mutation {other:?} is not known to this store"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn put_mailbox(&mut self, mb: &Mailbox) -> Result<(), StoreError> {
+        let c = self.c;
+        let old = self.read().mailbox_full(&mb.uniqueid)?;
+        if let Some((_, old)) = &old {
+            if old.name != mb.name {
+                return Err(StoreError::NameChanged(mb.uniqueid.clone()));
+            }
+        }
+        if let Some(holder) = self.read().mailbox(&mb.name)? {
+            if holder.uniqueid != mb.uniqueid {
+                return Err(StoreError::NameTaken {
+                    name: mb.name.clone(),
+                    holder: holder.uniqueid,
+                });
+            }
+        }
+        if !mb.guid.is_zero() {
+            if let Some(holder) = self.read().mailbox_by_guid(&mb.guid)? {
+                if holder.uniqueid != mb.uniqueid {
+                    return Err(StoreError::GuidTaken {
+                        guid: mb.guid,
+                        holder: holder.uniqueid,
+                    });
+                }
+            }
+        }
+        let values = params![
+            mb.uniqueid.as_bytes(),
+            &mb.guid.as_bytes()[..],
+            mb.name.as_bytes(),
+            mb.owner.as_ref().map(|o| o.as_bytes()),
+            mb.mbtype.to_cyrus(),
+            mb.uidvalidity.get() as i64,
+            mb.last_uid as i64,
+            i(mb.highestmodseq.0),
+            mb.recentuid as i64,
+            mb.recenttime.0,
+            mb.last_appenddate.0,
+            mb.pop3_last_login.0,
+            mb.pop3_show_after.0,
+            i(mb.xconvmodseq.0),
+            i(mb.raclmodseq.0),
+            i(mb.createdmodseq.0),
+            i(mb.foldermodseq.0),
+            i(mb.deletedmodseq.0),
+            mb.partition.as_bytes(),
+            mb.acl.to_cyrus(),
+            mb.options.to_cyrus(),
+            mb.quotaroot.as_ref().map(|q| q.as_bytes()),
+            mb.renamed_or_created_at.0,
+        ];
+        let id = match &old {
+            Some((id, _)) => {
+                c.execute(
+                    "UPDATE mailboxes SET uniqueid = ?1, guid = ?2, name = ?3, owner = ?4, \
+                     mbtype = ?5, uidvalidity = ?6, last_uid = ?7, highestmodseq = ?8, \
+                     recentuid = ?9, recenttime = ?10, last_appenddate = ?11, \
+                     pop3_last_login = ?12, pop3_show_after = ?13, xconvmodseq = ?14, \
+                     raclmodseq = ?15, createdmodseq = ?16, foldermodseq = ?17, \
+                     deletedmodseq = ?18, partition = ?19, acl = ?20, options = ?21, \
+                     quotaroot = ?22, renamed_or_created_at = ?23 WHERE id = ?24",
+                    rusqlite::params_from_iter(
+                        values.iter().copied().chain([id as &dyn rusqlite::ToSql]),
+                    ),
+                )
+                .map_err(db)?;
+                *id
+            }
+            None => {
+                let empty = SyncCrcs::EMPTY;
+                c.execute(
+                    "INSERT INTO mailboxes (uniqueid, guid, name, owner, mbtype, uidvalidity, \
+                     last_uid, highestmodseq, recentuid, recenttime, last_appenddate, \
+                     pop3_last_login, pop3_show_after, xconvmodseq, raclmodseq, createdmodseq, \
+                     foldermodseq, deletedmodseq, partition, acl, options, quotaroot, \
+                     renamed_or_created_at, sync_crc, sync_crc_annot) VALUES (?1, ?2, ?3, ?4, \
+                     ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+                     ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                    rusqlite::params_from_iter(values.iter().copied().chain([
+                        &(empty.basic as i64) as &dyn rusqlite::ToSql,
+                        &(empty.annot as i64),
+                    ])),
+                )
+                .map_err(db)?;
+                c.last_insert_rowid()
+            }
+        };
+        replace_annotations(c, id, &mb.annotations)?;
+        c.execute("DELETE FROM name_history WHERE mailbox_id = ?1", [id])
+            .map_err(db)?;
+        for (seq, h) in mb.name_history.iter().enumerate() {
+            c.execute(
+                "INSERT INTO name_history (mailbox_id, seq, old_name, at, modseq) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id,
+                    seq as i64 + 1,
+                    h.old_name.as_bytes(),
+                    h.at.0,
+                    i(h.modseq.0)
+                ],
+            )
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn delete_mailbox(
+        &mut self,
+        uniqueid: &UniqueId,
+        at: UnixTime,
+        modseq: ModSeq,
+    ) -> Result<(), StoreError> {
+        let c = self.c;
+        let (id, mb) = self.require_mailbox(uniqueid)?;
+        for sql in [
+            "DELETE FROM records WHERE mailbox_id = ?1",
+            "DELETE FROM mailbox_annotations WHERE mailbox_id = ?1",
+            "DELETE FROM name_history WHERE mailbox_id = ?1",
+            "DELETE FROM mailboxes WHERE id = ?1",
+        ] {
+            c.execute(sql, [id]).map_err(db)?;
+        }
+        c.execute(
+            "DELETE FROM seen WHERE uniqueid = ?1",
+            [uniqueid.as_bytes()],
+        )
+        .map_err(db)?;
+        c.execute(
+            "INSERT OR REPLACE INTO tombstones (uniqueid, name, guid, owner, deleted_at, modseq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                uniqueid.as_bytes(),
+                mb.name.as_bytes(),
+                &mb.guid.as_bytes()[..],
+                mb.owner.as_ref().map(|o| o.as_bytes()),
+                at.0,
+                i(modseq.0)
+            ],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn delete_user(
+        &mut self,
+        user: &UserId,
+        at: UnixTime,
+        modseq: ModSeq,
+    ) -> Result<(), StoreError> {
+        let c = self.c;
+        let mut mbs = self.read().mailboxes_of_user(user)?;
+        // Deepest first: a child's name sorts after its parent's.
+        mbs.sort_by(|a, b| b.name.cmp(&a.name));
+        for mb in &mbs {
+            self.delete_mailbox(&mb.uniqueid, at, modseq)?;
+            c.execute("DELETE FROM quota WHERE root = ?1", [mb.name.as_bytes()])
+                .map_err(db)?;
+        }
+        for sql in [
+            "DELETE FROM seen WHERE userid = ?1",
+            "DELETE FROM subs WHERE userid = ?1",
+            "DELETE FROM sieve WHERE userid = ?1",
+            "DELETE FROM sieve_active WHERE userid = ?1",
+        ] {
+            c.execute(sql, [user.as_bytes()]).map_err(db)?;
+        }
+        Ok(())
+    }
+}
+
+fn insert_message(
+    c: &Connection,
+    guid: &Guid,
+    partition: &str,
+    size: u64,
+) -> Result<(), StoreError> {
+    c.prepare_cached("INSERT INTO messages (guid, partition, size) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![&guid.as_bytes()[..], partition, i(size)]))
+        .map_err(db)?;
+    Ok(())
+}
+
+fn set_crcs(c: &Connection, id: i64, crcs: SyncCrcs) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE mailboxes SET sync_crc = ?2, sync_crc_annot = ?3 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, crcs.basic as i64, crcs.annot as i64]))
+        .map_err(db)?;
+    Ok(())
+}
+
+fn put_record(c: &Connection, id: i64, r: &Record) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO records (mailbox_id, uid, modseq, last_updated, internaldate, \
+         size, guid, system_flags, keywords, expunged, thrid, savedate, createdmodseq, \
+         annotations, peer_guid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+         ?13, ?14, ?15)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            r.uid.get() as i64,
+            i(r.modseq.0),
+            r.last_updated.0,
+            r.internaldate.0,
+            i(r.size),
+            &r.guid.as_bytes()[..],
+            r.flags.system.bits() as i64,
+            keywords_text(&r.flags),
+            r.expunged as i64,
+            i(r.thrid),
+            r.savedate.0,
+            i(r.createdmodseq.0),
+            encode_annotations(&r.annotations),
+            r.peer_guid.as_ref().map(|p| p.as_bytes()),
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
+fn replace_annotations(c: &Connection, id: i64, a: &Annotations) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM mailbox_annotations WHERE mailbox_id = ?1",
+        [id],
+    )
+    .map_err(db)?;
+    for (entry, owner, v) in a.iter() {
+        c.execute(
+            "INSERT INTO mailbox_annotations (mailbox_id, entry, owner, modseq, value) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                entry.as_bytes(),
+                owner.as_bytes(),
+                i(v.modseq.0),
+                &v.value[..]
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
