@@ -104,8 +104,9 @@ async fn shutdown_aborts_what_outlives_the_grace() {
     assert!(rest.is_empty());
 }
 
-/// Run by `inherited_descriptors_from_a_master_like_parent` in a child
-/// process that has master's fds 3 and 4; ignored otherwise.
+/// Run in a child process that has master's fds 3 and 4: by
+/// `inherited_descriptors_from_a_master_like_parent` below, and by the real
+/// Cyrus master in `driver_live.rs`; ignored otherwise.
 #[tokio::test]
 #[ignore = "child half of inherited_descriptors_from_a_master_like_parent"]
 async fn master_child() {
