@@ -300,3 +300,30 @@ proptest! {
         prop_assert!(report.is_clean(), "{:?}", report);
     }
 }
+
+/// The engine's own conformance run (the same steps to MemStore and to
+/// us, reopening the store from disk now and then), over several seeds.
+#[test]
+fn engine_conformance_harness() {
+    for seed in 1..=6u64 {
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let path = dir.path().to_path_buf();
+        let store = Embedded::open(options(&path)).unwrap();
+        let report = engine::store::conformance::run(store, seed, 300, |s| {
+            drop(s);
+            Embedded::open(options(&path)).unwrap()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            report.accepted > 10,
+            "seed {seed}: too few batches accepted: {report:?}"
+        );
+        let verify = Embedded::open_read_only(&options(&path))
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert!(verify.is_clean(), "seed {seed}: {:?}", verify.problems);
+    }
+}

@@ -126,6 +126,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
             for p in &report.problems {
                 writeln!(out, "PROBLEM {p}").map_err(e)?;
             }
+            for p in &report.warnings {
+                writeln!(out, "WARNING {p}").map_err(e)?;
+            }
             writeln!(
                 out,
                 "{} mailboxes, {} records, {} messages ({} bytes) rehashed, {} unreferenced, {} stray files: {}",

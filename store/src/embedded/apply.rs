@@ -308,29 +308,19 @@ impl Apply<'_> {
                 let (ty, a, b) = encode_line(line)?;
                 let seq = self.read().sync_log_last(channel)? + 1;
                 c.execute(
-                    "INSERT INTO sync_log_channels (channel, last_seq, trimmed_through, exported_seq) \
-                     VALUES (?1, ?2, 0, 0) ON CONFLICT (channel) DO UPDATE SET last_seq = ?2",
+                    "INSERT INTO sync_log_channels (channel, last_seq, exported_seq) \
+                     VALUES (?1, ?2, 0) ON CONFLICT (channel) DO UPDATE SET last_seq = ?2",
                     params![channel, i(seq)],
                 )
                 .map_err(db)?;
-                // A line at or below an earlier trim point is born trimmed
-                // (the trim already consumed that sequence number).
                 c.execute(
-                    "INSERT INTO sync_log (channel, seq, type, arg1, arg2) \
-                     SELECT ?1, ?2, ?3, ?4, ?5 FROM sync_log_channels \
-                     WHERE channel = ?1 AND trimmed_through < ?2",
+                    "INSERT INTO sync_log (channel, seq, type, arg1, arg2) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![channel, i(seq), ty, a, b],
                 )
                 .map_err(db)?;
             }
             Mutation::TrimSyncLog { channel, through } => {
-                c.execute(
-                    "INSERT INTO sync_log_channels (channel, last_seq, trimmed_through, exported_seq) \
-                     VALUES (?1, 0, ?2, 0) ON CONFLICT (channel) DO UPDATE \
-                     SET trimmed_through = max(trimmed_through, ?2)",
-                    params![channel, i(*through)],
-                )
-                .map_err(db)?;
+                // Only lines that exist now: later appends get higher numbers.
                 c.execute(
                     "DELETE FROM sync_log WHERE channel = ?1 AND seq <= ?2",
                     params![channel, i(*through)],

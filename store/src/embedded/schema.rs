@@ -161,14 +161,12 @@ const MIGRATIONS: &[&str] = &[
         arg2    BLOB,
         PRIMARY KEY (channel, seq)
     ) WITHOUT ROWID;
-    -- last_seq never goes down, even when lines are trimmed; a trim may
-    -- run ahead of last_seq (trimmed_through), hiding lines not yet written;
-    -- exported_seq is how far the Cyrus-format file mirror has written.
+    -- last_seq never goes down, even when lines are trimmed (numbers never
+    -- repeat); exported_seq is how far the Cyrus-format file mirror wrote.
     CREATE TABLE sync_log_channels (
-        channel         TEXT PRIMARY KEY,
-        last_seq        INTEGER NOT NULL,
-        trimmed_through INTEGER NOT NULL,
-        exported_seq    INTEGER NOT NULL
+        channel      TEXT PRIMARY KEY,
+        last_seq     INTEGER NOT NULL,
+        exported_seq INTEGER NOT NULL
     ) WITHOUT ROWID;
 
     -- Everyone with state in the store, derived so it can never disagree.

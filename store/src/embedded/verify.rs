@@ -49,6 +49,10 @@ impl fmt::Display for Problem {
 pub struct Report {
     /// Every problem, in the order found (index, messages, records, mailboxes).
     pub problems: Vec<Problem>,
+    /// Oddities that are not damage but break a Cyrus invariant a peer may
+    /// rely on (a UID above LAST_UID): the store keeps whatever batches
+    /// said, so these are the writer's doing.
+    pub warnings: Vec<Problem>,
     /// Mailboxes checked.
     pub mailboxes: u64,
     /// Records checked.
@@ -231,7 +235,7 @@ pub(crate) fn run(conn: &Connection, partitions: &Partitions, path: &Path) -> Re
                     ));
                 }
                 if i64::from(rec.uid.get()) > last_uid {
-                    rep.problems.push(problem(
+                    rep.warnings.push(problem(
                         Some(&name),
                         Some(rec.uid.get()),
                         None,
