@@ -231,6 +231,7 @@ DOVECOT_VERSION=$(dpkg-query -W -f='${Version}' dovecot-core 2>/dev/null || echo
   echo "PEERS_MAIL=$HERE/mail.py"
   echo "CYREXEC=$HERE/cyrexec.sh"
   echo "DOVECOT_CONF=$D/dovecot.conf"
+  echo "DOVEADM=$HERE/doveadm.sh"
   echo "SYSLOG=$R/log/syslog.log"
 } >"$R/env.tmp"
 mv "$R/env.tmp" "$R/env"

@@ -21,7 +21,7 @@ stop_pid() {  # pid label
 
 for inst in master replica mupdate; do
   pf=$R/$inst/master.pid
-  [ -f "$pf" ] && stop_pid "$(cat "$pf")" "$inst master"
+  [ -f "$pf" ] && stop_pid "$(cat "$pf")" "Cyrus master of $inst"
   rm -f "$pf"
 done
 # Stragglers: processes whose argv mentions one of our private configs.
