@@ -141,6 +141,39 @@ where
     report
 }
 
+/// Completes when the process is asked to stop: SIGTERM or SIGINT, and
+/// SIGHUP too when `hangup_too` (under Cyrus master(8), SIGHUP means "finish
+/// your clients and exit; master starts a fresh child", the note's §1.2).
+/// Pass it as `serve`'s shutdown, then exit 0, which master counts as a
+/// normal exit. If a handler cannot be installed (no signal support), that
+/// signal is never reported.
+pub async fn shutdown_signal(hangup_too: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    async fn wait(kind: SignalKind) {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch a signal");
+                std::future::pending::<()>().await
+            }
+        }
+    }
+    let hup = async {
+        if hangup_too {
+            wait(SignalKind::hangup()).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        () = wait(SignalKind::terminate()) => info!("SIGTERM: shutting down"),
+        () = wait(SignalKind::interrupt()) => info!("SIGINT: shutting down"),
+        () = hup => info!("SIGHUP: finishing clients, then exiting"),
+    }
+}
+
 fn count_join(report: &mut ServeReport, joined: Result<(), tokio::task::JoinError>) {
     match joined {
         Ok(()) => report.finished += 1,

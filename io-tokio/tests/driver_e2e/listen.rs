@@ -121,9 +121,10 @@ async fn master_child() {
         |now, _| KvServer::new(now),
         NoStore,
         MachineServe::default(),
-        std::future::pending(),
+        io_tokio::listen::shutdown_signal(true),
     )
     .await;
+    // Returning ends the process with status 0: a normal exit for master.
 }
 
 /// Python plays master(8): it binds and listens, puts the socket on fd 4
