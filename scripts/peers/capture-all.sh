@@ -30,6 +30,8 @@ MU=$ROOT/corpus/traces/mupdate
 mkdir -p "$CS" "$MU"
 
 trap '"$HERE/stop.sh" >/dev/null' EXIT
+# the real MUPDATE slave (slave.sh) logs in through the first relay port
+export MUPDATE_SLAVE_UPSTREAM_PORT=$RELAY_PORT_FIRST
 "$HERE/start.sh"
 . <(grep -E '^(CYRUS_PEER|CYRUS_VERSION)=' "$CORVID_PEERS_ENV" | sed 's/=\(.*\)/="\1"/')
 MAIL="python3 $HERE/mail.py"
@@ -179,6 +181,32 @@ where a string is needed, STARTTLS without TLS, UPDATE with an empty host."
 with too many."
   mupdate compress "COMPRESS \"GZIP\" (refused), COMPRESS \"DEFLATE\", then ACTIVATE/FIND/LIST/DELETE inflated; \
 a second COMPRESS is refused."
+  # The real Cyrus client tool (imtest as mupdatetest): its AUTHENTICATE sends
+  # the initial response as a {n+} literal, as every Cyrus MUPDATE client does.
+  relay mupdatetest "$MU" "$MUPDATE_PORT" "$CYRUS_PEER mupdate -m (MUPDATE master)" \
+    "mupdatetest -p <relay> -m PLAIN -a $MUPDATE_USER -w <password> 127.0.0.1" \
+    "The real Cyrus client mupdatetest (cyrus-clients): AUTHENTICATE, then NOOP, FIND, LIST, LOGOUT from stdin."
+  { sleep 1; printf 'N1 NOOP\r\nF1 FIND "user.nosuch"\r\nL1 LIST\r\n'; sleep 1; printf 'Q1 LOGOUT\r\n'; sleep 1; } \
+    | timeout 20 "$CYRUS_BIN/mupdatetest" -p "$RELAY" -m PLAIN -a "$MUPDATE_USER" -w "$MUPDATE_PASS" 127.0.0.1 \
+      >"$CORVID_PEERS_RUN/log/mupdatetest.out" 2>&1 || true
+  wait "$RELAY_PID" || { echo "capture-all.sh: relay for mupdate/mupdatetest failed" >&2; exit 1; }
+  echo "captured mupdate/mupdatetest ($(wc -c <"$MU/mupdatetest.c2s.bin") + $(wc -c <"$MU/mupdatetest.s2c.bin") bytes)"
+  # A real Cyrus MUPDATE slave booting against the master (it is configured
+  # to log in through the relay port): AUTHENTICATE, UPDATE, the dump, the
+  # streamed changes, an idle NOOP; the capture ends when the slave stops.
+  python3 "$HERE/mupdate-scenarios.py" --port "$MUPDATE_PORT" slave-before
+  relay slave-boot "$MU" "$MUPDATE_PORT" "$CYRUS_PEER mupdate -m (MUPDATE master)" \
+    "the real Cyrus MUPDATE slave: mupdate -C <slave imapd.conf> (no -m), mupdate_retry_delay 5" \
+    "A real Cyrus 3.6.1 slave (client side of this capture) boots: AUTHENTICATE, U01 UPDATE, the dump of 3 names; \
+then another connection activates user.slave3, activates the reserved user.slave2 and deletes user.slave0, which \
+the master streams; the slave's idle NOOPs; the slave is stopped (SIGTERM) to end the capture."
+  "$HERE/slave.sh" start
+  sleep 3
+  python3 "$HERE/mupdate-scenarios.py" --port "$MUPDATE_PORT" slave-after
+  sleep 12
+  "$HERE/slave.sh" stop
+  wait "$RELAY_PID" || { echo "capture-all.sh: relay for mupdate/slave-boot failed" >&2; exit 1; }
+  echo "captured mupdate/slave-boot ($(wc -c <"$MU/slave-boot.c2s.bin") + $(wc -c <"$MU/slave-boot.s2c.bin") bytes)"
   # Deliberately separate and last: this one kills the server process.
   mupdate crash-delete-unknown "KNOWN CRASHER: DELETE of an unknown name makes Cyrus 3.6.1's mupdate dereference \
 NULL; the server process dies (connection dropped without an answer) and master(8) respawns it."

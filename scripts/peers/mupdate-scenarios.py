@@ -402,6 +402,28 @@ def sc_compress(a):
     c.logout()
 
 
+def sc_slave_before(a):
+    """(uncaptured, for the slave capture) names the slave's first UPDATE dumps."""
+    c = Conn(a.port)
+    c.banner()
+    c.auth()
+    c.cmd("A01", "ACTIVATE %s %s %s" % (q("user.slave0"), q(LOC1), q("s\tlrswipkxtecdan\t")))
+    c.cmd("A02", "ACTIVATE %s %s %s" % (q("user.slave1"), q(LOC2), q("anyone\tlrs\t")))
+    c.cmd("R01", "RESERVE %s %s" % (q("user.slave2"), q(LOC1)))
+    c.logout()
+
+
+def sc_slave_after(a):
+    """(uncaptured, for the slave capture) changes streamed to the booted slave."""
+    c = Conn(a.port)
+    c.banner()
+    c.auth()
+    c.cmd("A01", "ACTIVATE %s %s %s" % (q("user.slave3"), q(LOC1), q("s\tlrswipkxtecdan\t")))
+    c.cmd("A02", "ACTIVATE %s %s %s" % (q("user.slave2"), q(LOC1), q("s\tlrswipkxtecdan\t")))
+    c.cmd("X01", "DELETE %s" % q("user.slave0"))
+    c.logout()
+
+
 def sc_crash_delete_unknown(a):
     """Cyrus 3.6.1 mupdate dereferences NULL on DELETE of an unknown name:
     the whole server process dies and master(8) respawns it."""

@@ -27,7 +27,7 @@ chmod 755 "$R" "$R/log"
 # ---------------------------------------------------------------- SASL users
 # One sasldb; Cyrus uses its servername as the realm, so every user exists
 # once per instance realm.
-for realm in "$MASTER_NAME" "$REPLICA_NAME" "$MUPDATE_NAME"; do
+for realm in "$MASTER_NAME" "$REPLICA_NAME" "$MUPDATE_NAME" "$SLAVE_NAME"; do
   for u in $ADMIN_USER $REPL_USER $MUPDATE_USER $MAIL_USERS; do
     p=$USER_PASS
     [ "$u" = "$ADMIN_USER" ] && p=$ADMIN_PASS
@@ -149,6 +149,34 @@ EVENTS {
 }
 EOT
 
+# ---------------------------------------------------------------- mupdate slave (not started here)
+# A real Cyrus MUPDATE slave, started only by `slave.sh start`: it logs in to
+# $PEERS_HOST:$MUPDATE_SLAVE_UPSTREAM_PORT (default: the master above; point
+# it at a capture relay or at corvid's mupdate), sends UPDATE and streams.
+S=$R/slave
+mkinst slave
+{ common_conf "$S" "$SLAVE_NAME"
+  cat <<EOT
+admins: $ADMIN_USER
+mupdate_server: $PEERS_HOST:${MUPDATE_SLAVE_UPSTREAM_PORT:-$MUPDATE_PORT}
+mupdate_authname: $MUPDATE_USER
+mupdate_password: $MUPDATE_PASS
+mupdate_config: standard
+# idle NOOP interval (Cyrus default 20 s), short so captures see one soon
+mupdate_retry_delay: 5
+unixhierarchysep: no
+altnamespace: no
+EOT
+} >"$S/imapd.conf"
+cat >"$S/cyrus.conf" <<EOT
+START {
+  recover cmd="ctl_cyrusdb -C $S/imapd.conf -r"
+}
+SERVICES {
+  mupdate cmd="mupdate -C $S/imapd.conf" listen="$PEERS_HOST:$MUPDATE_SLAVE_PORT" prefork=1
+}
+EOT
+
 # ---------------------------------------------------------------- dovecot (no daemon)
 D=$R/dovecot
 mkdir -p "$D/run" "$D/state" "$D/home"
@@ -176,7 +204,7 @@ first_valid_gid = 1000
 EOT
 chown 5000:5000 "$D/home"
 
-chown -R cyrus:mail "$M" "$P" "$U"
+chown -R cyrus:mail "$M" "$P" "$U" "$S"
 chown cyrus:mail "$R/sasldb2"; chmod 640 "$R/sasldb2"
 
 # ---------------------------------------------------------------- start
@@ -218,8 +246,8 @@ DOVECOT_VERSION=$(dpkg-query -W -f='${Version}' dovecot-core 2>/dev/null || echo
 {
   echo "# corvid real peers, written by scripts/peers/start.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   for k in CORVID_PEERS_RUN CORVID_PEERS_HERE PEERS_HOST MASTER_IMAP_PORT MASTER_LMTP_PORT \
-      MASTER_SIEVE_PORT REPLICA_IMAP_PORT REPLICA_CSYNC_PORT MUPDATE_PORT MASTER_NAME REPLICA_NAME \
-      MUPDATE_NAME ADMIN_USER ADMIN_PASS REPL_USER REPL_PASS MUPDATE_USER MUPDATE_PASS USER_PASS \
+      MASTER_SIEVE_PORT REPLICA_IMAP_PORT REPLICA_CSYNC_PORT MUPDATE_PORT MUPDATE_SLAVE_PORT MASTER_NAME \
+      REPLICA_NAME MUPDATE_NAME SLAVE_NAME ADMIN_USER ADMIN_PASS REPL_USER REPL_PASS MUPDATE_USER MUPDATE_PASS USER_PASS \
       MAIL_USERS CYRUS_VERSION DOVECOT_VERSION; do
     echo "$k=${!k}"
   done
@@ -232,6 +260,8 @@ DOVECOT_VERSION=$(dpkg-query -W -f='${Version}' dovecot-core 2>/dev/null || echo
   echo "CYREXEC=$HERE/cyrexec.sh"
   echo "DOVECOT_CONF=$D/dovecot.conf"
   echo "DOVEADM=$HERE/doveadm.sh"
+  echo "SLAVE_CONF=$S/imapd.conf"
+  echo "SLAVE_CTL=$HERE/slave.sh"
   echo "SYSLOG=$R/log/syslog.log"
 } >"$R/env.tmp"
 mv "$R/env.tmp" "$R/env"
