@@ -83,6 +83,13 @@ pub use time::Time;
 ///   Nothing else is fed. `is_closed` is then `true` for good.
 /// - `poll_timeout`'s value may change after any mutation or `poll_output`,
 ///   and after nothing else.
+/// - After `handle_eof` a machine must eventually emit [`Output::Close`]
+///   (at once, or after its last effects or a timeout); one that waits for
+///   nothing at all is a bug the tokio driver reports as `Stalled`.
+/// - If the connection itself fails (reset, TLS or COMPRESS error), the
+///   driver stops feeding the machine without `handle_eof`, but still
+///   delivers completions of effects already emitted: a store write is
+///   never abandoned halfway.
 ///
 /// Errors are outputs, not `Result`s: a peer's bad bytes give the protocol's
 /// own BAD/NO as a `Transmit` (and usually an `Event`), or an
