@@ -18,3 +18,6 @@ mod turmoil_sim;
 
 #[path = "driver_e2e/listen.rs"]
 mod listen;
+
+#[path = "driver_e2e/duplex.rs"]
+mod duplex;

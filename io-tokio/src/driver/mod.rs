@@ -328,6 +328,7 @@ where
             commands,
             out: BytesMut::new(),
             need_flush: false,
+            write_dead: false,
             deflater: None,
             deflate_dirty: false,
             inflater: None,
@@ -394,6 +395,9 @@ struct Run<'e, M: Machine, E> {
     out: BytesMut,
     /// Bytes were written since the last flush (TLS buffers them).
     need_flush: bool,
+    /// The peer stopped reading (broken pipe, reset on write): nothing more
+    /// is written, reading goes on until its EOF.
+    write_dead: bool,
     deflater: Option<Deflater>,
     /// The deflater holds bytes not yet sync-flushed.
     deflate_dirty: bool,
@@ -468,9 +472,19 @@ where
             }
 
             if let Some(reason) = self.close.clone() {
-                write_all(&mut wr, &mut self.out, &mut self.bytes_written).await?;
-                // The peer may already be gone; the close stands either way.
-                let _ = wr.shutdown().await;
+                if !self.write_dead {
+                    match write_all(&mut wr, &mut self.out, &mut self.bytes_written).await {
+                        // The peer may already be gone; the close stands
+                        // either way.
+                        Ok(()) => {
+                            let _ = wr.shutdown().await;
+                        }
+                        Err(e) if peer_gone(&e) => {
+                            debug!(error = %e, "peer gone before our last bytes")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 return Ok(reason);
             }
 
@@ -488,7 +502,7 @@ where
             }
 
             let reading = !self.peer_eof && self.reading_allowed();
-            let writing = !self.out.is_empty() || self.need_flush;
+            let writing = !self.write_dead && (!self.out.is_empty() || self.need_flush);
             let deadline = self
                 .timeout
                 .map(|t| self.epoch + t.since_epoch())
@@ -504,7 +518,20 @@ where
                     self.drain()?;
                 }
                 written = write_some(&mut wr, &self.out), if writing => {
-                    let n = written?;
+                    let n = match written {
+                        Ok(n) => n,
+                        // The peer closed its reading side (it may have
+                        // said goodbye already): stop writing, keep reading,
+                        // and let the machine hear the EOF and close.
+                        Err(e) if peer_gone(&e) => {
+                            debug!(error = %e, "peer stopped reading; discarding our unsent bytes");
+                            self.write_dead = true;
+                            self.out.clear();
+                            self.need_flush = false;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     if n == 0 {
                         self.need_flush = false;
                     } else {
@@ -590,6 +617,7 @@ where
             return Ok(());
         }
         match output {
+            Output::Transmit(_) if self.write_dead => {}
             Output::Transmit(bytes) => match self.deflater.as_mut() {
                 Some(deflater) => {
                     deflater.write(&bytes)?;
@@ -743,6 +771,18 @@ async fn handshake(
         }
         other => Err(Error::LayerUnsupported(other.to_string())),
     }
+}
+
+/// Whether a write error means the peer no longer reads (as opposed to our
+/// side failing).
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
 }
 
 /// Writes some of `out`, or flushes when it is empty.
