@@ -560,6 +560,14 @@ where
         &self.log
     }
 
+    /// The log as one string, a line per entry: ready for an insta
+    /// snapshot (`insta::assert_snapshot!(pair.log_text())`).
+    pub fn log_text(&self) -> String {
+        let mut text = self.log.join("\n");
+        text.push('\n');
+        text
+    }
+
     /// Returns the log so far and starts a new one.
     pub fn take_log(&mut self) -> Vec<String> {
         std::mem::take(&mut self.log)

@@ -313,6 +313,12 @@ fn echo_and_quit_exact_log() {
     );
     assert_eq!(p.closed_b(), Some(&CloseReason::Done));
     assert!(p.a().is_closed() && p.b().is_closed());
+    assert!(p
+        .log_text()
+        .starts_with("0.000s s send \"* OK toy\\r\\n\"\n0.010s c event"));
+    assert!(p
+        .log_text()
+        .ends_with("c close peer closed the connection\n"));
 }
 
 #[test]
