@@ -21,3 +21,6 @@ mod listen;
 
 #[path = "driver_e2e/duplex.rs"]
 mod duplex;
+
+#[path = "driver_e2e/stdio.rs"]
+mod stdio;
