@@ -12,5 +12,6 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod maildir;
 
 pub use embedded::{Embedded, Reader};

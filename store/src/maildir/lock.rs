@@ -1,0 +1,103 @@
+//! Dovecot-compatible dot-locks and atomic file replacement.
+//!
+//! A dot-lock on `F` is the file `F.lock`, created exclusively; its content
+//! is `<pid>:<hostname>` so a locker on the same host can tell a dead
+//! holder. A lock is stale when its holder on this host is gone, or when
+//! it is older than the stale timeout and its holder is not known alive
+//! (Dovecot: 120 s for `dovecot-uidlist.lock`). Readers never lock.
+//!
+//! Atomic replacement: write `<name>.tmp`-style temp file, fsync it,
+//! `rename()` over the target, fsync the directory, so a crash leaves
+//! either the old or the new file, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A held dot-lock; released (file removed) on drop.
+#[derive(Debug)]
+pub struct DotLock {
+    path: PathBuf,
+}
+
+impl DotLock {
+    /// Lock `target` (creating `target.lock`), waiting up to `timeout`.
+    pub fn acquire(
+        target: &Path,
+        host: &str,
+        timeout: Duration,
+        stale: Duration,
+    ) -> io::Result<DotLock> {
+        let mut name = target.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let started = Instant::now();
+        let mut wait_ms = 5u64;
+        loop {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(format!("{}:{}", std::process::id(), host).as_bytes())?;
+                    return Ok(DotLock { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if is_stale(&path, host, stale) {
+                        // Another locker may remove it at the same time;
+                        // NotFound is fine, the next create decides.
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if started.elapsed() >= timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("timed out waiting for {}", path.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            wait_ms = (wait_ms * 2).min(100);
+        }
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn is_stale(path: &Path, host: &str, stale: Duration) -> bool {
+    let content = fs::read_to_string(path).unwrap_or_default();
+    let holder_alive = content
+        .split_once(':')
+        .filter(|(_, h)| *h == host)
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        .map(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    match holder_alive {
+        Some(alive) => !alive,
+        None => fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > stale),
+    }
+}
+
+/// fsync a directory so renames and new entries in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replace `dir/name` atomically with `bytes` (temp `dir/tmp_name`).
+pub fn write_atomic(dir: &Path, name: &str, tmp_name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}

@@ -1,0 +1,1234 @@
+//! A Maildir++ store that reads and writes exactly what Dovecot 2.3 does
+//! with `mail_location = maildir:ROOT` (default layout, namespace
+//! separator `/`), so corvid and Dovecot can share one maildir.
+//!
+//! What is on disk (see `research/maildir-format.md`):
+//! * INBOX is ROOT itself; a folder `Work/Sub` is `ROOT/.Work.Sub`, names
+//!   in modified UTF-7 ([`name`]). Each has `cur/ new/ tmp/`, and folders
+//!   get an empty `maildirfolder` when corvid creates them.
+//! * Message files `<base>[:2,<flags>]` ([`file_name`]): corvid's bases
+//!   are `<secs>.M<usecs>P<pid>.<host>,S=<size>,W=<vsize>`; a message with
+//!   no flags goes to `new/`, one with flags to `cur/`; flag changes rename
+//!   in place (also inside `new/`, as Dovecot does).
+//! * `dovecot-uidlist` ([`uidlist`]) per mailbox, changed only under its
+//!   `dovecot-uidlist.lock` dot-lock ([`lock`]) and always replaced whole
+//!   (temp file, fsync, rename); `dovecot-keywords` ([`keywords`]);
+//!   `subscriptions` in ROOT, version 2 ([`subscriptions`]);
+//!   `dovecot-uidvalidity` in ROOT for new UIDVALIDITYs.
+//!
+//! Identity as dsync sees it: the mailbox GUID is the uidlist's `G`; a
+//! message's GUID is its uidlist `G` extension if present, else its base
+//! name. [`Maildir::append`] with a requested GUID uses it as the base name
+//! when it already carries the right `,S=`/`,W=` (what dsync between two
+//! maildirs produces), else stores it in `G`.
+//!
+//! Durability order of a delivery: the message is written to `tmp/`,
+//! fsynced, hard-linked into `new/` or `cur/` (never overwriting), the
+//! directory fsynced; only then is the uidlist that names it replaced. A
+//! crash before that leaves at worst an unlisted file (any reader, corvid
+//! or Dovecot, gives it the next UID) or a stray `tmp/` file; never a
+//! uidlist line naming a missing file. Expunge unlinks first and drops
+//! the uidlist lines after, for the same reason.
+//!
+//! Modseqs: Dovecot keeps them only in `dovecot.index*`, which corvid
+//! neither reads nor writes (doveadm rebuilds its index from the uidlist
+//! and file names, keeping UIDs, UIDVALIDITY, GUIDs and flags; only
+//! modseqs restart, which costs a dsync peer one full resync). corvid keeps
+//! its own per-mailbox sidecar `corvid-modseqs`: the highest modseq and,
+//! per UID, the modseq and the flag letters last seen. Every pass over a
+//! mailbox compares the file names with it under the uidlist lock; a new
+//! message or changed letters get the next modseq, a vanished message
+//! bumps the highest modseq. So changes made by Dovecot are seen too, at
+//! the next corvid pass. Dovecot ignores the file.
+//!
+//! Never done here: renumbering. A uidlist Dovecot would call broken is
+//! refused as [`Error::Corrupt`]; an append asking for a UID below the next
+//! UID is refused ([`Error::UidTooLow`]), because Dovecot would give such a
+//! message a new UID. Cyrus-only concepts (ACLs, quota roots, annotations,
+//! seen databases, Sieve, sync logs) have no Maildir form:
+//! [`Maildir::refuse`] names them as [`Error::Unsupported`]. Dovecot's
+//! `dovecot.index*`, `dovecot.list.index*` and `dovecot.mailbox.log` are
+//! never written, so rename/delete history for dsync is not kept here.
+
+pub mod file_name;
+pub mod keywords;
+pub mod lock;
+pub mod name;
+pub mod subscriptions;
+pub mod uidlist;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use engine::model::{Flags, Keyword, MailboxGuid, SystemFlags};
+
+use file_name::FileName;
+use keywords::Keywords;
+use lock::{sync_dir, write_atomic, DotLock};
+pub use name::{Name, NameError};
+use subscriptions::Subscriptions;
+use uidlist::{Entry, Uidlist, UidlistError};
+
+const UIDLIST: &str = "dovecot-uidlist";
+const KEYWORDS: &str = "dovecot-keywords";
+const SUBSCRIPTIONS: &str = "subscriptions";
+const UIDVALIDITY: &str = "dovecot-uidvalidity";
+const MODSEQS: &str = "corvid-modseqs";
+const TRASHED: &str = "..DOVECOT-TRASHED";
+
+/// Limits and timeouts of a [`Maildir`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long to wait for a dot-lock (Dovecot waits about 122 s).
+    pub lock_timeout_ms: u64,
+    /// Age after which a dot-lock of an unknown holder is stale (Dovecot:
+    /// 120 s for the uidlist).
+    pub lock_stale_ms: u64,
+    /// Largest message accepted by [`Maildir::append`].
+    pub message_bytes_max: u64,
+    /// Largest control file (uidlist, keywords, subscriptions, modseqs)
+    /// read; a bigger one is refused as corrupt.
+    pub control_file_bytes_max: u64,
+    /// Most mailboxes listed.
+    pub mailboxes_max: usize,
+    /// For crash tests only: abort the process at the n-th durability step
+    /// (0-based) to simulate a crash at exactly that point.
+    pub fault_abort_at: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            lock_timeout_ms: 122_000,
+            lock_stale_ms: 120_000,
+            message_bytes_max: 64 << 20,
+            control_file_bytes_max: 64 << 20,
+            mailboxes_max: 100_000,
+            fault_abort_at: None,
+        }
+    }
+}
+
+/// Why a Maildir operation failed, and whose fault it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Caller's (or peer's) mailbox name cannot be stored in Maildir++.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// Caller's misuse: no such mailbox.
+    #[error("no mailbox {0}")]
+    NoMailbox(Name),
+    /// Caller's misuse: the mailbox already exists.
+    #[error("mailbox {0} exists")]
+    MailboxExists(Name),
+    /// Caller's misuse: INBOX cannot be deleted or renamed in Maildir++.
+    #[error("INBOX cannot be deleted or renamed")]
+    Inbox,
+    /// Caller's misuse: no message with this UID.
+    #[error("no message with UID {uid} in {mailbox}")]
+    NoMessage {
+        /// The mailbox.
+        mailbox: Name,
+        /// The UID.
+        uid: u32,
+    },
+    /// Caller asked for a UID Dovecot would renumber (below the next UID).
+    #[error("UID {wanted} is below the next UID {next}")]
+    UidTooLow {
+        /// The requested UID.
+        wanted: u32,
+        /// The mailbox's next UID.
+        next: u32,
+    },
+    /// Caller's (peer's) message GUID cannot be kept in a uidlist (empty,
+    /// space, CR, LF, NUL).
+    #[error("message GUID {0:?} cannot be stored in dovecot-uidlist")]
+    BadGuid(String),
+    /// A mailbox already uses all 26 keyword letters.
+    #[error("mailbox {0} already has 26 keywords")]
+    KeywordsFull(Name),
+    /// A limit of [`Options`] was hit.
+    #[error("{what} exceeds {limit}")]
+    TooLarge {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// A Cyrus-only concept with no Maildir form was asked for.
+    #[error("{0} has no Maildir form")]
+    Unsupported(&'static str),
+    /// A control file written by someone else is broken (Dovecot would
+    /// rebuild it, renumbering; corvid refuses).
+    #[error("{path}: {why}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The file system failed (or a lock timed out).
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A mailbox's counters, as `doveadm mailbox status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Name.
+    pub name: Name,
+    /// Mailbox GUID (uidlist `G`).
+    pub guid: MailboxGuid,
+    /// UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// Next UID: `max(N, last UID + 1)`.
+    pub uidnext: u32,
+    /// Messages whose file exists.
+    pub messages: u32,
+    /// corvid's highest modseq (see the module doc), at least 1.
+    pub highest_modseq: u64,
+}
+
+/// One message as corvid (and dsync) sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// UID.
+    pub uid: u32,
+    /// Message GUID: uidlist `G`, else the base name.
+    pub guid: String,
+    /// System flags from the file name.
+    pub flags: SystemFlags,
+    /// Keywords from the file name via `dovecot-keywords` (a letter with no
+    /// entry reads as `unknown-<n>`, as Dovecot names it).
+    pub keywords: Vec<Keyword>,
+    /// Flag letters corvid does not interpret (`P`), kept on renames.
+    pub other_letters: String,
+    /// Physical size (`,S=`, uidlist `S`, or the file's size).
+    pub size: u64,
+    /// Virtual size, LF counted as CRLF (`,W=`, uidlist `W`, or counted).
+    pub vsize: u64,
+    /// INTERNALDATE: the file's mtime, Unix seconds.
+    pub internaldate: i64,
+    /// corvid modseq of the last change.
+    pub modseq: u64,
+    /// The file, relative to the mailbox directory (`new/…`, `cur/…`).
+    pub file: String,
+}
+
+impl Message {
+    /// Flags and keywords as the engine model holds them.
+    pub fn model_flags(&self) -> Flags {
+        Flags::with(self.flags, self.keywords.iter().cloned())
+    }
+}
+
+/// What to append.
+#[derive(Debug, Clone, Default)]
+pub struct Append {
+    /// The UID to give it (must be ≥ the next UID); `None`: the next UID.
+    pub uid: Option<u32>,
+    /// The GUID to give it (dsync); `None`: its base name.
+    pub guid: Option<String>,
+    /// System flags.
+    pub flags: SystemFlags,
+    /// Keywords.
+    pub keywords: Vec<Keyword>,
+    /// INTERNALDATE (file mtime); `None`: now.
+    pub internaldate: Option<i64>,
+}
+
+/// What to give a new mailbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Create {
+    /// Its GUID (dsync keeps GUIDs across peers); `None`: a fresh one.
+    pub guid: Option<MailboxGuid>,
+    /// Its UIDVALIDITY; `None`: the next from `dovecot-uidvalidity`.
+    pub uidvalidity: Option<u32>,
+}
+
+/// A Maildir++ root; see the module doc. Safe to share between threads;
+/// every write takes Dovecot's locks, so other processes (Dovecot, another
+/// corvid) may work on the same root at once.
+#[derive(Debug)]
+pub struct Maildir {
+    root: PathBuf,
+    options: Options,
+    host: String,
+    uniq: AtomicU64,
+    fault_steps: AtomicU64,
+}
+
+/// A visible message file.
+#[derive(Debug, Clone)]
+struct Found {
+    sub: &'static str,
+    name: FileName,
+}
+
+/// One consistent view of a mailbox.
+struct Snapshot {
+    dir: PathBuf,
+    uidlist: Uidlist,
+    files: BTreeMap<String, Found>,
+    keywords: Keywords,
+    modseqs: Modseqs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Modseqs {
+    highest: u64,
+    per_uid: BTreeMap<u32, (u64, String)>,
+}
+
+impl Modseqs {
+    fn parse(text: &str) -> Option<Modseqs> {
+        let mut lines = text.lines();
+        let highest = lines.next()?.strip_prefix("1 H")?.parse().ok()?;
+        let mut per_uid = BTreeMap::new();
+        for l in lines {
+            let (uid, rest) = l.split_once(' ')?;
+            let (m, letters) = rest.split_once(" :")?;
+            per_uid.insert(uid.parse().ok()?, (m.parse().ok()?, letters.to_string()));
+        }
+        Some(Modseqs { highest, per_uid })
+    }
+
+    fn to_text(&self) -> String {
+        let mut s = format!("1 H{}\n", self.highest);
+        for (uid, (m, l)) in &self.per_uid {
+            s.push_str(&format!("{uid} {m} :{l}\n"));
+        }
+        s
+    }
+}
+
+impl Maildir {
+    /// Open (creating if needed) the Maildir++ root `root`, with INBOX's
+    /// `cur/ new/ tmp/` in it.
+    pub fn open(root: impl Into<PathBuf>, options: Options) -> Result<Maildir> {
+        let root = root.into();
+        for sub in ["cur", "new", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        Ok(Maildir {
+            root,
+            options,
+            host: file_name::escape_host(&host),
+            uniq: AtomicU64::new(0),
+            fault_steps: AtomicU64::new(0),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Refuse a Cyrus-only concept (`"ACL"`, `"quota root"`,
+    /// `"annotation"`, …) with [`Error::Unsupported`].
+    pub fn refuse<T>(&self, what: &'static str) -> Result<T> {
+        Err(Error::Unsupported(what))
+    }
+
+    fn fault_point(&self) {
+        if let Some(at) = self.options.fault_abort_at {
+            if self.fault_steps.fetch_add(1, Ordering::SeqCst) == at {
+                std::process::abort();
+            }
+        }
+    }
+
+    fn dir_of(&self, name: &Name) -> PathBuf {
+        match name.dir_name() {
+            None => self.root.clone(),
+            Some(d) => self.root.join(d),
+        }
+    }
+
+    fn existing_dir(&self, name: &Name) -> Result<PathBuf> {
+        let d = self.dir_of(name);
+        if name.is_inbox() || d.is_dir() {
+            // Dovecot creates missing cur/new/tmp on open for Maildir++.
+            for sub in ["cur", "new", "tmp"] {
+                let p = d.join(sub);
+                if !p.is_dir() {
+                    fs::create_dir_all(&p).map_err(io_err(&p))?;
+                }
+            }
+            Ok(d)
+        } else {
+            Err(Error::NoMailbox(name.clone()))
+        }
+    }
+
+    fn lock(&self, target: &Path) -> Result<DotLock> {
+        DotLock::acquire(
+            target,
+            &self.host,
+            Duration::from_millis(self.options.lock_timeout_ms),
+            Duration::from_millis(self.options.lock_stale_ms),
+        )
+        .map_err(io_err(target))
+    }
+
+    fn read_control(&self, path: &Path) -> Result<Option<String>> {
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let mut s = String::new();
+        let max = self.options.control_file_bytes_max;
+        (&mut f)
+            .take(max + 1)
+            .read_to_string(&mut s)
+            .map_err(io_err(path))?;
+        if s.len() as u64 > max {
+            return Err(Error::TooLarge {
+                what: "control file",
+                limit: max,
+            });
+        }
+        Ok(Some(s))
+    }
+
+    /// Every mailbox, by name: INBOX and each `.`-directory that decodes
+    /// to a valid name. Entries that do not are skipped (and logged).
+    pub fn list(&self) -> Result<Vec<Name>> {
+        let mut out = vec![Name::inbox()];
+        let rd = fs::read_dir(&self.root).map_err(io_err(&self.root))?;
+        for ent in rd {
+            let ent = ent.map_err(io_err(&self.root))?;
+            let fname = ent.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            if fname.starts_with(TRASHED) || !ent.path().is_dir() {
+                continue;
+            }
+            match Name::from_dir_name(fname) {
+                Some(Ok(n)) if !n.is_inbox() => out.push(n),
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => tracing::warn!(entry = fname, error = %e, "skipping maildir entry"),
+            }
+            if out.len() > self.options.mailboxes_max {
+                return Err(Error::TooLarge {
+                    what: "mailboxes",
+                    limit: self.options.mailboxes_max as u64,
+                });
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether a mailbox exists.
+    pub fn exists(&self, name: &Name) -> bool {
+        name.is_inbox() || self.dir_of(name).is_dir()
+    }
+
+    /// Create a mailbox (not INBOX, which always exists).
+    pub fn create(&self, name: &Name, how: Create) -> Result<Status> {
+        if name.is_inbox() {
+            return Err(Error::MailboxExists(name.clone()));
+        }
+        let dir = self.dir_of(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::MailboxExists(name.clone()))
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        for sub in ["cur", "new", "tmp"] {
+            let p = dir.join(sub);
+            fs::create_dir(&p).map_err(io_err(&p))?;
+        }
+        let mf = dir.join("maildirfolder");
+        File::create(&mf).map_err(io_err(&mf))?;
+        let uidvalidity = match how.uidvalidity {
+            Some(v) if v != 0 => v,
+            _ => self.next_uidvalidity()?,
+        };
+        let guid = how.guid.unwrap_or_else(|| self.new_guid(&dir));
+        {
+            let _l = self.lock(&dir.join(UIDLIST))?;
+            self.write_uidlist(&dir, &Uidlist::new(uidvalidity, guid))?;
+        }
+        sync_dir(&self.root).map_err(io_err(&self.root))?;
+        self.status(name)
+    }
+
+    /// Rename a mailbox and every mailbox below it. Each directory moves
+    /// with one `rename()`; a crash in the middle leaves some children
+    /// renamed, each of them whole.
+    pub fn rename(&self, from: &Name, to: &Name) -> Result<()> {
+        if from.is_inbox() || to.is_inbox() {
+            return Err(Error::Inbox);
+        }
+        if self.exists(to) {
+            return Err(Error::MailboxExists(to.clone()));
+        }
+        let moving: Vec<Name> = self
+            .list()?
+            .into_iter()
+            .filter(|n| n.is_at_or_below(from))
+            .collect();
+        if moving.is_empty() {
+            return Err(Error::NoMailbox(from.clone()));
+        }
+        let mut plan = Vec::new();
+        for n in moving {
+            let tail = &n.as_str()[from.as_str().len()..];
+            let target = Name::new(&format!("{}{}", to.as_str(), tail))?;
+            if self.exists(&target) {
+                return Err(Error::MailboxExists(target));
+            }
+            plan.push((self.dir_of(&n), self.dir_of(&target)));
+        }
+        for (a, b) in plan {
+            fs::rename(&a, &b).map_err(io_err(&a))?;
+        }
+        sync_dir(&self.root).map_err(io_err(&self.root))
+    }
+
+    /// Delete a mailbox with its messages (children stay, as Dovecot
+    /// does): renamed to `..DOVECOT-TRASHED` first, so a crash leaves
+    /// either the mailbox or a leftover Dovecot and corvid both ignore.
+    pub fn delete(&self, name: &Name) -> Result<()> {
+        if name.is_inbox() {
+            return Err(Error::Inbox);
+        }
+        let dir = self.existing_dir(name)?;
+        let trash = self.root.join(TRASHED);
+        if trash.exists() {
+            fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
+        }
+        fs::rename(&dir, &trash).map_err(io_err(&dir))?;
+        sync_dir(&self.root).map_err(io_err(&self.root))?;
+        fs::remove_dir_all(&trash).map_err(io_err(&trash))
+    }
+
+    /// A mailbox's counters (assigning UIDs to new files first, as Dovecot
+    /// does on every sync).
+    pub fn status(&self, name: &Name) -> Result<Status> {
+        let s = self.snapshot(name)?;
+        Ok(Status {
+            name: name.clone(),
+            guid: s.uidlist.guid.unwrap_or_default(),
+            uidvalidity: s.uidlist.uidvalidity,
+            uidnext: s.uidlist.next_uid(),
+            messages: s
+                .uidlist
+                .entries
+                .iter()
+                .filter(|e| s.files.contains_key(&e.base))
+                .count() as u32,
+            highest_modseq: s.modseqs.highest.max(1),
+        })
+    }
+
+    /// Every message of a mailbox, by UID.
+    pub fn messages(&self, name: &Name) -> Result<Vec<Message>> {
+        let s = self.snapshot(name)?;
+        let mut out = Vec::new();
+        for e in &s.uidlist.entries {
+            if let Some(f) = s.files.get(&e.base) {
+                out.push(self.message_of(&s, e, f)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One message.
+    pub fn message(&self, name: &Name, uid: u32) -> Result<Message> {
+        let s = self.snapshot(name)?;
+        self.find(&s, name, uid)
+            .and_then(|(e, f)| self.message_of(&s, e, f))
+    }
+
+    /// Up to `max_len` bytes of a message's file from `offset` (fewer only
+    /// at the end). Read in chunks to keep memory bounded.
+    pub fn read(&self, name: &Name, uid: u32, offset: u64, max_len: usize) -> Result<Vec<u8>> {
+        for _ in 0..3 {
+            let m = self.message(name, uid)?;
+            let path = self.dir_of(name).join(&m.file);
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                // Renamed by a flag change meanwhile: look it up again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            f.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+            let mut buf = Vec::new();
+            f.take(max_len as u64)
+                .read_to_end(&mut buf)
+                .map_err(io_err(&path))?;
+            return Ok(buf);
+        }
+        Err(Error::NoMessage {
+            mailbox: name.clone(),
+            uid,
+        })
+    }
+
+    /// Deliver a message the Maildir way (see the module doc for the
+    /// durability order). Returns it as now stored.
+    pub fn append(&self, name: &Name, body: &mut dyn Read, how: &Append) -> Result<Message> {
+        let dir = self.existing_dir(name)?;
+        if let Some(g) = &how.guid {
+            if g.is_empty() || g.contains([' ', '\r', '\n', '\0', '\t']) {
+                return Err(Error::BadGuid(g.clone()));
+            }
+        }
+        let prefix = self.new_base_prefix();
+        let tmp_path = dir.join("tmp").join(&prefix);
+        let (size, vsize) = self.write_tmp(&tmp_path, body, how.internaldate)?;
+        let result = self.append_tmp(name, &dir, &tmp_path, &prefix, size, vsize, how);
+        // Linked or failed, the tmp name goes.
+        let _ = fs::remove_file(&tmp_path);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_tmp(
+        &self,
+        name: &Name,
+        dir: &Path,
+        tmp_path: &Path,
+        prefix: &str,
+        size: u64,
+        vsize: u64,
+        how: &Append,
+    ) -> Result<Message> {
+        let _l = self.lock(&dir.join(UIDLIST))?;
+        let mut s = self.snapshot_locked(name, dir)?;
+        let next = s.uidlist.next_uid();
+        let uid = how.uid.unwrap_or(next);
+        if uid < next {
+            return Err(Error::UidTooLow { wanted: uid, next });
+        }
+        let generated = format!("{prefix},S={size},W={vsize}");
+        let mut ext = Vec::new();
+        let base = match &how.guid {
+            Some(g)
+                if usable_as_base(g, size, vsize)
+                    && s.uidlist.by_base(g).is_none()
+                    && !s.files.contains_key(g) =>
+            {
+                g.clone()
+            }
+            Some(g) => {
+                ext.push(('G', g.clone()));
+                generated
+            }
+            None => generated,
+        };
+        let mut kw_idx = Vec::new();
+        let mut kw_changed = false;
+        for k in &how.keywords {
+            let had = s.keywords.index_of(k).is_some();
+            let i = s
+                .keywords
+                .intern(k)
+                .ok_or_else(|| Error::KeywordsFull(name.clone()))?;
+            kw_changed |= !had;
+            kw_idx.push(i);
+        }
+        if kw_changed {
+            self.write_keywords(dir, &s.keywords)?;
+        }
+        let fname = FileName {
+            base: base.clone(),
+            info: String::new(),
+        }
+        .with_flags(how.flags, &kw_idx);
+        let sub = if fname.info.is_empty() { "new" } else { "cur" };
+        let dest = dir.join(sub).join(fname.to_entry());
+        fs::hard_link(tmp_path, &dest).map_err(io_err(&dest))?;
+        sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
+        self.fault_point();
+        s.uidlist.entries.push(Entry {
+            uid,
+            ext,
+            base: base.clone(),
+        });
+        s.files.insert(
+            base.clone(),
+            Found {
+                sub,
+                name: fname.clone(),
+            },
+        );
+        self.write_uidlist(dir, &s.uidlist)?;
+        self.update_modseqs(&mut s)?;
+        let e = s.uidlist.by_base(&base).expect("just added").clone();
+        let f = s.files.get(&base).expect("just added").clone();
+        self.message_of(&s, &e, &f)
+    }
+
+    /// Replace a message's flags and keywords (a rename in place).
+    pub fn set_flags(&self, name: &Name, uid: u32, flags: &Flags) -> Result<Message> {
+        let dir = self.existing_dir(name)?;
+        let _l = self.lock(&dir.join(UIDLIST))?;
+        for _ in 0..5 {
+            let mut s = self.snapshot_locked(name, &dir)?;
+            let (e, f) = self.find(&s, name, uid)?;
+            let (e, f) = (e.clone(), f.clone());
+            let mut idx = Vec::new();
+            let mut changed = false;
+            for k in flags.keywords() {
+                let had = s.keywords.index_of(k).is_some();
+                idx.push(
+                    s.keywords
+                        .intern(k)
+                        .ok_or_else(|| Error::KeywordsFull(name.clone()))?,
+                );
+                changed |= !had;
+            }
+            if changed {
+                self.write_keywords(&dir, &s.keywords)?;
+            }
+            let new = f.name.with_flags(flags.system, &idx);
+            if new != f.name {
+                let from = dir.join(f.sub).join(f.name.to_entry());
+                let to = dir.join(f.sub).join(new.to_entry());
+                match fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    // Dovecot renamed it meanwhile (flags, new→cur): rescan.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(io_err(&from)(err)),
+                }
+                sync_dir(&dir.join(f.sub)).map_err(io_err(&dir))?;
+                self.fault_point();
+                s.files.insert(
+                    e.base.clone(),
+                    Found {
+                        sub: f.sub,
+                        name: new,
+                    },
+                );
+            }
+            self.update_modseqs(&mut s)?;
+            let f = s.files.get(&e.base).expect("present").clone();
+            return self.message_of(&s, &e, &f);
+        }
+        Err(Error::NoMessage {
+            mailbox: name.clone(),
+            uid,
+        })
+    }
+
+    /// Expunge messages (unknown UIDs are skipped): unlink, then drop the
+    /// uidlist lines.
+    pub fn expunge(&self, name: &Name, uids: &[u32]) -> Result<()> {
+        let dir = self.existing_dir(name)?;
+        let _l = self.lock(&dir.join(UIDLIST))?;
+        let mut s = self.snapshot_locked(name, &dir)?;
+        let mut gone = Vec::new();
+        for e in s.uidlist.entries.iter().filter(|e| uids.contains(&e.uid)) {
+            if let Some(f) = s.files.get(&e.base) {
+                let p = dir.join(f.sub).join(f.name.to_entry());
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io_err(&p)(err)),
+                }
+            }
+            gone.push(e.base.clone());
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for sub in ["new", "cur"] {
+            sync_dir(&dir.join(sub)).map_err(io_err(&dir))?;
+        }
+        self.fault_point();
+        s.uidlist.entries.retain(|e| !gone.contains(&e.base));
+        for b in &gone {
+            s.files.remove(b);
+        }
+        self.write_uidlist(&dir, &s.uidlist)?;
+        self.update_modseqs(&mut s)
+    }
+
+    /// Subscribed names, in file order (entries that are not valid names
+    /// are skipped and logged).
+    pub fn subscriptions(&self) -> Result<Vec<Name>> {
+        let path = self.root.join(SUBSCRIPTIONS);
+        let text = self.read_control(&path)?.unwrap_or_default();
+        let mut out = Vec::new();
+        for n in Subscriptions::parse(&text).names() {
+            match n {
+                Ok(n) => out.push(n),
+                Err(e) => tracing::warn!(error = %e, "skipping subscription"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Subscribe or unsubscribe a name (it need not exist).
+    pub fn set_subscribed(&self, name: &Name, subscribed: bool) -> Result<()> {
+        let path = self.root.join(SUBSCRIPTIONS);
+        let _l = self.lock(&path)?;
+        let text = self.read_control(&path)?.unwrap_or_default();
+        let mut subs = Subscriptions::parse(&text);
+        if subs.set(name, subscribed) {
+            write_atomic(
+                &self.root,
+                SUBSCRIPTIONS,
+                &self.temp_name(SUBSCRIPTIONS),
+                subs.to_text().as_bytes(),
+            )
+            .map_err(io_err(&path))?;
+            self.fault_point();
+        }
+        Ok(())
+    }
+
+    // ---- internals ----
+
+    fn find<'s>(&self, s: &'s Snapshot, name: &Name, uid: u32) -> Result<(&'s Entry, &'s Found)> {
+        s.uidlist
+            .entries
+            .iter()
+            .find(|e| e.uid == uid)
+            .and_then(|e| s.files.get(&e.base).map(|f| (e, f)))
+            .ok_or_else(|| Error::NoMessage {
+                mailbox: name.clone(),
+                uid,
+            })
+    }
+
+    fn message_of(&self, s: &Snapshot, e: &Entry, f: &Found) -> Result<Message> {
+        let path = s.dir.join(f.sub).join(f.name.to_entry());
+        let md = fs::metadata(&path).map_err(io_err(&path))?;
+        let size = file_name::size_field(&e.base, 'S')
+            .or_else(|| e.ext('S').and_then(|v| v.parse().ok()))
+            .unwrap_or(md.len());
+        let vsize = match file_name::size_field(&e.base, 'W')
+            .or_else(|| e.ext('W').and_then(|v| v.parse().ok()))
+        {
+            Some(w) => w,
+            None => {
+                let mut r = File::open(&path).map_err(io_err(&path))?;
+                vsize_of(&mut r).map_err(io_err(&path))?.1
+            }
+        };
+        let internaldate = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let keywords = f
+            .name
+            .keyword_indexes()
+            .into_iter()
+            .map(|i| match s.keywords.get(i) {
+                Some(k) => k.clone(),
+                None => Keyword::new(format!("unknown-{i}")).expect("valid keyword"),
+            })
+            .collect();
+        Ok(Message {
+            uid: e.uid,
+            guid: e
+                .ext('G')
+                .filter(|g| !g.is_empty())
+                .unwrap_or(&e.base)
+                .to_string(),
+            flags: f.name.system_flags(),
+            keywords,
+            other_letters: f.name.other_letters(),
+            size,
+            vsize,
+            internaldate,
+            modseq: s.modseqs.per_uid.get(&e.uid).map_or(1, |(m, _)| *m),
+            file: format!("{}/{}", f.sub, f.name.to_entry()),
+        })
+    }
+
+    /// A consistent view; takes the uidlist lock only when something must
+    /// be written (new files, no uidlist or GUID, modseqs behind).
+    fn snapshot(&self, name: &Name) -> Result<Snapshot> {
+        let dir = self.existing_dir(name)?;
+        if let Some(s) = self.read_view(&dir)? {
+            if s.uidlist.guid.is_some()
+                && s.files.keys().all(|b| s.uidlist.by_base(b).is_some())
+                && self.modseqs_current(&s)
+            {
+                return Ok(s);
+            }
+        }
+        let _l = self.lock(&dir.join(UIDLIST))?;
+        self.snapshot_locked(name, &dir)
+    }
+
+    fn read_view(&self, dir: &Path) -> Result<Option<Snapshot>> {
+        let upath = dir.join(UIDLIST);
+        let Some(text) = self.read_control(&upath)? else {
+            return Ok(None);
+        };
+        let uidlist = Uidlist::parse(&text).map_err(|e: UidlistError| Error::Corrupt {
+            path: upath.clone(),
+            why: e.to_string(),
+        })?;
+        let files = self.scan(dir)?;
+        let keywords =
+            Keywords::parse(&self.read_control(&dir.join(KEYWORDS))?.unwrap_or_default());
+        let modseqs = self
+            .read_control(&dir.join(MODSEQS))?
+            .and_then(|t| Modseqs::parse(&t))
+            .unwrap_or_default();
+        Ok(Some(Snapshot {
+            dir: dir.to_path_buf(),
+            uidlist,
+            files,
+            keywords,
+            modseqs,
+        }))
+    }
+
+    /// Under the uidlist lock: read, create the uidlist if missing, give
+    /// unlisted files UIDs in Dovecot's order, bring modseqs up to date.
+    fn snapshot_locked(&self, _name: &Name, dir: &Path) -> Result<Snapshot> {
+        let (mut s, mut dirty) = match self.read_view(dir)? {
+            Some(s) => (s, false),
+            None => {
+                let uidlist = Uidlist::new(self.next_uidvalidity()?, self.new_guid(dir));
+                let files = self.scan(dir)?;
+                (
+                    Snapshot {
+                        dir: dir.to_path_buf(),
+                        uidlist,
+                        files,
+                        keywords: Keywords::parse(
+                            &self.read_control(&dir.join(KEYWORDS))?.unwrap_or_default(),
+                        ),
+                        modseqs: self
+                            .read_control(&dir.join(MODSEQS))?
+                            .and_then(|t| Modseqs::parse(&t))
+                            .unwrap_or_default(),
+                    },
+                    true,
+                )
+            }
+        };
+        if s.uidlist.guid.is_none() {
+            s.uidlist.guid = Some(self.new_guid(dir));
+            dirty = true;
+        }
+        let mut unlisted: Vec<&String> = s
+            .files
+            .keys()
+            .filter(|b| s.uidlist.by_base(b).is_none())
+            .collect();
+        unlisted.sort_by_key(|b| file_name::new_file_order(b));
+        let unlisted: Vec<String> = unlisted.into_iter().cloned().collect();
+        for base in unlisted {
+            let uid = s.uidlist.next_uid();
+            s.uidlist.entries.push(Entry {
+                uid,
+                ext: Vec::new(),
+                base,
+            });
+            dirty = true;
+        }
+        if dirty {
+            self.write_uidlist(dir, &s.uidlist)?;
+        }
+        self.update_modseqs(&mut s)?;
+        Ok(s)
+    }
+
+    fn scan(&self, dir: &Path) -> Result<BTreeMap<String, Found>> {
+        let mut files = BTreeMap::new();
+        // new/ before cur/: a file Dovecot moves from new/ to cur/ during
+        // the scan is then seen at least once; cur/ wins a duplicate.
+        for sub in ["new", "cur"] {
+            let d = dir.join(sub);
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&d)(e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(io_err(&d))?;
+                let Some(n) = ent.file_name().to_str().and_then(FileName::parse) else {
+                    continue;
+                };
+                files.insert(n.base.clone(), Found { sub, name: n });
+            }
+        }
+        Ok(files)
+    }
+
+    fn modseqs_current(&self, s: &Snapshot) -> bool {
+        let live: Vec<(u32, &str)> = s
+            .uidlist
+            .entries
+            .iter()
+            .filter_map(|e| s.files.get(&e.base).map(|f| (e.uid, f.name.flag_letters())))
+            .collect();
+        live.len() == s.modseqs.per_uid.len()
+            && live.iter().all(|(uid, l)| {
+                s.modseqs
+                    .per_uid
+                    .get(uid)
+                    .is_some_and(|(_, known)| known == l)
+            })
+    }
+
+    /// Under the lock: give new and changed messages the next modseqs,
+    /// bump for vanished ones, write the sidecar if anything changed.
+    fn update_modseqs(&self, s: &mut Snapshot) -> Result<()> {
+        let mut m = s.modseqs.clone();
+        let live: BTreeMap<u32, String> = s
+            .uidlist
+            .entries
+            .iter()
+            .filter_map(|e| {
+                s.files
+                    .get(&e.base)
+                    .map(|f| (e.uid, f.name.flag_letters().to_string()))
+            })
+            .collect();
+        let before = m.per_uid.len();
+        m.per_uid.retain(|uid, _| live.contains_key(uid));
+        if m.per_uid.len() != before {
+            m.highest += 1;
+        }
+        for (uid, letters) in live {
+            let same = m.per_uid.get(&uid).is_some_and(|(_, l)| *l == letters);
+            if !same {
+                m.highest += 1;
+                m.per_uid.insert(uid, (m.highest, letters));
+            }
+        }
+        if m != s.modseqs {
+            write_atomic(
+                &s.dir,
+                MODSEQS,
+                &self.temp_name(MODSEQS),
+                m.to_text().as_bytes(),
+            )
+            .map_err(io_err(&s.dir))?;
+            self.fault_point();
+            s.modseqs = m;
+        }
+        Ok(())
+    }
+
+    fn write_uidlist(&self, dir: &Path, l: &Uidlist) -> Result<()> {
+        write_atomic(
+            dir,
+            UIDLIST,
+            &self.temp_name(UIDLIST),
+            l.to_text().as_bytes(),
+        )
+        .map_err(io_err(&dir.join(UIDLIST)))?;
+        self.fault_point();
+        Ok(())
+    }
+
+    fn write_keywords(&self, dir: &Path, k: &Keywords) -> Result<()> {
+        let path = dir.join(KEYWORDS);
+        let _l = self.lock(&path)?;
+        let old_mtime = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        write_atomic(
+            dir,
+            KEYWORDS,
+            &self.temp_name(KEYWORDS),
+            k.to_text().as_bytes(),
+        )
+        .map_err(io_err(&path))?;
+        // Dovecot re-reads the file when its mtime changes: make sure it
+        // does even within the same second.
+        if let Some(old) = old_mtime {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let now = SystemTime::now();
+            if now <= old + Duration::from_secs(1) {
+                f.set_modified(old + Duration::from_secs(1))
+                    .map_err(io_err(&path))?;
+            }
+        }
+        self.fault_point();
+        Ok(())
+    }
+
+    fn temp_name(&self, of: &str) -> String {
+        format!(
+            "{of}.{}.{}.{}.tmp",
+            self.host,
+            std::process::id(),
+            self.uniq.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+
+    fn new_base_prefix(&self) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        // Dovecot bumps the microseconds for uniqueness within a process;
+        // a counter does the same without reading the clock twice.
+        let n = self.uniq.fetch_add(1, Ordering::SeqCst);
+        let usecs = (now.subsec_micros() as u64 + n) % 1_000_000;
+        format!(
+            "{}.M{}P{}Q{}.{}",
+            now.as_secs(),
+            usecs,
+            std::process::id(),
+            n,
+            self.host
+        )
+    }
+
+    fn new_guid(&self, dir: &Path) -> MailboxGuid {
+        use sha1::Digest;
+        let mut h = sha1::Sha1::new();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        h.update(now.as_nanos().to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(self.uniq.fetch_add(1, Ordering::SeqCst).to_le_bytes());
+        h.update(self.host.as_bytes());
+        h.update(dir.as_os_str().as_encoded_bytes());
+        let d: [u8; 20] = h.finalize().into();
+        let mut g = [0u8; 16];
+        g.copy_from_slice(&d[..16]);
+        MailboxGuid::from_bytes(g)
+    }
+
+    /// The next UIDVALIDITY from `ROOT/dovecot-uidvalidity` (hex of the
+    /// last value; starts at the current time, then +1 per mailbox), with
+    /// Dovecot's empty marker file `dovecot-uidvalidity.<hex>`.
+    fn next_uidvalidity(&self) -> Result<u32> {
+        let path = self.root.join(UIDVALIDITY);
+        let _l = self.lock(&path)?;
+        let last = self
+            .read_control(&path)?
+            .and_then(|t| u32::from_str_radix(t.trim(), 16).ok())
+            .unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        let next = if last < now {
+            now
+        } else {
+            last.wrapping_add(1).max(1)
+        };
+        write_atomic(
+            &self.root,
+            UIDVALIDITY,
+            &self.temp_name(UIDVALIDITY),
+            format!("{next:08x}").as_bytes(),
+        )
+        .map_err(io_err(&path))?;
+        let _ = fs::remove_file(self.root.join(format!("{UIDVALIDITY}.{last:08x}")));
+        let _ = File::create(self.root.join(format!("{UIDVALIDITY}.{next:08x}")));
+        Ok(next)
+    }
+
+    fn write_tmp(
+        &self,
+        path: &Path,
+        body: &mut dyn Read,
+        internaldate: Option<i64>,
+    ) -> Result<(u64, u64)> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        let max = self.options.message_bytes_max;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut size, mut vsize, mut prev_cr) = (0u64, 0u64, false);
+        let r: Result<()> = (|| {
+            loop {
+                let n = body.read(&mut buf).map_err(io_err(path))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                if size > max {
+                    return Err(Error::TooLarge {
+                        what: "message bytes",
+                        limit: max,
+                    });
+                }
+                for &b in &buf[..n] {
+                    vsize += if b == b'\n' && !prev_cr { 2 } else { 1 };
+                    prev_cr = b == b'\r';
+                }
+                f.write_all(&buf[..n]).map_err(io_err(path))?;
+            }
+            if let Some(t) = internaldate {
+                let when = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+                f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when))
+                    .map_err(io_err(path))?;
+            }
+            f.sync_all().map_err(io_err(path))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+        self.fault_point();
+        Ok((size, vsize))
+    }
+}
+
+/// A requested GUID can be the file's base name (what Dovecot does) if it
+/// is a plain file name carrying the right `,S=` and `,W=`.
+fn usable_as_base(g: &str, size: u64, vsize: u64) -> bool {
+    !g.starts_with('.')
+        && !g.contains(['/', ':'])
+        && file_name::size_field(g, 'S') == Some(size)
+        && file_name::size_field(g, 'W') == Some(vsize)
+}
+
+/// Physical and virtual size (LF not preceded by CR counted as two).
+fn vsize_of(r: &mut dyn Read) -> io::Result<(u64, u64)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut vsize, mut prev_cr) = (0u64, 0u64, false);
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, vsize));
+        }
+        size += n as u64;
+        for &b in &buf[..n] {
+            vsize += if b == b'\n' && !prev_cr { 2 } else { 1 };
+            prev_cr = b == b'\r';
+        }
+    }
+}
