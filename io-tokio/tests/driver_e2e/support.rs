@@ -296,6 +296,7 @@ type StoreFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + 
 
 /// A store that records writes and completes them after `delay` (tokio
 /// time, so turmoil's clock applies).
+#[allow(clippy::type_complexity)] // returns an opaque closure type
 pub fn recording_store(
     delay: Duration,
 ) -> (
