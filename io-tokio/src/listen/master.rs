@@ -20,7 +20,7 @@
 //! shutdown it simply exits 0, which master treats as normal.
 //!
 //! This is the only place in corvid that adopts raw file descriptors, which
-//! needs `unsafe` (`FromRawFd`): see [`adopt`]. Before adopting, it checks
+//! needs `unsafe` (`FromRawFd`): see the private `adopt`. Before adopting, it checks
 //! through `/proc/self/fd` that fd 3 is a pipe and fd 4 a socket, and it
 //! adopts them at most once per process, so no descriptor gets two owners.
 
