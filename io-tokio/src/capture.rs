@@ -599,7 +599,7 @@ where
     let on_done = std::sync::Arc::new(on_done);
     let mut tasks = tokio::task::JoinSet::new();
     let mut n = 0u64;
-    while connections_max.map_or(true, |max| n < max) {
+    while !matches!(connections_max, Some(max) if n >= max) {
         let (client, peer) = listener.accept().await.map_err(CaptureError::Accept)?;
         n += 1;
         let tap = make_tap(n, peer)?;

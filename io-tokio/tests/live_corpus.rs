@@ -177,6 +177,10 @@ fn mupdate_captures_are_exact_and_cover_every_command() {
             "no MUPDATE capture sends{command:?}"
         );
     }
+    // the real Cyrus slave: logs in, asks for the whole list with UPDATE, streams
+    let (c2s, s2c, _) = check(&traces().join("mupdate/slave-boot.txt"));
+    assert!(has(&c2s, "U01 UPDATE\r\n") && has(&s2c, "U01 OK \"streaming starts\"\r\n"));
+    assert!(has(&s2c, "U01 DELETE {"), "the stream carries the deletion");
     let compress = check(&traces().join("mupdate/compress.txt"));
     assert!(has(&compress.1, "Z1 OK DEFLATE active\r\n") && has(&compress.1, "F01 MAILBOX {"));
 }
