@@ -12,3 +12,4 @@ pub mod memstore;
 pub mod model;
 pub mod store;
 pub mod mupdate;
+pub mod csync;

@@ -1,0 +1,1636 @@
+//! The csync replica session (Cyrus 3.6.1 `sync_server`), as a [`Machine`].
+//!
+//! ```text
+//!   banner (* SASL …, [* STARTTLS], [* COMPRESS DEFLATE], * SIEVE-MAILBOX, * OK … Cyrus sync server …)
+//!     │
+//!     ▼
+//!   NotAuth ──STARTTLS──▶ TLS, banner again ──▶ NotAuth
+//!     │ ──COMPRESS DEFLATE──▶ deflate (allowed before and after auth)
+//!     │ AUTHENTICATE ─▶ Sasl (`+ base64` challenges) ─▶ Effect::Authenticate
+//!     │     rejected ─▶ failed-login pause ─▶ NO authentication failure
+//!     ▼ OK Success (no protection)
+//!   Auth { admin } ── non-admin: every command NO Permission denied
+//!     │ GET …      ─▶ reads (MailRead) ─▶ * lines, OK success
+//!     │ APPLY …    ─▶ checks (reads) ─▶ one WriteBatch ─▶ Completion::Durable ─▶ OK success
+//!     │ file literals ─▶ StageBegin/Chunk/End effects as they stream (bounded memory)
+//!     ▼ EXIT ─▶ OK Finished, close
+//! ```
+//!
+//! One command at a time: while an effect (auth check, write, the
+//! stage-ends of an `APPLY MESSAGE`) or the failed-login pause is pending,
+//! the machine reads nothing more ([`Machine::wants_input`] is false).
+//! File literal chunks are the exception: they stream out as staging
+//! effects while the line that carries them is still arriving, so the
+//! driver's bound on effects in flight is what bounds memory.
+//!
+//! Every `APPLY` is planned from durable state (the previous command's
+//! write completed before this one was read, so no overlay is needed),
+//! checked whole, and written as one [`WriteBatch`]; `OK success` is built
+//! only from the [`DurableProof`] of that batch.
+//!
+//! Reply texts are 3.6.1's byte for byte (`research/csync-protocol.md` §1,
+//! §3; `csync-lab.md` §4.4). Where Cyrus crashes (§9: unknown partition,
+//! GUID mismatch, a connection dropped mid-literal) this machine answers a
+//! `NO`, emits an [`Event`] for the log, and leaves the store as it was.
+//!
+//! What it never does: check a password (the driver's auth effect does),
+//! touch the store except through [`MailRead`] and effects, or log message
+//! bytes or credentials.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use proto::csync::{
+    Capability, ClientLine, Code, Command as Cmd, CommandError, Event as DecEvent, Greeting,
+    Response, ServerDecoder, Status, StatusKind,
+};
+use proto::dlist::{FileRef, Item, KvList, Value};
+use proto::frame;
+use proto::sasl::{self, Credentials, Mechanism, ServerStep};
+
+use super::apply::{all_records, plan_mailbox, plan_restore, ApplyCtx, MailboxPlan, Refusal};
+use super::wire::{
+    self, annotation_line, inbox_of, mailbox_kv, quota_kv, quota_of, record_kv, record_of, seen_kv,
+    seen_of, WireError,
+};
+use crate::machine::{CloseReason, EffectId, EffectIds, Layer, Machine, Output, Time};
+use crate::model::{
+    AnnotationEntry, AnnotationOwner, AnnotationValue, Guid, MailboxKind, MailboxName, ModSeq,
+    Partition, SieveName, SieveScript, Subscription, Uid, UniqueId, UnixTime, UserId,
+};
+use crate::store::{
+    BatchId, Completion as StoreCompletion, DurableProof, MailRead, Mutation, StageId, StoreEffect,
+    StoreError, WriteBatch,
+};
+
+/// Configuration and limits of one session.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `servername`, first word of the greeting.
+    pub server_name: String,
+    /// The version word(s) after `Cyrus sync server`.
+    pub version: String,
+    /// SASL mechanisms offered in `* SASL` (in that order).
+    pub mechanisms: Vec<Mechanism>,
+    /// Offer and accept STARTTLS (the driver must have a TLS config).
+    pub starttls: bool,
+    /// Offer and accept `COMPRESS DEFLATE`.
+    pub compress: bool,
+    /// The connection is already under TLS.
+    pub tls_active: bool,
+    /// `sync_server -f`: force mode for every session.
+    pub force: bool,
+    /// Delay before a failed-login `NO` (Cyrus `failedloginpause`, 3 s).
+    pub failed_login_pause: Duration,
+    /// A session silent this long is closed (Cyrus `sync_timeout`, 30 min).
+    pub idle_timeout: Option<Duration>,
+    /// Framer limits.
+    pub frame: frame::Options,
+    /// SASL limits.
+    pub sasl: sasl::Options,
+    /// Partitions this replica has; a file literal or mailbox naming
+    /// another is refused. Empty: any.
+    pub partitions: Vec<String>,
+    /// The Unix time at machine time [`Time::ZERO`] (the driver's epoch):
+    /// machines read no clock, so wall-clock stamps (tombstones, renames)
+    /// are this plus the `now` they are given.
+    pub epoch_unix: UnixTime,
+    /// First [`StageId`] this session uses, so sessions sharing one store
+    /// runner never collide (the daemon gives each connection its own
+    /// range).
+    pub stage_id_base: u64,
+    /// Largest message body sent in one `GET FETCH` reply chunk read.
+    pub fetch_chunk_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            server_name: "localhost".into(),
+            version: concat!("3.6.1-corvid-", env!("CARGO_PKG_VERSION")).into(),
+            mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+            starttls: false,
+            compress: true,
+            tls_active: false,
+            force: false,
+            failed_login_pause: Duration::from_secs(3),
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
+            frame: frame::Options::csync(),
+            sasl: sasl::Options::default(),
+            partitions: Vec::new(),
+            epoch_unix: UnixTime::ZERO,
+            stage_id_base: 0,
+            fetch_chunk_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What the machine asks the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Check these credentials; answer [`Completion::Auth`].
+    Authenticate(Credentials),
+    /// A store effect (staging, or a batch to make durable); answer
+    /// [`Completion::Store`].
+    Store(StoreEffect),
+}
+
+/// A successful password check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthOk {
+    /// The identity the session acts as.
+    pub userid: String,
+    /// Whether it is in `admins` (required for every command).
+    pub admin: bool,
+}
+
+/// The result of an [`Effect`].
+#[derive(Debug)]
+pub enum Completion {
+    /// The password check ran: `None` if rejected.
+    Auth(Option<AuthOk>),
+    /// The store's answer (`None` for staging effects that have none).
+    Store(Option<StoreCompletion>),
+}
+
+/// What the daemon tells a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// The server is stopping: `BYE shutting down`, close.
+    Shutdown,
+}
+
+/// What the session tells the application (logs, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A client authenticated as this identity.
+    Authenticated(String),
+    /// A login failed for this authentication identity (never a password).
+    AuthFailed(String),
+    /// A command was refused with this status line (peer's request,
+    /// diverged replica, or a case where Cyrus would have crashed).
+    Refused {
+        /// `APPLY MAILBOX`, `GET USER`, …
+        command: String,
+        /// The status line sent (no payload bytes).
+        status: String,
+        /// Why, for the log.
+        detail: String,
+    },
+    /// A write became durable.
+    Applied {
+        /// `APPLY MAILBOX`, …
+        command: String,
+        /// Mutations in its batch.
+        mutations: usize,
+    },
+    /// A store effect failed (I/O, corruption): the command got a `NO`.
+    StoreFailed(String),
+    /// An uploaded message was refused (size or SHA-1 mismatch, limits).
+    MessageRefused(String),
+}
+
+enum Phase {
+    NotAuth,
+    Sasl(sasl::Server),
+    Auth { admin: bool },
+}
+
+/// What a durable write answers.
+struct OnDurable {
+    command: String,
+    /// Lines to send before the status.
+    data: Vec<Item>,
+    /// `true`: `OK success`; `false`: `NO IMAP_SYNC_CHECKSUM` (CRC mismatch
+    /// after apply, Cyrus commits and then says so).
+    crc_ok: bool,
+    mutations: usize,
+}
+
+enum Wait {
+    Idle,
+    Auth {
+        id: EffectId,
+    },
+    Pause {
+        until: Time,
+    },
+    Write {
+        id: EffectId,
+        batch: BatchId,
+        then: OnDurable,
+    },
+}
+
+/// The csync replica session. See the module documentation.
+pub struct Server<R> {
+    read: R,
+    opts: Options,
+    decoder: ServerDecoder,
+    phase: Phase,
+    wait: Wait,
+    ids: EffectIds,
+    out: BytesMut,
+    outputs: VecDeque<Output<Effect, Event>>,
+    tls_active: bool,
+    compress_active: bool,
+    force: bool,
+    sieve_mailbox: bool,
+    closed: bool,
+    last_input: Time,
+    now: Time,
+    /// GUID → size of bytes staged by this session (Cyrus's reserve list),
+    /// dropped at RESTART.
+    staged: BTreeMap<Guid, u64>,
+    /// The file literal being streamed, if staged.
+    current_file: Option<(StageId, FileRef)>,
+    /// Stagings ended, not yet verified.
+    stage_ends: BTreeMap<StageId, FileRef>,
+    next_stage: u64,
+    /// Refusals of uploads since the last command (answered on it).
+    upload_errors: Vec<String>,
+    /// A decoded line held until the stagings before it are verified.
+    held: Option<ClientLine>,
+}
+
+fn status_line(s: &Status) -> String {
+    let mut b = BytesMut::new();
+    s.write(&mut b);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn no_unknown() -> Status {
+    Status::no(proto::csync::texts::UNKNOWN_ERROR)
+}
+
+fn refusal_status(r: &Refusal) -> Status {
+    match r {
+        Refusal::Code(c) => Status::no_code(c.clone()),
+        Refusal::BadParameters(_) => Status::no_code(Code::ProtocolBadParameters),
+        Refusal::Unknown(_) | Refusal::Store(_) => no_unknown(),
+    }
+}
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Refusal {
+        Refusal::BadParameters(e.to_string())
+    }
+}
+
+/// How an APPLY or GET handler ends.
+enum Outcome {
+    /// Answer now: data lines, then the status.
+    Reply(Vec<Item>, Status),
+    /// Write this batch; answer when durable.
+    Write(Vec<Mutation>, OnDurable),
+}
+
+fn ok(data: Vec<Item>) -> Result<Outcome, Refusal> {
+    Ok(Outcome::Reply(data, Status::success()))
+}
+
+fn kv_of(v: &Value) -> Result<&KvList, Refusal> {
+    v.as_kvlist()
+        .ok_or_else(|| Refusal::BadParameters("expected %(…)".into()))
+}
+
+fn atom_of(v: &Value) -> Result<&[u8], Refusal> {
+    match v {
+        Value::Nil => Ok(b""),
+        v => v
+            .as_bytes()
+            .ok_or_else(|| Refusal::BadParameters("expected a string".into())),
+    }
+}
+
+fn mailbox_name(b: &[u8]) -> Result<MailboxName, Refusal> {
+    MailboxName::new(b).map_err(|_| Refusal::BadParameters("mailbox name".into()))
+}
+
+fn user_id(b: &[u8]) -> Result<UserId, Refusal> {
+    UserId::new(b).map_err(|_| Refusal::BadParameters("userid".into()))
+}
+
+impl<R: MailRead> Server<R> {
+    /// A new session at `now`; the banner is queued.
+    pub fn new(now: Time, read: R, opts: Options) -> Self {
+        let decoder = ServerDecoder::with_options(opts.frame.clone())
+            .unwrap_or_else(|_| ServerDecoder::new());
+        let mut s = Server {
+            read,
+            decoder,
+            tls_active: opts.tls_active,
+            force: opts.force,
+            next_stage: opts.stage_id_base,
+            opts,
+            phase: Phase::NotAuth,
+            wait: Wait::Idle,
+            ids: EffectIds::default(),
+            out: BytesMut::new(),
+            outputs: VecDeque::new(),
+            compress_active: false,
+            sieve_mailbox: false,
+            closed: false,
+            last_input: now,
+            now,
+            staged: BTreeMap::new(),
+            current_file: None,
+            stage_ends: BTreeMap::new(),
+            upload_errors: Vec::new(),
+            held: None,
+        };
+        s.banner();
+        s
+    }
+
+    /// The read handle (tests inspect the store through it).
+    pub fn reader(&self) -> &R {
+        &self.read
+    }
+
+    fn banner(&mut self) {
+        let mut lines = Vec::new();
+        let authed = matches!(self.phase, Phase::Auth { .. });
+        if !authed && !self.opts.mechanisms.is_empty() {
+            lines.push(Response::Capability(Capability::Sasl(
+                self.opts
+                    .mechanisms
+                    .iter()
+                    .map(|m| Bytes::from_static(m.name().as_bytes()))
+                    .collect(),
+            )));
+        }
+        if self.opts.starttls && !self.tls_active {
+            lines.push(Response::Capability(Capability::StartTls));
+        }
+        if self.opts.compress && !self.compress_active && !self.tls_active {
+            lines.push(Response::Capability(Capability::Compress(vec![
+                Bytes::from_static(b"DEFLATE"),
+            ])));
+        }
+        if !authed {
+            lines.push(Response::Capability(Capability::SieveMailbox));
+        }
+        let host = self.opts.server_name.replace(['\r', '\n', ' '], "");
+        let version = self.opts.version.replace(['\r', '\n'], "");
+        lines.push(Response::Greeting(Greeting::sync_server(&host, &version)));
+        for l in lines {
+            self.send(&l);
+        }
+    }
+
+    fn send(&mut self, r: &Response) {
+        self.out.extend_from_slice(&r.encode().into_bytes());
+    }
+
+    fn status(&mut self, s: Status) {
+        self.send(&Response::Status(s));
+    }
+
+    fn flush_out(&mut self) {
+        if !self.out.is_empty() {
+            let b = self.out.split().freeze();
+            self.outputs.push_back(Output::Transmit(b));
+        }
+    }
+
+    fn push(&mut self, o: Output<Effect, Event>) {
+        self.flush_out();
+        self.outputs.push_back(o);
+    }
+
+    fn event(&mut self, e: Event) {
+        self.push(Output::Event(e));
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if !self.closed {
+            self.closed = true;
+            self.abort_staging();
+            self.push(Output::Close(reason));
+        }
+    }
+
+    fn effect(&mut self, effect: Effect) -> EffectId {
+        let id = self.ids.next_id();
+        self.push(Output::Effect { id, effect });
+        id
+    }
+
+    fn blocked(&self) -> bool {
+        !matches!(self.wait, Wait::Idle) || self.held.is_some()
+    }
+
+    fn unix_now(&self) -> UnixTime {
+        UnixTime(self.opts.epoch_unix.0 + self.now.since_epoch().as_secs() as i64)
+    }
+
+    fn abort_staging(&mut self) {
+        if let Some((stage, _)) = self.current_file.take() {
+            let id = self.ids.next_id();
+            self.outputs.push_back(Output::Effect {
+                id,
+                effect: Effect::Store(StoreEffect::StageAbort { stage }),
+            });
+        }
+    }
+
+    fn may_stage(&self) -> bool {
+        matches!(self.phase, Phase::Auth { admin: true })
+    }
+
+    /// Handles decoder events until blocked, closed or out of input.
+    fn pump(&mut self) {
+        while !self.closed && !self.blocked() {
+            match self.decoder.poll_event() {
+                Ok(None) => break,
+                Ok(Some(ev)) => self.on_event(ev),
+                Err(e) => {
+                    let t = format!("{e}");
+                    self.send(&Response::Fatal(Bytes::from(t.clone())));
+                    self.close(CloseReason::PeerError(t));
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: DecEvent<ClientLine, CommandError>) {
+        match ev {
+            DecEvent::FileStart(f) => {
+                self.abort_staging();
+                let known = self.opts.partitions.is_empty()
+                    || self
+                        .opts
+                        .partitions
+                        .iter()
+                        .any(|p| p.as_bytes() == &f.partition[..]);
+                if !self.may_stage() {
+                    // Not an admin session: the bytes are dropped.
+                } else if !known {
+                    self.upload_errors.push(format!(
+                        "unknown partition {}",
+                        String::from_utf8_lossy(&f.partition)
+                    ));
+                } else {
+                    let stage = StageId(self.next_stage);
+                    self.next_stage += 1;
+                    let guid: Guid = f.guid.into();
+                    self.effect(Effect::Store(StoreEffect::StageBegin {
+                        stage,
+                        guid,
+                        size: f.size,
+                    }));
+                    self.current_file = Some((stage, f));
+                }
+            }
+            DecEvent::FileChunk(bytes) => {
+                if let Some((stage, _)) = &self.current_file {
+                    let stage = *stage;
+                    self.effect(Effect::Store(StoreEffect::StageChunk { stage, bytes }));
+                }
+            }
+            DecEvent::FileEnd => {
+                if let Some((stage, f)) = self.current_file.take() {
+                    self.effect(Effect::Store(StoreEffect::StageEnd { stage }));
+                    self.stage_ends.insert(stage, f);
+                }
+            }
+            DecEvent::ContinuationNeeded { .. } => {
+                // csync framing accepts `{n}` without a continuation.
+            }
+            DecEvent::Decoded(line) => {
+                if !self.stage_ends.is_empty() {
+                    self.held = Some(line);
+                } else {
+                    self.on_line(line);
+                }
+            }
+            DecEvent::Refused(e) => self.on_refused(e),
+        }
+    }
+
+    fn on_refused(&mut self, e: CommandError) {
+        self.upload_errors.clear();
+        if let Phase::Sasl(_) = self.phase {
+            self.phase = Phase::NotAuth;
+            self.status(Status::no(proto::csync::texts::ERROR_AUTHENTICATING));
+            return;
+        }
+        let verb = e.verb();
+        let status = match &self.phase {
+            Phase::NotAuth if verb.is_some_and(|v| !v.allowed_before_auth()) => {
+                Status::no(proto::csync::texts::AUTHENTICATE_FIRST)
+            }
+            Phase::Auth { admin: false } => Status::no(proto::csync::texts::PERMISSION_DENIED),
+            _ => e.response(),
+        };
+        self.event(Event::Refused {
+            command: verb.map_or("?", |v| v.wire()).to_string(),
+            status: status_line(&status),
+            detail: e.to_string(),
+        });
+        self.status(status);
+    }
+
+    fn on_line(&mut self, line: ClientLine) {
+        match line {
+            ClientLine::SaslResponse(d) => self.on_sasl_response(d.decode().ok()),
+            ClientLine::SaslCancel => {
+                self.phase = Phase::NotAuth;
+                self.status(Status::bad(proto::csync::texts::CLIENT_CANCELED));
+            }
+            ClientLine::Command(c) => self.on_command(c),
+        }
+    }
+
+    fn on_command(&mut self, c: Cmd) {
+        let verb = c.verb();
+        match &self.phase {
+            Phase::Auth { admin: false } => {
+                return self.status(Status::no(proto::csync::texts::PERMISSION_DENIED))
+            }
+            Phase::NotAuth | Phase::Sasl(_) if !verb.allowed_before_auth() => {
+                return self.status(Status::no(proto::csync::texts::AUTHENTICATE_FIRST))
+            }
+            _ => {}
+        }
+        match c {
+            Cmd::Noop => self.status(Status::ok(proto::csync::texts::NOOP_COMPLETED)),
+            Cmd::Exit => {
+                self.status(Status::ok(proto::csync::texts::FINISHED));
+                self.close(CloseReason::Done);
+            }
+            Cmd::Restart => {
+                // Cyrus drops the reserve list (its staged files).
+                self.staged.clear();
+                self.status(Status::ok(proto::csync::texts::RESTARTING));
+            }
+            Cmd::Compress { algorithm } => {
+                if self.compress_active {
+                    self.status(Status::no("Compression already active: DEFLATE"));
+                } else if !self.opts.compress || !algorithm.eq_ignore_ascii_case(b"DEFLATE") {
+                    let mut t = b"Unknown compression algorithm: ".to_vec();
+                    t.extend(
+                        algorithm
+                            .iter()
+                            .map(|&b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+                    );
+                    self.status(Status::no(Bytes::from(t)));
+                } else {
+                    self.status(Status::ok(proto::csync::texts::DEFLATE_ACTIVE));
+                    self.compress_active = true;
+                    let rest = self.decoder.take_unconsumed().freeze();
+                    self.push(Output::StartLayer {
+                        layer: Layer::Deflate,
+                        input_after_switch: rest,
+                    });
+                }
+            }
+            Cmd::StartTls => {
+                if matches!(self.phase, Phase::Auth { .. }) {
+                    self.status(Status::bad("Can't Starttls after authentication"));
+                } else if self.tls_active {
+                    self.status(Status::bad("Already did a successful Starttls"));
+                } else if !self.opts.starttls {
+                    self.status(Status::no("Error initializing TLS"));
+                } else {
+                    self.status(Status::ok(proto::csync::texts::BEGIN_TLS));
+                    self.tls_active = true;
+                    // Cyrus discards input pipelined after STARTTLS.
+                    let _ = self.decoder.take_unconsumed();
+                    self.push(Output::StartLayer {
+                        layer: Layer::TlsServer,
+                        input_after_switch: Bytes::new(),
+                    });
+                    self.banner();
+                }
+            }
+            Cmd::Authenticate {
+                mechanism,
+                initial_response,
+            } => self.authenticate(&mechanism, initial_response.map(|d| d.decode())),
+            Cmd::Apply(item) => self.run("APPLY", item, Self::apply),
+            Cmd::Get(item) => self.run("GET", item, Self::get),
+            Cmd::Restore(item) => self.run("RESTORE", item, Self::restore),
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        mechanism: &[u8],
+        initial: Option<Result<Vec<u8>, proto::csync::SaslDataError>>,
+    ) {
+        if matches!(self.phase, Phase::Auth { .. }) {
+            return self.status(Status::bad(proto::csync::texts::ALREADY_AUTHENTICATED));
+        }
+        let mech = std::str::from_utf8(mechanism)
+            .ok()
+            .and_then(Mechanism::from_name)
+            .filter(|m| self.opts.mechanisms.contains(m));
+        let Some(mech) = mech else {
+            return self.start_pause();
+        };
+        let initial = match initial.transpose() {
+            Ok(i) => i,
+            Err(_) => return self.start_pause(),
+        };
+        match sasl::Server::start(mech, initial.as_deref(), self.opts.sasl.clone()) {
+            Ok((server, step)) => self.sasl_step(server, step),
+            Err(_) => self.start_pause(),
+        }
+    }
+
+    fn sasl_step(&mut self, server: sasl::Server, step: ServerStep) {
+        match step {
+            ServerStep::Challenge(c) => {
+                self.send(&Response::Challenge(proto::csync::SaslData::encode(
+                    &c, false,
+                )));
+                self.decoder.expect_sasl_response();
+                self.phase = Phase::Sasl(server);
+            }
+            ServerStep::Done(creds) => {
+                self.phase = Phase::NotAuth;
+                let id = self.effect(Effect::Authenticate(creds));
+                self.wait = Wait::Auth { id };
+            }
+        }
+    }
+
+    fn on_sasl_response(&mut self, data: Option<Vec<u8>>) {
+        let Phase::Sasl(mut server) = std::mem::replace(&mut self.phase, Phase::NotAuth) else {
+            // A SASL line is only decoded after a challenge.
+            return self.status(Status::bad_protocol("Unrecognized command"));
+        };
+        let Some(data) = data else {
+            return self.start_pause();
+        };
+        match server.step(&data) {
+            Ok(step) => self.sasl_step(server, step),
+            Err(_) => self.start_pause(),
+        }
+    }
+
+    fn start_pause(&mut self) {
+        self.phase = Phase::NotAuth;
+        let until = self
+            .now
+            .checked_add(self.opts.failed_login_pause)
+            .unwrap_or(self.now);
+        self.wait = Wait::Pause { until };
+    }
+
+    /// Runs an APPLY/GET/RESTORE handler and answers or starts its write.
+    fn run(
+        &mut self,
+        verb: &'static str,
+        item: Item,
+        handler: fn(&mut Self, &str, &Value) -> Result<Outcome, Refusal>,
+    ) {
+        let key = String::from_utf8_lossy(&item.key).to_ascii_uppercase();
+        let command = format!("{verb} {key}");
+        let upload_errors = std::mem::take(&mut self.upload_errors);
+        let result = if !upload_errors.is_empty() {
+            // An upload on this line was refused: Cyrus would have died
+            // (unknown partition) or failed the line (bad GUID).
+            self.event(Event::MessageRefused(upload_errors.join("; ")));
+            Err(Refusal::Code(Code::ProtocolError))
+        } else {
+            handler(self, &key, &item.value)
+        };
+        match result {
+            Ok(Outcome::Reply(data, status)) => {
+                for d in data {
+                    self.send(&Response::Data(d));
+                }
+                if status.kind != StatusKind::Ok {
+                    self.event(Event::Refused {
+                        command,
+                        status: status_line(&status),
+                        detail: String::new(),
+                    });
+                }
+                self.status(status);
+            }
+            Ok(Outcome::Write(mutations, mut then)) => {
+                if mutations.is_empty() {
+                    for d in std::mem::take(&mut then.data) {
+                        self.send(&Response::Data(d));
+                    }
+                    return self.status(if then.crc_ok {
+                        Status::success()
+                    } else {
+                        Status::no_code(Code::SyncChecksum)
+                    });
+                }
+                then.command = command;
+                then.mutations = mutations.len();
+                let id = self.ids.next_id();
+                let batch = BatchId(id.0);
+                self.push(Output::Effect {
+                    id,
+                    effect: Effect::Store(StoreEffect::Write(WriteBatch {
+                        id: batch,
+                        mutations,
+                    })),
+                });
+                self.wait = Wait::Write { id, batch, then };
+            }
+            Err(r) => {
+                let status = refusal_status(&r);
+                if let Refusal::Store(e) = &r {
+                    self.event(Event::StoreFailed(e.to_string()));
+                }
+                self.event(Event::Refused {
+                    command,
+                    status: status_line(&status),
+                    detail: r.to_string(),
+                });
+                self.status(status);
+            }
+        }
+    }
+
+    /// The reply to a durable write: built from its proof.
+    fn durable(&mut self, proof: &DurableProof, batch: BatchId, then: OnDurable) {
+        assert_eq!(
+            proof.batch_id(),
+            batch,
+            "durable proof for another batch: driver bug"
+        );
+        for d in then.data {
+            self.send(&Response::Data(d));
+        }
+        self.event(Event::Applied {
+            command: then.command.clone(),
+            mutations: then.mutations,
+        });
+        if then.crc_ok {
+            self.status(Status::success());
+        } else {
+            let s = Status::no_code(Code::SyncChecksum);
+            self.event(Event::Refused {
+                command: then.command,
+                status: status_line(&s),
+                detail: "CRC differs after apply (applied, as Cyrus does)".into(),
+            });
+            self.status(s);
+        }
+    }
+
+    fn ctx(&self) -> ApplyCtx<'_> {
+        ApplyCtx {
+            force: self.force,
+            sieve_mailbox: self.sieve_mailbox,
+            staged: &self.staged,
+            now: self.unix_now(),
+            partitions: &self.opts.partitions,
+        }
+    }
+
+    fn write(mutations: Vec<Mutation>) -> Result<Outcome, Refusal> {
+        Ok(Outcome::Write(
+            mutations,
+            OnDurable {
+                command: String::new(),
+                data: Vec::new(),
+                crc_ok: true,
+                mutations: 0,
+            },
+        ))
+    }
+
+    fn plan_outcome(plan: MailboxPlan) -> Result<Outcome, Refusal> {
+        Ok(Outcome::Write(
+            plan.mutations,
+            OnDurable {
+                command: String::new(),
+                data: Vec::new(),
+                crc_ok: plan.crc_ok,
+                mutations: 0,
+            },
+        ))
+    }
+
+    // ---- GET ----------------------------------------------------------
+
+    /// The quota root governing `name`, as Cyrus's `quota_findroot`: the
+    /// name itself or its nearest ancestor that is a root. (The master's
+    /// QUOTAROOT is ignored, as Cyrus ignores it.)
+    fn quota_root_of(&self, name: &MailboxName) -> Result<Option<MailboxName>, Refusal> {
+        let mut b = name.as_bytes();
+        loop {
+            if let Ok(n) = MailboxName::new(b) {
+                if self.read.quota(&n)?.is_some() {
+                    return Ok(Some(n));
+                }
+            }
+            match b.iter().rposition(|&c| c == b'.') {
+                Some(i) => b = &b[..i],
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn mailbox_item(&self, mb: &crate::model::Mailbox, full: bool) -> Result<Item, Refusal> {
+        let crcs = self.read.sync_crcs(&mb.uniqueid)?;
+        let mut shown;
+        let mb = if mb.quotaroot.is_some() || self.quota_root_of(&mb.name)?.is_some() {
+            shown = mb.clone();
+            shown.quotaroot = self.quota_root_of(&mb.name)?;
+            &shown
+        } else {
+            mb
+        };
+        let records = if full {
+            Some(
+                all_records(&self.read, &mb.uniqueid)?
+                    .iter()
+                    .map(record_kv)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(Item::new(
+            "MAILBOX",
+            Value::KvList(mailbox_kv(mb, crcs, records)),
+        ))
+    }
+
+    fn visible(&self, mb: &crate::model::Mailbox) -> bool {
+        !mb.mbtype.deleted && (self.sieve_mailbox || mb.mbtype.kind != MailboxKind::Sieve)
+    }
+
+    fn meta_items(&self, user: &UserId, out: &mut Vec<Item>) -> Result<(), Refusal> {
+        for (mbox, seen) in self.read.seen_of_user(user)? {
+            out.push(Item::new("SEEN", Value::KvList(seen_kv(&mbox, &seen))));
+        }
+        let subs: Vec<Value> = self
+            .read
+            .subscriptions(user)?
+            .into_iter()
+            .filter(|(_, s)| s.subscribed)
+            .map(|(n, _)| Value::string(Bytes::copy_from_slice(n.as_bytes())))
+            .collect();
+        if !subs.is_empty() {
+            out.push(Item::new("LSUB", Value::List(subs)));
+        }
+        if !self.sieve_mailbox {
+            let active = self.read.sieve_active(user)?;
+            for s in self.read.sieve_scripts(user)? {
+                out.push(Item::new(
+                    "SIEVE",
+                    Value::KvList(
+                        KvList::new()
+                            .with("FILENAME", Value::string(format!("{}.script", s.name)))
+                            .with("LAST_UPDATE", Value::num(s.last_update.0.max(0) as u64))
+                            .with("GUID", Value::Atom(Bytes::from(s.guid().to_hex())))
+                            .with("ISACTIVE", Value::num(0)),
+                    ),
+                ));
+                if active.as_ref() == Some(&s.name) {
+                    out.push(Item::new(
+                        "SIEVE",
+                        Value::KvList(
+                            KvList::new()
+                                .with("FILENAME", Value::string(format!("{}.bc", s.name)))
+                                .with("LAST_UPDATE", Value::num(0))
+                                .with("GUID", Value::Atom(Bytes::from(Guid::NULL.to_hex())))
+                                .with("ISACTIVE", Value::num(1)),
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, key: &str, v: &Value) -> Result<Outcome, Refusal> {
+        let mut data = Vec::new();
+        match key {
+            "USER" => {
+                let user = user_id(atom_of(v)?)?;
+                let mut roots: Vec<MailboxName> = Vec::new();
+                let mut mbs = self.read.mailboxes_of_user(&user)?;
+                // Cyrus's order: the user's tree, then its DELETED tree,
+                // each in mailboxes.db order (the separator sorts first).
+                mbs.sort_by_cached_key(|m| cyrus_order(&m.name));
+                for mb in mbs {
+                    if !self.visible(&mb) {
+                        continue;
+                    }
+                    if let Some(q) = self.quota_root_of(&mb.name)? {
+                        if !roots.contains(&q) {
+                            roots.push(q);
+                        }
+                    }
+                    data.push(self.mailbox_item(&mb, false)?);
+                }
+                if let Some(inbox) = inbox_of(&user) {
+                    if !roots.contains(&inbox) {
+                        roots.push(inbox);
+                    }
+                }
+                for root in roots {
+                    if let Some(q) = self.read.quota(&root)? {
+                        data.push(Item::new("QUOTA", Value::KvList(quota_kv(&root, &q))));
+                    }
+                }
+                self.meta_items(&user, &mut data)?;
+                ok(data)
+            }
+            "META" => {
+                let user = user_id(atom_of(v)?)?;
+                self.meta_items(&user, &mut data)?;
+                ok(data)
+            }
+            "MAILBOXES" | "UNIQUEIDS" => {
+                let list = v
+                    .as_list()
+                    .ok_or_else(|| Refusal::BadParameters("expected a list".into()))?;
+                for n in list {
+                    let b = atom_of(n)?;
+                    let mb = if key == "MAILBOXES" {
+                        match MailboxName::new(b) {
+                            Ok(n) => self.read.mailbox(&n)?,
+                            Err(_) => None,
+                        }
+                    } else {
+                        match UniqueId::new(b) {
+                            Ok(u) => self.read.mailbox_by_uniqueid(&u)?,
+                            Err(_) => None,
+                        }
+                    };
+                    if let Some(mb) = mb.filter(|m| self.visible(m)) {
+                        data.push(self.mailbox_item(&mb, false)?);
+                    }
+                }
+                ok(data)
+            }
+            "FULLMAILBOX" => {
+                let name = mailbox_name(atom_of(v)?)?;
+                match self.read.mailbox(&name)? {
+                    Some(mb) => {
+                        data.push(self.mailbox_item(&mb, true)?);
+                        ok(data)
+                    }
+                    None => Err(Refusal::Code(Code::MailboxNonexistent)),
+                }
+            }
+            "QUOTA" => {
+                let root = mailbox_name(atom_of(v)?)?;
+                if let Some(q) = self.read.quota(&root)? {
+                    data.push(Item::new("QUOTA", Value::KvList(quota_kv(&root, &q))));
+                }
+                ok(data)
+            }
+            "ANNOTATION" => {
+                let name = atom_of(v)?;
+                let anns = if name.is_empty() {
+                    Some(self.read.server_annotations()?)
+                } else {
+                    self.read
+                        .mailbox(&mailbox_name(name)?)?
+                        .map(|m| m.annotations)
+                };
+                for (entry, owner, val) in anns.iter().flat_map(|a| a.iter()) {
+                    data.push(Item::new(
+                        "ANNOTATION",
+                        Value::KvList(annotation_line(name, entry, owner, &val.value)),
+                    ));
+                }
+                ok(data)
+            }
+            "FETCH" => self.get_fetch(kv_of(v)?),
+            "FETCH_SIEVE" => {
+                let kv = kv_of(v)?;
+                let user = wire::user(kv, "USERID")?;
+                let file = wire::bytes(kv, "FILENAME")?;
+                let name = file.strip_suffix(b".script").unwrap_or(file);
+                let script = self
+                    .read
+                    .sieve_scripts(&user)?
+                    .into_iter()
+                    .find(|s| s.name.as_bytes() == name);
+                match script {
+                    Some(s) => {
+                        data.push(Item::new(
+                            "SIEVE",
+                            Value::KvList(
+                                KvList::new()
+                                    .with(
+                                        "USERID",
+                                        Value::string(Bytes::copy_from_slice(user.as_bytes())),
+                                    )
+                                    .with("FILENAME", Value::string(Bytes::copy_from_slice(file)))
+                                    .with("CONTENT", Value::string(s.content)),
+                            ),
+                        ));
+                        ok(data)
+                    }
+                    None => Err(Refusal::Code(Code::MailboxNonexistent)),
+                }
+            }
+            _ => Err(Refusal::Code(Code::ProtocolError)),
+        }
+    }
+
+    /// `GET FETCH`: `* MESSAGE %{part guid size}` CRLF bytes CRLF, streamed
+    /// from the store in chunks.
+    fn get_fetch(&mut self, kv: &KvList) -> Result<Outcome, Refusal> {
+        let guid = wire::get(kv, "GUID")?
+            .as_bytes()
+            .and_then(|b| Guid::parse(b).ok())
+            .ok_or_else(|| Refusal::BadParameters("GUID".into()))?;
+        let partition = match wire::bytes_opt(kv, "PARTITION")? {
+            Some(p) => Bytes::copy_from_slice(p),
+            None => Bytes::from_static(b"default"),
+        };
+        let Some(size) = self.read.message_size(&guid)? else {
+            return Err(Refusal::Code(Code::MailboxNonexistent));
+        };
+        // The announcement, then the body straight from the store.
+        let mut head = Vec::new();
+        head.extend_from_slice(b"* MESSAGE %{");
+        let p = Value::string(partition);
+        let mut e = proto::dlist::Encoder::new(proto::dlist::LiteralStyle::NonSync);
+        e.value(&p);
+        head.extend_from_slice(e.finish().text());
+        head.extend_from_slice(format!(" {} {}}}\r\n", guid.to_hex(), size).as_bytes());
+        self.out.extend_from_slice(&head);
+        let mut off = 0u64;
+        while off < size {
+            let chunk = self
+                .read
+                .message_bytes(&guid, off, self.opts.fetch_chunk_bytes)?;
+            if chunk.is_empty() {
+                // The store lost bytes it listed: the line cannot be
+                // completed; end the session rather than desynchronise.
+                self.flush_out();
+                self.close(CloseReason::EffectFailed(format!("message {guid} short")));
+                return Ok(Outcome::Reply(Vec::new(), Status::success()));
+            }
+            off += chunk.len() as u64;
+            self.flush_out();
+            self.outputs.push_back(Output::Transmit(chunk));
+        }
+        self.out.extend_from_slice(b"\r\n");
+        ok(Vec::new())
+    }
+
+    // ---- APPLY --------------------------------------------------------
+
+    fn apply(&mut self, key: &str, v: &Value) -> Result<Outcome, Refusal> {
+        let key = key.strip_prefix("LOCAL_").unwrap_or(key);
+        let now = self.unix_now();
+        match key {
+            "RESERVE" => {
+                let kv = kv_of(v)?;
+                let guids = wire::get(kv, "GUID")?
+                    .as_list()
+                    .ok_or_else(|| Refusal::BadParameters("GUID".into()))?;
+                let mut missing = Vec::new();
+                for g in guids {
+                    let Some(guid) = g.as_bytes().and_then(|b| Guid::parse(b).ok()) else {
+                        return Err(Refusal::BadParameters("GUID".into()));
+                    };
+                    if !self.staged.contains_key(&guid) && !self.read.has_message(&guid)? {
+                        missing.push(Value::Atom(Bytes::from(guid.to_hex())));
+                    }
+                }
+                let data = if missing.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Item::new("MISSING", Value::List(missing))]
+                };
+                ok(data)
+            }
+            "MESSAGE" => {
+                // The bytes were staged while the line streamed; each was
+                // verified (Staged completion) before this line was read.
+                ok(Vec::new())
+            }
+            "MAILBOX" => {
+                let kv = kv_of(v)?;
+                let hdr = wire::mailbox_header(kv, false)?;
+                let records = match kv.get("RECORD") {
+                    Some(r) => r
+                        .as_list()
+                        .ok_or_else(|| Refusal::BadParameters("RECORD".into()))?
+                        .iter()
+                        .map(record_of)
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None if hdr.mbtype.intermediate || hdr.mbtype.deleted => Vec::new(),
+                    None => return Err(Refusal::BadParameters("RECORD missing".into())),
+                };
+                let plan = plan_mailbox(&self.read, &hdr, &records, &self.ctx())?;
+                Self::plan_outcome(plan)
+            }
+            "EXPUNGE" => {
+                let kv = kv_of(v)?;
+                let name = wire::name(kv, "MBOXNAME")?;
+                let id = wire::uniqueid(kv, "UNIQUEID")?;
+                let mb = self
+                    .read
+                    .mailbox(&name)?
+                    .ok_or(Refusal::Code(Code::MailboxNonexistent))?;
+                if mb.uniqueid != id {
+                    return Err(Refusal::Code(Code::MailboxMoved));
+                }
+                let mut m = Vec::new();
+                for u in wire::get(kv, "UID")?
+                    .as_list()
+                    .ok_or_else(|| Refusal::BadParameters("UID".into()))?
+                {
+                    let uid = u
+                        .as_u64()
+                        .and_then(|n| Uid::new(n as u32).ok())
+                        .ok_or_else(|| Refusal::BadParameters("UID".into()))?;
+                    if let Some(mut r) = self.read.record(&mb.uniqueid, uid)? {
+                        if !r.expunged {
+                            // Silently, as Cyrus: no modseq bump.
+                            r.expunged = true;
+                            m.push(Mutation::PutRecord {
+                                mailbox: mb.uniqueid.clone(),
+                                record: r,
+                            });
+                        }
+                    }
+                }
+                Self::write(m)
+            }
+            "UNMAILBOX" => {
+                let name = mailbox_name(atom_of(v)?)?;
+                let mb = self
+                    .read
+                    .mailbox(&name)?
+                    .ok_or(Refusal::Code(Code::MailboxNonexistent))?;
+                Self::write(vec![Mutation::DeleteMailbox {
+                    uniqueid: mb.uniqueid,
+                    at: now,
+                    modseq: mb.highestmodseq,
+                }])
+            }
+            "RENAME" => {
+                let kv = kv_of(v)?;
+                let old = wire::name(kv, "OLDMBOXNAME")?;
+                let new = wire::name(kv, "NEWMBOXNAME")?;
+                let part = wire::bytes_opt(kv, "PARTITION")?;
+                let uidv = wire::num_opt(kv, "UIDVALIDITY")?;
+                let mut mb = self
+                    .read
+                    .mailbox(&old)?
+                    .ok_or(Refusal::Code(Code::MailboxNonexistent))?;
+                if old == new && part.map_or(true, |p| p == mb.partition.as_bytes()) {
+                    return ok(Vec::new());
+                }
+                let mut m = Vec::new();
+                if old != new {
+                    if self.read.mailbox(&new)?.is_some() {
+                        return Err(Refusal::Unknown("target name exists".into()));
+                    }
+                    m.push(Mutation::RenameMailbox {
+                        uniqueid: mb.uniqueid.clone(),
+                        new_name: new.clone(),
+                        at: now,
+                        modseq: mb.highestmodseq,
+                    });
+                    mb.name_history.push(crate::model::NameChange {
+                        old_name: old.clone(),
+                        at: now,
+                        modseq: mb.highestmodseq,
+                    });
+                    mb.name = new.clone();
+                    mb.renamed_or_created_at = now;
+                    mb.owner = wire::owner_of(&new);
+                }
+                if let Some(p) = part {
+                    if !self.opts.partitions.is_empty()
+                        && !self.opts.partitions.iter().any(|x| x.as_bytes() == p)
+                    {
+                        return Err(Refusal::Unknown("unknown partition".into()));
+                    }
+                    mb.partition = Partition::new(p)
+                        .map_err(|_| Refusal::BadParameters("PARTITION".into()))?;
+                }
+                if let Some(u) = uidv {
+                    if u as u32 > mb.uidvalidity.get() {
+                        mb.uidvalidity = wire::uidvalidity(u as u32);
+                    }
+                }
+                m.push(Mutation::PutMailbox(mb));
+                Self::write(m)
+            }
+            "QUOTA" => {
+                let (root, q) = quota_of(kv_of(v)?)?;
+                Self::write(vec![Mutation::PutQuota { root, quota: q }])
+            }
+            "UNQUOTA" => {
+                let root = mailbox_name(atom_of(v)?)?;
+                Self::write(vec![Mutation::DeleteQuota { root }])
+            }
+            "ANNOTATION" | "UNANNOTATION" => {
+                let kv = kv_of(v)?;
+                let name = wire::bytes(kv, "MBOXNAME")?;
+                let entry = AnnotationEntry::new(wire::bytes(kv, "ENTRY")?)
+                    .map_err(|_| Refusal::BadParameters("ENTRY".into()))?;
+                let owner = AnnotationOwner::from_bytes(wire::bytes(kv, "USERID")?)
+                    .map_err(|_| Refusal::BadParameters("USERID".into()))?;
+                let value = if key == "ANNOTATION" {
+                    match wire::get(kv, "VALUE")? {
+                        Value::Nil => Bytes::new(),
+                        v => v
+                            .as_shared_bytes()
+                            .ok_or_else(|| Refusal::BadParameters("VALUE".into()))?
+                            .clone(),
+                    }
+                } else {
+                    Bytes::new()
+                };
+                let modseq = ModSeq(wire::num_opt(kv, "MODSEQ")?.unwrap_or(0));
+                let mailbox = if name.is_empty() {
+                    None
+                } else {
+                    let mb = self
+                        .read
+                        .mailbox(&mailbox_name(name)?)?
+                        .ok_or(Refusal::Code(Code::MailboxNonexistent))?;
+                    Some(mb.uniqueid)
+                };
+                Self::write(vec![Mutation::SetAnnotation {
+                    mailbox,
+                    entry,
+                    owner,
+                    value: AnnotationValue { modseq, value },
+                }])
+            }
+            "SEEN" => {
+                let (user, mailbox, seen) = seen_of(kv_of(v)?)?;
+                Self::write(vec![Mutation::PutSeen {
+                    user,
+                    mailbox,
+                    seen,
+                }])
+            }
+            "SUB" | "UNSUB" => {
+                let kv = kv_of(v)?;
+                Self::write(vec![Mutation::SetSubscription {
+                    user: wire::user(kv, "USERID")?,
+                    name: wire::name(kv, "MBOXNAME")?,
+                    subscription: Subscription {
+                        subscribed: key == "SUB",
+                        changed_at: now,
+                    },
+                }])
+            }
+            "SIEVE" => {
+                let kv = kv_of(v)?;
+                let user = wire::user(kv, "USERID")?;
+                let file = wire::bytes(kv, "FILENAME")?;
+                let Some(name) = file.strip_suffix(b".script") else {
+                    // Cyrus ignores compiled (.bc) and other uploads.
+                    return ok(Vec::new());
+                };
+                let content = match wire::get(kv, "CONTENT")? {
+                    Value::Nil => Bytes::new(),
+                    v => v
+                        .as_shared_bytes()
+                        .ok_or_else(|| Refusal::BadParameters("CONTENT".into()))?
+                        .clone(),
+                };
+                let last_update = UnixTime(wire::num(kv, "LAST_UPDATE")? as i64);
+                let name =
+                    SieveName::new(name).map_err(|_| Refusal::BadParameters("FILENAME".into()))?;
+                Self::write(vec![Mutation::PutSieve {
+                    user,
+                    script: SieveScript {
+                        name,
+                        last_update,
+                        content,
+                    },
+                }])
+            }
+            "UNSIEVE" => {
+                let kv = kv_of(v)?;
+                let user = wire::user(kv, "USERID")?;
+                let file = wire::bytes(kv, "FILENAME")?;
+                let Some(name) = file.strip_suffix(b".script") else {
+                    return ok(Vec::new());
+                };
+                let name =
+                    SieveName::new(name).map_err(|_| Refusal::BadParameters("FILENAME".into()))?;
+                Self::write(vec![Mutation::DeleteSieve { user, name }])
+            }
+            "ACTIVATE_SIEVE" => {
+                let kv = kv_of(v)?;
+                let user = wire::user(kv, "USERID")?;
+                let file = wire::bytes(kv, "FILENAME")?;
+                // `<name>.bc`: Cyrus strips the last three bytes.
+                let name = &file[..file.len().saturating_sub(3)];
+                let name =
+                    SieveName::new(name).map_err(|_| Refusal::BadParameters("FILENAME".into()))?;
+                if !self
+                    .read
+                    .sieve_scripts(&user)?
+                    .iter()
+                    .any(|s| s.name == name)
+                {
+                    return Err(Refusal::Unknown("no such script".into()));
+                }
+                Self::write(vec![Mutation::ActivateSieve {
+                    user,
+                    name: Some(name),
+                }])
+            }
+            "UNACTIVATE_SIEVE" => {
+                let kv = kv_of(v)?;
+                let user = wire::user(kv, "USERID")?;
+                Self::write(vec![Mutation::ActivateSieve { user, name: None }])
+            }
+            "UNUSER" => {
+                let u = atom_of(v)?;
+                if u.is_empty() {
+                    return ok(Vec::new());
+                }
+                let user = user_id(u)?;
+                let modseq = self
+                    .read
+                    .mailboxes_of_user(&user)?
+                    .iter()
+                    .map(|m| m.highestmodseq)
+                    .max()
+                    .unwrap_or(ModSeq::ZERO);
+                Self::write(vec![Mutation::DeleteUser {
+                    user,
+                    at: now,
+                    modseq,
+                }])
+            }
+            "FORCE" => {
+                self.force = true;
+                ok(Vec::new())
+            }
+            "CAPABILITIES" => {
+                let list = v
+                    .as_list()
+                    .ok_or_else(|| Refusal::BadParameters("expected a list".into()))?;
+                let mut enabled = Vec::new();
+                for c in list {
+                    if c.as_bytes()
+                        .is_some_and(|b| b.eq_ignore_ascii_case(b"SIEVE-MAILBOX"))
+                    {
+                        self.sieve_mailbox = true;
+                        enabled.push(Value::Atom(Bytes::from_static(b"SIEVE-MAILBOX")));
+                    }
+                }
+                ok(vec![Item::new("ENABLED", Value::List(enabled))])
+            }
+            _ => Err(Refusal::Code(Code::ProtocolError)),
+        }
+    }
+
+    fn restore(&mut self, key: &str, v: &Value) -> Result<Outcome, Refusal> {
+        let key = key.strip_prefix("LOCAL_").unwrap_or(key);
+        if key != "MAILBOX" {
+            return Err(Refusal::Code(Code::ProtocolError));
+        }
+        let kv = kv_of(v)?;
+        let hdr = wire::mailbox_header(kv, true)?;
+        let given = kv.get("UNIQUEID").is_some_and(|u| !u.is_nil());
+        let records = match kv.get("RECORD") {
+            Some(r) => r
+                .as_list()
+                .ok_or_else(|| Refusal::BadParameters("RECORD".into()))?
+                .iter()
+                .map(record_of)
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let plan = plan_restore(&self.read, &hdr, given, &records, &self.ctx())?;
+        Self::plan_outcome(plan)
+    }
+
+    fn store_completion(&mut self, id: EffectId, c: Option<StoreCompletion>) {
+        match c {
+            None => {}
+            Some(StoreCompletion::Staged { stage, result }) => {
+                let Some(f) = self.stage_ends.remove(&stage) else {
+                    panic!("staging completion for unknown {stage:?}: driver bug");
+                };
+                match result {
+                    Ok(()) => {
+                        self.staged.insert(f.guid.into(), f.size);
+                    }
+                    Err(e) => {
+                        // A GUID or size mismatch, or a store limit.
+                        self.upload_errors.push(format!("{}: {e}", f.guid));
+                    }
+                }
+                if self.stage_ends.is_empty() {
+                    if let Some(line) = self.held.take() {
+                        self.on_line(line);
+                    }
+                }
+            }
+            Some(StoreCompletion::Durable { batch_id, proof }) => {
+                let wait = std::mem::replace(&mut self.wait, Wait::Idle);
+                let Wait::Write { id: w, batch, then } = wait else {
+                    panic!("durable completion without a write in flight: driver bug");
+                };
+                assert!(
+                    w == id && batch == batch_id,
+                    "completion for another write: driver bug"
+                );
+                self.durable(&proof, batch, then);
+            }
+            Some(StoreCompletion::Failed { batch_id, error }) => {
+                let wait = std::mem::replace(&mut self.wait, Wait::Idle);
+                let Wait::Write { batch, then, .. } = wait else {
+                    panic!("failed completion without a write in flight: driver bug");
+                };
+                assert_eq!(batch, batch_id, "completion for another write: driver bug");
+                let status = match &error {
+                    // Staged bytes the store let go of: the client's retry
+                    // re-reserves and re-uploads.
+                    StoreError::MissingMessage(_)
+                    | StoreError::SizeMismatch { .. }
+                    | StoreError::GuidMismatch { .. } => Status::no_code(Code::SyncChecksum),
+                    StoreError::UnknownMailbox(_) => Status::no_code(Code::MailboxNonexistent),
+                    _ => no_unknown(),
+                };
+                if matches!(error, StoreError::Io(_) | StoreError::Corrupt(_)) {
+                    self.event(Event::StoreFailed(error.to_string()));
+                }
+                self.event(Event::Refused {
+                    command: then.command,
+                    status: status_line(&status),
+                    detail: error.to_string(),
+                });
+                self.status(status);
+            }
+        }
+    }
+}
+
+impl<R: MailRead> Machine for Server<R> {
+    type Effect = Effect;
+    type Completion = Completion;
+    type Event = Event;
+    type Command = Command;
+
+    fn handle_input(&mut self, now: Time, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.now = now;
+        self.last_input = now;
+        self.decoder.handle_input(bytes);
+        self.pump();
+    }
+
+    fn handle_eof(&mut self, now: Time) {
+        self.now = now;
+        if self.closed {
+            return;
+        }
+        if self.current_file.is_some() {
+            // Cyrus crashes here (a half-written staging file); we drop the
+            // partial upload and keep the store as it was.
+            self.event(Event::MessageRefused(
+                "connection closed mid-literal".into(),
+            ));
+        }
+        let _ = self.decoder.handle_eof();
+        self.close(CloseReason::PeerClosed);
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        if self.closed {
+            return;
+        }
+        if let Wait::Pause { until } = self.wait {
+            if now >= until {
+                self.wait = Wait::Idle;
+                self.event(Event::AuthFailed(String::new()));
+                self.status(Status::no("authentication failure"));
+                self.pump();
+            }
+            return;
+        }
+        if let Some(idle) = self.opts.idle_timeout {
+            if !self.blocked() && now.saturating_since(self.last_input) >= idle {
+                self.send(&Response::Fatal(Bytes::from_static(b"Timed out")));
+                self.close(CloseReason::Timeout("sync_timeout".into()));
+            }
+        }
+    }
+
+    fn handle_completion(&mut self, now: Time, id: EffectId, completion: Completion) {
+        self.now = now;
+        match completion {
+            Completion::Auth(result) => {
+                if self.closed {
+                    return;
+                }
+                let Wait::Auth { id: w } = self.wait else {
+                    panic!("auth completion without an auth check in flight: driver bug");
+                };
+                assert_eq!(w, id, "auth completion for another effect: driver bug");
+                self.wait = Wait::Idle;
+                match result {
+                    Some(ok) => {
+                        self.phase = Phase::Auth { admin: ok.admin };
+                        let ssf = if self.tls_active {
+                            "tls protection"
+                        } else {
+                            "no protection"
+                        };
+                        self.status(Status::auth_success(ssf));
+                        self.event(Event::Authenticated(ok.userid));
+                    }
+                    None => {
+                        self.start_pause();
+                        return;
+                    }
+                }
+            }
+            Completion::Store(c) => {
+                if self.closed {
+                    return;
+                }
+                self.store_completion(id, c);
+            }
+        }
+        self.pump();
+    }
+
+    fn handle_command(&mut self, now: Time, command: Command) {
+        self.now = now;
+        if self.closed {
+            return;
+        }
+        match command {
+            Command::Shutdown => {
+                self.send(&Response::Bye(Bytes::from_static(
+                    proto::csync::texts::SHUTTING_DOWN.as_bytes(),
+                )));
+                self.close(CloseReason::Local("shutdown".into()));
+            }
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Effect, Event>> {
+        self.flush_out();
+        self.outputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        if self.closed {
+            return None;
+        }
+        if let Wait::Pause { until } = self.wait {
+            return Some(until);
+        }
+        if self.blocked() {
+            return None;
+        }
+        self.opts
+            .idle_timeout
+            .and_then(|d| self.last_input.checked_add(d))
+    }
+
+    fn wants_input(&self) -> bool {
+        // While stagings stream, bytes keep coming (the driver bounds the
+        // effects in flight); a held or in-flight command stops reading.
+        !self.closed && !self.blocked()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// The order Cyrus walks a user's mailboxes in (`mboxlist_usermboxtree`):
+/// live names first, then `DELETED.` ones; within each, mailboxes.db order,
+/// where the hierarchy separator sorts before every other byte.
+fn cyrus_order(name: &MailboxName) -> (bool, Vec<u8>) {
+    let b = name.as_bytes();
+    let local = match b.iter().position(|&c| c == b'!') {
+        Some(i) => &b[i + 1..],
+        None => b,
+    };
+    (
+        local.starts_with(b"DELETED."),
+        b.iter()
+            .map(|&c| if c == b'.' { 0x1f } else { c })
+            .collect(),
+    )
+}
+
+#[allow(dead_code)]
+fn _assert_send<R: MailRead + Send>(s: Server<R>) -> impl Send {
+    s
+}
