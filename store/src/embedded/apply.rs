@@ -17,7 +17,7 @@ use engine::model::{
     Annotations, Guid, Mailbox, ModSeq, Record, SyncCrcs, UniqueId, UnixTime, UserId,
 };
 use engine::store::{Mutation, StoreError};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// What a batch asks of the message files: guids linked from staging, and
 /// bytes given inline.
@@ -98,18 +98,18 @@ impl Apply<'_> {
                         holder: holder.uniqueid,
                     });
                 }
-                c.execute(
+                exec(
+                    c,
                     "UPDATE mailboxes SET name = ?2, renamed_or_created_at = ?3 WHERE id = ?1",
                     params![id, new_name.as_bytes(), at.0],
-                )
-                .map_err(db)?;
-                c.execute(
+                )?;
+                exec(
+                    c,
                     "INSERT INTO name_history (mailbox_id, seq, old_name, at, modseq) \
                      VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM name_history \
                      WHERE mailbox_id = ?1), ?2, ?3, ?4)",
                     params![id, mb.name.as_bytes(), at.0, i(modseq.0)],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::DeleteMailbox {
                 uniqueid,
@@ -141,11 +141,11 @@ impl Apply<'_> {
                 for uid in uids {
                     if let Some(old) = self.read().record_of(id, *uid)? {
                         crcs.toggle(&old);
-                        c.execute(
+                        exec(
+                            c,
                             "DELETE FROM records WHERE mailbox_id = ?1 AND uid = ?2",
                             params![id, uid.get() as i64],
-                        )
-                        .map_err(db)?;
+                        )?;
                     }
                 }
                 set_crcs(c, id, crcs)?;
@@ -155,7 +155,7 @@ impl Apply<'_> {
                 mailbox,
                 seen,
             } => {
-                c.execute(
+                exec(c,
                     "INSERT OR REPLACE INTO seen (userid, uniqueid, lastread, lastuid, lastchange, \
                      seenuids) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
@@ -166,22 +166,22 @@ impl Apply<'_> {
                         seen.lastchange.0,
                         seen.seenuids.as_str()
                     ],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::DeleteSeen { user, mailbox } => {
-                c.execute(
+                exec(
+                    c,
                     "DELETE FROM seen WHERE userid = ?1 AND uniqueid = ?2",
                     params![user.as_bytes(), mailbox.as_bytes()],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::SetSubscription {
                 user,
                 name,
                 subscription,
             } => {
-                c.execute(
+                exec(
+                    c,
                     "INSERT OR REPLACE INTO subs (userid, name, subscribed, changed_at) \
                      VALUES (?1, ?2, ?3, ?4)",
                     params![
@@ -190,11 +190,10 @@ impl Apply<'_> {
                         subscription.subscribed as i64,
                         subscription.changed_at.0
                     ],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::PutQuota { root, quota } => {
-                c.execute(
+                exec(c,
                     "INSERT OR REPLACE INTO quota (root, limits, usage, modseq) VALUES (?1, ?2, ?3, ?4)",
                     params![
                         root.as_bytes(),
@@ -202,12 +201,10 @@ impl Apply<'_> {
                         encode_quota_map(&quota.usage),
                         i(quota.modseq.0)
                     ],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::DeleteQuota { root } => {
-                c.execute("DELETE FROM quota WHERE root = ?1", [root.as_bytes()])
-                    .map_err(db)?;
+                exec(c, "DELETE FROM quota WHERE root = ?1", [root.as_bytes()])?;
             }
             Mutation::SetAnnotation {
                 mailbox,
@@ -223,14 +220,15 @@ impl Apply<'_> {
                         .ok_or_else(|| StoreError::UnknownMailbox(u.clone()))?,
                 };
                 if value.value.is_empty() {
-                    c.execute(
+                    exec(
+                        c,
                         "DELETE FROM mailbox_annotations WHERE mailbox_id = ?1 AND entry = ?2 \
                          AND owner = ?3",
                         params![id, entry.as_bytes(), owner.as_bytes()],
-                    )
-                    .map_err(db)?;
+                    )?;
                 } else {
-                    c.execute(
+                    exec(
+                        c,
                         "INSERT OR REPLACE INTO mailbox_annotations (mailbox_id, entry, owner, \
                          modseq, value) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![
@@ -240,12 +238,12 @@ impl Apply<'_> {
                             i(value.modseq.0),
                             &value.value[..]
                         ],
-                    )
-                    .map_err(db)?;
+                    )?;
                 }
             }
             Mutation::PutSieve { user, script } => {
-                c.execute(
+                exec(
+                    c,
                     "INSERT OR REPLACE INTO sieve (userid, name, last_update, content) \
                      VALUES (?1, ?2, ?3, ?4)",
                     params![
@@ -254,20 +252,19 @@ impl Apply<'_> {
                         script.last_update.0,
                         &script.content[..]
                     ],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::DeleteSieve { user, name } => {
-                c.execute(
+                exec(
+                    c,
                     "DELETE FROM sieve WHERE userid = ?1 AND name = ?2",
                     params![user.as_bytes(), name.as_bytes()],
-                )
-                .map_err(db)?;
-                c.execute(
+                )?;
+                exec(
+                    c,
                     "DELETE FROM sieve_active WHERE userid = ?1 AND name = ?2",
                     params![user.as_bytes(), name.as_bytes()],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::ActivateSieve { user, name } => match name {
                 Some(n) => {
@@ -282,50 +279,49 @@ impl Apply<'_> {
                             name: n.clone(),
                         });
                     }
-                    c.execute(
+                    exec(
+                        c,
                         "INSERT OR REPLACE INTO sieve_active (userid, name) VALUES (?1, ?2)",
                         params![user.as_bytes(), n.as_bytes()],
-                    )
-                    .map_err(db)?;
+                    )?;
                 }
                 None => {
-                    c.execute(
+                    exec(
+                        c,
                         "DELETE FROM sieve_active WHERE userid = ?1",
                         [user.as_bytes()],
-                    )
-                    .map_err(db)?;
+                    )?;
                 }
             },
             Mutation::DeleteUser { user, at, modseq } => self.delete_user(user, *at, *modseq)?,
             Mutation::ForgetTombstone { uniqueid } => {
-                c.execute(
+                exec(
+                    c,
                     "DELETE FROM tombstones WHERE uniqueid = ?1",
                     [uniqueid.as_bytes()],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::AppendSyncLog { channel, line } => {
                 let (ty, a, b) = encode_line(line)?;
                 let seq = self.read().sync_log_last(channel)? + 1;
-                c.execute(
+                exec(
+                    c,
                     "INSERT INTO sync_log_channels (channel, last_seq, exported_seq) \
                      VALUES (?1, ?2, 0) ON CONFLICT (channel) DO UPDATE SET last_seq = ?2",
                     params![channel, i(seq)],
-                )
-                .map_err(db)?;
-                c.execute(
+                )?;
+                exec(c,
                     "INSERT INTO sync_log (channel, seq, type, arg1, arg2) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![channel, i(seq), ty, a, b],
-                )
-                .map_err(db)?;
+                )?;
             }
             Mutation::TrimSyncLog { channel, through } => {
                 // Only lines that exist now: later appends get higher numbers.
-                c.execute(
+                exec(
+                    c,
                     "DELETE FROM sync_log WHERE channel = ?1 AND seq <= ?2",
                     params![channel, i(*through)],
-                )
-                .map_err(db)?;
+                )?;
             }
             other => {
                 return Err(StoreError::Io(format!(
@@ -338,26 +334,44 @@ impl Apply<'_> {
 
     fn put_mailbox(&mut self, mb: &Mailbox) -> Result<(), StoreError> {
         let c = self.c;
-        let old = self.read().mailbox_full(&mb.uniqueid)?;
-        if let Some((_, old)) = &old {
-            if old.name != mb.name {
+        let old: Option<(i64, Vec<u8>)> = c
+            .prepare_cached("SELECT id, name FROM mailboxes WHERE uniqueid = ?1")
+            .and_then(|mut st| {
+                st.query_row([mb.uniqueid.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        if let Some((_, old_name)) = &old {
+            if old_name.as_slice() != mb.name.as_bytes() {
                 return Err(StoreError::NameChanged(mb.uniqueid.clone()));
             }
         }
-        if let Some(holder) = self.read().mailbox(&mb.name)? {
-            if holder.uniqueid != mb.uniqueid {
+        // Only the holder's uniqueid matters here: no need to load it whole.
+        let holder_of = |cond: &str, key: &[u8]| -> Result<Option<UniqueId>, StoreError> {
+            let sql = format!("SELECT uniqueid FROM mailboxes WHERE {cond} LIMIT 1");
+            let got: Option<Vec<u8>> = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+                .map_err(db)?;
+            got.map(|u| {
+                UniqueId::new(u).map_err(|e| StoreError::Corrupt(format!("stored uniqueid: {e}")))
+            })
+            .transpose()
+        };
+        if let Some(holder) = holder_of("name = ?1", mb.name.as_bytes())? {
+            if holder != mb.uniqueid {
                 return Err(StoreError::NameTaken {
                     name: mb.name.clone(),
-                    holder: holder.uniqueid,
+                    holder,
                 });
             }
         }
         if !mb.guid.is_zero() {
-            if let Some(holder) = self.read().mailbox_by_guid(&mb.guid)? {
-                if holder.uniqueid != mb.uniqueid {
+            if let Some(holder) = holder_of("guid = ?1", &mb.guid.as_bytes()[..])? {
+                if holder != mb.uniqueid {
                     return Err(StoreError::GuidTaken {
                         guid: mb.guid,
-                        holder: holder.uniqueid,
+                        holder,
                     });
                 }
             }
@@ -389,7 +403,8 @@ impl Apply<'_> {
         ];
         let id = match &old {
             Some((id, _)) => {
-                c.execute(
+                exec(
+                    c,
                     "UPDATE mailboxes SET uniqueid = ?1, guid = ?2, name = ?3, owner = ?4, \
                      mbtype = ?5, uidvalidity = ?6, last_uid = ?7, highestmodseq = ?8, \
                      recentuid = ?9, recenttime = ?10, last_appenddate = ?11, \
@@ -400,13 +415,13 @@ impl Apply<'_> {
                     rusqlite::params_from_iter(
                         values.iter().copied().chain([id as &dyn rusqlite::ToSql]),
                     ),
-                )
-                .map_err(db)?;
+                )?;
                 *id
             }
             None => {
                 let empty = SyncCrcs::EMPTY;
-                c.execute(
+                exec(
+                    c,
                     "INSERT INTO mailboxes (uniqueid, guid, name, owner, mbtype, uidvalidity, \
                      last_uid, highestmodseq, recentuid, recenttime, last_appenddate, \
                      pop3_last_login, pop3_show_after, xconvmodseq, raclmodseq, createdmodseq, \
@@ -418,16 +433,15 @@ impl Apply<'_> {
                         &(empty.basic as i64) as &dyn rusqlite::ToSql,
                         &(empty.annot as i64),
                     ])),
-                )
-                .map_err(db)?;
+                )?;
                 c.last_insert_rowid()
             }
         };
         replace_annotations(c, id, &mb.annotations)?;
-        c.execute("DELETE FROM name_history WHERE mailbox_id = ?1", [id])
-            .map_err(db)?;
+        exec(c, "DELETE FROM name_history WHERE mailbox_id = ?1", [id])?;
         for (seq, h) in mb.name_history.iter().enumerate() {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO name_history (mailbox_id, seq, old_name, at, modseq) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -437,8 +451,7 @@ impl Apply<'_> {
                     h.at.0,
                     i(h.modseq.0)
                 ],
-            )
-            .map_err(db)?;
+            )?;
         }
         Ok(())
     }
@@ -457,14 +470,15 @@ impl Apply<'_> {
             "DELETE FROM name_history WHERE mailbox_id = ?1",
             "DELETE FROM mailboxes WHERE id = ?1",
         ] {
-            c.execute(sql, [id]).map_err(db)?;
+            exec(c, sql, [id])?;
         }
-        c.execute(
+        exec(
+            c,
             "DELETE FROM seen WHERE uniqueid = ?1",
             [uniqueid.as_bytes()],
-        )
-        .map_err(db)?;
-        c.execute(
+        )?;
+        exec(
+            c,
             "INSERT OR REPLACE INTO tombstones (uniqueid, name, guid, owner, deleted_at, modseq) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -475,8 +489,7 @@ impl Apply<'_> {
                 at.0,
                 i(modseq.0)
             ],
-        )
-        .map_err(db)?;
+        )?;
         Ok(())
     }
 
@@ -492,8 +505,7 @@ impl Apply<'_> {
         mbs.sort_by(|a, b| b.name.cmp(&a.name));
         for mb in &mbs {
             self.delete_mailbox(&mb.uniqueid, at, modseq)?;
-            c.execute("DELETE FROM quota WHERE root = ?1", [mb.name.as_bytes()])
-                .map_err(db)?;
+            exec(c, "DELETE FROM quota WHERE root = ?1", [mb.name.as_bytes()])?;
         }
         for sql in [
             "DELETE FROM seen WHERE userid = ?1",
@@ -501,10 +513,18 @@ impl Apply<'_> {
             "DELETE FROM sieve WHERE userid = ?1",
             "DELETE FROM sieve_active WHERE userid = ?1",
         ] {
-            c.execute(sql, [user.as_bytes()]).map_err(db)?;
+            exec(c, sql, [user.as_bytes()])?;
         }
         Ok(())
     }
+}
+
+/// Runs one statement through the connection's statement cache (the same
+/// few statements run for every batch).
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut st| st.execute(p))
+        .map_err(db)
 }
 
 fn insert_message(
@@ -557,13 +577,14 @@ fn put_record(c: &Connection, id: i64, r: &Record) -> Result<(), StoreError> {
 }
 
 fn replace_annotations(c: &Connection, id: i64, a: &Annotations) -> Result<(), StoreError> {
-    c.execute(
+    exec(
+        c,
         "DELETE FROM mailbox_annotations WHERE mailbox_id = ?1",
         [id],
-    )
-    .map_err(db)?;
+    )?;
     for (entry, owner, v) in a.iter() {
-        c.execute(
+        exec(
+            c,
             "INSERT INTO mailbox_annotations (mailbox_id, entry, owner, modseq, value) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -573,8 +594,7 @@ fn replace_annotations(c: &Connection, id: i64, a: &Annotations) -> Result<(), S
                 i(v.modseq.0),
                 &v.value[..]
             ],
-        )
-        .map_err(db)?;
+        )?;
     }
     Ok(())
 }

@@ -70,6 +70,7 @@ mod committer;
 mod error;
 mod rows;
 mod schema;
+mod staging;
 pub mod synclog;
 mod verify;
 
@@ -86,6 +87,7 @@ use engine::model::{
 use engine::store::{MailRead, StageHandle, StoreError, StoreWrite, UidRange, WriteBatch};
 use rows::{db, ConnRead};
 use rusqlite::{Connection, OpenFlags};
+use staging::{Stage, StagingArea};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -273,22 +275,16 @@ impl MailRead for Reader {
     }
 }
 
-enum Stage {
-    Open(MessageWriter),
-    /// A chunk failed; reported at `stage_end`.
-    Broken(StoreError),
-}
-
 /// The embedded store's write side. See the module doc.
 pub struct Embedded {
     reader: Reader,
     conn: Connection,
     in_tx: bool,
-    /// Messages staged or linked but not yet durable, by GUID.
-    staged: HashMap<Guid, StagedMessage>,
+    /// Verified bytes waiting to be linked (shared with a committer's connections).
+    area: StagingArea,
+    /// Stagings in progress through the trait, by handle: (announced size, stage).
     staging: HashMap<u64, (u64, Stage)>,
     next_stage: u64,
-    staged_bytes: u64,
     /// GUIDs linked by batches written since the last sync.
     linked: Vec<Guid>,
     options: Options,
@@ -400,6 +396,13 @@ impl Embedded {
         if options.check_index_on_open {
             quick_check(&conn, &index_path)?;
         }
+        let area = StagingArea::new(
+            partitions.clone(),
+            default_partition.clone(),
+            options.message_bytes_max,
+            options.staged_messages_max,
+            options.staged_bytes_max,
+        );
         let reader = Reader {
             shared: shared(&options, partitions, false)?,
         };
@@ -407,10 +410,9 @@ impl Embedded {
             reader,
             conn,
             in_tx: false,
-            staged: HashMap::new(),
+            area,
             staging: HashMap::new(),
             next_stage: 0,
-            staged_bytes: 0,
             linked: Vec::new(),
             options,
             default_partition,
@@ -436,6 +438,10 @@ impl Embedded {
             quick_check(&c, &shared.index_path)?;
         }
         Ok(Reader { shared })
+    }
+
+    pub(crate) fn staging_area(&self) -> StagingArea {
+        self.area.clone()
     }
 
     /// A read handle for machines.
@@ -633,47 +639,18 @@ impl MailRead for Embedded {
 
 impl StoreWrite for Embedded {
     fn stage_begin(&mut self, guid: Guid, size: u64) -> Result<StageHandle, StoreError> {
-        if size > self.options.message_bytes_max {
-            return Err(StoreError::LimitExceeded {
-                what: "message bytes",
-                limit: self.options.message_bytes_max,
-            });
-        }
-        if self.staging.len() + self.staged.len() >= self.options.staged_messages_max {
-            return Err(StoreError::LimitExceeded {
-                what: "staged messages",
-                limit: self.options.staged_messages_max as u64,
-            });
-        }
-        if self.staged_bytes + size > self.options.staged_bytes_max {
-            return Err(StoreError::LimitExceeded {
-                what: "staged bytes",
-                limit: self.options.staged_bytes_max,
-            });
-        }
-        let w = self
-            .reader
-            .shared
-            .partitions
-            .writer(&self.default_partition, guid, size)?;
+        let w = self.area.begin(guid, size)?;
         let h = self.next_stage;
         self.next_stage += 1;
-        self.staged_bytes += size;
         self.staging.insert(h, (size, Stage::Open(w)));
         Ok(StageHandle(h))
     }
 
     fn stage_chunk(&mut self, handle: StageHandle, chunk: &[u8]) -> Result<(), StoreError> {
-        let Some((_, stage)) = self.staging.get_mut(&handle.0) else {
+        let Some((size, stage)) = self.staging.get_mut(&handle.0) else {
             return Err(StoreError::UnknownStage(handle));
         };
-        if let Stage::Open(w) = stage {
-            if let Err(e) = w.write(chunk) {
-                *stage = Stage::Broken(e.clone());
-                return Err(e);
-            }
-        }
-        Ok(())
+        stage.chunk(&self.area, *size, chunk)
     }
 
     fn stage_end(&mut self, handle: StageHandle) -> Result<(), StoreError> {
@@ -681,36 +658,20 @@ impl StoreWrite for Embedded {
             .staging
             .remove(&handle.0)
             .ok_or(StoreError::UnknownStage(handle))?;
-        let finished = match stage {
-            Stage::Open(w) => w.finish(),
-            Stage::Broken(e) => Err(e),
-        };
-        match finished {
-            Ok(m) => {
-                if let Some(old) = self.staged.insert(m.guid, m) {
-                    // Same GUID staged twice: same bytes, keep one.
-                    self.staged_bytes -= old.size;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.staged_bytes -= size;
-                Err(e)
-            }
-        }
+        stage.end(&self.area, size)
     }
 
     fn stage_abort(&mut self, handle: StageHandle) {
-        if let Some((size, _)) = self.staging.remove(&handle.0) {
-            self.staged_bytes -= size;
+        if let Some((size, stage)) = self.staging.remove(&handle.0) {
+            stage.abort(&self.area, size);
         }
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
         self.begin()?;
         self.conn.execute_batch("SAVEPOINT batch").map_err(db)?;
-        let staged = &self.staged;
-        let lookup = |g: &Guid| staged.get(g).map(|m| (m.size, m.partition.clone()));
+        let area = &self.area;
+        let lookup = |g: &Guid| area.lookup(g);
         let mut a = Apply {
             c: &self.conn,
             staged: &lookup,
@@ -719,17 +680,18 @@ impl StoreWrite for Embedded {
         };
         let mut result = batch.mutations.iter().try_for_each(|m| a.apply(m));
         let links = std::mem::take(&mut a.links);
+        // Inline bytes become staged files now, so sync treats both alike
+        // (unless the same bytes are already staged).
+        let mut put_inline = Vec::new();
         if result.is_ok() {
-            // Inline bytes become staged files now, so sync treats both alike.
             for (guid, bytes) in &links.inline {
-                match self.reader.shared.partitions.stage_bytes(
-                    &self.default_partition,
-                    *guid,
-                    bytes,
-                ) {
+                if self.area.lookup(guid).is_some() {
+                    continue;
+                }
+                match self.area.stage_bytes(*guid, bytes) {
                     Ok(m) => {
-                        self.staged_bytes += m.size;
-                        self.staged.insert(*guid, m);
+                        self.area.put(m);
+                        put_inline.push(*guid);
                     }
                     Err(e) => {
                         result = Err(e);
@@ -749,10 +711,8 @@ impl StoreWrite for Embedded {
                 self.conn
                     .execute_batch("ROLLBACK TO batch; RELEASE batch")
                     .map_err(db)?;
-                for (guid, _) in &links.inline {
-                    if let Some(m) = self.staged.remove(guid) {
-                        self.staged_bytes -= m.size;
-                    }
+                for guid in &put_inline {
+                    self.area.remove(guid);
                 }
                 Err(e)
             }
@@ -763,13 +723,7 @@ impl StoreWrite for Embedded {
         if !self.in_tx {
             return Ok(());
         }
-        let mut publish: Vec<StagedMessage> = Vec::with_capacity(self.linked.len());
-        for g in std::mem::take(&mut self.linked) {
-            if let Some(m) = self.staged.remove(&g) {
-                self.staged_bytes -= m.size;
-                publish.push(m);
-            }
-        }
+        let mut publish = self.area.take(&std::mem::take(&mut self.linked));
         // 1. Bytes durable under their final names, before the index
         //    can refer to them.
         if let Err(e) = blobs::make_durable(&mut publish, self.options.fsync_threads) {

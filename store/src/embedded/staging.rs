@@ -1,0 +1,208 @@
+//! The staging area: verified message bytes waiting for a batch to link
+//! them, shared by the store's owner and by every connection of a
+//! [`Committer`](super::Committer), so connections receive and hash their
+//! messages on their own threads while the committer makes the previous
+//! group durable.
+//!
+//! The lock is held only to account and to look up: never across file I/O
+//! (a writer is taken out of the area while a chunk is written). Limits:
+//! how many stagings (open or finished) and how many announced bytes at
+//! once. Staged bytes are not durable; a crash drops them (their temporary
+//! files are removed at the next open).
+
+use super::blobs::{MessageWriter, Partitions, StagedMessage};
+use engine::model::Guid;
+use engine::store::StoreError;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Default)]
+struct Inner {
+    finished: HashMap<Guid, StagedMessage>,
+    open: usize,
+    bytes: u64,
+}
+
+/// Shared staging area; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StagingArea {
+    inner: Arc<Mutex<Inner>>,
+    partitions: Partitions,
+    partition: String,
+    message_bytes_max: u64,
+    messages_max: usize,
+    bytes_max: u64,
+}
+
+impl StagingArea {
+    pub(crate) fn new(
+        partitions: Partitions,
+        partition: String,
+        message_bytes_max: u64,
+        messages_max: usize,
+        bytes_max: u64,
+    ) -> StagingArea {
+        StagingArea {
+            inner: Arc::default(),
+            partitions,
+            partition,
+            message_bytes_max,
+            messages_max,
+            bytes_max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a staging of `size` bytes announced as `guid`, within limits.
+    pub(crate) fn begin(&self, guid: Guid, size: u64) -> Result<MessageWriter, StoreError> {
+        if size > self.message_bytes_max {
+            return Err(StoreError::LimitExceeded {
+                what: "message bytes",
+                limit: self.message_bytes_max,
+            });
+        }
+        {
+            let mut g = self.lock();
+            if g.open + g.finished.len() >= self.messages_max {
+                return Err(StoreError::LimitExceeded {
+                    what: "staged messages",
+                    limit: self.messages_max as u64,
+                });
+            }
+            if g.bytes + size > self.bytes_max {
+                return Err(StoreError::LimitExceeded {
+                    what: "staged bytes",
+                    limit: self.bytes_max,
+                });
+            }
+            g.open += 1;
+            g.bytes += size;
+        }
+        match self.partitions.writer(&self.partition, guid, size) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                self.abort(size);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a staging: verifies it and, if good, keeps it for linking.
+    pub(crate) fn end(&self, w: MessageWriter, size: u64) -> Result<(), StoreError> {
+        let finished = w.finish();
+        let mut g = self.lock();
+        g.open -= 1;
+        match finished {
+            Ok(m) => {
+                if let Some(old) = g.finished.insert(m.guid, m) {
+                    // Same GUID staged twice: same bytes, keep one.
+                    g.bytes -= old.size;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                g.bytes -= size;
+                Err(e)
+            }
+        }
+    }
+
+    /// A staging that ended without `end` (failed chunk, abort).
+    pub(crate) fn abort(&self, size: u64) {
+        let mut g = self.lock();
+        g.open -= 1;
+        g.bytes -= size;
+    }
+
+    /// (size, partition) of finished bytes staged under `guid`.
+    pub(crate) fn lookup(&self, guid: &Guid) -> Option<(u64, String)> {
+        self.lock()
+            .finished
+            .get(guid)
+            .map(|m| (m.size, m.partition.clone()))
+    }
+
+    /// Takes the finished stagings of `guids` out (to be made durable).
+    pub(crate) fn take(&self, guids: &[Guid]) -> Vec<StagedMessage> {
+        let mut g = self.lock();
+        let mut out = Vec::with_capacity(guids.len());
+        for guid in guids {
+            if let Some(m) = g.finished.remove(guid) {
+                g.bytes -= m.size;
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Adds an already verified staged message (inline bytes of a batch).
+    pub(crate) fn put(&self, m: StagedMessage) {
+        let mut g = self.lock();
+        g.bytes += m.size;
+        if let Some(old) = g.finished.insert(m.guid, m) {
+            g.bytes -= old.size;
+        }
+    }
+
+    /// Removes a staged message again (its batch was refused).
+    pub(crate) fn remove(&self, guid: &Guid) {
+        let mut g = self.lock();
+        if let Some(m) = g.finished.remove(guid) {
+            g.bytes -= m.size;
+        }
+    }
+
+    /// Writes inline bytes as a staged file (not yet in the area).
+    pub(crate) fn stage_bytes(
+        &self,
+        guid: Guid,
+        bytes: &[u8],
+    ) -> Result<StagedMessage, StoreError> {
+        self.partitions.stage_bytes(&self.partition, guid, bytes)
+    }
+}
+
+/// One staging in progress, as a connection holds it.
+pub(crate) enum Stage {
+    /// Receiving.
+    Open(MessageWriter),
+    /// A chunk failed; reported at the end.
+    Broken(StoreError),
+}
+
+impl Stage {
+    /// Appends a chunk; a failure turns the stage broken (and is returned).
+    pub(crate) fn chunk(
+        &mut self,
+        area: &StagingArea,
+        size: u64,
+        chunk: &[u8],
+    ) -> Result<(), StoreError> {
+        if let Stage::Open(w) = self {
+            if let Err(e) = w.write(chunk) {
+                *self = Stage::Broken(e.clone());
+                area.abort(size);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the staging.
+    pub(crate) fn end(self, area: &StagingArea, size: u64) -> Result<(), StoreError> {
+        match self {
+            Stage::Open(w) => area.end(w, size),
+            Stage::Broken(e) => Err(e),
+        }
+    }
+
+    /// Abandons the staging.
+    pub(crate) fn abort(self, area: &StagingArea, size: u64) {
+        if let Stage::Open(_) = self {
+            area.abort(size);
+        }
+    }
+}
