@@ -88,9 +88,9 @@ impl Default for Options {
     }
 }
 
-/// Which machine of the pair.
+/// Which machine of the pair an input is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Which {
+enum Which {
     /// The first machine given to [`Pair::new`].
     A,
     /// The second.
