@@ -27,8 +27,11 @@
 //! directory fsynced; only then is the uidlist that names it replaced. A
 //! crash before that leaves at worst an unlisted file (any reader, corvid
 //! or Dovecot, gives it the next UID) or a stray `tmp/` file; never a
-//! uidlist line naming a missing file. Expunge unlinks first and drops
-//! the uidlist lines after, for the same reason.
+//! uidlist line naming a missing file. Expunge writes its intent
+//! (`corvid-expunging`, the base names) first, then unlinks, then drops the
+//! uidlist lines; the next corvid pass rolls an interrupted expunge
+//! forward, so an expunged message never comes back under a new UID and
+//! stale lines do not outlive the next pass (Dovecot ignores them meanwhile).
 //!
 //! Modseqs: Dovecot keeps them only in `dovecot.index*`, which corvid
 //! neither reads nor writes (doveadm rebuilds its index from the uidlist
@@ -78,6 +81,7 @@ const KEYWORDS: &str = "dovecot-keywords";
 const SUBSCRIPTIONS: &str = "subscriptions";
 const UIDVALIDITY: &str = "dovecot-uidvalidity";
 const MODSEQS: &str = "corvid-modseqs";
+const EXPUNGING: &str = "corvid-expunging";
 const TRASHED: &str = "..DOVECOT-TRASHED";
 
 /// Limits and timeouts of a [`Maildir`].
@@ -750,9 +754,30 @@ impl Maildir {
         let dir = self.existing_dir(name)?;
         let _l = self.lock(&dir.join(UIDLIST))?;
         let mut s = self.snapshot_locked(name, &dir)?;
-        let mut gone = Vec::new();
-        for e in s.uidlist.entries.iter().filter(|e| uids.contains(&e.uid)) {
-            if let Some(f) = s.files.get(&e.base) {
+        let gone: Vec<String> = s
+            .uidlist
+            .entries
+            .iter()
+            .filter(|e| uids.contains(&e.uid))
+            .map(|e| e.base.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // The intent first: a crash after some unlinks is rolled forward
+        // by the next pass, which drops exactly these uidlist lines.
+        let mut intent = gone.join("\n");
+        intent.push('\n');
+        write_atomic(
+            &dir,
+            EXPUNGING,
+            &self.temp_name(EXPUNGING),
+            intent.as_bytes(),
+        )
+        .map_err(io_err(&dir))?;
+        self.fault_point();
+        for base in &gone {
+            if let Some(f) = s.files.get(base) {
                 let p = dir.join(f.sub).join(f.name.to_entry());
                 match fs::remove_file(&p) {
                     Ok(()) => {}
@@ -760,20 +785,19 @@ impl Maildir {
                     Err(err) => return Err(io_err(&p)(err)),
                 }
             }
-            gone.push(e.base.clone());
-        }
-        if gone.is_empty() {
-            return Ok(());
         }
         for sub in ["new", "cur"] {
             sync_dir(&dir.join(sub)).map_err(io_err(&dir))?;
         }
         self.fault_point();
+        // The header keeps the next UID: expunged UIDs are never reused.
+        s.uidlist.header_next_uid = s.uidlist.next_uid();
         s.uidlist.entries.retain(|e| !gone.contains(&e.base));
         for b in &gone {
             s.files.remove(b);
         }
         self.write_uidlist(&dir, &s.uidlist)?;
+        let _ = fs::remove_file(dir.join(EXPUNGING));
         self.update_modseqs(&mut s)
     }
 
@@ -878,6 +902,7 @@ impl Maildir {
         let dir = self.existing_dir(name)?;
         if let Some(s) = self.read_view(&dir)? {
             if s.uidlist.guid.is_some()
+                && !dir.join(EXPUNGING).exists()
                 && s.files.keys().all(|b| s.uidlist.by_base(b).is_some())
                 && self.modseqs_current(&s)
             {
@@ -942,6 +967,29 @@ impl Maildir {
             s.uidlist.guid = Some(self.new_guid(dir));
             dirty = true;
         }
+        let intent = self.read_control(&dir.join(EXPUNGING))?;
+        if let Some(intent) = &intent {
+            // Roll an interrupted expunge forward.
+            for base in intent.lines().filter(|b| !b.is_empty()) {
+                if let Some(f) = s.files.remove(base) {
+                    let p = dir.join(f.sub).join(f.name.to_entry());
+                    match fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(io_err(&p)(err)),
+                    }
+                }
+            }
+            for sub in ["new", "cur"] {
+                sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
+            }
+            s.uidlist.header_next_uid = s.uidlist.next_uid();
+            let bases: Vec<&str> = intent.lines().collect();
+            s.uidlist
+                .entries
+                .retain(|e| !bases.contains(&e.base.as_str()));
+            dirty = true;
+        }
         let mut unlisted: Vec<&String> = s
             .files
             .keys()
@@ -960,6 +1008,9 @@ impl Maildir {
         }
         if dirty {
             self.write_uidlist(dir, &s.uidlist)?;
+        }
+        if intent.is_some() {
+            let _ = fs::remove_file(dir.join(EXPUNGING));
         }
         self.update_modseqs(&mut s)?;
         Ok(s)

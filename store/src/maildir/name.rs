@@ -284,7 +284,7 @@ pub fn utf7_decode(s: &str) -> Result<String, NameError> {
             }
         }
         // Leftover bits must be zero padding, and whole UTF-16 units only.
-        if bits != 0 || bytes.len() % 2 != 0 || nbits >= 6 {
+        if bits != 0 || bytes.len() & 1 == 1 || nbits >= 6 {
             return Err(bad());
         }
         for pair in bytes.chunks(2) {
