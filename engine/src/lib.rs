@@ -13,3 +13,4 @@ pub mod model;
 pub mod store;
 pub mod mupdate;
 pub mod csync;
+pub mod dsync;

@@ -1,0 +1,183 @@
+//! dsync: two-way mailbox synchronisation with Dovecot's own protocol
+//! (stream 3.5), so a corvid brain can face a real `doveadm dsync-server`
+//! and a real `doveadm sync` can face a corvid `dsync-server`.
+//!
+//! [`Brain`] is one side of a session (master or slave) as a
+//! [`Machine`](crate::machine::Machine): bytes in, bytes and store writes
+//! out. [`merge`] holds its two pure decisions (tree merge, message merge)
+//! and [`SyncState`] the `-s` state string in Dovecot's format.
+//!
+//! What this module never does: I/O, clocks (the session's wall-clock time
+//! is [`Options::now`]), randomness, or Dovecot's "changed" (fast) sync as
+//! its own choice.
+//!
+//! # corvid's rules
+//!
+//! Identity is the mailbox GUID for mailboxes and the message GUID for
+//! messages (our SHA-1, or the peer's GUID kept in `Record::peer_guid`);
+//! names and UIDs are attributes reconciled after identity. Every tie
+//! breaks the same way on both brains (timestamp, then GUID, then the
+//! master), so two corvid brains compute mirror-image plans.
+//!
+//! 1. **Tree.** Mailboxes on one side only are created on the other with
+//!    the same GUID and UIDVALIDITY. A rename keeps the newer name (tie:
+//!    the master's). A name wanted by a mailbox the peer does not know
+//!    makes that mailbox step aside to `<name>-<8 hex of its GUID>`.
+//!    Subscriptions: newer change wins, a tie subscribes.
+//! 2. **Two independently created mailboxes with one name** (typically
+//!    INBOX): Dovecot 2.3 with maildir swaps the two GUIDs on every run and
+//!    never merges (`initial-merge`, exit 2 forever). corvid makes them one
+//!    mailbox: the side with the smaller GUID adopts the bigger GUID in
+//!    place, keeping its messages; the message merge then runs as for any
+//!    UIDVALIDITY conflict (the side with more messages keeps its
+//!    UIDVALIDITY, tie: the higher; the other side's messages are all new
+//!    and get fresh UIDs above both UIDNEXTs). Converges in two runs.
+//! 3. **Mailbox deleted on one side while mail arrives on the other**:
+//!    Dovecot applies the GUID tombstone unconditionally and the new mail
+//!    is lost (`delete-newmail`). corvid honours the delete but first
+//!    rescues every message the deleting side cannot have seen (saved
+//!    after the delete's timestamp, or above the saved last common UID)
+//!    into a new mailbox of the same name whose GUID is derived from the
+//!    deleted one ([`merge::rescue_guid`]), with UIDVALIDITY+1. The peer
+//!    learns it as a new mailbox on the next run: nothing is lost.
+//! 4. **Fast-sync blind spot**: Dovecot's default "changed" sync skips a
+//!    mailbox whose UIDVALIDITY/UIDNEXT/count/HIGHESTMODSEQ are equal on
+//!    both sides, and exits 0 with the sides different when both made
+//!    equally many changes (`fast-vs-full`). A corvid master never asks
+//!    for it: without `-s` it runs a full sync; with `-s` it skips nothing
+//!    and exports what changed after the saved modseq, which only ever
+//!    grows with changes. A corvid slave under a Dovecot master that asks
+//!    for "changed" must follow its skips (the protocol leaves no choice).
+//! 5. **Messages.** Same GUID = same message. A UID is kept when it is
+//!    free on the other side (≥ its UIDNEXT); otherwise both sides give the
+//!    message a new UID above both UIDNEXTs, in GUID order. An expunge
+//!    (sent with Dovecot's 128-bit GUID hash) beats a concurrent flag
+//!    change. Flags: with a state, the side that changed since it wins; if
+//!    both did, or without a state, the higher modseq wins, tie: master.
+//!    Bodies travel only on request (`R`), in bounded chunks.
+//! 6. **Backup** (`-R` reverses direction): the source is never written.
+//!    The destination ends identical to the source: mailboxes and messages
+//!    the source lacks are deleted, a UID that names a different message is
+//!    rewritten in place with the source's message. Dovecot instead deletes
+//!    and recreates the mailbox, which for a maildir INBOX fails after
+//!    expunging everything and then fails forever (`backup-revert`, exit
+//!    75). corvid never deletes a mailbox to fix UIDs, INBOX included.
+//!    Destination-only mail is discarded — that is what backup means.
+//! 7. **Durability.** Store writes leave as effects; the per-mailbox `S`
+//!    and the final `F` (or, for the master, the reported outcome) are
+//!    only produced after every batch is durable.
+//!
+//! Known gaps: mailbox attributes (METADATA) are not synced (an empty `A`
+//! list is sent, received ones are ignored); directory deletes and
+//! name-hash unsubscribe tombstones in `D` are not applied; header-hash
+//! matching (`hdr_hash`, for GUID-less backends) is not implemented.
+
+pub mod brain;
+pub mod merge;
+pub mod state;
+
+pub use brain::Brain;
+pub use state::{StateError, SyncState};
+
+use crate::model::{MailboxName, UnixTime, UserId};
+
+/// Master (started the sync, decides order and ties) or slave
+/// (`dsync-server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `corvid dsync …`.
+    Master,
+    /// `corvid dsync-server`.
+    Slave,
+}
+
+/// Direction of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Both sides exchange changes (`mirror`, `doveadm sync`).
+    TwoWay,
+    /// This side is a backup source: it is never written.
+    BackupSend,
+    /// This side is a backup destination: it becomes the source's copy.
+    BackupRecv,
+}
+
+/// How a brain runs; every limit bounds what a peer can make it hold.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Master or slave.
+    pub role: Role,
+    /// Direction (a slave takes it from the master's handshake).
+    pub mode: Mode,
+    /// Whose mailboxes.
+    pub user: UserId,
+    /// Sent in the handshake.
+    pub hostname: String,
+    /// Only this mailbox (`-m`).
+    pub mailbox: Option<MailboxName>,
+    /// Full sync even with a state (`-f`); without a state corvid always
+    /// syncs fully.
+    pub full: bool,
+    /// The saved state (`-s`); `Some(empty)` means stateful from scratch.
+    pub state: Option<SyncState>,
+    /// Our hierarchy separator (dsync names travel as parts).
+    pub hierarchy_sep: u8,
+    /// Wall-clock time of the session (timestamps of our tree changes).
+    pub now: UnixTime,
+    /// Largest message body accepted from the peer.
+    pub mail_bytes_max: usize,
+    /// Most `C`/`R` records accepted for one mailbox.
+    pub changes_max: usize,
+    /// Imported bytes gathered before a batch is written.
+    pub batch_bytes_max: usize,
+    /// Batches in flight before we stop reading.
+    pub inflight_batches_max: usize,
+    /// Size of body chunks we send.
+    pub body_chunk_bytes: usize,
+    /// Wire decoder limits.
+    pub decoder: proto::dsync::Options,
+}
+
+impl Options {
+    /// Defaults for `user` in `role`.
+    pub fn new(role: Role, user: UserId) -> Options {
+        Options {
+            role,
+            mode: Mode::TwoWay,
+            user,
+            hostname: "corvid".into(),
+            mailbox: None,
+            full: false,
+            state: None,
+            hierarchy_sep: b'/',
+            now: UnixTime(0),
+            mail_bytes_max: 64 << 20,
+            changes_max: 1 << 20,
+            batch_bytes_max: 8 << 20,
+            inflight_batches_max: 8,
+            body_chunk_bytes: 64 << 10,
+            decoder: proto::dsync::Options::default(),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The new state (master; `None` after an error or when the peer
+    /// requires a full resync).
+    pub state: Option<SyncState>,
+    /// Synced, but something changed meanwhile: run again (exit 2).
+    pub changes_during_sync: bool,
+    /// What failed (exit 1), if anything.
+    pub error: Option<String>,
+}
+
+/// What a brain tells its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A decision worth printing with `-v`.
+    Note(String),
+    /// The session is over.
+    Finished(Outcome),
+}
