@@ -482,10 +482,10 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
     let mb = &inp.mailbox.uniqueid;
 
     let mut live: BTreeMap<u32, Record> = BTreeMap::new();
-    let mut exp128: BTreeSet<[u8; 16]> = BTreeSet::new();
+    let mut exp128: BTreeSet<(u32, [u8; 16])> = BTreeSet::new();
     for r in inp.records {
         if r.expunged {
-            exp128.insert(guid128(&wire_guid(r)));
+            exp128.insert((r.uid.get(), guid128(&wire_guid(r))));
         } else {
             live.insert(r.uid.get(), r.clone());
         }
@@ -531,11 +531,12 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
             else {
                 continue;
             };
+            // Only the same UID: a live copy of that GUID elsewhere was
+            // moved there by a UID conflict and is not what was expunged.
             let hit = live
-                .iter()
-                .find(|(u, r)| **u == c.uid && guid128(&wire_guid(r)) == h)
-                .or_else(|| live.iter().find(|(_, r)| guid128(&wire_guid(r)) == h))
-                .map(|(u, _)| *u);
+                .get(&c.uid)
+                .filter(|r| guid128(&wire_guid(r)) == h)
+                .map(|_| c.uid);
             if let Some(u) = hit {
                 let r = live.remove(&u).expect("found");
                 expunge(&mut plan, &r, "expunged by peer");
@@ -586,7 +587,7 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
             if local_guids.contains(g) {
                 continue;
             }
-            if !backup_recv && exp128.contains(&guid128(g)) {
+            if !backup_recv && exp128.contains(&(c.uid, guid128(g))) {
                 // We expunged it; our expunge record makes the peer do so.
                 continue;
             }
