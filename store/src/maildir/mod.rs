@@ -38,7 +38,9 @@
 //! and file names, keeping UIDs, UIDVALIDITY, GUIDs and flags; only
 //! modseqs restart, which costs a dsync peer one full resync). corvid keeps
 //! its own per-mailbox sidecar `corvid-modseqs`: the highest modseq and,
-//! per UID, the modseq and the flag letters last seen. Every pass over a
+//! per UID, the modseq, the flag letters last seen and the SHA-1 of the
+//! bytes (computed once; the engine model names bytes by SHA-1), all for
+//! one UIDVALIDITY (a new one voids the per-UID lines). Every pass over a
 //! mailbox compares the file names with it under the uidlist lock; a new
 //! message or changed letters get the next modseq, a vanished message
 //! bumps the highest modseq. So changes made by Dovecot are seen too, at
@@ -56,6 +58,7 @@
 pub mod file_name;
 pub mod keywords;
 pub mod lock;
+pub mod model;
 pub mod name;
 pub mod subscriptions;
 pub mod uidlist;
@@ -67,11 +70,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engine::model::{Flags, Keyword, MailboxGuid, SystemFlags};
+use engine::model::{Flags, Guid, Keyword, MailboxGuid, SystemFlags};
 
 use file_name::FileName;
 use keywords::Keywords;
 use lock::{sync_dir, write_atomic, DotLock};
+pub use model::UserView;
 pub use name::{Name, NameError};
 use subscriptions::Subscriptions;
 use uidlist::{Entry, Uidlist, UidlistError};
@@ -234,6 +238,9 @@ pub struct Message {
     pub internaldate: i64,
     /// corvid modseq of the last change.
     pub modseq: u64,
+    /// SHA-1 of the file's bytes (the engine model's message GUID); `None`
+    /// only for a file that vanished while it was being hashed.
+    pub sha1: Option<Guid>,
     /// The file, relative to the mailbox directory (`new/…`, `cur/…`).
     pub file: String,
 }
@@ -297,29 +304,58 @@ struct Snapshot {
     modseqs: Modseqs,
 }
 
+/// The `corvid-modseqs` sidecar: `1 H<highest>` then per live UID
+/// `<uid> <modseq> <sha1-hex> :<flag letters>`. The SHA-1 of the file's
+/// bytes is what the engine model names message bytes by; it is computed
+/// once, when the message first shows up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Modseqs {
     highest: u64,
-    per_uid: BTreeMap<u32, (u64, String)>,
+    /// The UIDVALIDITY the per-UID lines belong to; a different one in
+    /// the uidlist (rebuilt by Dovecot) voids them.
+    uidvalidity: u32,
+    per_uid: BTreeMap<u32, Seen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    modseq: u64,
+    sha1: Guid,
+    letters: String,
 }
 
 impl Modseqs {
     fn parse(text: &str) -> Option<Modseqs> {
         let mut lines = text.lines();
-        let highest = lines.next()?.strip_prefix("1 H")?.parse().ok()?;
+        let (h, v) = lines.next()?.strip_prefix("1 H")?.split_once(" V")?;
+        let (highest, uidvalidity) = (h.parse().ok()?, v.parse().ok()?);
         let mut per_uid = BTreeMap::new();
         for l in lines {
-            let (uid, rest) = l.split_once(' ')?;
-            let (m, letters) = rest.split_once(" :")?;
-            per_uid.insert(uid.parse().ok()?, (m.parse().ok()?, letters.to_string()));
+            let (head, letters) = l.split_once(" :")?;
+            let mut f = head.split(' ');
+            let uid = f.next()?.parse().ok()?;
+            let modseq = f.next()?.parse().ok()?;
+            let sha1 = Guid::parse(f.next()?.as_bytes()).ok()?;
+            per_uid.insert(
+                uid,
+                Seen {
+                    modseq,
+                    sha1,
+                    letters: letters.to_string(),
+                },
+            );
         }
-        Some(Modseqs { highest, per_uid })
+        Some(Modseqs {
+            highest,
+            uidvalidity,
+            per_uid,
+        })
     }
 
     fn to_text(&self) -> String {
-        let mut s = format!("1 H{}\n", self.highest);
-        for (uid, (m, l)) in &self.per_uid {
-            s.push_str(&format!("{uid} {m} :{l}\n"));
+        let mut s = format!("1 H{} V{}\n", self.highest, self.uidvalidity);
+        for (uid, x) in &self.per_uid {
+            s.push_str(&format!("{uid} {} {} :{}\n", x.modseq, x.sha1, x.letters));
         }
         s
     }
@@ -891,7 +927,8 @@ impl Maildir {
             size,
             vsize,
             internaldate,
-            modseq: s.modseqs.per_uid.get(&e.uid).map_or(1, |(m, _)| *m),
+            modseq: s.modseqs.per_uid.get(&e.uid).map_or(1, |x| x.modseq),
+            sha1: s.modseqs.per_uid.get(&e.uid).map(|x| x.sha1),
             file: format!("{}/{}", f.sub, f.name.to_entry()),
         })
     }
@@ -1045,40 +1082,58 @@ impl Maildir {
             .iter()
             .filter_map(|e| s.files.get(&e.base).map(|f| (e.uid, f.name.flag_letters())))
             .collect();
-        live.len() == s.modseqs.per_uid.len()
-            && live.iter().all(|(uid, l)| {
-                s.modseqs
-                    .per_uid
-                    .get(uid)
-                    .is_some_and(|(_, known)| known == l)
-            })
+        s.modseqs.uidvalidity == s.uidlist.uidvalidity
+            && live.len() == s.modseqs.per_uid.len()
+            && live
+                .iter()
+                .all(|(uid, l)| s.modseqs.per_uid.get(uid).is_some_and(|x| x.letters == *l))
     }
 
     /// Under the lock: give new and changed messages the next modseqs,
     /// bump for vanished ones, write the sidecar if anything changed.
     fn update_modseqs(&self, s: &mut Snapshot) -> Result<()> {
         let mut m = s.modseqs.clone();
-        let live: BTreeMap<u32, String> = s
+        if m.uidvalidity != s.uidlist.uidvalidity {
+            m.uidvalidity = s.uidlist.uidvalidity;
+            m.per_uid.clear();
+            m.highest += 1;
+        }
+        let live: BTreeMap<u32, &Found> = s
             .uidlist
             .entries
             .iter()
-            .filter_map(|e| {
-                s.files
-                    .get(&e.base)
-                    .map(|f| (e.uid, f.name.flag_letters().to_string()))
-            })
+            .filter_map(|e| s.files.get(&e.base).map(|f| (e.uid, f)))
             .collect();
         let before = m.per_uid.len();
         m.per_uid.retain(|uid, _| live.contains_key(uid));
         if m.per_uid.len() != before {
             m.highest += 1;
         }
-        for (uid, letters) in live {
-            let same = m.per_uid.get(&uid).is_some_and(|(_, l)| *l == letters);
-            if !same {
-                m.highest += 1;
-                m.per_uid.insert(uid, (m.highest, letters));
-            }
+        for (uid, f) in live {
+            let letters = f.name.flag_letters();
+            let sha1 = match m.per_uid.get(&uid) {
+                Some(x) if x.letters == letters => continue,
+                Some(x) => x.sha1,
+                None => {
+                    let path = s.dir.join(f.sub).join(f.name.to_entry());
+                    match sha1_of(&path) {
+                        Ok(g) => g,
+                        // Renamed or expunged by Dovecot since the scan:
+                        // the next pass sees it.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&path)(e)),
+                    }
+                }
+            };
+            m.highest += 1;
+            m.per_uid.insert(
+                uid,
+                Seen {
+                    modseq: m.highest,
+                    sha1,
+                    letters: letters.to_string(),
+                },
+            );
         }
         if m != s.modseqs {
             write_atomic(
@@ -1265,6 +1320,21 @@ fn usable_as_base(g: &str, size: u64, vsize: u64) -> bool {
         && !g.contains(['/', ':'])
         && file_name::size_field(g, 'S') == Some(size)
         && file_name::size_field(g, 'W') == Some(vsize)
+}
+
+/// SHA-1 of a file's bytes, read in chunks.
+fn sha1_of(path: &Path) -> io::Result<Guid> {
+    use sha1::Digest;
+    let mut f = File::open(path)?;
+    let mut h = sha1::Sha1::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Guid::from_bytes(h.finalize().into()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Physical and virtual size (LF not preceded by CR counted as two).
