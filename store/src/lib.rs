@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod mupdate;
 pub mod maildir;
 
 pub use embedded::{Embedded, Reader};

@@ -1,0 +1,390 @@
+//! The durable MUPDATE database of a corvid master: the in-memory
+//! [`engine::mupdate::Database`] every connection reads, a SQLite file it is
+//! loaded from and committed to, and the change feed UPDATE subscribers
+//! hang on.
+//!
+//! Writes: [`MupdateDb::submit`] decides the write with
+//! `Database::decide` under the one lock (so racing connections get one
+//! answer each, in order), applies it to memory, and queues it for the
+//! committer thread. The committer takes every queued write at once (group
+//! commit: one transaction, one fsync for all of them), commits, and only
+//! then, in commit order, publishes each change to the subscribers and calls
+//! each writer's callback with a [`Committed`] token — so an `OK "done"` is
+//! never sent before the change is on disk, and a subscriber never sees a
+//! change that could be lost.
+//!
+//! Readers (FIND, LIST, the UPDATE dump) see a write as soon as it is
+//! decided, up to one group commit before it is durable. If a commit fails
+//! the in-memory state can no longer be trusted: the database turns
+//! [`MupdateDb::is_failed`], every pending and later write fails, and the
+//! daemon is expected to exit (a restart reloads the durable state).
+//!
+//! Subscribers: [`MupdateDb::subscribe`] takes the dump and registers a
+//! [`Subscriber`] under the same lock, so a subscriber misses no change and
+//! sees each in order. A subscriber whose queue is full or gone is dropped
+//! (it learns so through [`Delivery`] handling of its own channel).
+//!
+//! What it never does: speak MUPDATE, or hold a lock across an fsync
+//! (commits run on the committer thread with the lock released).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+
+use bytes::Bytes;
+use engine::mupdate::{Change, Committed, Database, Entry, Read, Record, Refusal, State, Write};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Why the MUPDATE store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store's (disk, permissions, corruption): SQLite failed.
+    #[error("mupdate database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store's: a stored row is not a valid record.
+    #[error("mupdate database: bad row for {name:?}: {why}")]
+    BadRow {
+        /// Name of the row (lossy UTF-8).
+        name: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The store's: the transaction holding this write failed to commit.
+    #[error("mupdate commit failed: {0}")]
+    Commit(String),
+    /// The store's: an earlier commit failed, so this one cannot be trusted.
+    #[error("mupdate database failed earlier; restart to reload it")]
+    Failed,
+    /// The store's: the committer thread is gone.
+    #[error("mupdate committer stopped")]
+    Stopped,
+}
+
+/// Limits and durability settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most writes in one transaction.
+    pub batch_max: usize,
+    /// `PRAGMA synchronous=FULL` (fsync at every commit). Turn off only
+    /// for benchmarks of the non-durable case.
+    pub fsync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch_max: 4096,
+            fsync: true,
+        }
+    }
+}
+
+/// What happened to one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the subscriber.
+    Queued,
+    /// The subscriber's queue is full: it is dropped (and should be told).
+    Lagged,
+    /// The subscriber is gone: it is dropped.
+    Gone,
+}
+
+/// Where a subscriber's changes go (a connection's command channel).
+pub trait Subscriber: Send {
+    /// Queues `change`, without blocking.
+    fn push(&self, change: &Arc<Change>) -> Delivery;
+    /// Called once when the subscriber is dropped for lagging.
+    fn lagged(&self);
+}
+
+/// A writer's callback: the decision, after commit.
+pub type Done = Box<dyn FnOnce(Result<Result<Committed, Refusal>, StoreError>) + Send>;
+
+struct Sub {
+    hosts: Vec<Bytes>,
+    sink: Box<dyn Subscriber>,
+}
+
+struct Shared {
+    db: Database,
+    subs: Vec<Sub>,
+    failed: bool,
+}
+
+struct Job {
+    change: Arc<Change>,
+    done: Done,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    path: PathBuf,
+}
+
+/// The shared handle. Cheap to clone; one per daemon.
+#[derive(Clone)]
+pub struct MupdateDb {
+    inner: Arc<Inner>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mupdate (
+    name     BLOB PRIMARY KEY,
+    reserved INTEGER NOT NULL,
+    location BLOB NOT NULL,
+    acl      BLOB
+) WITHOUT ROWID;
+";
+
+fn open_conn(path: &Path, opts: &Options) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if opts.fsync { "FULL" } else { "OFF" })?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn load(conn: &Connection) -> Result<Database, StoreError> {
+    let mut db = Database::new();
+    let mut stmt = conn.prepare("SELECT name, reserved, location, acl FROM mupdate")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name: Vec<u8> = row.get(0)?;
+        let reserved: i64 = row.get(1)?;
+        let location: Vec<u8> = row.get(2)?;
+        let acl: Option<Vec<u8>> = row.get(3)?;
+        let state = match (reserved, acl) {
+            (1, None) => State::Reserved,
+            (0, Some(acl)) => State::Active {
+                acl: Bytes::from(acl),
+            },
+            _ => {
+                return Err(StoreError::BadRow {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    why: "state and ACL disagree",
+                })
+            }
+        };
+        db.load(
+            Bytes::from(name),
+            Record {
+                state,
+                location: Bytes::from(location),
+            },
+        );
+    }
+    Ok(db)
+}
+
+fn commit(conn: &mut Connection, jobs: &[Job]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO mupdate (name, reserved, location, acl) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET reserved = ?2, location = ?3, acl = ?4",
+        )?;
+        let mut del = tx.prepare_cached("DELETE FROM mupdate WHERE name = ?1")?;
+        for job in jobs {
+            let c = &job.change;
+            match &c.after {
+                Some(r) => {
+                    let (reserved, acl) = match &r.state {
+                        State::Reserved => (1i64, None),
+                        State::Active { acl } => (0, Some(&acl[..])),
+                    };
+                    put.execute(params![&c.name[..], reserved, &r.location[..], acl])?;
+                }
+                None => {
+                    del.execute(params![&c.name[..]])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+impl MupdateDb {
+    /// Opens (creating if needed) the database file at `path`, loads it,
+    /// and starts the committer thread.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<MupdateDb, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = open_conn(&path, &opts)?;
+        let db = load(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                db,
+                subs: Vec::new(),
+                failed: false,
+            }),
+            queue: Mutex::new(Some(tx)),
+            path,
+        });
+        let weak = Arc::downgrade(&inner);
+        let batch_max = opts.batch_max.max(1);
+        thread::Builder::new()
+            .name("mupdate-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < batch_max {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = commit(&mut conn, &jobs);
+                    let Some(inner) = weak.upgrade() else { return };
+                    match result {
+                        Ok(()) => {
+                            let mut shared = lock(&inner.shared);
+                            for job in &jobs {
+                                publish(&mut shared, &job.change);
+                            }
+                            drop(shared);
+                            for job in jobs {
+                                (job.done)(Ok(Ok(Committed::after_commit())));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "mupdate commit failed; refusing all further writes");
+                            lock(&inner.shared).failed = true;
+                            for job in jobs {
+                                (job.done)(Err(StoreError::Commit(e.to_string())));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(MupdateDb { inner })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// `true` after a failed commit (see the module documentation).
+    pub fn is_failed(&self) -> bool {
+        lock(&self.inner.shared).failed
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.shared).db.len()
+    }
+
+    /// `true` if empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides `write` now; `done` is called with the refusal at once, or
+    /// with the commit's outcome later, from the committer thread.
+    pub fn submit(&self, write: &Write, done: Done) {
+        let mut shared = lock(&self.inner.shared);
+        if shared.failed {
+            drop(shared);
+            return done(Err(StoreError::Failed));
+        }
+        let change = match shared.db.decide(write) {
+            Ok(c) => c,
+            Err(r) => {
+                drop(shared);
+                return done(Ok(Err(r)));
+            }
+        };
+        shared.db.apply(&change);
+        // Queued under the lock, so commit (and publish) order is decide order.
+        let queue = lock(&self.inner.queue);
+        let job = Job {
+            change: Arc::new(change),
+            done,
+        };
+        match queue.as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    shared.failed = true;
+                    drop(queue);
+                    drop(shared);
+                    (job.done)(Err(StoreError::Stopped));
+                }
+            }
+            None => {
+                drop(queue);
+                drop(shared);
+                (job.done)(Err(StoreError::Stopped));
+            }
+        }
+    }
+
+    /// Registers `sink` for changes concerning `hosts` (all if empty) and
+    /// returns the dump as of now.
+    pub fn subscribe(&self, hosts: Vec<Bytes>, sink: Box<dyn Subscriber>) -> Vec<Entry> {
+        let mut shared = lock(&self.inner.shared);
+        let dump = shared.db.dump(&hosts);
+        shared.subs.push(Sub { hosts, sink });
+        dump
+    }
+
+    /// Number of registered subscribers.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.inner.shared).subs.len()
+    }
+
+    /// Stops the committer after the writes already queued.
+    pub fn close(&self) {
+        lock(&self.inner.queue).take();
+    }
+}
+
+fn publish(shared: &mut Shared, change: &Arc<Change>) {
+    shared.subs.retain(|s| {
+        if !change.concerns(&s.hosts) {
+            return true;
+        }
+        match s.sink.push(change) {
+            Delivery::Queued => true,
+            Delivery::Gone => false,
+            Delivery::Lagged => {
+                s.sink.lagged();
+                false
+            }
+        }
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is our bug; the data (a map) is still
+    // consistent at every await-free step, so keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Read for MupdateDb {
+    fn find(&self, name: &[u8]) -> Option<Record> {
+        lock(&self.inner.shared).db.find(name).cloned()
+    }
+    fn list(&self, prefix: Option<&[u8]>) -> Vec<Entry> {
+        lock(&self.inner.shared).db.list(prefix)
+    }
+}
+
+/// Reads one stored record directly from the file (tests, tools).
+pub fn read_row(
+    path: &Path,
+    name: &[u8],
+) -> Result<Option<(bool, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+    let conn = Connection::open(path)?;
+    Ok(conn
+        .query_row(
+            "SELECT reserved, location, acl FROM mupdate WHERE name = ?1",
+            params![name],
+            |r| Ok((r.get::<_, i64>(0)? == 1, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
