@@ -13,4 +13,5 @@ pub mod model;
 pub mod store;
 pub mod mupdate;
 pub mod csync;
+pub mod csync_client;
 pub mod dsync;

@@ -1,0 +1,1345 @@
+//! The [`Client`] machine: connection phases, the job queue, one command
+//! in flight, and the reply handling of every step (see the module docs
+//! of [`super`] for the state diagram).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::csync::{
+    ClientDecoder, ClientLine, Code, Command as Cmd, Event as DecEvent, Response, SaslData, Status,
+    StatusKind,
+};
+use proto::dlist::{FileRef, Item, KvList, Value};
+use proto::frame;
+use proto::sasl::{self, Credentials, Mechanism};
+
+use super::full::{self, Copyback};
+use super::plan::{self, Attempt, PlanCtx, Replica, Step, Update};
+use crate::csync::wire::{self, owner_of};
+use crate::machine::{CloseReason, EffectId, EffectIds, Layer, Machine, Output, Time};
+use crate::model::{Guid, MailboxName, UniqueId, UserId};
+use crate::store::{
+    BatchId, Completion as StoreCompletion, MailRead, Mutation, StageId, StoreEffect, StoreError,
+    WriteBatch,
+};
+
+/// Configuration and limits of one client session.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `sync_authname` / `sync_password` (PLAIN's authzid stays empty, as
+    /// Cyrus's sync_client sends it).
+    pub credentials: Credentials,
+    /// Mechanisms we may use, in preference order (intersected with the
+    /// server's `* SASL` list).
+    pub mechanisms: Vec<Mechanism>,
+    /// Turn on COMPRESS DEFLATE when the server offers it (Cyrus always
+    /// does).
+    pub compress: bool,
+    /// `-z`: fail if compression cannot be turned on.
+    pub require_compress: bool,
+    /// `-O`: never modify the local store; `APPLY FORCE` after login.
+    pub no_copyback: bool,
+    /// `-L`: `LOCAL_*` commands (no MUPDATE push on a Murder replica).
+    pub local_only: bool,
+    /// `-p`: the replica partition for every mailbox and upload.
+    pub partition: Option<String>,
+    /// Send `APPLY CAPABILITIES (SIEVE-MAILBOX)` when offered. Off by
+    /// default: corvid keeps Sieve scripts as scripts (no `#sieve`
+    /// mailbox), so they travel as `APPLY SIEVE` which needs the feature
+    /// off (§4.2 step 6).
+    pub sieve_mailbox: bool,
+    /// On a failed mailbox/META job, queue a USER job for the owner(s)
+    /// (rolling mode's error promotion, §4.5).
+    pub promote_errors: bool,
+    /// Most GUIDs per `APPLY RESERVE` (Cyrus: 8192).
+    pub reserve_guids_max: usize,
+    /// Most files per `APPLY MESSAGE` (Cyrus: 1024).
+    pub upload_files_max: usize,
+    /// Most message bytes per `APPLY MESSAGE` (one larger message goes
+    /// alone): what the driver may hold unsent.
+    pub upload_bytes_max: u64,
+    /// Size of each read of a message from the store.
+    pub chunk_bytes: usize,
+    /// Most untagged lines in one reply (a user's mailboxes, quotas, seen).
+    pub reply_items_max: usize,
+    /// A reply that does not come within this closes the session
+    /// (Cyrus `sync_timeout`).
+    pub reply_timeout: Option<Duration>,
+    /// Framer limits for what the server sends.
+    pub frame: frame::Options,
+    /// First staging id (copyback fetches).
+    pub stage_id_base: u64,
+}
+
+impl Options {
+    /// Defaults for these credentials.
+    pub fn new(credentials: Credentials) -> Options {
+        Options {
+            credentials,
+            mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+            compress: true,
+            require_compress: false,
+            no_copyback: false,
+            local_only: false,
+            partition: None,
+            sieve_mailbox: false,
+            promote_errors: false,
+            reserve_guids_max: 8192,
+            upload_files_max: 1024,
+            upload_bytes_max: 64 << 20,
+            chunk_bytes: 64 * 1024,
+            reply_items_max: 100_000,
+            reply_timeout: Some(Duration::from_secs(30 * 60)),
+            frame: frame::Options::csync(),
+            stage_id_base: 0,
+        }
+    }
+}
+
+/// What the application asks for. Jobs run one at a time, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// `-u`: replicate a whole user (mailboxes, quotas, subs, Sieve, seen).
+    User(UserId),
+    /// `-m`: replicate these mailboxes.
+    Mailboxes(Vec<MailboxName>),
+    /// `-s`: seen, subscriptions and Sieve of a user.
+    Meta(UserId),
+    /// Delete a user on the replica (if it has no INBOX here any more).
+    Unuser(UserId),
+    /// Delete a mailbox on the replica (if we hold its tombstone).
+    Unmailbox(MailboxName),
+    /// `RESTART`: the replica drops its reserve list.
+    Restart,
+    /// After the queued jobs: `EXIT` and close.
+    Exit,
+}
+
+impl Command {
+    fn describe(&self) -> String {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self {
+            Command::User(u) => format!("USER {}", s(u.as_bytes())),
+            Command::Mailboxes(n) => format!(
+                "MAILBOXES {}",
+                n.iter()
+                    .map(|n| s(n.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Command::Meta(u) => format!("META {}", s(u.as_bytes())),
+            Command::Unuser(u) => format!("UNUSER {}", s(u.as_bytes())),
+            Command::Unmailbox(n) => format!("UNMAILBOX {}", s(n.as_bytes())),
+            Command::Restart => "RESTART".into(),
+            Command::Exit => "EXIT".into(),
+        }
+    }
+}
+
+/// The driver's work for the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Stage a copied-back message, or write the copyback batch.
+    Store(StoreEffect),
+}
+
+/// An effect's result.
+#[derive(Debug)]
+pub enum Completion {
+    /// For [`Effect::Store`].
+    Store(StoreCompletion),
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The replica refused a command (its status line; no payload).
+    #[error("{command} refused: {status}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// The replica's status line.
+        status: String,
+    },
+    /// The replica's answer made no sense for the command.
+    #[error("bad answer to {command}: {detail}")]
+    BadAnswer {
+        /// The command.
+        command: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Our store failed to read or write.
+    #[error("local store: {0}")]
+    Store(StoreError),
+    /// The job cannot go on for a reason of ours (renames that never
+    /// settle, a copyback refused by `-O`).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// What the application learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The banner's greeting (server name and version text).
+    Greeting(Bytes),
+    /// Logged in with this mechanism.
+    Authenticated(&'static str),
+    /// COMPRESS DEFLATE is on.
+    Compressed,
+    /// A mailbox was sent (`uploaded` files, `records` in the RECORD list).
+    MailboxSynced {
+        /// Its name.
+        name: MailboxName,
+        /// Files uploaded for it.
+        uploaded: usize,
+        /// Records sent.
+        records: usize,
+    },
+    /// A mailbox equal on both sides: nothing sent.
+    MailboxUnchanged(MailboxName),
+    /// A full update (copyback) of this mailbox is starting.
+    FullUpdate(MailboxName),
+    /// A full update wrote locally: `fetched` replica messages copied back,
+    /// `renumbered` of ours moved to new UIDs.
+    Copyback {
+        /// The mailbox.
+        name: MailboxName,
+        /// Messages fetched from the replica.
+        fetched: usize,
+        /// Our records moved.
+        renumbered: usize,
+    },
+    /// A job ended.
+    JobDone {
+        /// What it was (`USER alice`, …).
+        job: String,
+        /// How.
+        result: Result<(), JobError>,
+    },
+    /// Every queued job is done; the machine waits for commands.
+    Idle,
+}
+
+#[derive(Debug, Default)]
+struct Caps {
+    sasl: Vec<Bytes>,
+    compress: bool,
+    sieve_mailbox: bool,
+}
+
+/// What the command in flight was.
+#[derive(Debug)]
+enum Inflight {
+    Banner,
+    Auth,
+    Compress,
+    Force,
+    Capabilities,
+    Step(Step),
+    Restart,
+    Exit,
+}
+
+#[derive(Debug)]
+struct Job {
+    command: Command,
+    user: Option<UserId>,
+    replica: Replica,
+    tries: u8,
+    steps: VecDeque<Step>,
+    failed: Option<JobError>,
+}
+
+/// A Cyrus 3.6.1 `sync_client` session over a local store `R`.
+pub struct Client<R> {
+    read: R,
+    opts: Options,
+    dec: ClientDecoder,
+    out: VecDeque<Output<Effect, Event>>,
+    caps: Caps,
+    sasl: Option<sasl::Client>,
+    ready: bool,
+    sieve_mailbox_enabled: bool,
+    inflight: Option<Inflight>,
+    data: Vec<Item>,
+    jobs: VecDeque<Command>,
+    job: Option<Job>,
+    /// GUIDs the replica has in its reserve list (found by RESERVE or
+    /// uploaded) since the last RESTART.
+    available: BTreeSet<Guid>,
+    effects: EffectIds,
+    /// Store effects in flight: the batch or staging each one is.
+    pending: BTreeMap<EffectId, Pending>,
+    next_stage: u64,
+    /// The staging a GET FETCH body streams into.
+    fetching: Option<StageId>,
+    deadline: Option<Time>,
+    idle_reported: bool,
+    /// Files uploaded since the last APPLY MAILBOX (for the event).
+    uploaded: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Stage,
+    Write,
+    Other,
+}
+
+impl<R: MailRead> Client<R> {
+    /// A session over a fresh connection: it waits for the banner.
+    pub fn new(now: Time, read: R, opts: Options) -> Self {
+        let dec = ClientDecoder::with_options(opts.frame.clone())
+            .unwrap_or_else(|_| ClientDecoder::new());
+        let mut c = Client {
+            read,
+            next_stage: opts.stage_id_base,
+            opts,
+            dec,
+            out: VecDeque::new(),
+            caps: Caps::default(),
+            sasl: None,
+            ready: false,
+            sieve_mailbox_enabled: false,
+            inflight: Some(Inflight::Banner),
+            data: Vec::new(),
+            jobs: VecDeque::new(),
+            job: None,
+            available: BTreeSet::new(),
+            effects: EffectIds::default(),
+            pending: BTreeMap::new(),
+            fetching: None,
+            deadline: None,
+            idle_reported: true,
+            uploaded: 0,
+            closed: false,
+        };
+        c.arm(now);
+        c
+    }
+
+    /// The local store reader.
+    pub fn reader(&self) -> &R {
+        &self.read
+    }
+
+    fn arm(&mut self, now: Time) {
+        self.deadline = self.opts.reply_timeout.and_then(|d| now.checked_add(d));
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if !self.closed {
+            self.closed = true;
+            self.deadline = None;
+            if let Some(job) = self.job.take() {
+                self.out.push_back(Output::Event(Event::JobDone {
+                    job: job.command.describe(),
+                    result: Err(job.failed.unwrap_or_else(|| {
+                        JobError::Local(format!("connection closed: {reason}"))
+                    })),
+                }));
+            }
+            self.out.push_back(Output::Close(reason));
+        }
+    }
+
+    fn send(&mut self, now: Time, line: Bytes, what: Inflight) {
+        self.out.push_back(Output::Transmit(line));
+        self.inflight = Some(what);
+        self.arm(now);
+    }
+
+    fn send_cmd(&mut self, now: Time, cmd: Cmd, what: Inflight) {
+        let line = cmd.encode().into_bytes();
+        self.send(now, line, what);
+    }
+
+    fn ctx(&self) -> PlanCtx<'_> {
+        PlanCtx {
+            local_only: self.opts.local_only,
+            partition: self.opts.partition.as_deref(),
+            sieve_mailbox: self.sieve_mailbox_enabled,
+            reserve_guids_max: self.opts.reserve_guids_max,
+        }
+    }
+
+    // ---- connection phases -------------------------------------------
+
+    fn on_banner(&mut self, now: Time, r: Response) {
+        match r {
+            Response::Capability(c) => match c {
+                proto::csync::Capability::Sasl(m) => self.caps.sasl = m,
+                proto::csync::Capability::Compress(a) => {
+                    self.caps.compress = a.iter().any(|a| a.eq_ignore_ascii_case(b"DEFLATE"))
+                }
+                proto::csync::Capability::SieveMailbox => self.caps.sieve_mailbox = true,
+                _ => {}
+            },
+            Response::Greeting(g) => {
+                self.out.push_back(Output::Event(Event::Greeting(g.text)));
+                let mech = self.opts.mechanisms.iter().copied().find(|m| {
+                    self.caps
+                        .sasl
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(m.name().as_bytes()))
+                });
+                let Some(mech) = mech else {
+                    return self.close(CloseReason::PeerError(
+                        "no usable SASL mechanism offered".into(),
+                    ));
+                };
+                let mut client = sasl::Client::new(mech, self.opts.credentials.clone());
+                let ir = client
+                    .initial_response()
+                    .map(|s| SaslData::encode(s.expose(), true));
+                self.sasl = Some(client);
+                self.send_cmd(
+                    now,
+                    Cmd::Authenticate {
+                        mechanism: Bytes::from_static(mech.name().as_bytes()),
+                        initial_response: ir,
+                    },
+                    Inflight::Auth,
+                );
+            }
+            _ => self.close(CloseReason::PeerError("unexpected line in banner".into())),
+        }
+    }
+
+    fn after_auth(&mut self, now: Time) {
+        if self.caps.compress && self.opts.compress {
+            self.send_cmd(
+                now,
+                Cmd::Compress {
+                    algorithm: Bytes::from_static(b"DEFLATE"),
+                },
+                Inflight::Compress,
+            );
+            return;
+        }
+        if self.opts.require_compress {
+            return self.close(CloseReason::PeerError(
+                "compression required (-z) but not offered".into(),
+            ));
+        }
+        self.after_compress(now);
+    }
+
+    fn after_compress(&mut self, now: Time) {
+        if self.opts.no_copyback {
+            if !self.caps.sieve_mailbox {
+                // A pre-3.6 replica answers FORCE with NO; Cyrus exits.
+                return self.close(CloseReason::PeerError(
+                    "-O needs APPLY FORCE, which this replica predates".into(),
+                ));
+            }
+            let item = Item::new("FORCE", Value::KvList(KvList::new()));
+            self.send_cmd(now, Cmd::Apply(item), Inflight::Force);
+            return;
+        }
+        self.after_force(now);
+    }
+
+    fn after_force(&mut self, now: Time) {
+        if self.opts.sieve_mailbox && self.caps.sieve_mailbox {
+            let item = Item::new(
+                "CAPABILITIES",
+                Value::List(vec![Value::Atom(Bytes::from_static(b"SIEVE-MAILBOX"))]),
+            );
+            self.send_cmd(now, Cmd::Apply(item), Inflight::Capabilities);
+            return;
+        }
+        self.ready = true;
+        self.advance(now);
+    }
+
+    // ---- jobs ----------------------------------------------------------
+
+    fn start_job(&mut self, command: Command) -> Job {
+        let (user, steps) = match &command {
+            Command::User(u) => (Some(u.clone()), vec![Step::GetUser]),
+            Command::Meta(u) => (Some(u.clone()), vec![Step::GetMeta]),
+            Command::Mailboxes(names) => (
+                None,
+                vec![Step::GetMailboxes {
+                    names: names.clone(),
+                    repeat: None,
+                }],
+            ),
+            Command::Unuser(u) => {
+                let has_inbox = wire::inbox_of(u)
+                    .map(|i| self.read.mailbox(&i).map(|m| m.is_some()))
+                    .transpose();
+                let steps = match has_inbox {
+                    Ok(Some(false)) | Ok(None) => vec![Step::Simple {
+                        item: Item::new(self.ctx().verb("UNUSER"), plan::text(u.as_bytes())),
+                        nonexistent_ok: true,
+                    }],
+                    _ => Vec::new(),
+                };
+                (Some(u.clone()), steps)
+            }
+            Command::Unmailbox(n) => {
+                let live = self.read.mailbox(n).map(|m| m.is_some()).unwrap_or(true);
+                let tomb = self
+                    .read
+                    .tombstones_named(n)
+                    .map(|t| !t.is_empty())
+                    .unwrap_or(false);
+                let steps = if !live && tomb {
+                    vec![plan::unmailbox(&self.ctx(), n)]
+                } else {
+                    Vec::new()
+                };
+                (None, steps)
+            }
+            Command::Restart | Command::Exit => unreachable!("not jobs"),
+        };
+        Job {
+            command,
+            user,
+            replica: Replica::default(),
+            tries: 0,
+            steps: steps.into(),
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, err: JobError) {
+        if let Some(job) = self.job.as_mut() {
+            job.steps.clear();
+            if job.failed.is_none() {
+                job.failed = Some(err);
+            }
+        }
+    }
+
+    fn finish_job(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        let result = match job.failed {
+            None => Ok(()),
+            Some(e) => {
+                if self.opts.promote_errors {
+                    let owners: BTreeSet<UserId> = match &job.command {
+                        Command::Mailboxes(n) => n.iter().filter_map(owner_of).collect(),
+                        Command::Meta(u) => [u.clone()].into(),
+                        _ => BTreeSet::new(),
+                    };
+                    for u in owners.into_iter().rev() {
+                        self.jobs.push_front(Command::User(u));
+                    }
+                }
+                Err(e)
+            }
+        };
+        self.out.push_back(Output::Event(Event::JobDone {
+            job: job.command.describe(),
+            result,
+        }));
+    }
+
+    /// Runs local steps and sends the next command while nothing is in
+    /// flight.
+    fn advance(&mut self, now: Time) {
+        while self.ready && !self.closed && self.inflight.is_none() {
+            if !self.pending.is_empty() {
+                // Staged fetches or a local write are not durable yet: the
+                // next step may depend on them.
+                return;
+            }
+            if self.job.is_none() {
+                match self.jobs.pop_front() {
+                    None => {
+                        if !self.idle_reported {
+                            self.idle_reported = true;
+                            self.out.push_back(Output::Event(Event::Idle));
+                        }
+                        self.deadline = None;
+                        return;
+                    }
+                    Some(Command::Exit) => {
+                        return self.send_cmd(now, Cmd::Exit, Inflight::Exit);
+                    }
+                    Some(Command::Restart) => {
+                        return self.send_cmd(now, Cmd::Restart, Inflight::Restart);
+                    }
+                    Some(c) => {
+                        self.idle_reported = false;
+                        let job = self.start_job(c);
+                        self.job = Some(job);
+                    }
+                }
+            }
+            let job = self.job.as_mut().expect("set above");
+            let Some(step) = job.steps.pop_front() else {
+                self.finish_job();
+                continue;
+            };
+            if let Err(e) = self.run_step(now, step) {
+                self.fail(JobError::Store(e));
+            }
+        }
+    }
+
+    fn job(&mut self) -> &mut Job {
+        self.job.as_mut().expect("a job runs")
+    }
+
+    fn push_front(&mut self, steps: Vec<Step>) {
+        let job = self.job();
+        for s in steps.into_iter().rev() {
+            job.steps.push_front(s);
+        }
+    }
+
+    fn run_step(&mut self, now: Time, step: Step) -> Result<(), StoreError> {
+        let item = match &step {
+            Step::GetUser => {
+                let u = self.job().user.clone().expect("user job");
+                self.job().replica = Replica::default();
+                Cmd::Get(Item::new("USER", plan::text(u.as_bytes())))
+            }
+            Step::GetMeta => {
+                let u = self.job().user.clone().expect("user job");
+                Cmd::Get(Item::new("META", plan::text(u.as_bytes())))
+            }
+            Step::GetMailboxes { names, .. } => Cmd::Get(Item::new(
+                "MAILBOXES",
+                Value::List(names.iter().map(|n| plan::text(n.as_bytes())).collect()),
+            )),
+            Step::GetFull { uniqueid } => {
+                let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
+                    return Ok(());
+                };
+                Cmd::Get(Item::new("FULLMAILBOX", plan::text(mb.name.as_bytes())))
+            }
+            Step::Fetch { kv } => Cmd::Get(Item::new("FETCH", Value::KvList(kv.clone()))),
+            Step::Reserve {
+                partition,
+                names,
+                guids,
+            } => Cmd::Apply(Item::new(
+                "RESERVE",
+                Value::KvList(
+                    KvList::new()
+                        .with("PARTITION", Value::string(partition.clone()))
+                        .with(
+                            "MBOXNAME",
+                            Value::List(names.iter().map(|n| plan::text(n.as_bytes())).collect()),
+                        )
+                        .with(
+                            "GUID",
+                            Value::List(
+                                guids
+                                    .iter()
+                                    .map(|g| Value::Atom(Bytes::from(g.to_hex())))
+                                    .collect(),
+                            ),
+                        ),
+                ),
+            )),
+            Step::ApplyMailbox { kv, .. } => Cmd::Apply(Item::new(
+                self.ctx().verb("MAILBOX"),
+                Value::KvList(kv.clone()),
+            )),
+            Step::Simple { item, .. } => Cmd::Apply(item.clone()),
+            Step::Upload { files } => {
+                self.send_upload(now, files.clone(), step.clone())?;
+                return Ok(());
+            }
+            Step::PlanUser => {
+                let job = self.job.as_ref().expect("job");
+                let user = job.user.clone().expect("user job");
+                let planned = plan::plan_user(
+                    &self.read,
+                    &self.ctx(),
+                    &user,
+                    &job.replica,
+                    &self.available,
+                    job.tries,
+                )?;
+                match planned {
+                    Ok(steps) => {
+                        self.job().tries += 1;
+                        self.push_front(steps);
+                    }
+                    Err(why) => self.fail(JobError::Local(why.into())),
+                }
+                return Ok(());
+            }
+            Step::PlanMeta => {
+                let job = self.job.as_ref().expect("job");
+                let user = job.user.clone().expect("user job");
+                let steps = plan::plan_meta(&self.read, &self.ctx(), &user, &job.replica)?;
+                self.push_front(steps);
+                return Ok(());
+            }
+            Step::PlanMailboxes { names } => {
+                let mut local = Vec::new();
+                let mut steps = Vec::new();
+                for n in names {
+                    match self.read.mailbox(n)? {
+                        Some(mb) => local.push(mb),
+                        None => {
+                            // Gone here: delete there only if we hold its
+                            // tombstone (3.4+ rule).
+                            let there = self
+                                .job
+                                .as_ref()
+                                .expect("job")
+                                .replica
+                                .mailboxes
+                                .values()
+                                .any(|m| &m.name == n);
+                            if there && !self.read.tombstones_named(n)?.is_empty() {
+                                steps.push(plan::unmailbox(&self.ctx(), n));
+                            }
+                        }
+                    }
+                }
+                let job = self.job.as_ref().expect("job");
+                let mut all = plan::reserve_steps(
+                    &self.read,
+                    &self.ctx(),
+                    &local,
+                    &job.replica,
+                    &self.available,
+                )?;
+                all.extend(steps);
+                for mb in local {
+                    all.push(Step::Update {
+                        uniqueid: mb.uniqueid,
+                        attempt: Attempt::First,
+                    });
+                }
+                self.push_front(all);
+                return Ok(());
+            }
+            Step::Update { uniqueid, attempt } => {
+                return self.update(uniqueid.clone(), *attempt);
+            }
+            Step::LocalWrite { plan } => {
+                if self.opts.no_copyback {
+                    self.fail(JobError::Local("copyback needed but -O given".into()));
+                    return Ok(());
+                }
+                let id = self.effects.next_id();
+                let mut batch = WriteBatch::new(BatchId(id.0));
+                let mb = plan.mutations.iter().find_map(|m| match m {
+                    Mutation::PutMailbox(mb) => Some(mb.uniqueid.clone()),
+                    _ => None,
+                });
+                for f in &plan.fetches {
+                    batch.push(Mutation::LinkMessage {
+                        guid: f.record.guid,
+                        size: f.record.size,
+                    });
+                    if let Some(id) = &mb {
+                        batch.push(Mutation::PutRecord {
+                            mailbox: id.clone(),
+                            record: f.record.clone(),
+                        });
+                    }
+                }
+                for m in &plan.mutations {
+                    batch.push(m.clone());
+                }
+                self.pending.insert(id, Pending::Write);
+                self.out.push_back(Output::Effect {
+                    id,
+                    effect: Effect::Store(StoreEffect::Write(batch)),
+                });
+                return Ok(());
+            }
+        };
+        self.send_cmd(now, item, Inflight::Step(step));
+        Ok(())
+    }
+
+    fn update(&mut self, uniqueid: UniqueId, attempt: Attempt) -> Result<(), StoreError> {
+        let Some(mb) = self.read.mailbox_by_uniqueid(&uniqueid)? else {
+            return Ok(());
+        };
+        let job = self.job.as_ref().expect("job");
+        let rm = job.replica.mailboxes.get(&uniqueid).cloned();
+        let upd = plan::plan_update(
+            &self.read,
+            &self.ctx(),
+            &mb,
+            rm.as_ref(),
+            attempt,
+            &self.available,
+        )?;
+        match upd {
+            Update::Unchanged => {
+                self.out
+                    .push_back(Output::Event(Event::MailboxUnchanged(mb.name.clone())));
+            }
+            Update::NeedsFull => self.start_full(&mb.name, uniqueid),
+            Update::Apply { uploads, kv } => {
+                let mut steps = Vec::new();
+                let mut batch: Vec<FileRef> = Vec::new();
+                let mut bytes = 0u64;
+                for f in uploads {
+                    if !batch.is_empty()
+                        && (batch.len() >= self.opts.upload_files_max
+                            || bytes + f.size > self.opts.upload_bytes_max)
+                    {
+                        steps.push(Step::Upload {
+                            files: std::mem::take(&mut batch),
+                        });
+                        bytes = 0;
+                    }
+                    bytes += f.size;
+                    batch.push(f);
+                }
+                if !batch.is_empty() {
+                    steps.push(Step::Upload { files: batch });
+                }
+                steps.push(Step::ApplyMailbox {
+                    uniqueid,
+                    attempt,
+                    kv,
+                });
+                self.push_front(steps);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_full(&mut self, name: &MailboxName, uniqueid: UniqueId) {
+        if self.opts.no_copyback {
+            return self.fail(JobError::Local(format!(
+                "{} needs a full update (copyback), refused by -O",
+                String::from_utf8_lossy(name.as_bytes())
+            )));
+        }
+        self.out
+            .push_back(Output::Event(Event::FullUpdate(name.clone())));
+        self.push_front(vec![Step::GetFull { uniqueid }]);
+    }
+
+    /// `APPLY MESSAGE (%{…} …)` with each body read from the store in
+    /// chunks.
+    fn send_upload(
+        &mut self,
+        now: Time,
+        files: Vec<FileRef>,
+        step: Step,
+    ) -> Result<(), StoreError> {
+        let item = Item::new(
+            "MESSAGE",
+            Value::List(files.iter().cloned().map(Value::File).collect()),
+        );
+        let enc = Cmd::Apply(item).encode();
+        let mut chunks = Vec::new();
+        for piece in enc.pieces() {
+            match piece {
+                proto::dlist::Piece::Bytes(b) => chunks.push(Bytes::copy_from_slice(b)),
+                proto::dlist::Piece::File(f) => {
+                    let guid: Guid = f.guid.into();
+                    let mut off = 0u64;
+                    while off < f.size {
+                        let want = (f.size - off).min(self.opts.chunk_bytes as u64) as usize;
+                        let b = self.read.message_bytes(&guid, off, want)?;
+                        if b.is_empty() {
+                            return Err(StoreError::SizeMismatch {
+                                guid,
+                                expected: f.size,
+                                actual: off,
+                            });
+                        }
+                        off += b.len() as u64;
+                        chunks.push(b);
+                    }
+                }
+            }
+        }
+        for c in chunks {
+            self.out.push_back(Output::Transmit(c));
+        }
+        self.inflight = Some(Inflight::Step(step));
+        self.arm(now);
+        Ok(())
+    }
+
+    // ---- replies --------------------------------------------------------
+
+    fn on_status(&mut self, now: Time, status: Status) {
+        let Some(what) = self.inflight.take() else {
+            return self.close(CloseReason::PeerError("status line with no command".into()));
+        };
+        let data = std::mem::take(&mut self.data);
+        let ok = status.kind == StatusKind::Ok;
+        match what {
+            Inflight::Banner => {
+                return self.close(CloseReason::PeerError("status line in banner".into()))
+            }
+            Inflight::Auth => {
+                self.sasl = None;
+                if !ok {
+                    return self.close(CloseReason::PeerError("authentication refused".into()));
+                }
+                let mech = self.opts.mechanisms.first().map_or("PLAIN", |m| m.name());
+                self.out
+                    .push_back(Output::Event(Event::Authenticated(mech)));
+                self.after_auth(now);
+            }
+            Inflight::Compress => {
+                if ok {
+                    let rest = self.dec.take_unconsumed().freeze();
+                    self.out.push_back(Output::StartLayer {
+                        layer: Layer::Deflate,
+                        input_after_switch: rest,
+                    });
+                    self.out.push_back(Output::Event(Event::Compressed));
+                } else if self.opts.require_compress {
+                    return self.close(CloseReason::PeerError("COMPRESS refused (-z)".into()));
+                }
+                self.after_compress(now);
+            }
+            Inflight::Force => {
+                if !ok {
+                    return self.close(CloseReason::PeerError("APPLY FORCE refused".into()));
+                }
+                self.after_force(now);
+            }
+            Inflight::Capabilities => {
+                self.sieve_mailbox_enabled = data.iter().any(|i| {
+                    i.key_is("ENABLED")
+                        && i.value.as_list().is_some_and(|l| {
+                            l.iter().any(|v| {
+                                v.as_bytes()
+                                    .is_some_and(|b| b.eq_ignore_ascii_case(b"SIEVE-MAILBOX"))
+                            })
+                        })
+                });
+                self.after_force(now);
+            }
+            Inflight::Restart => {
+                self.available.clear();
+            }
+            Inflight::Exit => return self.close(CloseReason::Done),
+            Inflight::Step(step) => self.on_step_reply(step, data, status),
+        }
+        self.advance(now);
+    }
+
+    fn refused(step: &Step, status: &Status) -> JobError {
+        let mut s = Vec::new();
+        let mut b = bytes::BytesMut::new();
+        status.write(&mut b);
+        s.extend_from_slice(&b);
+        JobError::Refused {
+            command: step.describe(),
+            status: String::from_utf8_lossy(&s).into_owned(),
+        }
+    }
+
+    fn bad(step: &Step, detail: impl std::fmt::Display) -> JobError {
+        JobError::BadAnswer {
+            command: step.describe(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn on_step_reply(&mut self, step: Step, data: Vec<Item>, status: Status) {
+        let ok = status.kind == StatusKind::Ok;
+        let nonexistent = status.code == Some(Code::MailboxNonexistent);
+        match &step {
+            Step::GetUser | Step::GetMeta | Step::GetMailboxes { .. } => {
+                if !ok && !nonexistent {
+                    return self.fail(Self::refused(&step, &status));
+                }
+                let job = self.job();
+                if let Step::GetMailboxes { names, .. } = &step {
+                    job.replica
+                        .mailboxes
+                        .retain(|_, m| !names.contains(&m.name));
+                }
+                if let Err(e) = plan::absorb(&mut job.replica, &data) {
+                    return self.fail(Self::bad(&step, e));
+                }
+                let next = match step {
+                    Step::GetUser => Step::PlanUser,
+                    Step::GetMeta => Step::PlanMeta,
+                    Step::GetMailboxes {
+                        repeat: Some((u, attempt)),
+                        ..
+                    } => Step::Update {
+                        uniqueid: u,
+                        attempt,
+                    },
+                    Step::GetMailboxes { names, .. } => Step::PlanMailboxes { names },
+                    _ => unreachable!(),
+                };
+                self.push_front(vec![next]);
+            }
+            Step::Reserve { guids, .. } => {
+                if !ok {
+                    return self.fail(Self::refused(&step, &status));
+                }
+                let mut missing = BTreeSet::new();
+                for i in data.iter().filter(|i| i.key_is("MISSING")) {
+                    for v in i.value.as_list().unwrap_or_default() {
+                        if let Some(g) = v.as_bytes().and_then(|b| Guid::parse(b).ok()) {
+                            missing.insert(g);
+                        }
+                    }
+                }
+                for g in guids {
+                    if !missing.contains(g) {
+                        self.available.insert(*g);
+                    }
+                }
+            }
+            Step::Upload { files } => {
+                if !ok {
+                    return self.fail(Self::refused(&step, &status));
+                }
+                for f in files {
+                    self.available.insert(f.guid.into());
+                }
+                self.uploaded += files.len();
+            }
+            Step::ApplyMailbox {
+                uniqueid,
+                attempt,
+                kv,
+            } => {
+                let name = wire::name(kv, "MBOXNAME").ok();
+                if ok {
+                    let records = kv
+                        .get("RECORD")
+                        .and_then(|r| r.as_list())
+                        .map_or(0, |l| l.len());
+                    if let Ok(h) = wire::mailbox_header(kv, false) {
+                        self.job().replica.mailboxes.insert(uniqueid.clone(), h);
+                    }
+                    if let Some(name) = name {
+                        // Uploads of this mailbox came right before it.
+                        self.out.push_back(Output::Event(Event::MailboxSynced {
+                            name,
+                            uploaded: std::mem::take(&mut self.uploaded),
+                            records,
+                        }));
+                    }
+                    return;
+                }
+                let checksum = matches!(
+                    status.code,
+                    Some(Code::SyncChecksum) | Some(Code::MailboxCrc)
+                );
+                match (checksum, attempt) {
+                    (true, Attempt::First) => {
+                        let names = name.into_iter().collect();
+                        self.push_front(vec![Step::GetMailboxes {
+                            names,
+                            repeat: Some((uniqueid.clone(), Attempt::Repeat)),
+                        }]);
+                    }
+                    (true, Attempt::Repeat) => {
+                        let name = name.unwrap_or_else(|| MailboxName::new("?").expect("valid"));
+                        self.start_full(&name, uniqueid.clone());
+                    }
+                    _ => self.fail(Self::refused(&step, &status)),
+                }
+            }
+            Step::GetFull { uniqueid } => {
+                if !ok {
+                    return self.fail(Self::refused(&step, &status));
+                }
+                let Some(kv) = data
+                    .iter()
+                    .find(|i| i.key_is("MAILBOX"))
+                    .and_then(|i| i.value.as_kvlist())
+                else {
+                    return self.fail(Self::bad(&step, "no MAILBOX in the answer"));
+                };
+                let (rm, theirs) = match full::read_full(kv) {
+                    Ok(x) => x,
+                    Err(e) => return self.fail(Self::bad(&step, e)),
+                };
+                let res = (|| -> Result<Option<(MailboxName, Copyback)>, StoreError> {
+                    let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
+                        return Ok(None);
+                    };
+                    let ours = plan::all_records(&self.read, uniqueid)?;
+                    let dest = self.ctx().dest_partition(&mb);
+                    Ok(Some((
+                        mb.name.clone(),
+                        full::plan(&mb, &ours, &rm, &theirs, &dest),
+                    )))
+                })();
+                let (name, cb) = match res {
+                    Ok(Some(x)) => x,
+                    Ok(None) => return,
+                    Err(e) => return self.fail(JobError::Store(e)),
+                };
+                self.out.push_back(Output::Event(Event::Copyback {
+                    name,
+                    fetched: cb.fetches.len(),
+                    renumbered: cb.renumbered,
+                }));
+                self.job()
+                    .replica
+                    .mailboxes
+                    .insert(uniqueid.clone(), rm.clone());
+                let mut steps: Vec<Step> = cb
+                    .fetches
+                    .iter()
+                    .map(|f| Step::Fetch { kv: f.kv.clone() })
+                    .collect();
+                if !cb.mutations.is_empty() || !cb.fetches.is_empty() {
+                    steps.push(Step::LocalWrite { plan: cb.clone() });
+                }
+                if !cb.expunge.is_empty() {
+                    steps.push(Step::Simple {
+                        item: Item::new(
+                            "EXPUNGE",
+                            Value::KvList(
+                                KvList::new()
+                                    .with("MBOXNAME", plan::text(rm.name.as_bytes()))
+                                    .with("UNIQUEID", plan::text(rm.uniqueid.as_bytes()))
+                                    .with(
+                                        "UID",
+                                        Value::List(
+                                            cb.expunge
+                                                .iter()
+                                                .map(|u| Value::num((*u).into()))
+                                                .collect(),
+                                        ),
+                                    ),
+                            ),
+                        ),
+                        nonexistent_ok: false,
+                    });
+                }
+                // The replica changed under EXPUNGE: read it again, then a
+                // last normal update.
+                steps.push(Step::GetMailboxes {
+                    names: vec![rm.name.clone()],
+                    repeat: Some((uniqueid.clone(), Attempt::AfterFull)),
+                });
+                self.push_front(steps);
+            }
+            Step::Fetch { .. } => {
+                if let Some(stage) = self.fetching.take() {
+                    self.emit_store(StoreEffect::StageAbort { stage }, false);
+                }
+                if !ok {
+                    return self.fail(Self::refused(&step, &status));
+                }
+            }
+            Step::Simple { nonexistent_ok, .. } => {
+                if !ok && !(nonexistent && *nonexistent_ok) {
+                    self.fail(Self::refused(&step, &status));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn emit_store(&mut self, e: StoreEffect, completes: bool) -> EffectId {
+        let id = self.effects.next_id();
+        if completes {
+            let p = match &e {
+                StoreEffect::StageEnd { .. } => Pending::Stage,
+                StoreEffect::Write(_) => Pending::Write,
+                _ => Pending::Other,
+            };
+            self.pending.insert(id, p);
+        }
+        self.out.push_back(Output::Effect {
+            id,
+            effect: Effect::Store(e),
+        });
+        id
+    }
+
+    fn on_file(&mut self, ev: DecEvent<Response, proto::csync::ResponseError>) {
+        let fetching = matches!(self.inflight, Some(Inflight::Step(Step::Fetch { .. })));
+        if !fetching {
+            return self.close(CloseReason::PeerError(
+                "file literal outside GET FETCH".into(),
+            ));
+        }
+        match ev {
+            DecEvent::FileStart(f) => {
+                let stage = StageId(self.next_stage);
+                self.next_stage += 1;
+                self.fetching = Some(stage);
+                self.emit_store(
+                    StoreEffect::StageBegin {
+                        stage,
+                        guid: f.guid.into(),
+                        size: f.size,
+                    },
+                    false,
+                );
+            }
+            DecEvent::FileChunk(bytes) => {
+                if let Some(stage) = self.fetching {
+                    self.emit_store(StoreEffect::StageChunk { stage, bytes }, false);
+                }
+            }
+            DecEvent::FileEnd => {
+                if let Some(stage) = self.fetching.take() {
+                    self.emit_store(StoreEffect::StageEnd { stage }, true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<R: MailRead> Machine for Client<R> {
+    type Effect = Effect;
+    type Completion = Completion;
+    type Event = Event;
+    type Command = Command;
+
+    fn handle_input(&mut self, now: Time, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.dec.handle_input(bytes);
+        loop {
+            if self.closed || matches!(self.out.back(), Some(Output::StartLayer { .. })) {
+                return;
+            }
+            let ev = match self.dec.poll_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => return self.close(CloseReason::PeerError(e.to_string())),
+            };
+            match ev {
+                DecEvent::Decoded(r) => match r {
+                    Response::Capability(_) | Response::Greeting(_)
+                        if matches!(self.inflight, Some(Inflight::Banner)) =>
+                    {
+                        self.on_banner(now, r)
+                    }
+                    Response::Challenge(c) => {
+                        let Some(client) = self.sasl.as_mut() else {
+                            return self
+                                .close(CloseReason::PeerError("unexpected challenge".into()));
+                        };
+                        let resp = c.decode().ok().and_then(|raw| client.step(&raw).ok());
+                        match resp {
+                            Some(secret) => {
+                                let line = ClientLine::SaslResponse(SaslData::encode(
+                                    secret.expose(),
+                                    false,
+                                ))
+                                .encode()
+                                .into_bytes();
+                                self.out.push_back(Output::Transmit(line));
+                            }
+                            None => {
+                                self.out.push_back(Output::Transmit(
+                                    ClientLine::SaslCancel.encode().into_bytes(),
+                                ));
+                            }
+                        }
+                    }
+                    Response::Data(item) => {
+                        if self.data.len() >= self.opts.reply_items_max {
+                            return self
+                                .close(CloseReason::LimitExceeded("reply_items_max".into()));
+                        }
+                        self.data.push(item);
+                    }
+                    Response::Status(s) => self.on_status(now, s),
+                    Response::Bye(_) => return self.close(CloseReason::PeerClosed),
+                    Response::Fatal(_) => {
+                        return self.close(CloseReason::PeerError("server fatal error".into()))
+                    }
+                    _ => return self.close(CloseReason::PeerError("unexpected line".into())),
+                },
+                DecEvent::Refused(e) => {
+                    return self.close(CloseReason::PeerError(format!("undecodable reply: {e}")))
+                }
+                ev @ (DecEvent::FileStart(_) | DecEvent::FileChunk(_) | DecEvent::FileEnd) => {
+                    self.on_file(ev)
+                }
+                DecEvent::ContinuationNeeded { .. } => {
+                    return self.close(CloseReason::PeerError("continuation request".into()))
+                }
+            }
+        }
+    }
+
+    fn handle_eof(&mut self, _now: Time) {
+        let reason = if matches!(self.inflight, Some(Inflight::Exit)) {
+            CloseReason::Done
+        } else {
+            CloseReason::PeerClosed
+        };
+        self.close(reason);
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        if let Some(d) = self.deadline {
+            if now >= d && self.inflight.is_some() {
+                self.close(CloseReason::Timeout("no reply from the replica".into()));
+            }
+        }
+    }
+
+    fn handle_completion(&mut self, now: Time, id: EffectId, completion: Self::Completion) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let Completion::Store(c) = completion;
+        match (p, c) {
+            (Pending::Stage, StoreCompletion::Staged { result: Err(e), .. }) => {
+                self.fail(JobError::Store(e))
+            }
+            (Pending::Write, StoreCompletion::Durable { .. }) => {}
+            (Pending::Write, StoreCompletion::Failed { error, .. }) => {
+                self.fail(JobError::Store(error))
+            }
+            _ => {}
+        }
+        if self.pending.is_empty() {
+            self.advance(now);
+        }
+    }
+
+    fn handle_command(&mut self, now: Time, command: Self::Command) {
+        if self.closed {
+            return;
+        }
+        self.jobs.push_back(command);
+        if self.pending.is_empty() {
+            self.advance(now);
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Effect, Event>> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        if self.inflight.is_some() {
+            self.deadline
+        } else {
+            None
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.closed
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
