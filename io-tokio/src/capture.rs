@@ -615,6 +615,76 @@ where
     Ok(())
 }
 
+/// Binds a relay on an ephemeral port of 127.0.0.1 and relays the first
+/// connection to `target` in a spawned task: the one-line setup a test
+/// needs (point the real client at the returned address, then await the
+/// handle for the summary and the tap).
+pub async fn spawn_one<T: Tap + 'static>(
+    target: String,
+    tap: T,
+    opts: Options,
+) -> io::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(Summary, T), CaptureError>>,
+)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let handle = tokio::spawn(async move { relay_one(&listener, &target, tap, &opts).await });
+    Ok((addr, handle))
+}
+
+/// A tap that keeps what it sees in memory, for tests: both directions'
+/// plain bytes (each up to `bytes_max`; beyond it bytes are dropped and
+/// `truncated` is set) and every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collector {
+    /// Client→server plain bytes.
+    pub c2s: Vec<u8>,
+    /// Server→client plain bytes.
+    pub s2c: Vec<u8>,
+    /// Every event, in order.
+    pub events: Vec<Event>,
+    /// Whether either direction exceeded `bytes_max`.
+    pub truncated: bool,
+    bytes_max: usize,
+}
+
+impl Collector {
+    /// Keeps at most `bytes_max` bytes per direction.
+    pub fn new(bytes_max: usize) -> Self {
+        Self {
+            bytes_max,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the relay saw the COMPRESS switch.
+    pub fn compressed(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Compressing { .. }))
+    }
+}
+
+impl Tap for Collector {
+    fn on_bytes(&mut self, dir: Dir, bytes: &[u8]) {
+        let max = self.bytes_max;
+        let buf = match dir {
+            Dir::ClientToServer => &mut self.c2s,
+            Dir::ServerToClient => &mut self.s2c,
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        self.events.push(event.clone());
+    }
+}
+
 // ------------------------------------------------------------------ transcripts
 
 /// Limits of [`TranscriptWriter`].

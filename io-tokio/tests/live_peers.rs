@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
-use io_tokio::capture::{self, Dir, Event, Options, Summary, Tap};
+use io_tokio::capture::{self, Collector, Dir, Event, Options, Summary, Tap};
 use proto::compress::{Deflater, Inflater};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -356,9 +356,12 @@ async fn real_mupdate_master_session_through_the_relay() {
     let Some(env) = peers_env("real_mupdate_master_session_through_the_relay") else {
         return;
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-    let relay_addr = listener.local_addr().expect("relay address");
     let target = format!("{}:{}", get(&env, "PEERS_HOST"), get(&env, "MUPDATE_PORT"));
+    // This test uses the library's one-line setup and in-memory tap.
+    let (relay_addr, relay) =
+        capture::spawn_one(target, Collector::new(1 << 20), Options::default())
+            .await
+            .expect("bind relay");
     let name = format!("user.live{}", unique().replace('-', ""));
     let location = "127.0.0.1:25999!default";
     let (user, pass) = (
@@ -430,19 +433,24 @@ async fn real_mupdate_master_session_through_the_relay() {
             let _ = m.s.read_to_end(&mut rest).await;
         }
     };
-    let opts = Options::default();
-    let relay = capture::relay_one(&listener, &target, Seen::default(), &opts);
     let ((), relay) = tokio::time::timeout(HANG_GUARD, async { tokio::join!(session, relay) })
         .await
         .expect("MUPDATE session did not finish (hang guard)");
-    let (summary, seen) = relay.expect("relay to the real mupdate master");
+    let (summary, seen) = relay
+        .expect("relay task")
+        .expect("relay to the real mupdate master");
 
     assert!(
-        seen.decode_errors.is_empty(),
+        !seen
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::DecodeError { .. })),
         "inflate errors: {:?}",
-        seen.decode_errors
+        seen.events
     );
-    assert!(summary.compressed && seen.compressing);
+    assert!(!seen.truncated);
+    assert!(summary.compressed && seen.compressed());
+    assert!(matches!(seen.events.last(), Some(Event::Closed(s)) if *s == summary));
     assert_has(
         &seen.c2s,
         "client->server",
