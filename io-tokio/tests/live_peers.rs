@@ -283,6 +283,71 @@ async fn real_sync_client_replicates_into_real_sync_server_through_the_relay() {
         std::str::from_utf8(&seen.s2c).is_ok(),
         "server bytes are all text here"
     );
+    // And the replication really happened, through the relay: the replica's
+    // own imapd finds the message.
+    let found = imap_uid_search(
+        &format!(
+            "{}:{}",
+            get(&env, "PEERS_HOST"),
+            get(&env, "REPLICA_IMAP_PORT")
+        ),
+        user,
+        get(&env, "USER_PASS"),
+        &format!("HEADER Message-ID \"{message_id}\""),
+    )
+    .await;
+    assert_eq!(
+        found.len(),
+        1,
+        "the replica has the message once: {found:?}"
+    );
+}
+
+/// `UID SEARCH <criteria>` in `user`'s INBOX over plain IMAP; the UIDs found.
+async fn imap_uid_search(addr: &str, user: &str, pass: &str, criteria: &str) -> Vec<u32> {
+    let mut s = TcpStream::connect(addr).await.expect("connect to imapd");
+    let mut buf = Vec::new();
+    let mut found = Vec::new();
+    // (tag, command); the empty tag reads the greeting
+    let steps: [(&str, String); 5] = [
+        ("", String::new()),
+        ("a", format!("a LOGIN {user} {pass}\r\n")),
+        ("b", "b SELECT INBOX\r\n".into()),
+        ("c", format!("c UID SEARCH {criteria}\r\n")),
+        ("d", "d LOGOUT\r\n".into()),
+    ];
+    for (tag, cmd) in steps {
+        s.write_all(cmd.as_bytes()).await.expect("write to imapd");
+        // read lines until the greeting (tag "") or this tag's status
+        loop {
+            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.expect("read from imapd");
+                assert!(n > 0, "imapd closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            };
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            if let Some(uids) = line.strip_prefix("* SEARCH") {
+                found.extend(
+                    uids.split_whitespace()
+                        .filter_map(|u| u.parse::<u32>().ok()),
+                );
+            }
+            if tag.is_empty() && line.starts_with("* OK") {
+                break;
+            }
+            if !tag.is_empty() && line.starts_with(&format!("{tag} ")) {
+                assert!(
+                    tag == "d" || line.starts_with(&format!("{tag} OK")),
+                    "imapd: {line}"
+                );
+                break;
+            }
+        }
+    }
+    found
 }
 
 // ------------------------------------------------------------------ MUPDATE
