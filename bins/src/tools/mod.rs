@@ -8,6 +8,7 @@
 mod capture;
 mod store;
 mod passwd;
+mod sync_server;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ pub fn find(name: &str) -> Option<Tool> {
     Some(match name {
         "capture" => Tool::Ready(capture::main),
         "passwd" => Tool::Ready(passwd::main),
+        "sync_server" => Tool::Ready(sync_server::main),
         "store" => Tool::Ready(store::main),
         _ => Tool::NotYet,
     })

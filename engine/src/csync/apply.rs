@@ -407,3 +407,91 @@ pub fn all_records<S: MailRead + ?Sized>(
         }
     }
 }
+
+/// The Sieve scripts a `#sieve` mailbox (`MBOXTYPE f`, SIEVE-MAILBOX)
+/// holds, as scripts: Cyrus 3.6 keeps each script as a message whose
+/// `Subject:` is the script name and whose body is the script; the active
+/// one is `\Flagged`. Returns the mutations that make the user's scripts
+/// (`PutSieve`/`DeleteSieve`/`ActivateSieve`) match `records` (the
+/// mailbox's records after the apply), so a replica keeps scripts whichever
+/// way they arrive. A record whose bytes are unavailable or unparsable is
+/// skipped (its script stays as it was).
+pub fn sieve_mutations<S: MailRead + ?Sized>(
+    store: &S,
+    owner: &crate::model::UserId,
+    records: &[Record],
+    body_of: &dyn Fn(&Guid) -> Option<bytes::Bytes>,
+) -> Result<Vec<Mutation>, StoreError> {
+    use crate::model::{SieveName, SieveScript};
+    let mut want: BTreeMap<SieveName, SieveScript> = BTreeMap::new();
+    let mut active = None;
+    for r in records.iter().filter(|r| !r.expunged) {
+        let Some(bytes) = body_of(&r.guid) else {
+            continue;
+        };
+        let Some((name, content)) = parse_sieve_message(&bytes) else {
+            continue;
+        };
+        let Ok(name) = SieveName::new(name) else {
+            continue;
+        };
+        if r.flags.system.contains(crate::model::SystemFlags::FLAGGED) {
+            active = Some(name.clone());
+        }
+        want.insert(
+            name.clone(),
+            SieveScript {
+                name,
+                last_update: r.last_updated,
+                content: bytes.slice_ref(content),
+            },
+        );
+    }
+    let have = store.sieve_scripts(owner)?;
+    let mut out = Vec::new();
+    for s in &have {
+        if !want.contains_key(&s.name) {
+            out.push(Mutation::DeleteSieve {
+                user: owner.clone(),
+                name: s.name.clone(),
+            });
+        }
+    }
+    for (name, s) in want {
+        if have.iter().any(|h| h.name == name && *h == s) {
+            continue;
+        }
+        out.push(Mutation::PutSieve {
+            user: owner.clone(),
+            script: s,
+        });
+    }
+    if store.sieve_active(owner)? != active || !out.is_empty() {
+        out.push(Mutation::ActivateSieve {
+            user: owner.clone(),
+            name: active,
+        });
+    }
+    Ok(out)
+}
+
+/// `(Subject, body)` of a `#sieve` message.
+fn parse_sieve_message(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (head, body) = match b.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&b[..i], &b[i + 4..]),
+        None => {
+            let i = b.windows(2).position(|w| w == b"\n\n")?;
+            (&b[..i], &b[i + 2..])
+        }
+    };
+    for line in head.split(|&c| c == b'\n') {
+        if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
+            let v = &line[8..];
+            let v = v.strip_suffix(b"\r").unwrap_or(v);
+            let start = v.iter().position(|c| !c.is_ascii_whitespace())?;
+            let end = v.iter().rposition(|c| !c.is_ascii_whitespace())? + 1;
+            return Some((&v[start..end], body));
+        }
+    }
+    None
+}

@@ -102,6 +102,13 @@ pub struct Options {
     pub stage_id_base: u64,
     /// Largest message body sent in one `GET FETCH` reply chunk read.
     pub fetch_chunk_bytes: usize,
+    /// Uploads up to this size are also kept in memory for this session,
+    /// so a `#sieve` mailbox apply can turn them into scripts in the same
+    /// batch (their bytes are not readable from the store before it).
+    pub small_body_bytes_max: u64,
+    /// Total of those kept bodies; beyond it the oldest are dropped (a
+    /// script whose bytes are gone is then read from the store).
+    pub small_bodies_bytes_max: usize,
 }
 
 impl Default for Options {
@@ -122,6 +129,8 @@ impl Default for Options {
             epoch_unix: UnixTime::ZERO,
             stage_id_base: 0,
             fetch_chunk_bytes: 64 * 1024,
+            small_body_bytes_max: 64 * 1024,
+            small_bodies_bytes_max: 1024 * 1024,
         }
     }
 }
@@ -252,6 +261,11 @@ pub struct Server<R> {
     upload_errors: Vec<String>,
     /// A decoded line held until the stagings before it are verified.
     held: Option<ClientLine>,
+    /// Small uploads of this session by GUID (see `small_body_bytes_max`),
+    /// in arrival order for eviction.
+    bodies: VecDeque<(Guid, Bytes)>,
+    bodies_bytes: usize,
+    current_body: Option<BytesMut>,
 }
 
 fn status_line(s: &Status) -> String {
@@ -339,6 +353,9 @@ impl<R: MailRead> Server<R> {
             stage_ends: BTreeMap::new(),
             upload_errors: Vec::new(),
             held: None,
+            bodies: VecDeque::new(),
+            bodies_bytes: 0,
+            current_body: None,
         };
         s.banner();
         s
@@ -481,17 +498,36 @@ impl<R: MailRead> Server<R> {
                         guid,
                         size: f.size,
                     }));
+                    self.current_body =
+                        (f.size <= self.opts.small_body_bytes_max).then(BytesMut::new);
                     self.current_file = Some((stage, f));
                 }
             }
             DecEvent::FileChunk(bytes) => {
                 if let Some((stage, _)) = &self.current_file {
                     let stage = *stage;
+                    if let Some(b) = &mut self.current_body {
+                        b.extend_from_slice(&bytes);
+                    }
                     self.effect(Effect::Store(StoreEffect::StageChunk { stage, bytes }));
                 }
             }
             DecEvent::FileEnd => {
                 if let Some((stage, f)) = self.current_file.take() {
+                    if let Some(b) = self.current_body.take() {
+                        let b = b.freeze();
+                        // Kept only if it is what it claims to be.
+                        if Guid::of(&b) == Guid::from(f.guid) {
+                            self.bodies_bytes += b.len();
+                            self.bodies.push_back((f.guid.into(), b));
+                            while self.bodies_bytes > self.opts.small_bodies_bytes_max {
+                                match self.bodies.pop_front() {
+                                    Some((_, old)) => self.bodies_bytes -= old.len(),
+                                    None => break,
+                                }
+                            }
+                        }
+                    }
                     self.effect(Effect::Store(StoreEffect::StageEnd { stage }));
                     self.stage_ends.insert(stage, f);
                 }
@@ -564,6 +600,8 @@ impl<R: MailRead> Server<R> {
             Cmd::Restart => {
                 // Cyrus drops the reserve list (its staged files).
                 self.staged.clear();
+                self.bodies.clear();
+                self.bodies_bytes = 0;
                 self.status(Status::ok(proto::csync::texts::RESTARTING));
             }
             Cmd::Compress { algorithm } => {
@@ -1125,7 +1163,10 @@ impl<R: MailRead> Server<R> {
                     None if hdr.mbtype.intermediate || hdr.mbtype.deleted => Vec::new(),
                     None => return Err(Refusal::BadParameters("RECORD missing".into())),
                 };
-                let plan = plan_mailbox(&self.read, &hdr, &records, &self.ctx())?;
+                let mut plan = plan_mailbox(&self.read, &hdr, &records, &self.ctx())?;
+                if plan.mailbox.mbtype.kind == MailboxKind::Sieve {
+                    self.add_sieve_scripts(&mut plan)?;
+                }
                 Self::plan_outcome(plan)
             }
             "EXPUNGE" => {
@@ -1355,18 +1396,55 @@ impl<R: MailRead> Server<R> {
                     return ok(Vec::new());
                 }
                 let user = user_id(u)?;
-                let modseq = self
+                // As Cyrus 3.6 (observed): the user's live mailboxes go,
+                // deepest first; its DELETED.* mailboxes and the seen state
+                // it keeps on others' mailboxes stay; subscriptions, Sieve
+                // scripts and the user's quota root go.
+                let mut mbs: Vec<_> = self
                     .read
                     .mailboxes_of_user(&user)?
-                    .iter()
-                    .map(|m| m.highestmodseq)
-                    .max()
-                    .unwrap_or(ModSeq::ZERO);
-                Self::write(vec![Mutation::DeleteUser {
-                    user,
-                    at: now,
-                    modseq,
-                }])
+                    .into_iter()
+                    .filter(|m| !cyrus_order(&m.name).0)
+                    .collect();
+                mbs.sort_by_cached_key(|m| std::cmp::Reverse(cyrus_order(&m.name)));
+                let mut m = Vec::new();
+                for mb in mbs {
+                    m.push(Mutation::DeleteMailbox {
+                        uniqueid: mb.uniqueid,
+                        at: now,
+                        modseq: mb.highestmodseq,
+                    });
+                }
+                for (name, sub) in self.read.subscriptions(&user)? {
+                    if sub.subscribed {
+                        m.push(Mutation::SetSubscription {
+                            user: user.clone(),
+                            name,
+                            subscription: Subscription {
+                                subscribed: false,
+                                changed_at: now,
+                            },
+                        });
+                    }
+                }
+                if self.read.sieve_active(&user)?.is_some() {
+                    m.push(Mutation::ActivateSieve {
+                        user: user.clone(),
+                        name: None,
+                    });
+                }
+                for s in self.read.sieve_scripts(&user)? {
+                    m.push(Mutation::DeleteSieve {
+                        user: user.clone(),
+                        name: s.name,
+                    });
+                }
+                if let Some(root) = inbox_of(&user) {
+                    if self.read.quota(&root)?.is_some() {
+                        m.push(Mutation::DeleteQuota { root });
+                    }
+                }
+                Self::write(m)
             }
             "FORCE" => {
                 self.force = true;
@@ -1389,6 +1467,44 @@ impl<R: MailRead> Server<R> {
             }
             _ => Err(Refusal::Code(Code::ProtocolError)),
         }
+    }
+
+    /// A `#sieve` mailbox apply also keeps its messages as the owner's
+    /// Sieve scripts, in the same batch.
+    fn add_sieve_scripts(&self, plan: &mut MailboxPlan) -> Result<(), Refusal> {
+        let Some(owner) = plan.mailbox.owner.clone() else {
+            return Ok(());
+        };
+        let mut recs: BTreeMap<Uid, crate::model::Record> =
+            all_records(&self.read, &plan.mailbox.uniqueid)?
+                .into_iter()
+                .map(|r| (r.uid, r))
+                .collect();
+        for m in &plan.mutations {
+            match m {
+                Mutation::DeleteMailbox { uniqueid, .. } if *uniqueid == plan.mailbox.uniqueid => {
+                    recs.clear()
+                }
+                Mutation::PutRecord { mailbox, record } if *mailbox == plan.mailbox.uniqueid => {
+                    recs.insert(record.uid, record.clone());
+                }
+                _ => {}
+            }
+        }
+        let recs: Vec<_> = recs.into_values().collect();
+        let body_of = |g: &Guid| -> Option<Bytes> {
+            if let Some((_, b)) = self.bodies.iter().find(|(x, _)| x == g) {
+                return Some(b.clone());
+            }
+            let size = self.read.message_size(g).ok()??;
+            if size > self.opts.small_body_bytes_max {
+                return None;
+            }
+            self.read.message_bytes(g, 0, size as usize).ok()
+        };
+        let extra = super::apply::sieve_mutations(&self.read, &owner, &recs, &body_of)?;
+        plan.mutations.extend(extra);
+        Ok(())
     }
 
     fn restore(&mut self, key: &str, v: &Value) -> Result<Outcome, Refusal> {

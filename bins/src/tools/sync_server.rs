@@ -1,0 +1,369 @@
+//! `corvid sync_server`: a Cyrus replication replica that a real Cyrus
+//! `sync_client` replicates into.
+//!
+//! Flags as Cyrus's sync_server (`-C imapd.conf`, `-p ssf`, `-f` force
+//! mode; `-U`, `-T`, `-D` accepted and ignored), plus `--listen HOST:PORT`.
+//! It serves, in this order of preference: the `--listen` address; the
+//! socket Cyrus master(8) hands down (a SERVICES entry, `prefork=1`); one
+//! session on stdin/stdout.
+//!
+//! What it wires together: imapd.conf (`configdirectory`, `partition-*`,
+//! `servername`, `sasl_mech_list`, `admins`, `sync_timeout`, TLS keys), the
+//! embedded store under `configdirectory` (one committer thread with group
+//! commit), the password check (`corvid_passwd_file` or saslauthd), and
+//! one `engine::csync::Server` machine per connection run by the tokio
+//! driver. Every protocol decision is the machine's.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use engine::csync::{AuthOk, Completion, Effect, Event, Options as MachineOptions, Server};
+use engine::machine::Time;
+use engine::model::UnixTime;
+use engine::store::StoreEffect;
+use io_tokio::auth::{Access, CheckContext, LoginError, PwCheck};
+use io_tokio::config::{Config, DurationUnit};
+use io_tokio::driver::{Driver, EffectExecutor};
+use io_tokio::listen::{self, ServeOptions};
+use proto::sasl::Mechanism;
+use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// Cyrus replication replica (csync).
+#[derive(Debug, Parser)]
+#[command(name = "sync_server")]
+struct Args {
+    /// imapd.conf to read.
+    #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+    config: PathBuf,
+    /// External security strength factor (as Cyrus; informational).
+    #[arg(short = 'p')]
+    ssf: Option<u32>,
+    /// Force mode for every session (relaxes the replica-ahead checks).
+    #[arg(short = 'f')]
+    force: bool,
+    /// Cyrus master's reuse count (ignored: corvid serves all connections in one process).
+    #[arg(short = 'U')]
+    reuse: Option<u32>,
+    /// Cyrus master's idle timeout (ignored).
+    #[arg(short = 'T')]
+    idle: Option<u32>,
+    /// Cyrus debug flag (ignored).
+    #[arg(short = 'D')]
+    debug: bool,
+    /// Listen on HOST:PORT instead of master's socket or stdin/stdout.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// Everything connections share.
+struct Shared {
+    committer: Committer,
+    reader: Reader,
+    pwcheck: PwCheck,
+    access: Access,
+    machine: MachineOptions,
+    realm: Option<String>,
+}
+
+/// Performs one connection's effects: store effects through the committer
+/// (in emission order: `submit` runs before the future's first await),
+/// password checks through the configured backend.
+struct Exec {
+    shared: Arc<Shared>,
+    conn: ConnId,
+}
+
+impl EffectExecutor<Effect> for Exec {
+    type Completion = Completion;
+
+    fn execute(&self, effect: Effect) -> impl std::future::Future<Output = Completion> + Send {
+        let shared = self.shared.clone();
+        let mut pending_store: Option<oneshot::Receiver<engine::store::Completion>> = None;
+        let mut creds = None;
+        match effect {
+            Effect::Store(e) => {
+                let wants = matches!(e, StoreEffect::StageEnd { .. } | StoreEffect::Write(_));
+                if wants {
+                    let (tx, rx) = oneshot::channel();
+                    shared.committer.submit(self.conn, e, move |c| {
+                        let _ = tx.send(c);
+                    });
+                    pending_store = Some(rx);
+                } else {
+                    shared.committer.submit(self.conn, e, |_| {});
+                }
+            }
+            Effect::Authenticate(c) => creds = Some(c),
+        }
+        async move {
+            if let Some(rx) = pending_store {
+                return Completion::Store(rx.await.ok());
+            }
+            let Some(creds) = creds else {
+                return Completion::Store(None);
+            };
+            let ctx = CheckContext {
+                service: "csync",
+                realm: shared.realm.as_deref(),
+            };
+            match shared.access.login(&shared.pwcheck, &creds, ctx).await {
+                Ok(a) => Completion::Auth(Some(AuthOk {
+                    userid: a.userid,
+                    admin: a.is_admin,
+                })),
+                Err(LoginError::Auth(e)) => {
+                    error!(error = %e, "password check could not run");
+                    Completion::Auth(None)
+                }
+                Err(e) => {
+                    info!(reason = %e, "authentication failed");
+                    Completion::Auth(None)
+                }
+            }
+        }
+    }
+}
+
+fn log_event(e: Event) {
+    match e {
+        Event::Authenticated(u) => info!(user = %u, "authenticated"),
+        Event::AuthFailed(u) => info!(user = %u, "authentication failed"),
+        Event::Refused {
+            command,
+            status,
+            detail,
+        } => info!(%command, %status, %detail, "refused"),
+        Event::Applied { command, mutations } => {
+            tracing::debug!(%command, mutations, "applied")
+        }
+        Event::StoreFailed(e) => error!(error = %e, "store failure"),
+        Event::MessageRefused(e) => warn!(detail = %e, "upload refused"),
+    }
+}
+
+fn settings(conf: &Config, args: &Args) -> Result<(MachineOptions, StoreOptions), String> {
+    let configdir = conf
+        .configdirectory()
+        .map_err(|e| e.to_string())?
+        .to_path_buf();
+    let partitions: std::collections::BTreeMap<String, PathBuf> = conf
+        .partitions()
+        .into_iter()
+        .map(|p| (p.name, p.path))
+        .collect();
+    if partitions.is_empty() {
+        return Err("no partition-NAME configured".into());
+    }
+    let mut store = StoreOptions::new(configdir, partitions.clone());
+    store.default_partition = conf.get_str("defaultpartition").map(str::to_owned);
+    let mut m = MachineOptions::default();
+    m.server_name = conf
+        .servername()
+        .map(str::to_owned)
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_else(|| "localhost".into())
+        .trim()
+        .to_owned();
+    if let Some(list) = conf.get_str("sasl_mech_list") {
+        let mechs = Mechanism::parse_list(list);
+        if !mechs.is_empty() {
+            m.mechanisms = mechs;
+        }
+    }
+    m.starttls =
+        conf.get_str("tls_server_cert").is_some() && conf.get_str("tls_server_key").is_some();
+    m.force = args.force;
+    m.partitions = partitions.keys().cloned().collect();
+    if let Ok(s) = conf.get_duration_s("sync_timeout", DurationUnit::Seconds) {
+        // Cyrus: default 30 min, minimum 3 s.
+        m.idle_timeout = Some(Duration::from_secs(s.max(3) as u64));
+    }
+    if let Ok(s) = conf.get_duration_s("failedloginpause", DurationUnit::Seconds) {
+        m.failed_login_pause = Duration::from_secs(s.max(0) as u64);
+    }
+    Ok((m, store))
+}
+
+async fn run_connection<T: io_tokio::driver::Transport>(
+    shared: Arc<Shared>,
+    epoch: tokio::time::Instant,
+    stream: T,
+    peer: String,
+    tls: io_tokio::tls::TlsConfigs,
+) {
+    let conn = shared.committer.connection();
+    let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
+    let machine = Server::new(now, shared.reader.clone(), shared.machine.clone());
+    let (etx, mut erx) = mpsc::channel::<Event>(256);
+    let logger = tokio::spawn(async move {
+        while let Some(e) = erx.recv().await {
+            log_event(e);
+        }
+    });
+    let exec = Exec {
+        shared: shared.clone(),
+        conn,
+    };
+    let outcome = Driver::new(machine, exec)
+        .epoch(epoch)
+        .peer(&peer)
+        .tls(tls)
+        .events(etx)
+        .run(stream)
+        .await;
+    shared.committer.close(conn);
+    let _ = logger.await;
+    info!(%peer, result = ?outcome.result, read = outcome.bytes_read, written = outcome.bytes_written, "session ended");
+}
+
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let _ = (args.ssf, args.reuse, args.idle, args.debug);
+    let conf = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sync_server: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let (mut machine, store_opts) = match settings(&conf, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sync_server: {}: {e}", args.config.display());
+            return ExitCode::from(78);
+        }
+    };
+    let pwcheck = match PwCheck::from_config(&conf) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sync_server: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let tls = if machine.starttls {
+        match io_tokio::tls::TlsFiles::from_lookup(|k| conf.get_str(k).map(str::to_owned))
+            .and_then(|f| io_tokio::tls::TlsConfigs::from_files(&f))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sync_server: TLS: {e}");
+                return ExitCode::from(78);
+            }
+        }
+    } else {
+        io_tokio::tls::TlsConfigs::default()
+    };
+    let store = match store::Embedded::open(store_opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sync_server: store: {e}");
+            return ExitCode::from(74);
+        }
+    };
+    let committer = Committer::spawn(store, CommitterOptions::default());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sync_server: runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let code = rt.block_on(async move {
+        let epoch = tokio::time::Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        machine.epoch_unix = UnixTime(unix);
+        let shared = Arc::new(Shared {
+            reader: committer.reader(),
+            committer,
+            pwcheck,
+            access: Access::from_config(&conf),
+            machine,
+            realm: conf.get_str("sync_realm").map(str::to_owned),
+        });
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+            info!("shutting down");
+        };
+        let serve_opts = ServeOptions::default();
+        if let Some(addr) = &args.listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("sync_server: listen {addr}: {e}");
+                    return ExitCode::from(71);
+                }
+            };
+            info!(addr = %addr, "listening");
+            let s = shared.clone();
+            listen::serve(
+                listener,
+                move |stream, peer: SocketAddr| {
+                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone())
+                },
+                shutdown,
+                serve_opts,
+            )
+            .await;
+        } else if listen::master::is_under_master() {
+            let listener = match listen::master::MasterListener::from_master() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("sync_server: {e}");
+                    return ExitCode::from(71);
+                }
+            };
+            let s = shared.clone();
+            listen::serve(
+                listener,
+                move |stream, peer: SocketAddr| {
+                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone())
+                },
+                shutdown,
+                serve_opts,
+            )
+            .await;
+        } else {
+            run_connection(shared.clone(), epoch, io_tokio::driver::stdio(), "stdin".into(), tls)
+                .await;
+        }
+        ExitCode::SUCCESS
+    });
+    // Let the committer finish queued work before the process ends.
+    drop(rt);
+    code
+}
