@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use engine::model::{Flags, Keyword, MailboxGuid, SystemFlags};
-use store::maildir::{Append, Create, Maildir, Name, Options};
+use engine::model::{Flags, Guid, Keyword, MailboxGuid, SystemFlags, UserId};
+use engine::store::{MailRead, UidRange};
+use store::maildir::{Append, Create, Maildir, Name, Options, UserView};
 
 const MAIL_UID: u32 = 5000;
 
@@ -442,6 +443,23 @@ fn maildir_written_by_dovecot_is_read_by_corvid() {
         .map(|n| n.to_string())
         .collect();
     assert_eq!(subs, ["Folder/Child", "Café"]);
+    // The engine-model view agrees with doveadm too.
+    let user = UserId::new("corvid").unwrap();
+    let view = UserView::new(&md, user.clone());
+    let mut records = 0;
+    for mb in view.mailboxes_of_user(&user).unwrap() {
+        let name = mb.name.to_lossy();
+        assert_eq!(mb.guid.to_hex(), want_status[&name].3);
+        assert_eq!(mb.uidvalidity.get(), want_status[&name].1);
+        assert_eq!(mb.last_uid + 1, want_status[&name].2);
+        for r in view.records(&mb.uniqueid, UidRange::ALL, 1000).unwrap() {
+            let (guid, _, text) = &want[&(name.clone(), r.uid.get())];
+            assert_eq!(&r.peer_guid.unwrap().to_lossy(), guid);
+            assert_eq!(r.guid, Guid::of(text));
+            records += 1;
+        }
+    }
+    assert_eq!(records, want.len());
     // Dovecot's `new/` files with flags are renamed in place; corvid reads
     // both places.
     let inbox = md.messages(&Name::inbox()).unwrap();
