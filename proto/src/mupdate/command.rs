@@ -108,7 +108,6 @@ pub struct Head {
 
 /// A decoded client command.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Command {
     /// Start SASL with `mechanism`, optionally with an initial response
     /// (base64 text; `"="` means empty).
