@@ -11,6 +11,9 @@
 //!
 //! `cargo bench -p store --bench import [-- COUNT [DIR]]`; DIR must be on a
 //! real disk (default: a temp dir under the target directory).
+//! `CORVID_BENCH_SYNCFS=1` uses [`GroupSync::SyncFs`] (one `syncfs` per
+//! group) instead of per-file fsyncs; `CORVID_BENCH_FSYNC_THREADS=n` sets
+//! the per-file fsync parallelism.
 
 use bytes::Bytes;
 use engine::model::*;
@@ -18,7 +21,7 @@ use engine::store::{BatchId, Completion, Mutation, StageId, StoreEffect, WriteBa
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Instant;
-use store::embedded::{Committer, CommitterOptions, Embedded, Options};
+use store::embedded::{Committer, CommitterOptions, Embedded, GroupSync, Options};
 
 const FOLDERS: u32 = 20;
 const CONNS: u32 = 8;
@@ -90,7 +93,20 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).unwrap();
     let mut parts = BTreeMap::new();
     parts.insert("default".to_string(), dir.path().join("spool"));
-    let options = Options::new(dir.path().join("conf"), parts);
+    let mut options = Options::new(dir.path().join("conf"), parts);
+    if let Some(n) = std::env::var("CORVID_BENCH_FSYNC_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.fsync_threads = n;
+    }
+    if std::env::var("CORVID_BENCH_SYNCFS").is_ok() {
+        options.group_sync = GroupSync::SyncFs { min_files: 8 };
+    }
+    println!(
+        "group sync: {:?}, fsync threads: {}",
+        options.group_sync, options.fsync_threads
+    );
 
     // Generate first, so the timing is the store's alone.
     let t = Instant::now();

@@ -362,31 +362,82 @@ fn parallel<T: Sync>(
     })
 }
 
-/// Makes a group of staged messages durable under their final names:
-/// fsync each file, rename it into place, fsync each touched directory.
-/// When this returns Ok, a crash can no longer lose any of them.
-pub(crate) fn make_durable(staged: &mut [StagedMessage], threads: usize) -> Result<()> {
+/// How a group's message files are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSync {
+    /// fsync every file (in parallel), rename each into place, fsync every
+    /// touched directory (in parallel). Portable; costs one flush per file
+    /// unless the filesystem folds concurrent fsyncs together.
+    PerFile,
+    /// Rename every file into place, then one `syncfs(2)` per partition
+    /// filesystem, which writes back all dirty data and metadata of that
+    /// filesystem and waits for it. One flush per group, whatever its size;
+    /// but it also flushes other processes' dirty data on the same
+    /// filesystem, so it suits a filesystem dedicated to mail. Groups with
+    /// fewer than `min_files` new files use `PerFile`.
+    SyncFs {
+        /// Smallest group worth a whole-filesystem flush.
+        min_files: usize,
+    },
+}
+
+/// Makes a group of staged messages durable under their final names (see
+/// [`GroupSync`]). When this returns Ok, a crash can no longer lose any of
+/// them. A crash before that may leave final-named files whose bytes are
+/// incomplete; the index never refers to them (it commits only after this
+/// returns), `verify` counts them as stray, and a later staging of the
+/// same GUID renames over them.
+pub(crate) fn make_durable(
+    staged: &mut [StagedMessage],
+    threads: usize,
+    mode: GroupSync,
+) -> Result<()> {
     if staged.is_empty() {
         return Ok(());
     }
-    parallel(staged, threads, |m| {
-        let file = m.file.as_ref().expect("staged message already published");
-        file.sync_all()
-            .map_err(|e| Error::io(m.tmp_path.as_deref().unwrap_or(&m.final_path), e))
-    })?;
+    let syncfs =
+        matches!(mode, GroupSync::SyncFs { min_files } if staged.len() >= min_files.max(1));
+    if !syncfs {
+        parallel(staged, threads, |m| {
+            let file = m.file.as_ref().expect("staged message already published");
+            file.sync_all()
+                .map_err(|e| Error::io(m.tmp_path.as_deref().unwrap_or(&m.final_path), e))
+        })?;
+    }
     let mut dirs = BTreeSet::new();
     for m in staged.iter_mut() {
         let tmp = m.tmp_path.take().expect("staged message already published");
-        // Replacing an existing file is fine: same GUID, same bytes; it can
-        // only be a leftover of a batch that crashed before its commit.
+        // Replacing an existing file is fine: same GUID, same bytes, or
+        // the leftover of a group that crashed before its commit.
         fs::rename(&tmp, &m.final_path).map_err(|e| Error::io(&tmp, e))?;
-        m.file = None;
         if let Some(dir) = m.final_path.parent() {
             dirs.insert(dir.to_path_buf());
         }
     }
-    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-    parallel(&dirs, threads, |d| sync_dir(d))
+    if syncfs {
+        // One flush per filesystem: the partition roots (grandparents of
+        // the files) that share a device need only one syncfs.
+        let mut devices = std::collections::BTreeMap::new();
+        for d in &dirs {
+            let root = d.parent().unwrap_or(d);
+            let meta = fs::metadata(root).map_err(|e| Error::io(root, e))?;
+            use std::os::unix::fs::MetadataExt;
+            devices
+                .entry(meta.dev())
+                .or_insert_with(|| root.to_path_buf());
+        }
+        for root in devices.values() {
+            let dir = File::open(root).map_err(|e| Error::io(root, e))?;
+            rustix::fs::syncfs(&dir).map_err(|e| Error::io(root, e.into()))?;
+        }
+    } else {
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        parallel(&dirs, threads, |d| sync_dir(d))?;
+    }
+    for m in staged.iter_mut() {
+        m.file = None;
+    }
+    Ok(())
 }
 
 /// Reads a stored message, checking on the way that it still hashes to its
