@@ -8,7 +8,14 @@
 //! client, is run against the same daemon as a cross-check.
 //!
 //! Protocol corner cases (bare `NO`, short replies, a missing socket) are
-//! tested against a scripted socket at the end.
+//! tested against a scripted socket.
+//!
+//! The same private saslauthd also backs two checks of `proto::sasl`
+//! against libsasl2's own mechanism plugins: corvid's SASL client against
+//! `sasl-sample-server` (libsasl's PLAIN and LOGIN server plugins, which
+//! send the real `Username:`/`Password:` challenges), and Cyrus's own
+//! `mupdatetest` client (libsasl's client plugins, PLAIN initial response as
+//! a `{n+}` literal) logging in to corvid's SASL server.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -408,4 +415,297 @@ async fn protocol_corner_cases() {
         .await
         .unwrap();
     assert_eq!(v, Verdict::Rejected("request too large".into()));
+}
+
+// ---------------------------------------------------------------------------
+// proto::sasl against libsasl2's own mechanisms.
+
+const SAMPLE_SERVER: &str = "/usr/sbin/sasl-sample-server";
+const MUPDATETEST: &str = "/usr/lib/cyrus/bin/mupdatetest";
+
+/// What libsasl's sample server concluded.
+#[derive(Debug, PartialEq)]
+enum SampleOutcome {
+    /// "Negotiation complete", and the user name it reports.
+    Authenticated(String),
+    /// It gave up; its error text.
+    Failed(String),
+}
+
+/// Runs corvid's client `mech` against libsasl2's server plugins
+/// (`sasl-sample-server`, app config `sample.conf` in a private
+/// SASL_CONF_PATH that checks passwords with our private saslauthd).
+fn against_sample_server(
+    mux: &Path,
+    mech: Mechanism,
+    creds: proto::sasl::Credentials,
+    send_initial: bool,
+) -> SampleOutcome {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("sample.conf"),
+        format!(
+            "pwcheck_method: saslauthd\nsaslauthd_path: {}\nmech_list: PLAIN LOGIN\n",
+            mux.display()
+        ),
+    )
+    .unwrap();
+    // stdbuf: the sample server printf()s to a pipe and would not flush before reading.
+    // timeout(1): a misunderstanding of the exchange fails the test instead of hanging it.
+    let mut child = Command::new("timeout")
+        .args([
+            "60",
+            "stdbuf",
+            "-oL",
+            SAMPLE_SERVER,
+            "-m",
+            mech.name(),
+            "-s",
+            "csync",
+        ])
+        .env("SASL_CONF_PATH", conf.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sasl-sample-server starts");
+    let mut to = child.stdin.take().unwrap();
+    let mut from = BufReader::new(child.stdout.take().unwrap());
+    let mut client = proto::sasl::Client::new(mech, creds);
+    let mut line = String::new();
+    let mut first = true;
+    let outcome = loop {
+        line.clear();
+        if from.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            break SampleOutcome::Failed(err);
+        }
+        // Not trim_end(): an empty challenge is the line "S: ".
+        let l = line.trim_end_matches(['\r', '\n']);
+        if let Some(data) = l.strip_prefix("S: ") {
+            let reply = if first {
+                // The mechanism list; answer with our mechanism and maybe an initial response.
+                first = false;
+                let mut m = mech.name().as_bytes().to_vec();
+                // Asking for the initial response means sending it: only when we do.
+                if let Some(ir) = send_initial.then(|| client.initial_response()).flatten() {
+                    m.push(0);
+                    m.extend_from_slice(ir.expose());
+                }
+                m
+            } else {
+                let challenge = b64.decode(data).unwrap();
+                client.step(&challenge).unwrap().expose().to_vec()
+            };
+            writeln!(to, "C: {}", b64.encode(reply)).unwrap();
+        } else if let Some(user) = l.strip_prefix("Username: ") {
+            break SampleOutcome::Authenticated(user.to_owned());
+        }
+    };
+    drop(to);
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+#[test]
+fn our_client_against_libsasl_server_plugins() {
+    if !Path::new(SAMPLE_SERVER).exists() {
+        eprintln!("skipped: {SAMPLE_SERVER} not installed (sasl2-bin)");
+        return;
+    }
+    let port = imap_responder(Arc::new(Mutex::new(Vec::new())));
+    let Some(daemon) = start_saslauthd(port) else {
+        return;
+    };
+    let alice = |pw: &str| proto::sasl::Credentials {
+        authzid: None,
+        authcid: "alice".into(),
+        password: Secret::new(pw.as_bytes()),
+    };
+    for (mech, initial) in [
+        (Mechanism::Plain, true),
+        (Mechanism::Plain, false),
+        (Mechanism::Login, false),
+    ] {
+        assert_eq!(
+            against_sample_server(&daemon.mux, mech, alice("wonderland"), initial),
+            SampleOutcome::Authenticated("alice".into()),
+            "{mech} initial={initial}"
+        );
+        let SampleOutcome::Failed(err) =
+            against_sample_server(&daemon.mux, mech, alice("wrong"), initial)
+        else {
+            panic!("{mech}: wrong password accepted")
+        };
+        assert!(err.contains("authentication failure"), "{mech}: {err}");
+    }
+}
+
+/// A one-connection MUPDATE front door (banner, AUTHENTICATE, LOGOUT) whose
+/// SASL side is proto::sasl::Server and whose password check is
+/// corvid's password file, for Cyrus's own `mupdatetest` to log in to.
+/// Returns the port and a handle yielding the authenticated identity (or
+/// the login error).
+fn mupdate_door(
+    auth: PwCheck,
+    access: Access,
+) -> (
+    u16,
+    std::thread::JoinHandle<Result<io_tokio::auth::Authenticated, String>>,
+) {
+    use base64::Engine as _;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        conn.write_all(b"* AUTH \"PLAIN\" \"LOGIN\"\r\n* OK MUPDATE \"corvid-test\" \"corvid\" \"0\" \"(master)\"\r\n")
+            .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        // A01 AUTHENTICATE "MECH" [{n+}\r\n<b64> | "<b64>"]
+        let rest = line
+            .trim_end()
+            .strip_prefix("A01 AUTHENTICATE \"")
+            .unwrap()
+            .to_owned();
+        let (mech, arg) = rest.split_once('"').unwrap();
+        let arg = arg.trim();
+        let initial = if let Some(n) = arg.strip_prefix('{').and_then(|a| a.strip_suffix("+}")) {
+            let mut lit = vec![0u8; n.parse().unwrap()];
+            std::io::Read::read_exact(&mut r, &mut lit).unwrap();
+            let mut crlf = String::new();
+            r.read_line(&mut crlf).unwrap();
+            Some(lit)
+        } else {
+            arg.strip_prefix('"')
+                .and_then(|a| a.strip_suffix('"'))
+                .map(|a| a.as_bytes().to_vec())
+        };
+        let sopts = Options::default();
+        let initial = initial.map(|i| decode_initial(&i, &sopts).unwrap());
+        let (mut server, mut step) =
+            Server::start_named(mech, initial.as_ref().map(|i| i.expose()), sopts.clone())
+                .map_err(|e| e.to_string())?;
+        let creds = loop {
+            match step {
+                ServerStep::Done(c) => break c,
+                ServerStep::Challenge(ch) => {
+                    // MUPDATE sends challenges as bare base64 lines.
+                    conn.write_all(
+                        format!(
+                            "{}\r\n",
+                            base64::engine::general_purpose::STANDARD.encode(ch)
+                        )
+                        .as_bytes(),
+                    )
+                    .unwrap();
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    match proto::sasl::decode_response(line.trim_end().as_bytes(), &sopts).unwrap()
+                    {
+                        proto::sasl::Response::Data(d) => {
+                            step = server.step(d.expose()).map_err(|e| e.to_string())?
+                        }
+                        proto::sasl::Response::Cancel => return Err("canceled".into()),
+                    }
+                }
+            }
+        };
+        let result = rt.block_on(access.login(
+            &auth,
+            &creds,
+            CheckContext {
+                service: "mupdate",
+                realm: None,
+            },
+        ));
+        let reply: &[u8] = if result.is_ok() {
+            b"A01 OK \"Authenticated\"\r\n"
+        } else {
+            b"A01 NO \"undefined error!\"\r\n"
+        };
+        conn.write_all(reply).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if let Some(tag) = line.strip_suffix(" LOGOUT\r\n") {
+            conn.write_all(format!("{tag} OK \"bye-bye\"\r\n").as_bytes())
+                .unwrap();
+        }
+        result.map_err(|e| e.to_string())
+    });
+    (port, handle)
+}
+
+/// Cyrus's own MUPDATE client (libsasl client plugins) logs in to corvid's
+/// SASL server, PLAIN (initial response as a `{n+}` literal) and LOGIN.
+#[test]
+fn cyrus_mupdatetest_logs_in_to_our_server() {
+    if !Path::new(MUPDATETEST).exists() {
+        eprintln!("skipped: {MUPDATETEST} not installed (cyrus-clients)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pwfile = dir.path().join("passwd");
+    let f = io_tokio::auth::PasswdFile::new(&pwfile);
+    f.set_password("mupdateadmin", &Secret::new(&b"secret"[..]))
+        .unwrap();
+    f.set_password("nobody1", &Secret::new(&b"secret"[..]))
+        .unwrap();
+    let conf = Config::parse_str(
+        &format!(
+            "admins: mupdateadmin\ncorvid_passwd_file: {}\n",
+            pwfile.display()
+        ),
+        "imapd.conf",
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let run = |mech: &str, authcid: &str, authzid: Option<&str>, pw: &str| {
+        let (port, door) = mupdate_door(
+            PwCheck::from_config(&conf).unwrap(),
+            Access::from_config(&conf),
+        );
+        let mut cmd = Command::new(MUPDATETEST);
+        cmd.args(["-m", mech, "-a", authcid, "-w", pw, "-p", &port.to_string()]);
+        if let Some(z) = authzid {
+            cmd.args(["-u", z]);
+        }
+        let out = cmd.arg("127.0.0.1").stdin(Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (door.join().unwrap(), text)
+    };
+
+    for mech in ["PLAIN", "LOGIN"] {
+        let (who, text) = run(mech, "mupdateadmin", None, "secret");
+        let who = who.unwrap_or_else(|e| panic!("{mech}: {e}\n{text}"));
+        assert_eq!(
+            (who.userid.as_str(), who.is_admin),
+            ("mupdateadmin", true),
+            "{mech}"
+        );
+        assert!(text.contains("Authenticated."), "{mech}: {text}");
+
+        let (who, text) = run(mech, "mupdateadmin", None, "wrong");
+        assert!(who.unwrap_err().contains("wrong password"), "{mech}");
+        assert!(!text.contains("Authenticated."), "{mech}: {text}");
+    }
+    // PLAIN with an authorization identity (mupdate-auth.txt's third connection).
+    let (who, text) = run("PLAIN", "mupdateadmin", Some("someone"), "secret");
+    let who = who.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        (who.authcid.as_str(), who.userid.as_str()),
+        ("mupdateadmin", "someone")
+    );
+    // A non-admin may not act as someone else.
+    let (who, _) = run("PLAIN", "nobody1", Some("someone"), "secret");
+    assert!(who.unwrap_err().contains("may not authorize as someone"));
 }
