@@ -377,8 +377,26 @@ fn real_sync_client_replicates_into_corvid_like_into_cyrus() {
     t.p.mail(&["flag", u, "INBOX", "1", "+", "\\Flagged"]);
     t.both("initial", &["-v", "-u", u], &[u]);
 
+    // sync_try_imap on (Cyrus's default): the IMAP probe must not cost
+    // the 10 s timeout Cyrus's own csync port makes the client wait.
     t.p.mail(&["lmtp", u, "2"]);
-    t.both("new message", &["-u", u], &[u]);
+    let started = Instant::now();
+    let out =
+        t.p.cmd("bash")
+            .arg(repo().join("scripts/peers/sync-client.sh"))
+            .args(["--try-imap", "--port", &t.c.port.to_string(), "--", "-u", u])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "try-imap sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = started.elapsed();
+    t.ok(t.real, &["-u", u]);
+    t.same("new message (sync_try_imap on)", &[u]);
+    t.proven
+        .push(format!("try-imap fallback in {} ms", took.as_millis()));
 
     t.p.mail(&["flag", u, "INBOX", "2:3", "+", "\\Seen $Label1"]);
     t.p.mail(&["flag", u, "INBOX", "1", "-", "\\Flagged"]);

@@ -230,6 +230,27 @@ fn session_commands_and_auth_rules() {
 }
 
 #[test]
+fn try_imap_probe_gets_an_imap_answer_without_x_replication() {
+    // sync_client with sync_try_imap probes with `C01 CAPABILITY`; an IMAP
+    // answer without X-REPLICATION or AUTH= makes it fall back at once.
+    let mut r = Rig::new(store(), opts());
+    assert_eq!(
+        r.say("C01 CAPABILITY\r\n"),
+        "* CAPABILITY IMAP4rev1\r\nC01 OK Completed\r\n"
+    );
+    // Any other unknown word keeps Cyrus's answer.
+    assert_eq!(
+        r.say("C02 CAPABILITY\r\n"),
+        "BAD IMAP_PROTOCOL_ERROR Unrecognized command\r\n"
+    );
+    r.login();
+    assert_eq!(
+        r.say("C01 CAPABILITY\r\n"),
+        "BAD IMAP_PROTOCOL_ERROR Unrecognized command\r\n"
+    );
+}
+
+#[test]
 fn non_admin_gets_permission_denied_for_everything() {
     let mut r = Rig::new(store(), opts());
     assert_eq!(

@@ -553,6 +553,23 @@ impl<R: MailRead> Server<R> {
             self.status(Status::no(proto::csync::texts::ERROR_AUTHENTICATING));
             return;
         }
+        if let (CommandError::Unrecognized { word }, Phase::NotAuth) = (&e, &self.phase) {
+            if word.as_ref() == b"C01" {
+                // A 3.x sync_client with `sync_try_imap` on probes for an
+                // imapd with X-REPLICATION (`C01 CAPABILITY`, a fixed tag).
+                // Cyrus's csync port answers untagged BAD and the client
+                // waits out its 10 s timeout; an IMAP answer without
+                // X-REPLICATION or AUTH= makes it fall back to csync at once.
+                self.out
+                    .extend_from_slice(b"* CAPABILITY IMAP4rev1\r\nC01 OK Completed\r\n");
+                self.event(Event::Refused {
+                    command: "C01 CAPABILITY".into(),
+                    status: "C01 OK Completed".into(),
+                    detail: "IMAP probe of a try-imap sync_client answered".into(),
+                });
+                return;
+            }
+        }
         let verb = e.verb();
         let status = match &self.phase {
             Phase::NotAuth if verb.is_some_and(|v| !v.allowed_before_auth()) => {
