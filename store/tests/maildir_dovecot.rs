@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use engine::model::{Flags, Guid, Keyword, MailboxGuid, SystemFlags, UserId};
-use engine::store::{MailRead, UidRange};
+use engine::store::{MailRead, StoreWrite, UidRange};
 use store::maildir::{Append, Create, Maildir, Name, Options, UserView};
 
 const MAIL_UID: u32 = 5000;
@@ -468,4 +468,147 @@ fn maildir_written_by_dovecot_is_read_by_corvid() {
         inbox[1].model_flags(),
         Flags::with(SystemFlags::ANSWERED, [kw("MyKw"), kw("$Label1")])
     );
+}
+
+/// The engine's write path (WriteBatch → commit → DurableProof) on a
+/// maildir, read back by doveadm: what a dsync brain would write.
+#[test]
+fn engine_batches_on_a_maildir_are_read_by_doveadm() {
+    use engine::model::{
+        Mailbox, MailboxName, ModSeq, Partition, PeerMailGuid, Record, Subscription, Uid,
+        UidValidity, UniqueId, UnixTime,
+    };
+    use engine::store::{commit, BatchId, Completion, Mutation, WriteBatch};
+    use store::maildir::UserStore;
+
+    let Some(d) = dove("engine_batches_on_a_maildir_are_read_by_doveadm") else {
+        return;
+    };
+    let user = UserId::new("corvid").unwrap();
+    let mut st = UserStore::new(
+        Maildir::open(&d.maildir, Options::default()).unwrap(),
+        user.clone(),
+    );
+    let guid = MailboxGuid::parse(b"0123456789abcdef0123456789abcdef").unwrap();
+    let mut mb = Mailbox::new(
+        UniqueId::from_mailbox_guid(&guid),
+        guid,
+        MailboxName::new("Archive/2024").unwrap(),
+        Some(user.clone()),
+        UidValidity::new(777).unwrap(),
+        Partition::new("default").unwrap(),
+        UnixTime(1_700_000_000),
+    );
+    mb.last_uid = 20;
+    let b1 = msg(1);
+    let b2 = msg(2);
+    let mut r1 = Record::new(
+        Uid::new(5).unwrap(),
+        ModSeq(1),
+        Guid::of(&b1),
+        b1.len() as u64,
+        UnixTime(1_600_000_000),
+    );
+    r1.flags = Flags::with(SystemFlags::SEEN, [kw("Work")]);
+    r1.peer_guid = Some(PeerMailGuid::new("<peer-guid-1@x>").unwrap());
+    let r2 = Record::new(
+        Uid::new(9).unwrap(),
+        ModSeq(1),
+        Guid::of(&b2),
+        b2.len() as u64,
+        UnixTime(1_600_000_001),
+    );
+    // Bytes staged in chunks, as a machine streams them.
+    let h = st.stage_begin(Guid::of(&b2), b2.len() as u64).unwrap();
+    for c in b2.chunks(7) {
+        st.stage_chunk(h, c).unwrap();
+    }
+    st.stage_end(h).unwrap();
+    let mut batch = WriteBatch::new(BatchId(1));
+    batch
+        .push(Mutation::PutMailbox(mb.clone()))
+        .push(Mutation::PutMessage {
+            guid: Guid::of(&b1),
+            bytes: b1.clone().into(),
+        })
+        .push(Mutation::LinkMessage {
+            guid: Guid::of(&b2),
+            size: b2.len() as u64,
+        })
+        .push(Mutation::PutRecord {
+            mailbox: mb.uniqueid.clone(),
+            record: r1.clone(),
+        })
+        .push(Mutation::PutRecord {
+            mailbox: mb.uniqueid.clone(),
+            record: r2.clone(),
+        })
+        .push(Mutation::SetSubscription {
+            user: user.clone(),
+            name: MailboxName::new("Archive/2024").unwrap(),
+            subscription: Subscription {
+                subscribed: true,
+                changed_at: UnixTime(1),
+            },
+        });
+    match commit(&mut st, &batch) {
+        Completion::Durable { batch_id, .. } => assert_eq!(batch_id, BatchId(1)),
+        other => panic!("{other:?}"),
+    }
+    // Then a flag change on one record, an expunge of the other, a rename.
+    let mut r1b = r1.clone();
+    r1b.flags = Flags::with(SystemFlags::ANSWERED, []);
+    let mut r2b = r2.clone();
+    r2b.expunged = true;
+    let mut batch = WriteBatch::new(BatchId(2));
+    batch
+        .push(Mutation::PutRecord {
+            mailbox: mb.uniqueid.clone(),
+            record: r1b,
+        })
+        .push(Mutation::PutRecord {
+            mailbox: mb.uniqueid.clone(),
+            record: r2b,
+        })
+        .push(Mutation::RenameMailbox {
+            uniqueid: mb.uniqueid.clone(),
+            new_name: MailboxName::new("Old/2024").unwrap(),
+            at: UnixTime(1_700_000_100),
+            modseq: ModSeq(9),
+        });
+    assert!(matches!(
+        commit(&mut st, &batch),
+        Completion::Durable { .. }
+    ));
+    // Refused whole, before anything is applied: a quota root.
+    let mut bad = WriteBatch::new(BatchId(3));
+    bad.push(Mutation::DeleteMailbox {
+        uniqueid: mb.uniqueid.clone(),
+        at: UnixTime(2),
+        modseq: ModSeq(2),
+    })
+    .push(Mutation::PutQuota {
+        root: MailboxName::new("Old/2024").unwrap(),
+        quota: Default::default(),
+    });
+    assert!(matches!(commit(&mut st, &bad), Completion::Failed { .. }));
+
+    chown_tree(&d.home);
+    let got = d.fetch_all();
+    let keys: Vec<(String, u32)> = got.keys().cloned().collect();
+    assert_eq!(keys, [("Old/2024".to_string(), 5)]);
+    let (g, flags, text) = &got[&("Old/2024".to_string(), 5)];
+    assert_eq!(g, "<peer-guid-1@x>");
+    assert_eq!(flags, &BTreeSet::from(["\\Answered".to_string()]));
+    assert_eq!(text, &b1);
+    let status = d.status_all();
+    assert_eq!(
+        status["Old/2024"],
+        (1, 777, 21, "0123456789abcdef0123456789abcdef".to_string())
+    );
+    assert_eq!(d.lines(&["mailbox", "list", "-s"]), ["Archive/2024"]);
+    // And the engine view agrees.
+    let back = st.mailbox_by_guid(&guid).unwrap().unwrap();
+    assert_eq!(back.name.to_lossy(), "Old/2024");
+    assert_eq!((back.uidvalidity.get(), back.last_uid), (777, 20));
 }

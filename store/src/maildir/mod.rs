@@ -75,7 +75,7 @@ use engine::model::{Flags, Guid, Keyword, MailboxGuid, SystemFlags};
 use file_name::FileName;
 use keywords::Keywords;
 use lock::{sync_dir, write_atomic, DotLock};
-pub use model::UserView;
+pub use model::{UserStore, UserView};
 pub use name::{Name, NameError};
 use subscriptions::Subscriptions;
 use uidlist::{Entry, Uidlist, UidlistError};
@@ -554,6 +554,62 @@ impl Maildir {
         for (a, b) in plan {
             fs::rename(&a, &b).map_err(io_err(&a))?;
         }
+        sync_dir(&self.root).map_err(io_err(&self.root))
+    }
+
+    /// Dovecot's `mailbox_update` for dsync: set a new UIDVALIDITY (UIDs
+    /// stay; corvid's per-UID modseqs restart), and raise the next UID and
+    /// the highest modseq to at least the given values. Never lowers.
+    pub fn update(
+        &self,
+        name: &Name,
+        uidvalidity: Option<u32>,
+        min_next_uid: u32,
+        min_highest_modseq: u64,
+    ) -> Result<Status> {
+        let dir = self.existing_dir(name)?;
+        {
+            let _l = self.lock(&dir.join(UIDLIST))?;
+            let mut s = self.snapshot_locked(name, &dir)?;
+            let mut l = s.uidlist.clone();
+            if let Some(v) = uidvalidity.filter(|&v| v != 0) {
+                l.uidvalidity = v;
+            }
+            l.header_next_uid = l.next_uid().max(min_next_uid);
+            if l != s.uidlist {
+                self.write_uidlist(&dir, &l)?;
+                s.uidlist = l;
+            }
+            self.update_modseqs(&mut s)?;
+            if s.modseqs.highest < min_highest_modseq {
+                let mut m = s.modseqs.clone();
+                m.highest = min_highest_modseq;
+                write_atomic(
+                    &dir,
+                    MODSEQS,
+                    &self.temp_name(MODSEQS),
+                    m.to_text().as_bytes(),
+                )
+                .map_err(io_err(&dir))?;
+                self.fault_point();
+            }
+        }
+        self.status(name)
+    }
+
+    /// Rename one mailbox's directory, leaving mailboxes below it where
+    /// they are (in Maildir++ every mailbox is its own directory; this is
+    /// the engine model's rename).
+    pub fn rename_one(&self, from: &Name, to: &Name) -> Result<()> {
+        if from.is_inbox() || to.is_inbox() {
+            return Err(Error::Inbox);
+        }
+        let a = self.existing_dir(from)?;
+        if self.exists(to) {
+            return Err(Error::MailboxExists(to.clone()));
+        }
+        let b = self.dir_of(to);
+        fs::rename(&a, &b).map_err(io_err(&a))?;
         sync_dir(&self.root).map_err(io_err(&self.root))
     }
 

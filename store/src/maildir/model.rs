@@ -26,15 +26,22 @@
 //! Cost: lookups by uniqueid, mailbox GUID or message SHA-1 walk every
 //! mailbox (a maildir is one user's mail, not a server's).
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 
 use bytes::Bytes;
+use engine::model::Record as ModelRecord;
 use engine::model::{
     Annotations, Guid, Mailbox, MailboxGuid, MailboxName, ModSeq, Partition, PeerMailGuid,
     QuotaRoot, Record, Seen, SieveName, SieveScript, Subscription, SyncLogLine, Tombstone,
     UidValidity, UniqueId, UnixTime, UserId,
 };
-use engine::store::{MailRead, StoreError, UidRange};
+use engine::store::{
+    Change, MailRead, Plan, StageHandle, StageHasher, StoreError, StoreWrite, UidRange, WriteBatch,
+};
 
 use super::{Error, Maildir, Name};
 
@@ -299,5 +306,421 @@ impl MailRead for UserView<'_> {
 
     fn sync_log_last(&self, _channel: &str) -> Result<u64, StoreError> {
         Ok(0)
+    }
+}
+
+/// A [`Maildir`] as one user's writable mail store: [`MailRead`] as
+/// [`UserView`], plus [`StoreWrite`] where the model maps onto Maildir.
+///
+/// Batches are validated whole by [`Plan::build`] against the maildir and
+/// then applied change by change; every change it supports is itself
+/// atomic and crash-safe (see [`Maildir`]) and durable when `write`
+/// returns, so `sync` has nothing left to do. Unlike the embedded store a
+/// batch is **not** atomic as a whole: an I/O failure (or a concurrent
+/// Dovecot) between two changes leaves the earlier ones applied.
+/// Everything the model cannot express in Maildir is refused before any
+/// change is applied, with [`StoreError::Io`] naming the concept (the
+/// engine's error has no "unsupported" variant):
+/// ACLs, quota roots, annotations, seen databases, Sieve, sync logs,
+/// deleting a user or INBOX, a new GUID for INBOX, and mailboxes whose
+/// uniqueid is not derived from their GUID
+/// ([`UniqueId::from_mailbox_guid`]; dsync's own mailboxes always are).
+/// A mailbox's UIDVALIDITY is set as given, LAST_UID and HIGHESTMODSEQ are
+/// only raised ([`Maildir::update`]); other mailbox counters, record
+/// modseqs and tombstones are derived or absent in Maildir and ignored.
+///
+/// Staged bytes live in `ROOT/tmp/` until a record links them.
+pub struct UserStore {
+    maildir: Maildir,
+    user: UserId,
+    staging: BTreeMap<StageHandle, (StageHasher, File, PathBuf)>,
+    staged: BTreeMap<Guid, (PathBuf, u64)>,
+    next_handle: u64,
+}
+
+impl std::fmt::Debug for UserStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserStore")
+            .field("root", &self.maildir.root())
+            .field("user", &self.user)
+            .field("staging", &self.staging.len())
+            .field("staged", &self.staged.len())
+            .finish()
+    }
+}
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Io(format!("{what} has no Maildir form"))
+}
+
+impl UserStore {
+    /// `maildir` as the store of `user`'s mail.
+    pub fn new(maildir: Maildir, user: UserId) -> UserStore {
+        UserStore {
+            maildir,
+            user,
+            staging: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            next_handle: 1,
+        }
+    }
+
+    /// The maildir.
+    pub fn maildir(&self) -> &Maildir {
+        &self.maildir
+    }
+
+    fn view(&self) -> UserView<'_> {
+        UserView::new(&self.maildir, self.user.clone())
+    }
+
+    fn name_of(m: &MailboxName) -> Result<Name, StoreError> {
+        let text = std::str::from_utf8(m.as_bytes())
+            .map_err(|_| StoreError::Io(format!("mailbox name {m} is not UTF-8")))?;
+        Name::new(text).map_err(|e| StoreError::Io(format!("mailbox name {m}: {e}")))
+    }
+
+    /// Refuse what Maildir cannot hold, before anything is applied.
+    fn check(&self, changes: &[Change<'_>]) -> Result<(), StoreError> {
+        for c in changes {
+            match c {
+                Change::PutMailbox(m) => {
+                    if !m.acl.0.is_empty() {
+                        return Err(unsupported("an ACL"));
+                    }
+                    if !m.annotations.is_empty() {
+                        return Err(unsupported("a mailbox annotation"));
+                    }
+                    if m.quotaroot.is_some() {
+                        return Err(unsupported("a quota root"));
+                    }
+                    if m.uniqueid != UniqueId::from_mailbox_guid(&m.guid) {
+                        return Err(unsupported("a uniqueid not derived from the mailbox GUID"));
+                    }
+                    if m.owner.as_ref() != Some(&self.user) {
+                        return Err(unsupported("another user's mailbox"));
+                    }
+                    UserStore::name_of(&m.name)?;
+                }
+                Change::PutRecord(_, r) if !r.annotations.is_empty() => {
+                    return Err(unsupported("a message annotation"))
+                }
+                Change::PutSubscription(u, n, _) => {
+                    if *u != &self.user {
+                        return Err(unsupported("another user's subscription"));
+                    }
+                    UserStore::name_of(n)?;
+                }
+                Change::ClearSeenOfUser(_) | Change::PutSeen(..) | Change::RemoveSeen(..) => {
+                    return Err(unsupported("a seen database"))
+                }
+                Change::ClearSubscriptionsOfUser(_) => return Err(unsupported("deleting a user")),
+                Change::PutQuota(..) | Change::RemoveQuota(_) => {
+                    return Err(unsupported("a quota root"))
+                }
+                Change::SetServerAnnotations(_) => return Err(unsupported("a server annotation")),
+                Change::ClearSieveOfUser(_)
+                | Change::PutSieve(..)
+                | Change::RemoveSieve(..)
+                | Change::SetSieveActive(..) => return Err(unsupported("a Sieve script")),
+                Change::AppendSyncLog(..) | Change::TrimSyncLog(..) => {
+                    return Err(unsupported("a sync log"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, plan: &Plan) -> Result<(), StoreError> {
+        let changes = plan.changes();
+        self.check(&changes)?;
+        let md = &self.maildir;
+        // Mailboxes: a uniqueid removed and put again is a rename (or an
+        // update of fields Maildir derives); removed only is a delete; put
+        // only is a create.
+        let mut removed = Vec::new();
+        let mut put = BTreeMap::new();
+        for c in &changes {
+            match c {
+                Change::RemoveMailbox(id) => removed.push((*id).clone()),
+                Change::PutMailbox(m) => {
+                    put.insert(m.uniqueid.clone(), *m);
+                }
+                _ => {}
+            }
+        }
+        let mut names: BTreeMap<UniqueId, Name> = BTreeMap::new();
+        for id in &removed {
+            let before = self.view().mailbox_by_uniqueid(id)?;
+            match (before, put.get(id)) {
+                (Some(old), Some(new)) => {
+                    let (from, to) = (
+                        UserStore::name_of(&old.name)?,
+                        UserStore::name_of(&new.name)?,
+                    );
+                    if from != to {
+                        md.rename_one(&from, &to).map_err(store_err)?;
+                    }
+                }
+                (Some(old), None) => {
+                    let n = UserStore::name_of(&old.name)?;
+                    if n.is_inbox() {
+                        return Err(unsupported("deleting INBOX"));
+                    }
+                    md.delete(&n).map_err(store_err)?;
+                }
+                (None, _) => {}
+            }
+        }
+        for (id, m) in &put {
+            let n = UserStore::name_of(&m.name)?;
+            if !md.exists(&n) {
+                md.create(
+                    &n,
+                    super::Create {
+                        guid: Some(m.guid),
+                        uidvalidity: Some(m.uidvalidity.get()),
+                    },
+                )
+                .map_err(store_err)?;
+            } else if n.is_inbox() && md.status(&n).map_err(store_err)?.guid != m.guid {
+                return Err(unsupported("replacing INBOX's mailbox GUID"));
+            }
+            names.insert(id.clone(), n);
+        }
+        let inline: BTreeMap<Guid, &Bytes> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::StoreInline(g, b) => Some((**g, *b)),
+                _ => None,
+            })
+            .collect();
+        for c in &changes {
+            match c {
+                Change::ClearRecords(id) => {
+                    if let Some(n) = self.name_for(id, &names)? {
+                        if md.exists(&n) {
+                            let uids: Vec<u32> = md
+                                .messages(&n)
+                                .map_err(store_err)?
+                                .iter()
+                                .map(|m| m.uid)
+                                .collect();
+                            md.expunge(&n, &uids).map_err(store_err)?;
+                        }
+                    }
+                }
+                Change::PutRecord(id, r) => {
+                    let n = self
+                        .name_for(id, &names)?
+                        .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?;
+                    self.put_record(&n, r, &inline)?;
+                }
+                Change::RemoveRecord(id, uid) => {
+                    if let Some(n) = self.name_for(id, &names)? {
+                        md.expunge(&n, &[uid.get()]).map_err(store_err)?;
+                    }
+                }
+                Change::PutSubscription(_, n, s) => {
+                    md.set_subscribed(&UserStore::name_of(n)?, s.subscribed)
+                        .map_err(store_err)?;
+                }
+                _ => {}
+            }
+        }
+        // Counters Maildir derives can only be raised, as Dovecot's
+        // mailbox_update does for dsync; after the records, whose UIDs may
+        // lie below the mailbox's new LAST_UID.
+        for (id, m) in &put {
+            md.update(
+                &names[id],
+                Some(m.uidvalidity.get()),
+                m.last_uid.saturating_add(1),
+                m.highestmodseq.0,
+            )
+            .map_err(store_err)?;
+        }
+        // Linked bytes are now in message files.
+        for (g, _) in plan.linked() {
+            if let Some((p, _)) = self.staged.remove(g) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    fn name_for(
+        &self,
+        id: &UniqueId,
+        names: &BTreeMap<UniqueId, Name>,
+    ) -> Result<Option<Name>, StoreError> {
+        if let Some(n) = names.get(id) {
+            return Ok(Some(n.clone()));
+        }
+        Ok(match self.view().mailbox_by_uniqueid(id)? {
+            Some(m) => Some(UserStore::name_of(&m.name)?),
+            None => None,
+        })
+    }
+
+    fn put_record(
+        &self,
+        n: &Name,
+        r: &ModelRecord,
+        inline: &BTreeMap<Guid, &Bytes>,
+    ) -> Result<(), StoreError> {
+        let md = &self.maildir;
+        match md.message(n, r.uid.get()) {
+            Ok(have) => {
+                if r.expunged {
+                    return md.expunge(n, &[r.uid.get()]).map_err(store_err);
+                }
+                if have.model_flags() != r.flags {
+                    md.set_flags(n, r.uid.get(), &r.flags).map_err(store_err)?;
+                }
+                Ok(())
+            }
+            // Maildir keeps no expunged records.
+            Err(Error::NoMessage { .. }) if r.expunged => Ok(()),
+            Err(Error::NoMessage { .. }) => {
+                let how = super::Append {
+                    uid: Some(r.uid.get()),
+                    guid: r.peer_guid.as_ref().map(|g| g.to_lossy()),
+                    flags: r.flags.system,
+                    keywords: r.flags.keywords().to_vec(),
+                    internaldate: Some(r.internaldate.0),
+                };
+                let res = if let Some(b) = inline.get(&r.guid) {
+                    md.append(n, &mut &b[..], &how)
+                } else if let Some((p, _)) = self.staged.get(&r.guid) {
+                    let mut f = File::open(p).map_err(|e| StoreError::Io(e.to_string()))?;
+                    md.append(n, &mut f, &how)
+                } else {
+                    // Bytes already in the maildir (another mailbox): copy.
+                    let (src, uid, _) = self
+                        .view()
+                        .find_bytes(&r.guid)?
+                        .ok_or(StoreError::MissingMessage(r.guid))?;
+                    let m = md.message(&src, uid).map_err(store_err)?;
+                    let mut f = File::open(md.dir_of(&src).join(&m.file))
+                        .map_err(|e| StoreError::Io(e.to_string()))?;
+                    md.append(n, &mut f, &how)
+                };
+                res.map(|_| ()).map_err(store_err)
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+macro_rules! view_reads {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl MailRead for UserStore {
+            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                self.view().$name($($arg),*)
+            })*
+        }
+    };
+}
+
+view_reads! {
+    mailbox(name: &MailboxName) -> Option<Mailbox>;
+    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
+    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
+    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
+    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
+    users() -> Vec<UserId>;
+    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<ModelRecord>;
+    message_size(guid: &Guid) -> Option<u64>;
+    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
+    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
+    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
+    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
+    quota(root: &MailboxName) -> Option<QuotaRoot>;
+    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
+    sieve_active(user: &UserId) -> Option<SieveName>;
+    server_annotations() -> Annotations;
+    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
+    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
+    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
+    sync_log_last(channel: &str) -> u64;
+}
+
+impl StoreWrite for UserStore {
+    fn stage_begin(&mut self, guid: Guid, size: u64) -> Result<StageHandle, StoreError> {
+        let hasher = StageHasher::new(guid, size, self.maildir.options.message_bytes_max)?;
+        let h = StageHandle(self.next_handle);
+        self.next_handle += 1;
+        let path = self.maildir.root().join("tmp").join(format!(
+            "corvid-stage.{}.{}",
+            std::process::id(),
+            h.0
+        ));
+        let f = File::create(&path).map_err(|e| StoreError::Io(e.to_string()))?;
+        self.staging.insert(h, (hasher, f, path));
+        Ok(h)
+    }
+
+    fn stage_chunk(&mut self, handle: StageHandle, chunk: &[u8]) -> Result<(), StoreError> {
+        let (hasher, f, _) = self
+            .staging
+            .get_mut(&handle)
+            .ok_or(StoreError::UnknownStage(handle))?;
+        let r = hasher.update(chunk).and_then(|()| {
+            f.write_all(chunk)
+                .map_err(|e| StoreError::Io(e.to_string()))
+        });
+        if r.is_err() {
+            self.stage_abort(handle);
+        }
+        r
+    }
+
+    fn stage_end(&mut self, handle: StageHandle) -> Result<(), StoreError> {
+        let (hasher, f, path) = self
+            .staging
+            .remove(&handle)
+            .ok_or(StoreError::UnknownStage(handle))?;
+        drop(f);
+        let (guid, size) = (hasher.guid(), hasher.size());
+        if let Err(e) = hasher.finish() {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        if let Some((old, _)) = self.staged.insert(guid, (path, size)) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+
+    fn stage_abort(&mut self, handle: StageHandle) {
+        if let Some((_, _, path)) = self.staging.remove(&handle) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let staged = &self.staged;
+        let lookup = |g: &Guid| staged.get(g).map(|(_, s)| *s);
+        let plan = Plan::build(&self.view(), batch, &lookup)?;
+        self.apply(&plan)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        // Every change was made durable (fsync, rename, directory fsync)
+        // before `write` returned.
+        Ok(())
+    }
+}
+
+impl Drop for UserStore {
+    fn drop(&mut self) {
+        for (_, (_, _, p)) in std::mem::take(&mut self.staging) {
+            let _ = std::fs::remove_file(p);
+        }
+        for (_, (p, _)) in std::mem::take(&mut self.staged) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
