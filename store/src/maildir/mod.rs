@@ -651,21 +651,25 @@ impl Maildir {
 
     /// Every message of a mailbox, by UID.
     pub fn messages(&self, name: &Name) -> Result<Vec<Message>> {
-        let s = self.snapshot(name)?;
-        let mut out = Vec::new();
-        for e in &s.uidlist.entries {
-            if let Some(f) = s.files.get(&e.base) {
-                out.push(self.message_of(&s, e, f)?);
+        retry_renamed(|| {
+            let s = self.snapshot(name)?;
+            let mut out = Vec::new();
+            for e in &s.uidlist.entries {
+                if let Some(f) = s.files.get(&e.base) {
+                    out.push(self.message_of(&s, e, f)?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One message.
     pub fn message(&self, name: &Name, uid: u32) -> Result<Message> {
-        let s = self.snapshot(name)?;
-        self.find(&s, name, uid)
-            .and_then(|(e, f)| self.message_of(&s, e, f))
+        retry_renamed(|| {
+            let s = self.snapshot(name)?;
+            self.find(&s, name, uid)
+                .and_then(|(e, f)| self.message_of(&s, e, f))
+        })
     }
 
     /// Up to `max_len` bytes of a message's file from `offset` (fewer only
@@ -868,16 +872,7 @@ impl Maildir {
         )
         .map_err(io_err(&dir))?;
         self.fault_point();
-        for base in &gone {
-            if let Some(f) = s.files.get(base) {
-                let p = dir.join(f.sub).join(f.name.to_entry());
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(io_err(&p)(err)),
-                }
-            }
-        }
+        self.unlink_bases(&dir, &gone, &mut s.files)?;
         for sub in ["new", "cur"] {
             sync_dir(&dir.join(sub)).map_err(io_err(&dir))?;
         }
@@ -928,6 +923,38 @@ impl Maildir {
     }
 
     // ---- internals ----
+
+    /// Unlink the files of these base names, wherever they are now: a file
+    /// Dovecot renamed (flags, new/ → cur/) after our scan is found by a
+    /// rescan, so no expunged file survives to get a new UID.
+    fn unlink_bases(
+        &self,
+        dir: &Path,
+        bases: &[String],
+        files: &mut BTreeMap<String, Found>,
+    ) -> Result<()> {
+        for _ in 0..5 {
+            let mut missed = false;
+            for base in bases {
+                if let Some(f) = files.remove(base) {
+                    let p = dir.join(f.sub).join(f.name.to_entry());
+                    match fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => missed = true,
+                        Err(err) => return Err(io_err(&p)(err)),
+                    }
+                }
+            }
+            if !missed {
+                return Ok(());
+            }
+            *files = self.scan(dir)?;
+        }
+        Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: io::Error::other("message files keep moving during expunge"),
+        })
+    }
 
     fn find<'s>(&self, s: &'s Snapshot, name: &Name, uid: u32) -> Result<(&'s Entry, &'s Found)> {
         s.uidlist
@@ -1063,16 +1090,12 @@ impl Maildir {
         let intent = self.read_control(&dir.join(EXPUNGING))?;
         if let Some(intent) = &intent {
             // Roll an interrupted expunge forward.
-            for base in intent.lines().filter(|b| !b.is_empty()) {
-                if let Some(f) = s.files.remove(base) {
-                    let p = dir.join(f.sub).join(f.name.to_entry());
-                    match fs::remove_file(&p) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(io_err(&p)(err)),
-                    }
-                }
-            }
+            let bases: Vec<String> = intent
+                .lines()
+                .filter(|b| !b.is_empty())
+                .map(str::to_string)
+                .collect();
+            self.unlink_bases(dir, &bases, &mut s.files)?;
             for sub in ["new", "cur"] {
                 sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
             }
@@ -1366,6 +1389,23 @@ impl Maildir {
         }
         self.fault_point();
         Ok((size, vsize))
+    }
+}
+
+/// Run `f` again (a few times) when it failed because a file vanished
+/// between a directory scan and its use: Dovecot renames files for flag
+/// changes and new/ → cur/ moves without any lock corvid could take.
+fn retry_renamed<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(Error::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && tries < 4 =>
+            {
+                tries += 1
+            }
+            other => return other,
+        }
     }
 }
 
