@@ -356,3 +356,25 @@ fn sync_log_mirror_writes_cyrus_lines() {
         2
     );
 }
+
+/// Not a test: builds the sample store of `build` under
+/// `$CORVID_SAMPLE_STORE` (with an imapd.conf there) to try
+/// `corvid store -C $CORVID_SAMPLE_STORE/imapd.conf ...` by hand.
+#[test]
+#[ignore]
+fn make_sample_store() {
+    let Ok(dir) = std::env::var("CORVID_SAMPLE_STORE") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    build(dir);
+    std::fs::write(
+        dir.join("imapd.conf"),
+        format!(
+            "configdirectory: {}\npartition-default: {}\n",
+            dir.join("conf").display(),
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+}

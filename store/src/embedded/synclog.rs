@@ -2,23 +2,24 @@
 //!
 //! # Where the log lives, and why there twice
 //!
-//! Every change a batch makes appends its log lines to the SQLite table
-//! `sync_log` *in the batch's own transaction*, so a committed change always
-//! has its line and a rolled-back one never does. Cyrus writes the line after
-//! the change with no such guarantee (a crash in between loses the line and
-//! relies on a later full USER sync).
+//! The source of truth is the SQLite table `sync_log`: a batch's
+//! `AppendSyncLog` mutations land *in the batch's own transaction*, so a
+//! committed change always has its line and a rolled-back one never does
+//! (Cyrus writes the line after the change; a crash in between loses it and
+//! relies on a later full USER sync). corvid's rolling client reads it
+//! through `MailRead::sync_log` and trims it with `TrimSyncLog`.
 //!
-//! After each commit the committer exports the new rows to the files Cyrus
-//! uses, `{configdirectory}/sync/log` for the default channel and
-//! `{configdirectory}/sync/<channel>/log` for each named one, with Cyrus's
-//! writer procedure: open append/create (mode 0640), take an exclusive lock,
-//! check the locked inode is still the one at the path (a reader may have
-//! renamed it to `log-run`), write, fsync, unlock. So corvid's own
-//! `sync_client -r`, or any tool that reads Cyrus logs, can replicate a
-//! corvid store onward. The exported rows are deleted in the *next* group's
-//! transaction (no extra commit); a crash between the file write and that
-//! delete writes the lines again, which is harmless because every sync_log
-//! line only names something to resynchronise.
+//! With `Options::sync_log_files`, every committed line is also appended
+//! to the files Cyrus uses, `{configdirectory}/sync/log` for the default
+//! channel and `{configdirectory}/sync/<channel>/log` for each named one,
+//! with Cyrus's writer procedure: open append/create (mode 0640), take an
+//! exclusive lock, check the locked inode is still the one at the path (a
+//! reader may have renamed it to `log-run`), write, fsync, unlock. So any
+//! tool that reads Cyrus logs can follow a corvid store. How far the files
+//! got is recorded in the *next* transaction (or at a clean close), never
+//! in an extra commit; a crash in between appends those lines again, which
+//! is harmless because a sync_log line only names something to
+//! resynchronise.
 //!
 //! # Line format (`imap/sync_log.c`, 3.6.1)
 //!
@@ -28,8 +29,8 @@
 //! fatal in Cyrus; here it refuses the batch. Sieve changes are logged as
 //! `META userid`, as Cyrus's writers do (`SIEVE` is only a reader synonym).
 //!
-//! This module never reads the log back for replication and never decides
-//! which changes deserve a line; the batch says so.
+//! This module never decides which changes deserve a line (the batch
+//! says so); [`parse`] exists for tests and tools.
 
 use super::error::{Error, Result};
 use super::rows;
