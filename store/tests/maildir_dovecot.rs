@@ -612,3 +612,64 @@ fn engine_batches_on_a_maildir_are_read_by_doveadm() {
     assert_eq!(back.name.to_lossy(), "Old/2024");
     assert_eq!((back.uidvalidity.get(), back.last_uid), (777, 20));
 }
+
+/// corvid and Dovecot writing one maildir at the same time: doveadm saves
+/// and flag changes race corvid's appends, flag changes and expunges.
+/// Afterwards every message has one UID, both sides see the same UIDs,
+/// GUIDs and flags, and nothing corvid acknowledged is missing.
+#[test]
+fn corvid_and_dovecot_share_a_maildir_concurrently() {
+    let Some(d) = dove("corvid_and_dovecot_share_a_maildir_concurrently") else {
+        return;
+    };
+    // Dovecot creates the directories (owned by the mail uid) so that
+    // both can write into them while running as different users.
+    d.run(&["save", "-m", "INBOX"], Some(&msg(1000)));
+    let md = Maildir::open(&d.maildir, Options::default()).unwrap();
+    let inbox = Name::inbox();
+    let rounds = 12;
+    let mut acked = Vec::new();
+    let dovecot_done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 0..rounds {
+                d.run(&["save", "-m", "INBOX"], Some(&msg(2000 + i)));
+                d.run(
+                    &["flags", "add", "\\Flagged", "mailbox", "INBOX", "ALL"],
+                    None,
+                );
+            }
+            dovecot_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // Keep writing for as long as Dovecot does (bounded), so the two
+        // really overlap.
+        let mut i = 0;
+        while !dovecot_done.load(std::sync::atomic::Ordering::SeqCst) && i < 400 {
+            let m = md
+                .append(&inbox, &mut &msg(3000 + i)[..], &Append::default())
+                .unwrap();
+            md.set_flags(&inbox, m.uid, &Flags::with(SystemFlags::SEEN, []))
+                .unwrap();
+            acked.push(m.uid);
+            i += 1;
+        }
+    });
+    eprintln!("corvid appended {} messages while doveadm ran", acked.len());
+    let expunged = acked.remove(0);
+    md.expunge(&inbox, &[expunged]).unwrap();
+    chown_tree(&d.home);
+    let want = d.fetch_all();
+    let ours = md.messages(&inbox).unwrap();
+    assert_eq!(ours.len(), 1 + rounds + acked.len());
+    assert_eq!(want.len(), ours.len());
+    for m in &ours {
+        let (guid, flags, _) = &want[&("INBOX".to_string(), m.uid)];
+        assert_eq!(&m.guid, guid, "UID {}", m.uid);
+        assert_eq!(&flag_names(m), flags, "UID {}", m.uid);
+    }
+    for uid in &acked {
+        let m = ours.iter().find(|m| m.uid == *uid).expect("acknowledged");
+        assert!(m.flags.contains(SystemFlags::SEEN));
+    }
+    assert!(!ours.iter().any(|m| m.uid == expunged));
+}

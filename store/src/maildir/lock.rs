@@ -90,12 +90,40 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Replace `dir/name` atomically with `bytes` (temp `dir/tmp_name`).
+/// Give `path` the permissions Dovecot gives files of a mailbox: the
+/// mode of the directory `like` (without execute bits for a file) and, as
+/// far as we may, its owner and group. So a corvid running as root on a
+/// user's maildir leaves files that user's Dovecot can rewrite (Dovecot
+/// opens `dovecot-uidlist` read-write and panics on a read-only one it
+/// must rewrite during a save).
+pub fn like_dir(path: &Path, like: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = fs::metadata(like)?;
+    let mode = if fs::metadata(path)?.is_dir() {
+        d.mode() & 0o7777
+    } else {
+        d.mode() & 0o666
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    let m = fs::metadata(path)?;
+    if (m.uid(), m.gid()) != (d.uid(), d.gid()) {
+        // Only root may give a file away; anyone else keeps their own.
+        match std::os::unix::fs::chown(path, Some(d.uid()), Some(d.gid())) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Replace `dir/name` atomically with `bytes` (temp `dir/tmp_name`), with
+/// the directory's permissions ([`like_dir`]).
 pub fn write_atomic(dir: &Path, name: &str, tmp_name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(tmp_name);
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
+        like_dir(&tmp, dir)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join(name))?;

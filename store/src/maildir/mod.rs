@@ -74,7 +74,7 @@ use engine::model::{Flags, Guid, Keyword, MailboxGuid, SystemFlags};
 
 use file_name::FileName;
 use keywords::Keywords;
-use lock::{sync_dir, write_atomic, DotLock};
+use lock::{like_dir, sync_dir, write_atomic, DotLock};
 pub use model::{UserStore, UserView};
 pub use name::{Name, NameError};
 use subscriptions::Subscriptions;
@@ -366,9 +366,13 @@ impl Maildir {
     /// `cur/ new/ tmp/` in it.
     pub fn open(root: impl Into<PathBuf>, options: Options) -> Result<Maildir> {
         let root = root.into();
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
         for sub in ["cur", "new", "tmp"] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err(&p))?;
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(io_err(&p))?;
+                like_dir(&p, &root).map_err(io_err(&p))?;
+            }
         }
         let host = fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -418,6 +422,7 @@ impl Maildir {
                 let p = d.join(sub);
                 if !p.is_dir() {
                     fs::create_dir_all(&p).map_err(io_err(&p))?;
+                    like_dir(&p, &d).map_err(io_err(&p))?;
                 }
             }
             Ok(d)
@@ -505,12 +510,15 @@ impl Maildir {
             }
             Err(e) => return Err(io_err(&dir)(e)),
         }
+        like_dir(&dir, &self.root).map_err(io_err(&dir))?;
         for sub in ["cur", "new", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir(&p).map_err(io_err(&p))?;
+            like_dir(&p, &dir).map_err(io_err(&p))?;
         }
         let mf = dir.join("maildirfolder");
         File::create(&mf).map_err(io_err(&mf))?;
+        like_dir(&mf, &dir).map_err(io_err(&mf))?;
         let uidvalidity = match how.uidvalidity {
             Some(v) if v != 0 => v,
             _ => self.next_uidvalidity()?,
@@ -1338,7 +1346,10 @@ impl Maildir {
         )
         .map_err(io_err(&path))?;
         let _ = fs::remove_file(self.root.join(format!("{UIDVALIDITY}.{last:08x}")));
-        let _ = File::create(self.root.join(format!("{UIDVALIDITY}.{next:08x}")));
+        let marker = self.root.join(format!("{UIDVALIDITY}.{next:08x}"));
+        if File::create(&marker).is_ok() {
+            let _ = like_dir(&marker, &self.root);
+        }
         Ok(next)
     }
 
@@ -1375,6 +1386,8 @@ impl Maildir {
                 }
                 f.write_all(&buf[..n]).map_err(io_err(path))?;
             }
+            let mailbox_dir = path.parent().and_then(Path::parent).unwrap_or(path);
+            like_dir(path, mailbox_dir).map_err(io_err(path))?;
             if let Some(t) = internaldate {
                 let when = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
                 f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when))
