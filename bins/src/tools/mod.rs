@@ -7,6 +7,7 @@
 
 mod capture;
 mod store;
+mod mupdate;
 mod passwd;
 mod sync_server;
 
@@ -42,6 +43,7 @@ pub fn find(name: &str) -> Option<Tool> {
     }
     Some(match name {
         "capture" => Tool::Ready(capture::main),
+        "mupdate" => Tool::Ready(mupdate::main),
         "passwd" => Tool::Ready(passwd::main),
         "sync_server" => Tool::Ready(sync_server::main),
         "store" => Tool::Ready(store::main),

@@ -1,0 +1,364 @@
+//! `corvid mupdate`: the MUPDATE server of a Cyrus Murder, a drop-in for
+//! Cyrus's `mupdate -m` (master).
+//!
+//! ```text
+//! corvid mupdate [-C imapd.conf] [-m] [-a] [--listen HOST:PORT] [--db PATH]
+//! ```
+//!
+//! This file parses flags and imapd.conf, opens the durable database
+//! (`store::mupdate`), and runs one `engine::mupdate::Server` per connection
+//! with the generic tokio driver, on the `--listen` address or on the socket
+//! Cyrus master(8) hands down (`mupdate cmd="corvid mupdate -m" listen=3905
+//! prefork=1` in cyrus.conf). Every protocol decision is the engine's; this
+//! file only wires effects to the store and the password check:
+//!
+//! * `Effect::Authenticate` → `io_tokio::auth` (`corvid_passwd_file`, or
+//!   saslauthd); MUPDATE admits only identities listed in `admins` (Cyrus:
+//!   "only admins may authenticate"), judged on the authentication id.
+//! * `Effect::Write` → `MupdateDb::submit` (decide under the lock, group
+//!   commit, publish); the completion comes back after the commit.
+//! * `Effect::Subscribe` → `MupdateDb::subscribe` with this connection's
+//!   command channel as the subscriber: committed changes arrive as
+//!   `Command::Change` and are pushed at once.
+//!
+//! Config keys read: `configdirectory` (default database location
+//! `<configdirectory>/mupdate.corvid.sqlite3`; Cyrus's own `mailboxes.db` is
+//! never touched), `servername`, `admins`, `corvid_passwd_file` /
+//! `sasl_pwcheck_method`, `tls_server_cert`/`tls_server_key` (STARTTLS),
+//! `failedloginpause`, `mupdate_connections_max`, `mupdate_server` (for
+//! `-a`). Slave mode (no `-m`) is not implemented yet and says so.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use engine::machine::Time;
+use engine::mupdate::{AuthOk, Change, Command, Completion, Effect, Options, Role, Server};
+use io_tokio::auth::{Access, CheckContext, PwCheck};
+use io_tokio::config::{Config, LoadOptions};
+use io_tokio::driver::{Driver, EffectExecutor};
+use io_tokio::listen::{self, ServeOptions};
+use io_tokio::tls::{TlsConfigs, TlsFiles};
+use store::mupdate::{Delivery, MupdateDb, Subscriber};
+use tokio::sync::mpsc;
+
+/// MUPDATE server (Cyrus Murder): master mode.
+#[derive(Debug, Parser)]
+#[command(name = "mupdate")]
+struct Args {
+    /// imapd.conf to read.
+    #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+    config: PathBuf,
+    /// Run as the MUPDATE master.
+    #[arg(short = 'm')]
+    master: bool,
+    /// Master if `mupdate_server` is unset or names this host, else slave.
+    #[arg(short = 'a')]
+    auto: bool,
+    /// Listen here instead of on the socket Cyrus master(8) passes.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The database file (default `<configdirectory>/mupdate.corvid.sqlite3`).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Service name for Cyrus's `<service>_<key>` overrides.
+    #[arg(long, default_value = "mupdate")]
+    service: String,
+}
+
+/// Why the tool stopped, for its one error line.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("{0}")]
+    Config(#[from] io_tokio::config::ConfigError),
+    #[error("{0}")]
+    Auth(#[from] io_tokio::auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] io_tokio::tls::TlsError),
+    #[error("{0}")]
+    Store(#[from] store::mupdate::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Master(#[from] io_tokio::listen::master::MasterError),
+    #[error("MUPDATE slave mode is not implemented yet in corvid: run with -m (master)")]
+    SlaveNotImplemented,
+    #[error("no --listen address given and not started by Cyrus master(8)")]
+    NoListener,
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Everything connections share.
+struct Shared {
+    db: MupdateDb,
+    pwcheck: PwCheck,
+    access: Access,
+    opts: Options,
+}
+
+/// Per-connection executor: knows this connection's command channel so a
+/// subscription can be registered.
+struct Exec {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// A connection's command channel as a store subscriber. The last slot is
+/// kept for `Command::Lagged`, so a full channel can still be told.
+struct ChannelSubscriber(mpsc::Sender<Command>);
+
+impl Subscriber for ChannelSubscriber {
+    fn push(&self, change: &Arc<Change>) -> Delivery {
+        if self.0.is_closed() {
+            return Delivery::Gone;
+        }
+        if self.0.capacity() <= 1 {
+            return Delivery::Lagged;
+        }
+        match self.0.try_send(Command::Change(change.clone())) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Lagged,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        }
+    }
+    fn lagged(&self) {
+        let _ = self.0.try_send(Command::Lagged);
+    }
+}
+
+impl EffectExecutor<Effect> for Exec {
+    type Completion = Completion;
+
+    fn execute(&self, effect: Effect) -> impl std::future::Future<Output = Completion> + Send {
+        let shared = self.shared.clone();
+        let commands = self.commands.clone();
+        async move {
+            match effect {
+                Effect::Authenticate(creds) => {
+                    let ctx = CheckContext {
+                        service: "mupdate",
+                        realm: None,
+                    };
+                    match shared.access.login(&shared.pwcheck, &creds, ctx).await {
+                        Ok(a) => Completion::Auth(Some(AuthOk {
+                            admin: shared.access.is_admin(&a.authcid),
+                            userid: a.userid,
+                        })),
+                        Err(io_tokio::auth::LoginError::Auth(e)) => {
+                            tracing::error!(error = %e, "password check could not run");
+                            Completion::AuthUnavailable
+                        }
+                        Err(e) => {
+                            tracing::info!(reason = %e, "login refused");
+                            Completion::Auth(None)
+                        }
+                    }
+                }
+                Effect::Write(w) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    shared.db.submit(
+                        &w,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    );
+                    match rx.await {
+                        Ok(Ok(r)) => Completion::Written(r),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "mupdate database write failed");
+                            Completion::WriteFailed(e.to_string())
+                        }
+                        Err(_) => Completion::WriteFailed("committer gone".into()),
+                    }
+                }
+                Effect::Subscribe { hosts } => Completion::Subscribed(
+                    shared
+                        .db
+                        .subscribe(hosts, Box::new(ChannelSubscriber(commands))),
+                ),
+            }
+        }
+    }
+}
+
+/// Channel capacity per subscriber: changes a slow slave may be behind
+/// before it is dropped (it then reconnects and gets a fresh dump).
+const SUBSCRIBER_QUEUE: usize = 65_536;
+
+/// Runs one connection to its end.
+async fn connection(
+    shared: Arc<Shared>,
+    tls: TlsConfigs,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    let machine = Server::new(Time::ZERO, shared.db.clone(), shared.opts.clone());
+    let exec = Exec {
+        shared: shared.clone(),
+        commands: tx,
+    };
+    let outcome = Driver::new(machine, exec)
+        .commands(rx)
+        .tls(tls)
+        .peer(peer)
+        .run(stream)
+        .await;
+    tracing::debug!(?outcome, "mupdate connection ended");
+}
+
+fn is_master(args: &Args, conf: &Config) -> bool {
+    if args.master {
+        return true;
+    }
+    if !args.auto {
+        return false;
+    }
+    // -a: master iff mupdate_server is unset or names this host.
+    match conf.get_str("mupdate_server") {
+        None => true,
+        Some(s) => {
+            let host = s.split(['/', ':']).next().unwrap_or("");
+            host == "localhost"
+                || host == "127.0.0.1"
+                || host == "::1"
+                || Some(host) == conf.servername()
+        }
+    }
+}
+
+fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> {
+    let conf = Config::load_with(
+        &args.config,
+        &LoadOptions {
+            ident: Some(args.service.clone()),
+            ..LoadOptions::default()
+        },
+    )?;
+    if !is_master(args, &conf) {
+        return Err(Error::SlaveNotImplemented);
+    }
+    let db_path = match &args.db {
+        Some(p) => p.clone(),
+        None => conf.configdirectory()?.join("mupdate.corvid.sqlite3"),
+    };
+    let db = MupdateDb::open(&db_path, store::mupdate::Options::default())?;
+    let pwcheck = PwCheck::from_config(&conf)?;
+    let access = Access::from_config(&conf);
+    let tls_files = TlsFiles::from_lookup(|k| conf.get_str(k).map(str::to_owned))?;
+    let tls = TlsConfigs::from_files(&tls_files)?;
+    let pause = conf
+        .get_str("failedloginpause")
+        .and_then(io_tokio::config::parse_int)
+        .unwrap_or(3)
+        .max(0) as u64;
+    let connections_max = conf
+        .get_str("mupdate_connections_max")
+        .and_then(io_tokio::config::parse_int)
+        .filter(|n| *n > 0)
+        .unwrap_or(1024) as usize;
+    let opts = Options {
+        server_name: conf
+            .servername()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "localhost".into()),
+        implementation: "corvid".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: Role::Master,
+        starttls: tls.server.is_some(),
+        failed_login_pause: Duration::from_secs(pause),
+        ..Options::default()
+    };
+    tracing::info!(db = %db_path.display(), entries = db.len(), "mupdate master database loaded");
+    let serve = ServeOptions {
+        connections_max,
+        ..ServeOptions::default()
+    };
+    Ok((
+        Arc::new(Shared {
+            db,
+            pwcheck,
+            access,
+            opts,
+        }),
+        tls,
+        serve,
+    ))
+}
+
+async fn serve(args: Args) -> Result<(), Error> {
+    let (shared, tls, serve_opts) = build(&args)?;
+    let handler = {
+        let shared = shared.clone();
+        move |stream: tokio::net::TcpStream, peer: SocketAddr| {
+            connection(shared.clone(), tls.clone(), stream, peer)
+        }
+    };
+    let report = if let Some(addr) = args.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Listen(addr, e))?;
+        tracing::info!(%addr, "mupdate master listening");
+        listen::serve(
+            listener,
+            handler,
+            listen::shutdown_signal(false),
+            serve_opts,
+        )
+        .await
+    } else if listen::master::is_under_master() {
+        let listener = listen::master::MasterListener::from_master()?;
+        listen::serve(listener, handler, listen::shutdown_signal(true), serve_opts).await
+    } else {
+        return Err(Error::NoListener);
+    };
+    shared.db.close();
+    tracing::info!(?report, "mupdate master stopped");
+    Ok(())
+}
+
+/// Entry point.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mupdate: {}", Error::Runtime(e));
+            return ExitCode::from(71);
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mupdate: {e}");
+            tracing::error!(error = %e, "mupdate exiting");
+            ExitCode::from(match e {
+                Error::SlaveNotImplemented => 69,
+                Error::Config(_) | Error::Auth(_) | Error::Tls(_) | Error::NoListener => 78,
+                _ => 75,
+            })
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! `corvid mupdate -m` against the real Cyrus 3.6 tools:
+//!
+//! * `mupdatetest` (Cyrus's own client) drives every command, plain and
+//!   with COMPRESS;
+//! * a real Cyrus **slave** (`mupdate` without `-m`, under Cyrus master(8))
+//!   follows corvid: it must authenticate, `UPDATE`, take the dump and the
+//!   stream; its `mailboxes.db` is read back with `ctl_mboxlist -d`;
+//! * a real Cyrus **backend** push: `ctl_mboxlist -m` reconciles a backend's
+//!   mailbox list into corvid (LIST, DELETE, ACTIVATE).
+//!
+//! Needs the Debian Cyrus packages (`/usr/lib/cyrus/bin`) and root (Cyrus
+//! daemons run as `cyrus`). Without them each test prints SKIP and passes,
+//! except with `CI=true`, where it fails.
+
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::frame::{Event, Framer};
+use proto::mupdate::{self, parse_response, Form, Response};
+
+const CYRUS: &str = "/usr/lib/cyrus/bin";
+
+fn cyrus_available(test: &str) -> bool {
+    let ok = Path::new(CYRUS).join("mupdate").exists()
+        && Path::new(CYRUS).join("mupdatetest").exists()
+        && std::process::id() > 0
+        && unsafe_free_is_root();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: real Cyrus (cyrus-murder, cyrus-clients) and root are required under CI=true");
+        }
+        eprintln!("SKIP {test}: real Cyrus tools or root not available");
+    }
+    ok
+}
+
+fn unsafe_free_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A corvid master with its own imapd.conf and password file.
+struct Corvid {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Corvid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn corvid() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_corvid"))
+}
+
+fn start_corvid(dir: &Path) -> Corvid {
+    let passwd = dir.join("passwd");
+    for user in ["mupdateadmin", "sl2", "be1", "nobody1"] {
+        let mut p = Command::new(corvid())
+            .args(["passwd", passwd.to_str().unwrap(), user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+        assert!(p.wait().unwrap().success());
+    }
+    let conf = dir.join("corvid.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {d}\nservername: corvid-master.test\nadmins: mupdateadmin sl2 be1\ncorvid_passwd_file: {p}\nfailedloginpause: 1\n",
+            d = dir.display(),
+            p = passwd.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(corvid())
+        .args([
+            "mupdate",
+            "-C",
+            conf.to_str().unwrap(),
+            "-m",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(dir.join("corvid.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Corvid {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// A minimal lock-step MUPDATE client on our own codec.
+struct Client {
+    s: TcpStream,
+    framer: Framer,
+    n: u32,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Client {
+            s,
+            framer: Framer::new(mupdate::client_frame_options()),
+            n: 0,
+        };
+        loop {
+            if let Response::Ready { .. } = c.next() {
+                break;
+            }
+        }
+        c
+    }
+
+    fn next(&mut self) -> Response {
+        loop {
+            if let Some(ev) = self.framer.poll_event().unwrap() {
+                let Event::Message(m) = ev else {
+                    panic!("unexpected {ev:?}")
+                };
+                return parse_response(&m).unwrap();
+            }
+            let mut buf = [0u8; 65536];
+            let n = self.s.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed");
+            self.framer.handle_input(&buf[..n]);
+        }
+    }
+
+    /// Sends `cmd`, returns the data lines and the final reply text.
+    fn run(&mut self, cmd: mupdate::Command) -> (Vec<Response>, String) {
+        self.n += 1;
+        let tag = format!("T{}", self.n);
+        self.s
+            .write_all(&cmd.encode(tag.as_bytes(), Form::NonSync))
+            .unwrap();
+        let mut data = Vec::new();
+        loop {
+            match self.next() {
+                Response::Reply(r) if r.tag[..] == *tag.as_bytes() => {
+                    return (
+                        data,
+                        format!(
+                            "{:?} {}",
+                            r.status,
+                            String::from_utf8_lossy(
+                                r.text.as_ref().map_or(&b""[..], |t| t.value())
+                            )
+                        ),
+                    )
+                }
+                other => data.push(other),
+            }
+        }
+    }
+
+    fn login(port: u16) -> Client {
+        let mut c = Client::connect(port);
+        let (_, r) = c.run(mupdate::Command::Authenticate {
+            mechanism: "PLAIN".into(),
+            initial: Some(proto::sasl::encode(b"\0mupdateadmin\0secret").into()),
+        });
+        assert_eq!(r, "Ok Authenticated");
+        c
+    }
+}
+
+fn b(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn mupdatetest(port: u16, script: &str, extra: &[&str], dir: &Path) -> String {
+    let f = dir.join("script.txt");
+    std::fs::write(&f, script).unwrap();
+    let mut cmd = Command::new(Path::new(CYRUS).join("mupdatetest"));
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-m",
+        "PLAIN",
+        "-a",
+        "mupdateadmin",
+        "-w",
+        "secret",
+    ])
+    .args(extra)
+    .args(["-f", f.to_str().unwrap(), "127.0.0.1"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn real_mupdatetest_drives_every_command() {
+    if !cyrus_available("real_mupdatetest_drives_every_command") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_corvid(dir.path());
+    let script = "N1 NOOP\r\n\
+R1 RESERVE \"user.alice\" \"127.0.0.1:34003!default\"\r\n\
+F1 FIND \"user.alice\"\r\n\
+A1 ACTIVATE \"user.alice\" \"127.0.0.1:34003!default\" \"alice\tlrswipkxtecdan\t\"\r\n\
+A2 ACTIVATE {10+}\r\nshared.new {23+}\r\n127.0.0.1:34005!default {6+}\r\nanyone\r\n\
+R2 RESERVE \"user.alice\" \"elsewhere!p\"\r\n\
+F2 FIND \"user.alice\"\r\n\
+L1 LIST\r\n\
+L2 LIST \"127.0.0.1:34005!\"\r\n\
+D1 DEACTIVATE \"shared.new\" \"127.0.0.1:34005!default\"\r\n\
+X1 DELETE \"shared.new\"\r\n\
+X2 DELETE \"shared.new\"\r\n\
+D2 DEACTIVATE \"nonexistent\" \"x!y\"\r\n\
+Z1 BOGUS\r\n\
+U1 UPDATE\r\n\
+N2 NOOP\r\n\
+Q1 LOGOUT\r\n";
+    let out = mupdatetest(c.port, script, &[], dir.path());
+    for want in [
+        "S: A01 OK \"Authenticated\"",
+        "N1 OK \"Noop done\"",
+        "R1 OK \"done\"",
+        "F1 RESERVE {10+}\nuser.alice {23+}\n127.0.0.1:34003!default\nF1 OK \"Search completed\"",
+        "A1 OK \"done\"",
+        "A2 OK \"done\"",
+        "R2 NO \"mailbox already exists\"",
+        "F2 MAILBOX {10+}\nuser.alice {23+}\n127.0.0.1:34003!default {21+}\nalice\tlrswipkxtecdan\t\nF2 OK \"Search completed\"",
+        "L1 MAILBOX {10+}\nshared.new {23+}\n127.0.0.1:34005!default {6+}\nanyone\nL1 MAILBOX {10+}\nuser.alice",
+        "L1 OK \"list complete\"",
+        "L2 MAILBOX {10+}\nshared.new {23+}\n127.0.0.1:34005!default {6+}\nanyone\nL2 OK \"list complete\"",
+        "D1 OK \"done\"",
+        "X1 OK \"done\"",
+        "X2 NO \"mailbox does not exist\"",
+        "D2 NO \"mailbox does not exist\"",
+        "Z1 BAD \"Unrecognized command\"",
+        "U1 MAILBOX {10+}\nuser.alice",
+        "U1 OK \"streaming starts\"",
+        "N2 OK \"Noop done\"",
+        "Q1 OK \"bye-bye\"",
+    ] {
+        assert!(out.replace("\r\n", "\n").contains(want), "mupdatetest output lacks {want:?}:\n{out}");
+    }
+    // The same through COMPRESS DEFLATE (mupdatetest -q).
+    let out = mupdatetest(
+        c.port,
+        "F1 FIND \"user.alice\"\r\nQ1 LOGOUT\r\n",
+        &["-q"],
+        dir.path(),
+    );
+    assert!(out.contains("F1 MAILBOX {10+}"), "with -q:\n{out}");
+    assert!(out.contains("Q1 OK \"bye-bye\""), "with -q:\n{out}");
+    // A wrong password is refused.
+    let f = dir.path().join("empty.txt");
+    std::fs::write(&f, "Q1 LOGOUT\r\n").unwrap();
+    let out = Command::new(Path::new(CYRUS).join("mupdatetest"))
+        .args([
+            "-p",
+            &c.port.to_string(),
+            "-m",
+            "PLAIN",
+            "-a",
+            "mupdateadmin",
+            "-w",
+            "wrong",
+            "-f",
+            f.to_str().unwrap(),
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("NO \"undefined error!\"") || text.contains("Authentication failed"),
+        "{text}"
+    );
+    // A valid user who is not an admin is refused too.
+    let out = Command::new(Path::new(CYRUS).join("mupdatetest"))
+        .args([
+            "-p",
+            &c.port.to_string(),
+            "-m",
+            "PLAIN",
+            "-a",
+            "nobody1",
+            "-w",
+            "secret",
+            "-f",
+            f.to_str().unwrap(),
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("NO \"undefined error!\"") || text.contains("Authentication failed"),
+        "{text}"
+    );
+    // The write survived in the durable store: restart and FIND again.
+    drop(c);
+    let c = start_corvid(dir.path());
+    let mut cl = Client::login(c.port);
+    let (data, r) = cl.run(mupdate::Command::Find {
+        name: b("user.alice"),
+    });
+    assert_eq!(r, "Ok Search completed");
+    assert!(matches!(&data[..], [Response::Mailbox { .. }]), "{data:?}");
+}
+
+/// Runs a Cyrus program as user `cyrus`.
+fn as_cyrus(prog: &str, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "cyrus", "--", &format!("{CYRUS}/{prog}")])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A Cyrus instance dir owned by cyrus, with the directories Cyrus wants.
+fn cyrus_instance(root: &Path, name: &str, conf_extra: &str) -> PathBuf {
+    let d = root.join(name);
+    for sub in [
+        "conf",
+        "conf/log",
+        "conf/db",
+        "conf/socket",
+        "conf/user",
+        "conf/quota",
+        "conf/sieve",
+        "spool",
+        "proc",
+        "lock",
+        "socket",
+    ] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let conf = format!(
+        "configdirectory: {d}/conf\npartition-default: {d}/spool\ndefaultpartition: default\nproc_path: {d}/proc\nmboxname_lockpath: {d}/lock\n\
+lmtpsocket: {d}/socket/lmtp\nidlesocket: {d}/socket/idle\nnotifysocket: {d}/socket/notify\nallowplaintext: yes\n\
+force_sasl_client_mech: PLAIN\nsasl_mech_list: PLAIN\nunixhierarchysep: no\naltnamespace: no\n{conf_extra}",
+        d = d.display()
+    );
+    std::fs::write(d.join("imapd.conf"), conf).unwrap();
+    let st = Command::new("chown")
+        .args(["-R", "cyrus:mail", d.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d
+}
+
+fn dump_mboxlist(inst: &Path) -> String {
+    let out = as_cyrus(
+        "ctl_mboxlist",
+        &["-C", inst.join("imapd.conf").to_str().unwrap(), "-d"],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Cyrus master(8) running one instance; killed on drop.
+struct CyrusMaster {
+    pidfile: PathBuf,
+}
+
+impl Drop for CyrusMaster {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+fn open_root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("corvid-mupdate-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn real_cyrus_slave_follows_corvid_master() {
+    if !cyrus_available("real_cyrus_slave_follows_corvid_master") {
+        return;
+    }
+    let root = open_root();
+    let c = start_corvid(&root.path().join("corvid").tap_mkdir());
+    // Some state before the slave boots: the dump.
+    let mut w = Client::login(c.port);
+    for (n, loc, acl) in [
+        ("user.alice", "be1!default", "alice\tlrswipkxtecdan\t"),
+        ("shared.news", "be2!default", "anyone\tlrs\t"),
+    ] {
+        let (_, r) = w.run(mupdate::Command::Activate {
+            name: b(n),
+            location: b(loc),
+            acl: b(acl),
+        });
+        assert_eq!(r, "Ok done");
+    }
+    let (_, r) = w.run(mupdate::Command::Reserve {
+        name: b("user.zed"),
+        location: b("be2!default"),
+    });
+    assert_eq!(r, "Ok done");
+
+    let slave_port = free_port();
+    let inst = cyrus_instance(
+        root.path(),
+        "slave",
+        &format!(
+            "servername: slave.test\nadmins: cyrus\nmupdate_server: 127.0.0.1:{}\nmupdate_authname: sl2\nmupdate_username: sl2\n\
+mupdate_password: secret\nmupdate_retry_delay: 2\nmupdate_config: standard\n",
+            c.port
+        ),
+    );
+    std::fs::write(
+        inst.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  mupdate cmd=\"{CYRUS}/mupdate -C {conf}\" listen=\"127.0.0.1:{slave_port}\" prefork=1\n}}\n",
+            conf = inst.join("imapd.conf").display()
+        ),
+    )
+    .unwrap();
+    let pidfile = inst.join("master.pid");
+    let st = Command::new("runuser")
+        .args(["-u", "cyrus", "--", &format!("{CYRUS}/master")])
+        .args([
+            "-C",
+            inst.join("imapd.conf").to_str().unwrap(),
+            "-M",
+            inst.join("cyrus.conf").to_str().unwrap(),
+        ])
+        .args(["-p", pidfile.to_str().unwrap(), "-d"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _master = CyrusMaster { pidfile };
+    // The slave authenticated, sent UPDATE, and wrote the dump.
+    wait_until("the slave's initial sync", 30, || {
+        let d = dump_mboxlist(&inst);
+        d.contains("user.alice") && d.contains("shared.news") && d.contains("user.zed")
+    });
+    let d = dump_mboxlist(&inst);
+    assert!(
+        d.contains("be1!default") || d.contains("be1"),
+        "slave dump: {d}"
+    );
+    // Streaming: a new mailbox, a move and a delete reach the slave.
+    let (_, r) = w.run(mupdate::Command::Activate {
+        name: b("user.hank"),
+        location: b("be1!default"),
+        acl: b("hank\tlrs\t"),
+    });
+    assert_eq!(r, "Ok done");
+    let (_, r) = w.run(mupdate::Command::Delete {
+        name: b("shared.news"),
+    });
+    assert_eq!(r, "Ok done");
+    wait_until("the slave to stream the changes", 30, || {
+        let d = dump_mboxlist(&inst);
+        d.contains("user.hank") && !d.contains("shared.news")
+    });
+    let final_dump = dump_mboxlist(&inst);
+    assert!(
+        final_dump.contains("user.alice") && final_dump.contains("user.zed"),
+        "{final_dump}"
+    );
+    // corvid saw the slave log in as sl2 and subscribe.
+    let log = std::fs::read_to_string(c.dir.join("corvid.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[allow(dead_code)]
+fn read_lines(p: &Path) -> Vec<String> {
+    BufReader::new(std::fs::File::open(p).unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .collect()
+}
