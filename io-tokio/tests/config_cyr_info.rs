@@ -13,7 +13,7 @@ use std::process::Command;
 
 use io_tokio::config::{known_keys, Config, KeyKind, LoadOptions};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PtConfig, TestRunner};
+use proptest::test_runner::{Config as PtConfig, RngAlgorithm, TestRng, TestRunner};
 
 const CYR_INFO: &str = "/usr/lib/cyrus/bin/cyr_info";
 
@@ -168,6 +168,9 @@ fn corner_cases_agree_with_cyrus() {
         ("   # comment\n\t\n\nsync_host: a # b   \n", None),
         ("long_key: part one \\\npart two\n", None),
         ("cont_at_eof: x\\", None),
+        ("admins: \\\n", None),
+        ("admins: a\\\n\n", None),
+        ("admins: \\\n.", None),
         ("crlf: v\r\nsync_log: on\r\n", None),
         ("SYNC_LOG: Yes\n", None),
         ("sync_log: yesterday\nallowplaintext: offset\nhashimapspool: nah\n", None),
@@ -336,11 +339,20 @@ fn generated_configs_agree_with_cyrus() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(96);
-    let mut runner = TestRunner::new(PtConfig {
+    // Deterministic by default; CORVID_CYR_INFO_SEED picks another sequence.
+    let seed: u64 = std::env::var("CORVID_CYR_INFO_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3905);
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
+    let config = PtConfig {
         cases,
         failure_persistence: None,
         ..PtConfig::default()
-    });
+    };
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let strategy = (
         prop::collection::vec(line(), 0..6),
         prop::option::of(prop::sample::select(vec!["mupdate", "syncserver"])),
@@ -354,7 +366,7 @@ fn generated_configs_agree_with_cyrus() {
         Ok(())
     });
     if let Err(e) = result {
-        panic!("{e}");
+        panic!("{e}\nreplay: CORVID_CYR_INFO_SEED={seed} CORVID_CYR_INFO_CASES={cases} cargo test -p io-tokio --test config_cyr_info");
     }
     // The generator must produce accepted configs too, or values were never compared.
     eprintln!(

@@ -229,6 +229,11 @@ fn syntax_as_cyrus_has_it() {
     assert_eq!(c.get_str("crlf_key"), Some("value"));
     assert_eq!(c.get_str("sasl_mech_list"), Some("PLAIN"));
     assert_eq!(c.get_str("tls_server_cert"), Some("/etc/ssl/x.pem"));
+
+    // A continuation on the last line: Cyrus drops the pending line silently.
+    let c = parse("servername: x\nadmins: a \\\n").unwrap();
+    assert_eq!(c.get_str("admins"), Some(""));
+    assert!(!c.is_set("admins"));
 }
 
 #[test]

@@ -413,7 +413,10 @@ impl Client {
     }
 
     /// The initial response to put on the AUTHENTICATE line: PLAIN's whole
-    /// message; `None` for LOGIN (Cyrus's LOGIN client sends none).
+    /// message; `None` for LOGIN (Cyrus's LOGIN client sends none). Calling
+    /// this commits to sending it: a later empty challenge is then refused.
+    /// To go without one, do not call it; [`Client::step`] answers the
+    /// server's empty challenge instead.
     pub fn initial_response(&mut self) -> Option<Secret> {
         match (self.mechanism, &self.state) {
             (Mechanism::Plain, ClientState::Start) => {

@@ -452,7 +452,10 @@ impl Loader<'_> {
                 if had_nl && line.last() == Some(&b'\\') {
                     logical.extend_from_slice(&line[..line.len() - 1]);
                     if rest.is_empty() {
-                        break;
+                        // A continuation with nothing after it: Cyrus's
+                        // fgets loop ends with the line still pending and
+                        // drops it without a word. So do we.
+                        return Ok(());
                     }
                     continue;
                 }
