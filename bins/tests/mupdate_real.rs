@@ -557,3 +557,101 @@ fn read_lines(p: &Path) -> Vec<String> {
         .map(|l| l.unwrap())
         .collect()
 }
+
+#[test]
+fn real_cyrus_backend_push_reconciles_into_corvid() {
+    if !cyrus_available("real_cyrus_backend_push_reconciles_into_corvid") {
+        return;
+    }
+    let root = open_root();
+    let c = start_corvid(&root.path().join("corvid").tap_mkdir());
+    let mut w = Client::login(c.port);
+    // The master's view before the backend boots: a stale entry the backend
+    // no longer has, a wrong ACL, and another backend's mailbox.
+    for cmd in [
+        mupdate::Command::Activate {
+            name: b("user.stale"),
+            location: b("be1.test!default"),
+            acl: b("x\tlr\t"),
+        },
+        mupdate::Command::Activate {
+            name: b("user.alice"),
+            location: b("be1.test!default"),
+            acl: b("old\tlr\t"),
+        },
+        mupdate::Command::Activate {
+            name: b("shared.other"),
+            location: b("be2.test!default"),
+            acl: b("anyone\tlr\t"),
+        },
+    ] {
+        assert_eq!(w.run(cmd).1, "Ok done");
+    }
+    let inst = cyrus_instance(
+        root.path(),
+        "be1",
+        &format!(
+            "servername: be1.test\nadmins: cyrus\nproxyservers: proxy\nmupdate_server: 127.0.0.1:{}\nmupdate_authname: be1\n\
+mupdate_username: be1\nmupdate_password: secret\nmupdate_config: standard\n",
+            c.port
+        ),
+    );
+    // The backend's own mailboxes (ctl_mboxlist -u takes Cyrus 3.6's JSON dump).
+    let mb = |n: &str, who: &str, id: &str| {
+        format!(
+            "\"{n}\": {{\"partition\": \"default\", \"acl\": {{\"{who}\": \"lrswipkxtecdan\"}}, \"uidvalidity\": \"1700000000\", \
+\"createdmodseq\": \"1\", \"foldermodseq\": \"1\", \"mbtype\": \"e\", \"uniqueid\": \"{id}\"}}"
+        )
+    };
+    let json = format!(
+        "{{{}, {}}}\n",
+        mb("user.alice", "alice", "a1b2c3d4e5f6a7b8c9d0e1f2"),
+        mb("user.bob", "bob", "b1b2c3d4e5f6a7b8c9d0e1f2")
+    );
+    let f = inst.join("undump.json");
+    std::fs::write(&f, json).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "runuser -u cyrus -- {CYRUS}/ctl_mboxlist -C {} -u < {}",
+            inst.join("imapd.conf").display(),
+            f.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(dump_mboxlist(&inst).contains("user.bob"));
+    // The real push, as cyrus.conf START runs it on a backend.
+    let out = as_cyrus(
+        "ctl_mboxlist",
+        &["-C", inst.join("imapd.conf").to_str().unwrap(), "-m"],
+    );
+    assert!(
+        out.status.success(),
+        "ctl_mboxlist -m failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let find = |cl: &mut Client, n: &str| cl.run(mupdate::Command::Find { name: b(n) }).0;
+    let mut r = Client::login(c.port);
+    assert!(
+        find(&mut r, "user.stale").is_empty(),
+        "the stale entry was deleted"
+    );
+    match &find(&mut r, "user.bob")[..] {
+        [Response::Mailbox { location, acl, .. }] => {
+            assert_eq!(&location.value()[..], b"be1.test!default");
+            assert_eq!(&acl.value()[..], b"bob\tlrswipkxtecdan\t");
+        }
+        other => panic!("user.bob after push: {other:?}"),
+    }
+    match &find(&mut r, "user.alice")[..] {
+        [Response::Mailbox { acl, .. }] => assert_eq!(&acl.value()[..], b"alice\tlrswipkxtecdan\t"),
+        other => panic!("user.alice after push: {other:?}"),
+    }
+    assert_eq!(
+        find(&mut r, "shared.other").len(),
+        1,
+        "another backend's entry is untouched"
+    );
+}
