@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use io_tokio::auth::{
-    Access, AuthError, Authenticated, Authenticator, CheckContext, LoginError, PasswdError,
-    PasswdFile, PwCheck, Secret, Verdict,
+    offered_mechanisms, Access, AuthError, Authenticated, Authenticator, CheckContext, LoginError,
+    Mechanism, PasswdError, PasswdFile, PwCheck, Secret, Verdict,
 };
 use io_tokio::config::{Config, LoadOptions};
 
@@ -334,4 +334,24 @@ fn nothing_shows_a_password() {
     let auth = PwCheck::from_config(&conf("sasl_pwcheck_method: saslauthd\n")).unwrap();
     let shown = format!("{creds:?} {c:?} {auth:?} {:?}", Access::from_config(&c));
     assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn offered_mechanisms_follow_cyrus_security_properties() {
+    use Mechanism::{Login, Plain};
+    // Cyrus's default allowplaintext: no; PLAIN/LOGIN only under TLS.
+    let c = conf("servername: x\n");
+    assert_eq!(offered_mechanisms(&c, 0).unwrap(), vec![]);
+    assert_eq!(offered_mechanisms(&c, 256).unwrap(), vec![Plain, Login]);
+    // A 1-bit layer (integrity only) does not count as protection.
+    assert_eq!(offered_mechanisms(&c, 1).unwrap(), vec![]);
+    // The labs' configuration: plaintext allowed, sasl_mech_list orders.
+    let c = conf("allowplaintext: yes\nsasl_mech_list: LOGIN CRAM-MD5 plain\n");
+    assert_eq!(offered_mechanisms(&c, 0).unwrap(), vec![Login, Plain]);
+    let c = conf("allowplaintext: yes\nsasl_mech_list: DIGEST-MD5\n");
+    assert_eq!(offered_mechanisms(&c, 0).unwrap(), vec![]);
+    // sasl_minimum_layer above what the connection has: nothing fits.
+    let c = conf("allowplaintext: yes\nsasl_minimum_layer: 56\n");
+    assert_eq!(offered_mechanisms(&c, 0).unwrap(), vec![]);
+    assert_eq!(offered_mechanisms(&c, 256).unwrap(), vec![Plain, Login]);
 }

@@ -34,7 +34,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 
-pub use proto::sasl::{Credentials, Secret};
+pub use proto::sasl::{Credentials, Mechanism, Secret};
 
 pub use passwd::{PasswdError, PasswdFile};
 pub use saslauthd::{Saslauthd, SaslauthdOptions};
@@ -150,6 +150,30 @@ impl Authenticator for PwCheck {
             PwCheck::PasswdFile(f) => f.check(authcid, password, ctx).await,
         }
     }
+}
+
+/// The mechanisms a corvid server offers in its banner, as libsasl2 would
+/// under the security properties Cyrus sets (`imap/global.c
+/// mysasl_secprops`, libsasl `server.c mech_permitted`): PLAIN and LOGIN
+/// send the password in the clear, so they are offered only with
+/// `allowplaintext: yes` or under a layer of more than 1 bit of strength
+/// (`external_ssf`, e.g. TLS) that also meets `sasl_minimum_layer`; within
+/// that, `sasl_mech_list` (if set) picks and orders them.
+pub fn offered_mechanisms(conf: &Config, external_ssf: u32) -> Result<Vec<Mechanism>, ConfigError> {
+    let min_ssf = conf.get_int("sasl_minimum_layer")?;
+    let external = i64::from(external_ssf);
+    // PLAIN and LOGIN have no layer of their own (strength 0).
+    if min_ssf > external {
+        return Ok(Vec::new());
+    }
+    let protected = external > 1;
+    if !protected && !conf.get_bool("allowplaintext")? {
+        return Ok(Vec::new());
+    }
+    Ok(match conf.get_str("sasl_mech_list") {
+        Some(list) => Mechanism::parse_list(list),
+        None => Mechanism::ALL.to_vec(),
+    })
 }
 
 /// Who may do what once the password is right: `admins:` and
