@@ -1,12 +1,13 @@
-//! corvid's password file: checks, atomic rewrites, broken files, and the
-//! choice of backend from imapd.conf.
+//! corvid's password file (checks, atomic rewrites, broken files), the
+//! choice of backend from imapd.conf, Cyrus's admin/proxy policy, and the
+//! mechanisms offered and chosen.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use io_tokio::auth::{
-    offered_mechanisms, Access, AuthError, Authenticated, Authenticator, CheckContext, LoginError,
-    Mechanism, PasswdError, PasswdFile, PwCheck, Secret, Verdict,
+    client_mechanism, offered_mechanisms, Access, AuthError, Authenticated, Authenticator,
+    CheckContext, LoginError, Mechanism, PasswdError, PasswdFile, PwCheck, Secret, Verdict,
 };
 use io_tokio::config::{Config, LoadOptions};
 
@@ -354,4 +355,25 @@ fn offered_mechanisms_follow_cyrus_security_properties() {
     let c = conf("allowplaintext: yes\nsasl_minimum_layer: 56\n");
     assert_eq!(offered_mechanisms(&c, 0).unwrap(), vec![]);
     assert_eq!(offered_mechanisms(&c, 256).unwrap(), vec![Plain, Login]);
+}
+
+#[test]
+fn client_picks_like_cyrus() {
+    let plain = conf("servername: x\n");
+    // The csync banner "* SASL PLAIN LOGIN" and MUPDATE's "* AUTH \"PLAIN\"".
+    assert_eq!(
+        client_mechanism(&plain, ["PLAIN", "LOGIN"]),
+        Some(Mechanism::Plain)
+    );
+    assert_eq!(
+        client_mechanism(&plain, ["login", "SCRAM-SHA-1"]),
+        Some(Mechanism::Login)
+    );
+    assert_eq!(client_mechanism(&plain, ["GSSAPI"]), None);
+    let forced = conf("force_sasl_client_mech: LOGIN\n");
+    assert_eq!(
+        client_mechanism(&forced, ["PLAIN", "LOGIN"]),
+        Some(Mechanism::Login)
+    );
+    assert_eq!(client_mechanism(&forced, ["PLAIN"]), None);
 }

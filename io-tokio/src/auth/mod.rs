@@ -176,6 +176,24 @@ pub fn offered_mechanisms(conf: &Config, external_ssf: u32) -> Result<Vec<Mechan
     })
 }
 
+/// The mechanism a corvid client (sync_client, MUPDATE slave) uses with a
+/// server that offers `offered` (its banner's list, names as sent), as
+/// Cyrus's client side picks it: `force_sasl_client_mech` if set (and
+/// offered), else PLAIN, else LOGIN. `None`: nothing both sides speak.
+pub fn client_mechanism<'a>(
+    conf: &Config,
+    offered: impl IntoIterator<Item = &'a str>,
+) -> Option<Mechanism> {
+    let offered: Vec<Mechanism> = offered
+        .into_iter()
+        .filter_map(Mechanism::from_name)
+        .collect();
+    match conf.get_str("force_sasl_client_mech") {
+        Some(forced) => Mechanism::from_name(forced).filter(|m| offered.contains(m)),
+        None => Mechanism::ALL.into_iter().find(|m| offered.contains(m)),
+    }
+}
+
 /// Who may do what once the password is right: `admins:` and
 /// `proxyservers:` of the config.
 #[derive(Debug, Clone, Default)]
