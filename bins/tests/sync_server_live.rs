@@ -130,6 +130,8 @@ fn peers() -> Option<Peers> {
 struct Corvid {
     child: Child,
     port: u16,
+    /// The IMAP-embedded flavour's port (`--imap-listen`).
+    imap_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -166,16 +168,21 @@ fn start_corvid() -> Corvid {
         ),
     )
     .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free();
+    let imap_port = free();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let child = Command::new(exe)
         .args(["sync_server", "-C"])
         .arg(&conf)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--imap-listen", &format!("127.0.0.1:{imap_port}")])
         .env("CORVID_LOG", "info")
         .stderr(log)
         .spawn()
@@ -188,7 +195,12 @@ fn start_corvid() -> Corvid {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Corvid { child, port, dir }
+    Corvid {
+        child,
+        port,
+        imap_port,
+        dir,
+    }
 }
 
 /// A minimal csync client: PLAIN login as repl, one command, its lines.
@@ -401,6 +413,33 @@ fn real_sync_client_replicates_into_corvid_like_into_cyrus() {
     t.p.mail(&["flag", u, "INBOX", "2:3", "+", "\\Seen $Label1"]);
     t.p.mail(&["flag", u, "INBOX", "1", "-", "\\Flagged"]);
     t.both("flag change", &["-u", u], &[u]);
+
+    // The IMAP-embedded flavour: sync_try_imap on, pointed at corvid's
+    // IMAP port, which advertises X-REPLICATION after login.
+    t.p.mail(&["lmtp", u, "1"]);
+    let out =
+        t.p.cmd("bash")
+            .arg(repo().join("scripts/peers/sync-client.sh"))
+            .args([
+                "--try-imap",
+                "--port",
+                &t.c.imap_port.to_string(),
+                "--",
+                "-v",
+                "-v",
+                "-u",
+                u,
+            ])
+            .output()
+            .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "IMAP-flavour sync failed: {log}");
+    assert!(
+        log.contains("SYNCAPPLY MAILBOX"),
+        "no tagged SYNCAPPLY seen:\n{log}"
+    );
+    t.ok(t.real, &["-u", u]);
+    t.same("IMAP-embedded flavour (SYNCGET/SYNCAPPLY)", &[u]);
 
     t.p.mail(&["expunge", u, "INBOX", "4"]);
     t.both("expunge", &["-u", u], &[u]);

@@ -251,6 +251,52 @@ fn try_imap_probe_gets_an_imap_answer_without_x_replication() {
 }
 
 #[test]
+fn imap_embedded_flavour_serves_tagged_sync_commands() {
+    let mut o = opts();
+    o.flavour = engine::csync::Flavour::Imap;
+    let mut r = Rig::new(store(), o);
+    assert_eq!(
+        String::from_utf8_lossy(&r.out),
+        "* OK [CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE AUTH=PLAIN AUTH=LOGIN SASL-IR] replica.test Cyrus IMAP 3.6.1-corvid-test server ready\r\n"
+    );
+    assert_eq!(
+        r.say("S0 SYNCGET USER alice\r\n"),
+        "S0 NO Please authenticate first\r\n"
+    );
+    assert_eq!(
+        r.say("A01 AUTHENTICATE PLAIN AHJlcGwAcmVwbHBhc3M=\r\n"),
+        "A01 OK [CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE X-REPLICATION X-SIEVE-MAILBOX] Success (no protection)\r\n"
+    );
+    assert_eq!(
+        r.say("C01 CAPABILITY\r\n"),
+        "* CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE X-REPLICATION X-SIEVE-MAILBOX\r\nC01 OK Completed\r\n"
+    );
+    assert_eq!(
+        r.say("S1 SYNCAPPLY CAPABILITIES (SIEVE-MAILBOX)\r\n"),
+        "* ENABLED (SIEVE-MAILBOX)\r\nS1 OK success\r\n"
+    );
+    assert_eq!(
+        r.say("S2 SYNCAPPLY SIEVE %(USERID alice FILENAME a.script LAST_UPDATE 1 CONTENT {5+}\r\nkeep;)\r\n"),
+        "S2 OK success\r\n"
+    );
+    assert_eq!(
+        r.say("S3 SYNCAPPLY SUB %(USERID alice MBOXNAME user.alice)\r\n"),
+        "S3 OK success\r\n"
+    );
+    assert_eq!(
+        r.say("S4 SYNCGET META alice\r\n"),
+        "* LSUB (user.alice)\r\nS4 OK success\r\n"
+    );
+    assert_eq!(r.say("S5 SYNCRESTART\r\n"), "S5 OK Restarting\r\n");
+    assert_eq!(r.say("S6 FROB\r\n"), "S6 BAD Unrecognized command\r\n");
+    assert_eq!(
+        r.say("Q01 LOGOUT\r\n"),
+        "* BYE LOGOUT received\r\nQ01 OK Completed\r\n"
+    );
+    assert_eq!(r.closed, Some(CloseReason::Done));
+}
+
+#[test]
 fn non_admin_gets_permission_denied_for_everything() {
     let mut r = Rig::new(store(), opts());
     assert_eq!(

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use engine::csync::{AuthOk, Completion, Effect, Event, Options as MachineOptions, Server};
+use engine::csync::{
+    AuthOk, Completion, Effect, Event, Flavour, Options as MachineOptions, Server,
+};
 use engine::machine::Time;
 use engine::model::UnixTime;
 use engine::store::StoreEffect;
@@ -60,6 +62,15 @@ struct Args {
     /// Listen on HOST:PORT instead of master's socket or stdin/stdout.
     #[arg(long)]
     listen: Option<String>,
+    /// Also serve the IMAP-embedded flavour (what a sync_client with
+    /// `sync_try_imap` looks for: X-REPLICATION, tagged SYNCAPPLY/SYNCGET)
+    /// on HOST:PORT, from the same store.
+    #[arg(long)]
+    imap_listen: Option<String>,
+    /// Speak the IMAP-embedded flavour on the main socket (master(8) fd,
+    /// stdin/stdout or --listen) instead of csync.
+    #[arg(long)]
+    imap: bool,
 }
 
 /// Everything connections share.
@@ -197,10 +208,13 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     stream: T,
     peer: String,
     tls: io_tokio::tls::TlsConfigs,
+    flavour: Flavour,
 ) {
     let conn = shared.committer.connection();
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
-    let machine = Server::new(now, shared.reader.clone(), shared.machine.clone());
+    let mut opts = shared.machine.clone();
+    opts.flavour = flavour;
+    let machine = Server::new(now, shared.reader.clone(), opts);
     let (etx, mut erx) = mpsc::channel::<Event>(256);
     let logger = tokio::spawn(async move {
         while let Some(e) = erx.recv().await {
@@ -320,6 +334,37 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             info!("shutting down");
         };
         let serve_opts = ServeOptions::default();
+        let main_flavour = if args.imap { Flavour::Imap } else { Flavour::Csync };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let mut imap_task = None;
+        if let Some(addr) = &args.imap_listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("sync_server: listen {addr}: {e}");
+                    return ExitCode::from(71);
+                }
+            };
+            info!(addr = %addr, "listening (IMAP-embedded flavour)");
+            let s = shared.clone();
+            let tls = tls.clone();
+            let mut stop = stop_rx.clone();
+            let opts = serve_opts.clone();
+            imap_task = Some(tokio::spawn(listen::serve(
+                listener,
+                move |stream, peer: SocketAddr| {
+                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), Flavour::Imap)
+                },
+                async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                },
+                opts,
+            )));
+        }
         if let Some(addr) = &args.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -333,7 +378,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone())
+                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), main_flavour)
                 },
                 shutdown,
                 serve_opts,
@@ -351,15 +396,30 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone())
+                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), main_flavour)
                 },
                 shutdown,
                 serve_opts,
             )
             .await;
         } else {
-            run_connection(shared.clone(), epoch, io_tokio::driver::stdio(), "stdin".into(), tls)
-                .await;
+            run_connection(
+                shared.clone(),
+                epoch,
+                io_tokio::driver::stdio(),
+                "stdin".into(),
+                tls,
+                main_flavour,
+            )
+            .await;
+            // One stdin session: the process ends with it.
+            if let Some(t) = imap_task.take() {
+                t.abort();
+            }
+        }
+        if let Some(t) = imap_task {
+            // The main accept loop ended on shutdown, which stops this one.
+            let _ = t.await;
         }
         ExitCode::SUCCESS
     });

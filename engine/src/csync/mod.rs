@@ -16,4 +16,4 @@ mod server;
 pub mod wire;
 
 pub use apply::Refusal;
-pub use server::{AuthOk, Command, Completion, Effect, Event, Options, Server};
+pub use server::{AuthOk, Command, Completion, Effect, Event, Flavour, Options, Server};

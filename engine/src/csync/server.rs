@@ -41,6 +41,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use proto::csync::imap::{
+    ImapClientLine, ImapCommandBody, ImapCommandError, ImapResponse, ImapServerDecoder,
+};
 use proto::csync::{
     Capability, ClientLine, Code, Command as Cmd, CommandError, Event as DecEvent, Greeting,
     Response, ServerDecoder, Status, StatusKind,
@@ -109,6 +112,22 @@ pub struct Options {
     /// Total of those kept bodies; beyond it the oldest are dropped (a
     /// script whose bytes are gone is then read from the store).
     pub small_bodies_bytes_max: usize,
+    /// Which wire flavour this session speaks.
+    pub flavour: Flavour,
+}
+
+/// The two ways a Cyrus sync_client reaches a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The dedicated csync service (sync_server's port): untagged lines.
+    Csync,
+    /// The IMAP-embedded flavour (Cyrus 3.0+, `sync_try_imap`): an IMAP
+    /// greeting, tagged `SYNCAPPLY`/`SYNCGET`/`SYNCRESTORE`/`SYNCRESTART`
+    /// after an admin AUTHENTICATE, `X-REPLICATION` in the capabilities,
+    /// `{n}` literals from the server. Only what sync_client uses is
+    /// served (CAPABILITY, AUTHENTICATE, NOOP, LOGOUT, the SYNC commands);
+    /// any other IMAP command is refused with `BAD`.
+    Imap,
 }
 
 impl Default for Options {
@@ -131,6 +150,7 @@ impl Default for Options {
             fetch_chunk_bytes: 64 * 1024,
             small_body_bytes_max: 64 * 1024,
             small_bodies_bytes_max: 1024 * 1024,
+            flavour: Flavour::Csync,
         }
     }
 }
@@ -200,6 +220,108 @@ pub enum Event {
     MessageRefused(String),
 }
 
+/// The decoder of the session's flavour.
+enum Decoder {
+    Csync(ServerDecoder),
+    Imap(ImapServerDecoder),
+}
+
+/// A decoded line of either flavour, as the machine dispatches it.
+enum Line {
+    Csync(ClientLine),
+    ImapCapability,
+    ImapLogout,
+    ImapOther,
+}
+
+type Polled = (Option<Bytes>, DecEvent<Line, CommandError>);
+
+fn from_csync(e: DecEvent<ClientLine, CommandError>) -> Polled {
+    (
+        None,
+        match e {
+            DecEvent::Decoded(l) => DecEvent::Decoded(Line::Csync(l)),
+            DecEvent::Refused(r) => DecEvent::Refused(r),
+            DecEvent::FileStart(f) => DecEvent::FileStart(f),
+            DecEvent::FileChunk(c) => DecEvent::FileChunk(c),
+            DecEvent::FileEnd => DecEvent::FileEnd,
+            DecEvent::ContinuationNeeded { len } => DecEvent::ContinuationNeeded { len },
+        },
+    )
+}
+
+fn from_imap(e: DecEvent<ImapClientLine, ImapCommandError>) -> Polled {
+    let cmd = |c: Cmd| Line::Csync(ClientLine::Command(c));
+    match e {
+        DecEvent::FileStart(f) => (None, DecEvent::FileStart(f)),
+        DecEvent::FileChunk(c) => (None, DecEvent::FileChunk(c)),
+        DecEvent::FileEnd => (None, DecEvent::FileEnd),
+        DecEvent::ContinuationNeeded { len } => (None, DecEvent::ContinuationNeeded { len }),
+        DecEvent::Refused(ImapCommandError { tag, error }) => (tag, DecEvent::Refused(error)),
+        DecEvent::Decoded(ImapClientLine::SaslResponse(d)) => (
+            None,
+            DecEvent::Decoded(Line::Csync(ClientLine::SaslResponse(d))),
+        ),
+        DecEvent::Decoded(ImapClientLine::SaslCancel) => {
+            (None, DecEvent::Decoded(Line::Csync(ClientLine::SaslCancel)))
+        }
+        DecEvent::Decoded(ImapClientLine::Command(c)) => {
+            let line = match c.body {
+                ImapCommandBody::SyncApply(i) => cmd(Cmd::Apply(i)),
+                ImapCommandBody::SyncGet(i) => cmd(Cmd::Get(i)),
+                ImapCommandBody::SyncRestore(i) => cmd(Cmd::Restore(i)),
+                ImapCommandBody::SyncRestart => cmd(Cmd::Restart),
+                ImapCommandBody::Authenticate {
+                    mechanism,
+                    initial_response,
+                } => cmd(Cmd::Authenticate {
+                    mechanism,
+                    initial_response,
+                }),
+                ImapCommandBody::Noop => cmd(Cmd::Noop),
+                ImapCommandBody::Capability => Line::ImapCapability,
+                ImapCommandBody::Logout => Line::ImapLogout,
+                ImapCommandBody::Other { .. } => Line::ImapOther,
+            };
+            (Some(c.tag), DecEvent::Decoded(line))
+        }
+    }
+}
+
+impl Decoder {
+    fn handle_input(&mut self, b: &[u8]) {
+        match self {
+            Decoder::Csync(d) => d.handle_input(b),
+            Decoder::Imap(d) => d.handle_input(b),
+        }
+    }
+    fn handle_eof(&mut self) {
+        let _ = match self {
+            Decoder::Csync(d) => d.handle_eof(),
+            Decoder::Imap(d) => d.handle_eof(),
+        };
+    }
+    fn take_unconsumed(&mut self) -> BytesMut {
+        match self {
+            Decoder::Csync(d) => d.take_unconsumed(),
+            Decoder::Imap(d) => d.take_unconsumed(),
+        }
+    }
+    fn expect_sasl_response(&mut self) {
+        match self {
+            Decoder::Csync(d) => d.expect_sasl_response(),
+            Decoder::Imap(d) => d.expect_sasl_response(),
+        }
+    }
+    /// The next event, with the tag of an IMAP-flavour line.
+    fn poll(&mut self) -> Result<Option<Polled>, proto::csync::DecodeError> {
+        Ok(match self {
+            Decoder::Csync(d) => d.poll_event()?.map(from_csync),
+            Decoder::Imap(d) => d.poll_event()?.map(from_imap),
+        })
+    }
+}
+
 enum Phase {
     NotAuth,
     Sasl(sasl::Server),
@@ -236,8 +358,10 @@ enum Wait {
 pub struct Server<R> {
     read: R,
     opts: Options,
-    decoder: ServerDecoder,
+    decoder: Decoder,
     phase: Phase,
+    /// The tag of the IMAP-flavour command being answered.
+    tag: Option<Bytes>,
     wait: Wait,
     ids: EffectIds,
     out: BytesMut,
@@ -260,7 +384,7 @@ pub struct Server<R> {
     /// Refusals of uploads since the last command (answered on it).
     upload_errors: Vec<String>,
     /// A decoded line held until the stagings before it are verified.
-    held: Option<ClientLine>,
+    held: Option<(Option<Bytes>, Line)>,
     /// Small uploads of this session by GUID (see `small_body_bytes_max`),
     /// in arrival order for eviction.
     bodies: VecDeque<(Guid, Bytes)>,
@@ -329,8 +453,13 @@ fn user_id(b: &[u8]) -> Result<UserId, Refusal> {
 impl<R: MailRead> Server<R> {
     /// A new session at `now`; the banner is queued.
     pub fn new(now: Time, read: R, opts: Options) -> Self {
-        let decoder = ServerDecoder::with_options(opts.frame.clone())
-            .unwrap_or_else(|_| ServerDecoder::new());
+        let decoder = match opts.flavour {
+            Flavour::Csync => Decoder::Csync(
+                ServerDecoder::with_options(opts.frame.clone())
+                    .unwrap_or_else(|_| ServerDecoder::new()),
+            ),
+            Flavour::Imap => Decoder::Imap(ImapServerDecoder::new()),
+        };
         let mut s = Server {
             read,
             decoder,
@@ -339,6 +468,7 @@ impl<R: MailRead> Server<R> {
             next_stage: opts.stage_id_base,
             opts,
             phase: Phase::NotAuth,
+            tag: None,
             wait: Wait::Idle,
             ids: EffectIds::default(),
             out: BytesMut::new(),
@@ -366,7 +496,35 @@ impl<R: MailRead> Server<R> {
         &self.read
     }
 
+    /// The IMAP capabilities: before login (mechanisms) or after.
+    fn imap_capabilities(&self) -> String {
+        let mut c = String::from("IMAP4rev1 LITERAL+ ID ENABLE");
+        if matches!(self.phase, Phase::Auth { .. }) {
+            c.push_str(" X-REPLICATION X-SIEVE-MAILBOX");
+        } else {
+            if self.opts.starttls && !self.tls_active {
+                c.push_str(" STARTTLS");
+            }
+            for m in &self.opts.mechanisms {
+                c.push_str(" AUTH=");
+                c.push_str(m.name());
+            }
+            c.push_str(" SASL-IR");
+        }
+        c
+    }
+
     fn banner(&mut self) {
+        if self.opts.flavour == Flavour::Imap {
+            let host = self.opts.server_name.replace(['\r', '\n', ' '], "");
+            let version = self.opts.version.replace(['\r', '\n'], "");
+            let line = format!(
+                "* OK [CAPABILITY {}] {host} Cyrus IMAP {version} server ready\r\n",
+                self.imap_capabilities()
+            );
+            self.out.extend_from_slice(line.as_bytes());
+            return;
+        }
         let mut lines = Vec::new();
         let authed = matches!(self.phase, Phase::Auth { .. });
         if !authed && !self.opts.mechanisms.is_empty() {
@@ -398,6 +556,26 @@ impl<R: MailRead> Server<R> {
     }
 
     fn send(&mut self, r: &Response) {
+        if self.opts.flavour == Flavour::Imap {
+            match r {
+                Response::Data(item) => {
+                    let e = ImapResponse::Data(item.clone()).encode();
+                    self.out.extend_from_slice(&e.into_bytes());
+                    return;
+                }
+                Response::Status(s) => {
+                    let tag = self.tag.clone().unwrap_or_else(|| Bytes::from_static(b"*"));
+                    let e = ImapResponse::Tagged {
+                        tag,
+                        status: s.clone(),
+                    }
+                    .encode();
+                    self.out.extend_from_slice(&e.into_bytes());
+                    return;
+                }
+                _ => {}
+            }
+        }
         self.out.extend_from_slice(&r.encode().into_bytes());
     }
 
@@ -460,9 +638,9 @@ impl<R: MailRead> Server<R> {
     /// Handles decoder events until blocked, closed or out of input.
     fn pump(&mut self) {
         while !self.closed && !self.blocked() {
-            match self.decoder.poll_event() {
+            match self.decoder.poll() {
                 Ok(None) => break,
-                Ok(Some(ev)) => self.on_event(ev),
+                Ok(Some((tag, ev))) => self.on_event(tag, ev),
                 Err(e) => {
                     let t = format!("{e}");
                     self.send(&Response::Fatal(Bytes::from(t.clone())));
@@ -472,7 +650,7 @@ impl<R: MailRead> Server<R> {
         }
     }
 
-    fn on_event(&mut self, ev: DecEvent<ClientLine, CommandError>) {
+    fn on_event(&mut self, tag: Option<Bytes>, ev: DecEvent<Line, CommandError>) {
         match ev {
             DecEvent::FileStart(f) => {
                 self.abort_staging();
@@ -533,16 +711,23 @@ impl<R: MailRead> Server<R> {
                 }
             }
             DecEvent::ContinuationNeeded { .. } => {
-                // csync framing accepts `{n}` without a continuation.
+                // csync framing accepts `{n}` without a continuation; an
+                // IMAP-flavour client waits for one.
+                if self.opts.flavour == Flavour::Imap {
+                    self.out.extend_from_slice(b"+ go ahead\r\n");
+                }
             }
             DecEvent::Decoded(line) => {
                 if !self.stage_ends.is_empty() {
-                    self.held = Some(line);
+                    self.held = Some((tag, line));
                 } else {
-                    self.on_line(line);
+                    self.dispatch(tag, line);
                 }
             }
-            DecEvent::Refused(e) => self.on_refused(e),
+            DecEvent::Refused(e) => {
+                self.tag = tag;
+                self.on_refused(e)
+            }
         }
     }
 
@@ -553,7 +738,9 @@ impl<R: MailRead> Server<R> {
             self.status(Status::no(proto::csync::texts::ERROR_AUTHENTICATING));
             return;
         }
-        if let (CommandError::Unrecognized { word }, Phase::NotAuth) = (&e, &self.phase) {
+        if let (CommandError::Unrecognized { word }, Phase::NotAuth, Flavour::Csync) =
+            (&e, &self.phase, self.opts.flavour)
+        {
             if word.as_ref() == b"C01" {
                 // A 3.x sync_client with `sync_try_imap` on probes for an
                 // imapd with X-REPLICATION (`C01 CAPABILITY`, a fixed tag).
@@ -586,6 +773,26 @@ impl<R: MailRead> Server<R> {
         self.status(status);
     }
 
+    fn dispatch(&mut self, tag: Option<Bytes>, line: Line) {
+        if tag.is_some() {
+            self.tag = tag;
+        }
+        match line {
+            Line::Csync(l) => self.on_line(l),
+            Line::ImapCapability => {
+                let c = format!("* CAPABILITY {}\r\n", self.imap_capabilities());
+                self.out.extend_from_slice(c.as_bytes());
+                self.status(Status::ok("Completed"));
+            }
+            Line::ImapLogout => {
+                self.out.extend_from_slice(b"* BYE LOGOUT received\r\n");
+                self.status(Status::ok("Completed"));
+                self.close(CloseReason::Done);
+            }
+            Line::ImapOther => self.status(Status::bad("Unrecognized command")),
+        }
+    }
+
     fn on_line(&mut self, line: ClientLine) {
         match line {
             ClientLine::SaslResponse(d) => self.on_sasl_response(d.decode().ok()),
@@ -609,6 +816,7 @@ impl<R: MailRead> Server<R> {
             _ => {}
         }
         match c {
+            Cmd::Noop if self.opts.flavour == Flavour::Imap => self.status(Status::ok("Completed")),
             Cmd::Noop => self.status(Status::ok(proto::csync::texts::NOOP_COMPLETED)),
             Cmd::Exit => {
                 self.status(Status::ok(proto::csync::texts::FINISHED));
@@ -1562,8 +1770,8 @@ impl<R: MailRead> Server<R> {
                     }
                 }
                 if self.stage_ends.is_empty() {
-                    if let Some(line) = self.held.take() {
-                        self.on_line(line);
+                    if let Some((tag, line)) = self.held.take() {
+                        self.dispatch(tag, line);
                     }
                 }
             }
@@ -1681,7 +1889,15 @@ impl<R: MailRead> Machine for Server<R> {
                         } else {
                             "no protection"
                         };
-                        self.status(Status::auth_success(ssf));
+                        if self.opts.flavour == Flavour::Imap {
+                            let text = format!(
+                                "[CAPABILITY {}] Success ({ssf})",
+                                self.imap_capabilities()
+                            );
+                            self.status(Status::ok(Bytes::from(text)));
+                        } else {
+                            self.status(Status::auth_success(ssf));
+                        }
                         self.event(Event::Authenticated(ok.userid));
                     }
                     None => {
