@@ -6,6 +6,7 @@
 //! never a silent no-op.
 
 mod capture;
+mod dsync;
 mod store;
 mod mupdate;
 mod passwd;
@@ -43,6 +44,8 @@ pub fn find(name: &str) -> Option<Tool> {
     }
     Some(match name {
         "capture" => Tool::Ready(capture::main),
+        "dsync" => Tool::Ready(dsync::main),
+        "dsync-server" => Tool::Ready(dsync::server_main),
         "mupdate" => Tool::Ready(mupdate::main),
         "passwd" => Tool::Ready(passwd::main),
         "sync_server" => Tool::Ready(sync_server::main),

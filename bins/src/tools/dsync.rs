@@ -1,0 +1,757 @@
+//! `corvid dsync` and `corvid dsync-server`: Dovecot's dsync, on corvid's
+//! stores, speaking Dovecot's own protocol (stream 3.5) so either side may
+//! be real Dovecot.
+//!
+//! ```text
+//! corvid dsync [-c config] [-o setting=value]... [-u user] [-m mailbox]
+//!              [-f] [-R] [-s state] [-v] [-D] mirror|backup LOCATION2
+//! corvid dsync-server [-c config] [-o setting=value]... [-u user]
+//! ```
+//!
+//! The local location is `-o mail_location=LOC` (or `mail_location` in the
+//! `-c` file, `key = value` lines). Locations: `maildir:PATH` (a Dovecot
+//! Maildir++, `store::maildir`) and `corvid:PATH` (the embedded store, with
+//! its index and messages under PATH). LOCATION2 is a location (both brains
+//! run here), a command line run as a child whose stdin/stdout carry the
+//! stream (`corvid dsync-server …`, `doveadm dsync-server -u user`), or
+//! `host` / `user@host` (`ssh host corvid dsync-server [-u user]`).
+//!
+//! Exit codes (man page): 0 synced perfectly; 2 synced, but something
+//! changed meanwhile, run again; 1 failed. With `-s` the new state is
+//! printed on stdout.
+//!
+//! The brains (`engine::dsync::Brain`) make every decision; this file
+//! parses flags, opens stores, and moves bytes and store writes. The
+//! driver here is a plain blocking loop (a reader thread per pipe, store
+//! writes committed in order) rather than `io_tokio::driver`: a sync is one
+//! conversation whose writes must apply in order, and the maildir adapter
+//! is not `Send`-friendly async code.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use engine::dsync::{Brain, Event, Mode, Options, Outcome, Role, SyncState};
+use engine::machine::{EffectId, Machine, Output, Time};
+use engine::model::{
+    Annotations, Guid, Mailbox, MailboxGuid, MailboxName, QuotaRoot, Record, Seen, SieveName,
+    SieveScript, Subscription, SyncCrcs, SyncLogLine, Tombstone, Uid, UniqueId, UnixTime, UserId,
+};
+use engine::store::{
+    commit, Completion, MailRead, Mutation, StageHandle, StoreEffect, StoreError, StoreWrite,
+    UidRange, WriteBatch,
+};
+
+/// Parsed command line.
+#[derive(Debug, Default)]
+struct Args {
+    config: Option<PathBuf>,
+    settings: BTreeMap<String, String>,
+    user: Option<String>,
+    mailbox: Option<String>,
+    full: bool,
+    reverse: bool,
+    state: Option<String>,
+    verbose: bool,
+    debug: bool,
+    rest: Vec<String>,
+}
+
+fn parse(args: Vec<OsString>) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = args
+        .into_iter()
+        .skip(1)
+        .map(|s| s.to_string_lossy().into_owned());
+    while let Some(x) = it.next() {
+        let mut val = |flag: &str| it.next().ok_or(format!("{flag} needs a value"));
+        match x.as_str() {
+            "-c" => a.config = Some(PathBuf::from(val("-c")?)),
+            "-o" => {
+                let kv = val("-o")?;
+                let (k, v) = kv.split_once('=').ok_or("-o wants setting=value")?;
+                a.settings
+                    .insert(k.trim().to_string(), v.trim().to_string());
+            }
+            "-u" => a.user = Some(val("-u")?),
+            "-m" => a.mailbox = Some(val("-m")?),
+            "-s" => a.state = Some(val("-s")?),
+            "-l" | "-T" | "-C" => {
+                val(&x)?;
+            }
+            "-f" => a.full = true,
+            "-R" => a.reverse = true,
+            "-v" => a.verbose = true,
+            "-D" => {
+                a.debug = true;
+                a.verbose = true;
+            }
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
+            _ => {
+                a.rest.push(x);
+                a.rest.extend(it.by_ref());
+            }
+        }
+    }
+    Ok(a)
+}
+
+impl Args {
+    fn setting(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.settings.get(key) {
+            return Some(v.clone());
+        }
+        let text = std::fs::read_to_string(self.config.as_ref()?).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    }
+
+    fn user(&self) -> UserId {
+        let u = self
+            .user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "corvid".into());
+        UserId::new(u).unwrap_or_else(|_| UserId::new("corvid").expect("valid"))
+    }
+}
+
+/// `corvid dsync`.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    match run_master(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dsync: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `corvid dsync-server`.
+pub fn server_main(args: Vec<OsString>) -> ExitCode {
+    match run_server(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dsync-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn exit_code(o: &Outcome) -> ExitCode {
+    if let Some(e) = &o.error {
+        eprintln!("dsync: error: {e}");
+        ExitCode::from(1)
+    } else if o.changes_during_sync {
+        eprintln!("dsync: Mailbox changes caused a desync. You may want to run dsync again.");
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_master(args: Vec<OsString>) -> Result<ExitCode, String> {
+    let a = parse(args)?;
+    let (cmd, loc2) = match a.rest.as_slice() {
+        [c, rest @ ..] if !rest.is_empty() => (c.as_str(), rest.to_vec()),
+        _ => return Err("usage: dsync [options] mirror|backup LOCATION2".into()),
+    };
+    let mode = match (cmd, a.reverse) {
+        ("mirror" | "sync", _) => Mode::TwoWay,
+        ("backup", false) => Mode::BackupSend,
+        ("backup", true) => Mode::BackupRecv,
+        (other, _) => return Err(format!("unknown command {other} (mirror or backup)")),
+    };
+    let local = a
+        .setting("mail_location")
+        .ok_or("no local mail location: give -o mail_location=maildir:PATH or corvid:PATH")?;
+    let user = a.user();
+    let mut o = Options::new(Role::Master, user.clone());
+    o.mode = mode;
+    o.full = a.full;
+    o.hostname = hostname();
+    o.now = UnixTime(now());
+    o.mailbox = a.mailbox.as_ref().and_then(|m| MailboxName::new(m).ok());
+    if let Some(s) = &a.state {
+        o.state = Some(SyncState::parse(s).map_err(|e| format!("-s: {e}"))?);
+    }
+    let progress = Progress::new(a.verbose);
+    let local_store = open(&local, &user)?;
+    let outcome = if loc2.len() == 1 && is_location(&loc2[0]) {
+        let remote_store = open(&loc2[0], &user)?;
+        let mut so = Options::new(Role::Slave, user.clone());
+        so.hostname = o.hostname.clone();
+        so.now = o.now;
+        run_local_pair(o, local_store, so, remote_store, &progress)
+    } else {
+        let argv = remote_command(&loc2, a.user.as_deref());
+        with_store(local_store, |st| run_over_child(o, st, &argv, &progress))?
+    };
+    if a.state.is_some() {
+        println!(
+            "{}",
+            outcome
+                .state
+                .as_ref()
+                .map(|s| s.to_state_string())
+                .unwrap_or_default()
+        );
+    }
+    progress.finish();
+    Ok(exit_code(&outcome))
+}
+
+fn run_server(args: Vec<OsString>) -> Result<ExitCode, String> {
+    let a = parse(args)?;
+    let local = a
+        .setting("mail_location")
+        .or_else(|| std::env::var("CORVID_MAIL_LOCATION").ok())
+        .ok_or("no mail location: give -o mail_location=maildir:PATH or corvid:PATH")?;
+    let user = a.user();
+    let mut o = Options::new(Role::Slave, user.clone());
+    o.hostname = hostname();
+    o.now = UnixTime(now());
+    let st = open(&local, &user)?;
+    let progress = Progress::new(false);
+    let outcome = with_store(st, |st| {
+        let (tx, rx) = mpsc::channel();
+        spawn_reader(std::io::stdin(), tx);
+        let mut out = std::io::stdout().lock();
+        drive(Brain::new(o, st.clone()), st, rx, &mut out, &progress)
+    })?;
+    Ok(exit_code(&outcome))
+}
+
+fn is_location(s: &str) -> bool {
+    s.starts_with("maildir:") || s.starts_with("corvid:")
+}
+
+/// LOCATION2 as a child command line.
+fn remote_command(loc2: &[String], user: Option<&str>) -> Vec<String> {
+    if loc2.len() == 1 && !loc2[0].contains(' ') && !loc2[0].contains('/') {
+        // host or user@host: ssh there and run our server.
+        let (u, host) = match loc2[0].split_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h.to_string()),
+            None => (user.map(str::to_string), loc2[0].clone()),
+        };
+        let mut v = vec!["ssh".into(), host, "corvid".into(), "dsync-server".into()];
+        if let Some(u) = u {
+            v.push("-u".into());
+            v.push(u);
+        }
+        return v;
+    }
+    loc2.iter()
+        .flat_map(|s| s.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "corvid".into())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A progress line on stderr, only when stderr is a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    verbose: bool,
+}
+
+impl Progress {
+    fn new(verbose: bool) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Progress { bar, verbose }
+    }
+
+    fn note(&self, n: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(n.to_string());
+            b.inc(1);
+        }
+        if self.verbose {
+            match &self.bar {
+                Some(b) => b.println(format!("dsync: {n}")),
+                None => eprintln!("dsync: {n}"),
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+// ----- stores -----
+
+/// An opened local store.
+enum Opened {
+    Corvid(store::embedded::Embedded),
+    Maildir(MaildirStore),
+}
+
+fn open(loc: &str, user: &UserId) -> Result<Opened, String> {
+    if let Some(p) = loc.strip_prefix("corvid:") {
+        let p = PathBuf::from(p);
+        let mut parts = BTreeMap::new();
+        parts.insert("default".to_string(), p.join("data"));
+        let opts = store::embedded::Options::new(p.join("conf"), parts);
+        return store::embedded::Embedded::open(opts)
+            .map(Opened::Corvid)
+            .map_err(|e| format!("{loc}: {e}"));
+    }
+    if let Some(p) = loc.strip_prefix("maildir:") {
+        let p = p.split(':').next().unwrap_or(p);
+        let md = store::maildir::Maildir::open(PathBuf::from(p), Default::default())
+            .map_err(|e| format!("{loc}: {e}"))?;
+        return Ok(Opened::Maildir(MaildirStore {
+            md,
+            user: user.clone(),
+            staged: BTreeMap::new(),
+        }));
+    }
+    Err(format!(
+        "{loc}: unknown location (maildir:PATH or corvid:PATH)"
+    ))
+}
+
+/// Both kinds behind one type: a store that reads and writes.
+trait Store: StoreWrite {}
+impl<T: StoreWrite> Store for T {}
+
+fn with_store<R>(o: Opened, f: impl FnOnce(Rc<RefCell<Box<dyn Store>>>) -> R) -> Result<R, String> {
+    let b: Box<dyn Store> = match o {
+        Opened::Corvid(e) => Box::new(e),
+        Opened::Maildir(m) => Box::new(m),
+    };
+    Ok(f(Rc::new(RefCell::new(b))))
+}
+
+type Shared = Rc<RefCell<Box<dyn Store>>>;
+
+// ----- drivers -----
+
+fn spawn_reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<Option<Vec<u8>>>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn run_over_child(o: Options, st: Shared, argv: &[String], progress: &Progress) -> Outcome {
+    let (prog, args) = argv.split_first().expect("a command");
+    let mut child = match Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome {
+                state: None,
+                changes_during_sync: false,
+                error: Some(format!("can't run {prog}: {e}")),
+            }
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    spawn_reader(child.stdout.take().expect("piped"), tx);
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut outcome = drive(Brain::new(o, st.clone()), st, rx, &mut stdin, progress);
+    drop(stdin);
+    match child.wait() {
+        Ok(s) if s.success() => {}
+        Ok(s) if s.code() == Some(2) => outcome.changes_during_sync = true,
+        Ok(s) => {
+            outcome
+                .error
+                .get_or_insert(format!("remote command exited with {s}"));
+        }
+        Err(e) => {
+            outcome.error.get_or_insert(format!("remote command: {e}"));
+        }
+    }
+    outcome
+}
+
+/// One brain against a byte pipe.
+fn drive(
+    mut brain: Brain<Shared>,
+    st: Shared,
+    rx: mpsc::Receiver<Option<Vec<u8>>>,
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> Outcome {
+    let mut outcome = None;
+    let mut broken = false;
+    let now = Time::ZERO;
+    loop {
+        let mut done: Vec<(EffectId, Completion)> = Vec::new();
+        while let Some(o) = brain.poll_output() {
+            match o {
+                Output::Transmit(b) => {
+                    if !broken && (out.write_all(&b).is_err() || out.flush().is_err()) {
+                        broken = true;
+                    }
+                }
+                Output::Effect { id, effect } => done.push((id, apply(&st, effect))),
+                Output::Event(Event::Finished(o)) => outcome = Some(o),
+                Output::Event(Event::Note(n)) => progress.note(&n),
+                _ => {}
+            }
+        }
+        if brain.is_closed() {
+            break;
+        }
+        if !done.is_empty() {
+            for (id, c) in done {
+                brain.handle_completion(now, id, c);
+            }
+            continue;
+        }
+        match rx.recv() {
+            Ok(Some(b)) => brain.handle_input(now, &b),
+            Ok(None) | Err(_) => brain.handle_eof(now),
+        }
+    }
+    outcome.unwrap_or(Outcome {
+        state: None,
+        changes_during_sync: false,
+        error: Some("the sync ended without a result".into()),
+    })
+}
+
+fn apply(st: &Shared, effect: StoreEffect) -> Completion {
+    match effect {
+        StoreEffect::Write(batch) => commit(&mut **st.borrow_mut(), &batch),
+        other => panic!("dsync brains only write batches, got {other:?}"),
+    }
+}
+
+/// Both brains here, bytes passed in memory.
+fn run_local_pair(mo: Options, a: Opened, so: Options, b: Opened, progress: &Progress) -> Outcome {
+    let boxed = |o: Opened| -> Shared {
+        let b: Box<dyn Store> = match o {
+            Opened::Corvid(e) => Box::new(e),
+            Opened::Maildir(m) => Box::new(m),
+        };
+        Rc::new(RefCell::new(b))
+    };
+    let (sa, sb) = (boxed(a), boxed(b));
+    let mut ma = Brain::new(mo, sa.clone());
+    let mut mb = Brain::new(so, sb.clone());
+    let now = Time::ZERO;
+    let mut outcome: Option<Outcome> = None;
+    let mut slave_error = None;
+    loop {
+        let mut progressed = false;
+        for side in 0..2 {
+            let (me, peer, st) = if side == 0 {
+                (&mut ma, &mut mb, &sa)
+            } else {
+                (&mut mb, &mut ma, &sb)
+            };
+            let mut done = Vec::new();
+            let mut bytes = Vec::new();
+            while let Some(o) = me.poll_output() {
+                progressed = true;
+                match o {
+                    Output::Transmit(b) => {
+                        if std::env::var_os("CORVID_DSYNC_TRACE").is_some() {
+                            eprintln!(
+                                "{}> {:?}",
+                                if side == 0 { "M" } else { "S" },
+                                String::from_utf8_lossy(&b[..b.len().min(120)])
+                            );
+                        }
+                        bytes.push(b)
+                    }
+                    Output::Effect { id, effect } => done.push((id, apply(st, effect))),
+                    Output::Event(Event::Finished(o)) => {
+                        if side == 0 {
+                            outcome = Some(o)
+                        } else if let Some(e) = o.error {
+                            slave_error = Some(e);
+                        }
+                    }
+                    Output::Event(Event::Note(n)) => progress.note(&n),
+                    Output::Close(_) => {
+                        if !peer.is_closed() {
+                            for b in bytes.drain(..) {
+                                peer.handle_input(now, &b);
+                            }
+                            peer.handle_eof(now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for b in bytes {
+                if !peer.is_closed() {
+                    peer.handle_input(now, &b);
+                }
+            }
+            for (id, c) in done {
+                me.handle_completion(now, id, c);
+            }
+        }
+        // A brain may close inside the peer's turn with outputs still
+        // queued: stop only once a whole round moved nothing.
+        if !progressed {
+            break;
+        }
+    }
+    let mut o = outcome.unwrap_or(Outcome {
+        state: None,
+        changes_during_sync: false,
+        error: Some("the local sync stalled".into()),
+    });
+    if let Some(e) = slave_error {
+        o.error = Some(format!("location2: {e}"));
+    }
+    o
+}
+
+// ----- the Maildir adapter -----
+
+/// A Dovecot maildir as a corvid store for one user. Reads go through
+/// `store::maildir::UserView`; a batch is applied mutation by mutation,
+/// each durable when it returns (Maildir has no transactions: a crash
+/// mid-batch leaves a prefix applied, which the next sync completes).
+struct MaildirStore {
+    md: store::maildir::Maildir,
+    user: UserId,
+    staged: BTreeMap<Guid, Bytes>,
+}
+
+impl MaildirStore {
+    fn view(&self) -> store::maildir::UserView<'_> {
+        store::maildir::UserView::new(&self.md, self.user.clone())
+    }
+
+    fn name(n: &MailboxName) -> Result<store::maildir::Name, StoreError> {
+        let s = std::str::from_utf8(n.as_bytes())
+            .map_err(|_| StoreError::Io("mailbox name is not UTF-8".into()))?;
+        store::maildir::Name::new(s).map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    fn io(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io(e.to_string())
+    }
+
+    fn by_uniqueid(&self, id: &UniqueId) -> Result<Mailbox, StoreError> {
+        self.view()
+            .mailbox_by_uniqueid(id)?
+            .ok_or_else(|| StoreError::UnknownMailbox(id.clone()))
+    }
+
+    /// Give an existing mailbox another GUID (dsync's merge of two
+    /// independently created mailboxes; Dovecot does the same on its side):
+    /// the `G` of the uidlist header, replaced under Dovecot's dot-lock.
+    fn set_guid(&self, n: &store::maildir::Name, g: &MailboxGuid) -> Result<(), StoreError> {
+        use store::maildir::lock::{write_atomic, DotLock};
+        let dir = match n.dir_name() {
+            None => self.md.root().to_path_buf(),
+            Some(d) => self.md.root().join(d),
+        };
+        let list = dir.join("dovecot-uidlist");
+        let _lock = DotLock::acquire(
+            &list,
+            "corvid",
+            std::time::Duration::from_secs(122),
+            std::time::Duration::from_secs(120),
+        )
+        .map_err(Self::io)?;
+        let text = std::fs::read_to_string(&list).map_err(Self::io)?;
+        let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let mut fields: Vec<String> = head
+            .split(' ')
+            .filter(|f| !f.starts_with('G'))
+            .map(str::to_string)
+            .collect();
+        fields.push(format!("G{}", g.to_hex()));
+        let new = format!("{}\n{rest}", fields.join(" "));
+        write_atomic(
+            &dir,
+            "dovecot-uidlist",
+            "dovecot-uidlist.corvid-tmp",
+            new.as_bytes(),
+        )
+        .map_err(Self::io)
+    }
+
+    fn apply_one(&mut self, m: &Mutation) -> Result<(), StoreError> {
+        match m {
+            Mutation::PutMessage { guid, bytes } => {
+                self.staged.insert(*guid, bytes.clone());
+            }
+            Mutation::PutMailbox(mb) => {
+                let n = Self::name(&mb.name)?;
+                if self.md.exists(&n) {
+                    let st = self.md.status(&n).map_err(Self::io)?;
+                    if st.guid != mb.guid {
+                        self.set_guid(&n, &mb.guid)?;
+                    }
+                } else {
+                    self.md
+                        .create(
+                            &n,
+                            store::maildir::Create {
+                                guid: Some(mb.guid),
+                                uidvalidity: Some(mb.uidvalidity.get()),
+                            },
+                        )
+                        .map_err(Self::io)?;
+                }
+            }
+            Mutation::RenameMailbox {
+                uniqueid, new_name, ..
+            } => {
+                let mb = self.by_uniqueid(uniqueid)?;
+                self.md
+                    .rename(&Self::name(&mb.name)?, &Self::name(new_name)?)
+                    .map_err(Self::io)?;
+            }
+            Mutation::DeleteMailbox { uniqueid, .. } => {
+                let mb = self.by_uniqueid(uniqueid)?;
+                self.md.delete(&Self::name(&mb.name)?).map_err(Self::io)?;
+            }
+            Mutation::SetSubscription {
+                name, subscription, ..
+            } => {
+                self.md
+                    .set_subscribed(&Self::name(name)?, subscription.subscribed)
+                    .map_err(Self::io)?;
+            }
+            Mutation::PutRecord { mailbox, record } => {
+                let mb = self.by_uniqueid(mailbox)?;
+                let n = Self::name(&mb.name)?;
+                let uid = record.uid.get();
+                match self.md.message(&n, uid) {
+                    Ok(_) if record.expunged => self.md.expunge(&n, &[uid]).map_err(Self::io)?,
+                    Ok(_) => {
+                        self.md
+                            .set_flags(&n, uid, &record.flags)
+                            .map_err(Self::io)?;
+                    }
+                    Err(_) if record.expunged => {}
+                    Err(_) => {
+                        let body = match self.staged.get(&record.guid) {
+                            Some(b) => b.clone(),
+                            None => self.view().message_bytes(&record.guid, 0, usize::MAX)?,
+                        };
+                        let how = store::maildir::Append {
+                            uid: Some(uid),
+                            guid: Some(match &record.peer_guid {
+                                Some(g) => g.to_lossy(),
+                                None => record.guid.to_hex(),
+                            }),
+                            flags: record.flags.system,
+                            keywords: record.flags.keywords().to_vec(),
+                            internaldate: Some(record.internaldate.0),
+                        };
+                        self.md.append(&n, &mut &body[..], &how).map_err(Self::io)?;
+                    }
+                }
+            }
+            other => return Err(StoreError::Io(format!("maildir has no form for {other:?}"))),
+        }
+        Ok(())
+    }
+}
+
+impl StoreWrite for MaildirStore {
+    fn stage_begin(&mut self, _guid: Guid, _size: u64) -> Result<StageHandle, StoreError> {
+        Err(StoreError::Io(
+            "maildir adapter takes inline messages only".into(),
+        ))
+    }
+    fn stage_chunk(&mut self, h: StageHandle, _chunk: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::UnknownStage(h))
+    }
+    fn stage_end(&mut self, h: StageHandle) -> Result<(), StoreError> {
+        Err(StoreError::UnknownStage(h))
+    }
+    fn stage_abort(&mut self, _h: StageHandle) {}
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let r = batch.mutations.iter().try_for_each(|m| self.apply_one(m));
+        self.staged.clear();
+        r
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+macro_rules! via_view {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl MailRead for MaildirStore {
+            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                self.view().$name($($arg),*)
+            })*
+        }
+    };
+}
+
+via_view! {
+    mailbox(name: &MailboxName) -> Option<Mailbox>;
+    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
+    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
+    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
+    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
+    users() -> Vec<UserId>;
+    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
+    record(mailbox: &UniqueId, uid: Uid) -> Option<Record>;
+    sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
+    has_message(guid: &Guid) -> bool;
+    message_size(guid: &Guid) -> Option<u64>;
+    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
+    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
+    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
+    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
+    quota(root: &MailboxName) -> Option<QuotaRoot>;
+    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
+    sieve_active(user: &UserId) -> Option<SieveName>;
+    server_annotations() -> Annotations;
+    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
+    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
+    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
+    sync_log_last(channel: &str) -> u64;
+}
