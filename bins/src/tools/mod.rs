@@ -26,6 +26,7 @@ pub enum Tool {
 /// Every tool name, with a one-line description, in the order `corvid help` lists them.
 const TABLE: &[(&str, &str)] = &[
     ("mupdate", "MUPDATE server of a Cyrus Murder (master, slave)"),
+    ("mupdate-load", "benchmark MUPDATE masters side by side (load, LIST, FIND, push latency)"),
     ("mupdate-client", "script MUPDATE: FIND, LIST, RESERVE, ACTIVATE, DELETE"),
     ("sync_server", "Cyrus replication replica (csync)"),
     ("sync_client", "Cyrus replication client"),
@@ -47,6 +48,7 @@ pub fn find(name: &str) -> Option<Tool> {
         "dsync" => Tool::Ready(dsync::main),
         "dsync-server" => Tool::Ready(dsync::server_main),
         "mupdate" => Tool::Ready(mupdate::main),
+        "mupdate-load" => Tool::Ready(mupdate::load_main),
         "passwd" => Tool::Ready(passwd::main),
         "sync_server" => Tool::Ready(sync_server::main),
         "store" => Tool::Ready(store::main),

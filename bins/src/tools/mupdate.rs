@@ -362,3 +362,305 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     }
 }
+
+/// `corvid mupdate-load`: the same MUPDATE workload against one or more
+/// servers, side by side, with ratios to the first one. Not a test: a
+/// benchmark, run by hand (no timing is ever asserted).
+///
+/// ```text
+/// corvid mupdate-load --target 127.0.0.1:25021 --target 127.0.0.1:3905 \
+///     --user mupdateadmin --password secret -n 10000 -c 16
+/// ```
+///
+/// Per target, with fresh names (`bench.<run>.<target>.<i>` at
+/// `bench<run>!default`): load N mailboxes as RESERVE+ACTIVATE, lock-step
+/// per connection like a Cyrus backend, over `-c` connections; LIST all;
+/// FIND of random loaded names (p50/p99); propagation: an UPDATE
+/// subscriber's latency from a writer's ACTIVATE OK to the pushed MAILBOX
+/// line (p50/p99), passively (Cyrus batches every ~5 s; corvid pushes at
+/// once). Start the servers yourself (e.g. `scripts/peers/start.sh` for
+/// Cyrus, `corvid mupdate -m --listen …` for corvid) with the same admin
+/// credentials.
+pub fn load_main(args: Vec<OsString>) -> ExitCode {
+    match load::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mupdate-load: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+mod load {
+    use std::ffi::OsString;
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use clap::Parser;
+    use proto::frame::{Event, Framer};
+    use proto::mupdate::{self, parse_response, Command, Form, Response, Status};
+
+    #[derive(Debug, Parser)]
+    #[command(name = "mupdate-load")]
+    struct Args {
+        /// host:port of a MUPDATE master (repeat to compare; ratios are to the first).
+        #[arg(long, required = true)]
+        target: Vec<String>,
+        /// Admin user.
+        #[arg(long, default_value = "mupdateadmin")]
+        user: String,
+        /// Its password.
+        #[arg(long)]
+        password: String,
+        /// Mailboxes to load per target.
+        #[arg(short = 'n', default_value_t = 2000)]
+        n: usize,
+        /// Writer connections.
+        #[arg(short = 'c', default_value_t = 4)]
+        clients: usize,
+        /// FIND samples.
+        #[arg(long, default_value_t = 2000)]
+        finds: usize,
+        /// Propagation samples.
+        #[arg(long, default_value_t = 20)]
+        pushes: usize,
+    }
+
+    type R<T> = Result<T, String>;
+
+    struct Conn {
+        s: TcpStream,
+        framer: Framer,
+        n: u64,
+    }
+
+    impl Conn {
+        fn open(addr: &str, user: &str, pass: &str) -> R<Conn> {
+            let s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            let mut c = Conn {
+                s,
+                framer: Framer::new(mupdate::client_frame_options()),
+                n: 0,
+            };
+            while !matches!(c.next()?, Response::Ready { .. }) {}
+            let mut ir = Vec::new();
+            ir.push(0);
+            ir.extend_from_slice(user.as_bytes());
+            ir.push(0);
+            ir.extend_from_slice(pass.as_bytes());
+            let (_, st) = c.run(&Command::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some(proto::sasl::encode(&ir).into()),
+            })?;
+            if st != Status::Ok {
+                return Err(format!("{addr}: login refused"));
+            }
+            Ok(c)
+        }
+
+        fn next(&mut self) -> R<Response> {
+            loop {
+                if let Some(ev) = self.framer.poll_event().map_err(|e| e.to_string())? {
+                    let Event::Message(m) = ev else {
+                        return Err("unexpected literal event".into());
+                    };
+                    return parse_response(&m).map_err(|e| e.to_string());
+                }
+                let mut buf = [0u8; 65536];
+                let n = self.s.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("server closed".into());
+                }
+                self.framer.handle_input(&buf[..n]);
+            }
+        }
+
+        fn send(&mut self, cmd: &Command) -> R<String> {
+            self.n += 1;
+            let tag = format!("B{}", self.n);
+            self.s
+                .write_all(&cmd.encode(tag.as_bytes(), Form::NonSync))
+                .map_err(|e| e.to_string())?;
+            Ok(tag)
+        }
+
+        fn run(&mut self, cmd: &Command) -> R<(Vec<Response>, Status)> {
+            let tag = self.send(cmd)?;
+            let mut data = Vec::new();
+            loop {
+                match self.next()? {
+                    Response::Reply(r) if r.tag[..] == *tag.as_bytes() => {
+                        return Ok((data, r.status))
+                    }
+                    other => data.push(other),
+                }
+            }
+        }
+    }
+
+    fn pct(v: &mut [f64], p: f64) -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
+
+    fn b(s: String) -> Bytes {
+        Bytes::from(s)
+    }
+
+    struct Row {
+        load_s: f64,
+        list_s: f64,
+        find_p50_ms: f64,
+        find_p99_ms: f64,
+        push_p50_ms: f64,
+        push_p99_ms: f64,
+    }
+
+    fn measure(a: &Args, addr: &str, run: &str, ti: usize) -> R<Row> {
+        let loc = format!("bench{run}!default");
+        let name = |i: usize| format!("bench.{run}.t{ti}.{i}");
+        // Load.
+        let t0 = Instant::now();
+        let per = a.n.div_ceil(a.clients.max(1));
+        let handles: Vec<_> = (0..a.clients.max(1))
+            .map(|c| {
+                let (addr, user, pass, loc) = (
+                    addr.to_string(),
+                    a.user.clone(),
+                    a.password.clone(),
+                    loc.clone(),
+                );
+                let names: Vec<String> = (c * per..((c + 1) * per).min(a.n)).map(name).collect();
+                std::thread::spawn(move || -> R<()> {
+                    let mut conn = Conn::open(&addr, &user, &pass)?;
+                    for n in names {
+                        conn.run(&Command::Reserve {
+                            name: b(n.clone()),
+                            location: b(loc.clone()),
+                        })?;
+                        conn.run(&Command::Activate {
+                            name: b(n),
+                            location: b(loc.clone()),
+                            acl: b("anyone\tlrs\t".into()),
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "writer panicked".to_string())??;
+        }
+        let load_s = t0.elapsed().as_secs_f64();
+        let mut conn = Conn::open(addr, &a.user, &a.password)?;
+        let t0 = Instant::now();
+        let (_, _) = conn.run(&Command::List {
+            prefix: Some(b(format!("bench{run}!"))),
+        })?;
+        let list_s = t0.elapsed().as_secs_f64();
+        // FIND: a fixed stride through the loaded names (deterministic).
+        let mut finds = Vec::with_capacity(a.finds);
+        for k in 0..a.finds {
+            let i = (k * 7919) % a.n.max(1);
+            let t = Instant::now();
+            conn.run(&Command::Find { name: b(name(i)) })?;
+            finds.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        // Propagation.
+        let mut sub = Conn::open(addr, &a.user, &a.password)?;
+        let utag = sub.send(&Command::Update {
+            hosts: vec![b(format!("bench{run}"))],
+        })?;
+        loop {
+            if let Response::Reply(r) = sub.next()? {
+                if r.tag[..] == *utag.as_bytes() {
+                    break;
+                }
+            }
+        }
+        sub.s
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut pushes = Vec::new();
+        for k in 0..a.pushes {
+            let n = format!("bench.{run}.t{ti}.push{k}");
+            conn.run(&Command::Activate {
+                name: b(n.clone()),
+                location: b(loc.clone()),
+                acl: b(String::new()),
+            })?;
+            let t = Instant::now();
+            loop {
+                if let Response::Mailbox { name, .. } = sub.next()? {
+                    if name.value()[..] == *n.as_bytes() {
+                        break;
+                    }
+                }
+            }
+            pushes.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(Row {
+            load_s,
+            list_s,
+            find_p50_ms: pct(&mut finds.clone(), 0.5),
+            find_p99_ms: pct(&mut finds, 0.99),
+            push_p50_ms: pct(&mut pushes.clone(), 0.5),
+            push_p99_ms: pct(&mut pushes, 0.99),
+        })
+    }
+
+    pub(super) fn run(args: Vec<OsString>) -> R<()> {
+        let a = Args::try_parse_from(args).map_err(|e| e.to_string())?;
+        let run = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs()
+        );
+        let mut rows = Vec::new();
+        for (ti, t) in a.target.iter().enumerate() {
+            eprintln!(
+                "mupdate-load: {t}: loading {} mailboxes over {} connections…",
+                a.n, a.clients
+            );
+            rows.push((t.clone(), measure(&a, t, &run, ti)?));
+        }
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+            "target", "load s", "mbox/s", "LIST s", "FIND p50ms", "push p50 ms", "push p99 ms"
+        );
+        for (t, r) in &rows {
+            println!(
+                "{:<24} {:>10.2} {:>10.0} {:>10.3} {:>10.3} {:>12.2} {:>12.2}",
+                t,
+                r.load_s,
+                a.n as f64 / r.load_s,
+                r.list_s,
+                r.find_p50_ms,
+                r.push_p50_ms,
+                r.push_p99_ms
+            );
+        }
+        if let Some((first, base)) = rows.first() {
+            for (t, r) in rows.iter().skip(1) {
+                println!(
+                    "ratio {t} / {first}: load {:.2}x, LIST {:.2}x, FIND p50 {:.2}x p99 {:.2}x, push p50 {:.2}x p99 {:.2}x  (<1 = {t} faster)",
+                    r.load_s / base.load_s,
+                    r.list_s / base.list_s,
+                    r.find_p50_ms / base.find_p50_ms,
+                    r.find_p99_ms / base.find_p99_ms,
+                    r.push_p50_ms / base.push_p50_ms,
+                    r.push_p99_ms / base.push_p99_ms
+                );
+            }
+        }
+        Ok(())
+    }
+}
