@@ -882,11 +882,10 @@ impl<R: MailRead> Client<R> {
                 return self.close(CloseReason::PeerError("status line in banner".into()))
             }
             Inflight::Auth => {
-                self.sasl = None;
+                let mech = self.sasl.take().map_or("PLAIN", |c| c.mechanism().name());
                 if !ok {
                     return self.close(CloseReason::PeerError("authentication refused".into()));
                 }
-                let mech = self.opts.mechanisms.first().map_or("PLAIN", |m| m.name());
                 self.out
                     .push_back(Output::Event(Event::Authenticated(mech)));
                 self.after_auth(now);

@@ -1,0 +1,386 @@
+//! `engine::csync_client::Client` against corvid's own replica machine
+//! (`engine::csync::Server`) in the pair harness, each over a MemStore:
+//! a USER sync makes the replica equal to the master (mailboxes, records,
+//! CRCs, seen, subscriptions, quota, Sieve); a second sync sends no
+//! mailbox; a replica changed behind the master's back (split brain) is
+//! repaired by the full update with copyback, after which both stores hold
+//! the same records. Tests against ourselves are not the interop proof
+//! (that is `bins/tests/sync_client_live.rs`), but they pin the algorithm.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::csync::{AuthOk, Server};
+use engine::csync_client::{jobs_from_log, Client, Command, Event, Options};
+use engine::harness::{Pair, Resolution};
+use engine::machine::CloseReason;
+use engine::memstore::{MemStore, MemStoreOptions};
+use engine::model::{
+    Acl, Flags, Guid, Keyword, Mailbox, MailboxGuid, MailboxName, ModSeq, Partition, QuotaResource,
+    QuotaRoot, Record, Seen, SeqSet, SieveName, SieveScript, Subscription, SyncLogLine,
+    SystemFlags, Uid, UidValidity, UniqueId, UnixTime, UserId,
+};
+use engine::store::{commit, BatchId, EffectRunner, MailRead, Mutation, UidRange, WriteBatch};
+use proto::sasl::{Credentials, Secret};
+
+type Store = Rc<RefCell<MemStore>>;
+
+fn store() -> Store {
+    Rc::new(RefCell::new(MemStore::new(MemStoreOptions::default())))
+}
+
+fn write(s: &Store, muts: Vec<Mutation>) {
+    let mut b = WriteBatch::new(BatchId(7));
+    for m in muts {
+        b.push(m);
+    }
+    let c = commit(&mut *s.borrow_mut(), &b);
+    assert!(
+        matches!(c, engine::store::Completion::Durable { .. }),
+        "{c:?}"
+    );
+}
+
+fn mailbox(name: &str, id: &str) -> Mailbox {
+    let uniqueid = UniqueId::new(id).unwrap();
+    let mut mb = Mailbox::new(
+        uniqueid.clone(),
+        MailboxGuid::derive_from_uniqueid(&uniqueid),
+        MailboxName::new(name).unwrap(),
+        Some(UserId::new("alice").unwrap()),
+        UidValidity::new(1_700_000_000).unwrap(),
+        Partition::new("default").unwrap(),
+        UnixTime(1_700_000_000),
+    );
+    mb.acl = Acl::parse_cyrus(b"alice\tlrswipkxtecdan\t");
+    mb
+}
+
+fn msg(n: u32) -> Bytes {
+    Bytes::from(format!("Subject: {n}\r\n\r\nbody {n}\r\n"))
+}
+
+fn fill(mb: &mut Mailbox, uids: std::ops::RangeInclusive<u32>) -> Vec<Mutation> {
+    let mut muts = Vec::new();
+    let mut recs = Vec::new();
+    for n in uids {
+        let bytes = msg(n * 31 + mb.name.as_bytes().len() as u32);
+        let guid = Guid::of(&bytes);
+        mb.highestmodseq = ModSeq(mb.highestmodseq.get() + 1);
+        let mut r = Record::new(
+            Uid::new(n).unwrap(),
+            mb.highestmodseq,
+            guid,
+            bytes.len() as u64,
+            UnixTime(1_700_000_000 + n as i64),
+        );
+        r.last_updated = UnixTime(1_700_000_100);
+        if n % 2 == 0 {
+            r.flags = Flags::with(SystemFlags::SEEN, [Keyword::new("$Work").unwrap()]);
+        }
+        muts.push(Mutation::PutMessage { guid, bytes });
+        recs.push(r);
+        mb.last_uid = n;
+    }
+    muts.push(Mutation::PutMailbox(mb.clone()));
+    for r in recs {
+        muts.push(Mutation::PutRecord {
+            mailbox: mb.uniqueid.clone(),
+            record: r,
+        });
+    }
+    muts
+}
+
+fn master() -> (Store, Vec<Mailbox>) {
+    let s = store();
+    let mut inbox = mailbox("user.alice", "0001-inbox");
+    let mut work = mailbox("user.alice.Work", "0002-work");
+    let root = MailboxName::new("user.alice").unwrap();
+    inbox.quotaroot = Some(root.clone());
+    work.quotaroot = Some(root.clone());
+    let mut m = fill(&mut inbox, 1..=5);
+    m.extend(fill(&mut work, 1..=2));
+    let alice = UserId::new("alice").unwrap();
+    let mut q = QuotaRoot::default();
+    q.limits.insert(QuotaResource::Storage, 5000);
+    m.push(Mutation::PutQuota { root, quota: q });
+    m.push(Mutation::SetSubscription {
+        user: alice.clone(),
+        name: work.name.clone(),
+        subscription: Subscription {
+            subscribed: true,
+            changed_at: UnixTime(1),
+        },
+    });
+    m.push(Mutation::PutSeen {
+        user: alice.clone(),
+        mailbox: inbox.uniqueid.clone(),
+        seen: Seen {
+            lastread: UnixTime(5),
+            lastuid: 5,
+            lastchange: UnixTime(5),
+            seenuids: SeqSet::parse(b"1:3").unwrap(),
+        },
+    });
+    m.push(Mutation::PutSieve {
+        user: alice.clone(),
+        script: SieveScript {
+            name: SieveName::new("main").unwrap(),
+            last_update: UnixTime(9),
+            content: Bytes::from_static(b"keep;\r\n"),
+        },
+    });
+    m.push(Mutation::ActivateSieve {
+        user: alice,
+        name: Some(SieveName::new("main").unwrap()),
+    });
+    write(&s, m);
+    (s, vec![inbox, work])
+}
+
+fn run(master: &Store, replica: &Store, opts: Options, jobs: Vec<Command>) -> Vec<Event> {
+    let client = Client::new(engine::machine::Time::ZERO, master.clone(), opts);
+    let server = Server::new(
+        engine::machine::Time::ZERO,
+        replica.clone(),
+        engine::csync::Options {
+            partitions: vec!["default".into()],
+            ..engine::csync::Options::default()
+        },
+    );
+    let mut pair = Pair::new(client, server);
+    let ms = master.clone();
+    let mut mr = EffectRunner::new();
+    pair.resolve_a(move |_, e| {
+        let engine::csync_client::Effect::Store(e) = e.clone();
+        match mr.run(&mut *ms.borrow_mut(), e) {
+            Some(c) => Resolution::now(engine::csync_client::Completion::Store(c)),
+            None => Resolution::Never,
+        }
+    });
+    let rs = replica.clone();
+    let mut rr = EffectRunner::new();
+    pair.resolve_b(move |_, e| match e.clone() {
+        engine::csync::Effect::Authenticate(c) => {
+            Resolution::now(engine::csync::Completion::Auth(Some(AuthOk {
+                userid: c.authcid.clone(),
+                admin: true,
+            })))
+        }
+        engine::csync::Effect::Store(e) => Resolution::now(engine::csync::Completion::Store(
+            rr.run(&mut *rs.borrow_mut(), e),
+        )),
+    });
+    for j in jobs {
+        pair.command_a(j);
+    }
+    pair.command_a(Command::Exit);
+    pair.run_to_end();
+    assert_eq!(
+        pair.closed_a(),
+        Some(&CloseReason::Done),
+        "{}",
+        pair.log_text()
+    );
+    pair.events_a().iter().map(|(_, e)| e.clone()).collect()
+}
+
+fn opts() -> Options {
+    Options::new(Credentials {
+        authzid: None,
+        authcid: "repl".into(),
+        password: Secret::new(b"replpass".to_vec()),
+    })
+}
+
+fn records(s: &Store, id: &UniqueId) -> Vec<Record> {
+    s.borrow().records(id, UidRange::ALL, usize::MAX).unwrap()
+}
+
+fn job_ok(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            if let Event::JobDone { result, job } = e {
+                assert!(result.is_ok(), "{job}: {result:?}");
+                true
+            } else {
+                false
+            }
+        })
+        .count()
+}
+
+fn same_records(a: &[Record], b: &[Record]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(
+            (x.uid, x.guid, x.modseq, &x.flags, x.expunged),
+            (y.uid, y.guid, y.modseq, &y.flags, y.expunged)
+        );
+    }
+}
+
+#[test]
+fn user_sync_makes_the_replica_equal() {
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    let ev = run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+    assert_eq!(job_ok(&ev), 1);
+    for mb in &mbs {
+        let rm = r
+            .borrow()
+            .mailbox_by_uniqueid(&mb.uniqueid)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rm.name, mb.name);
+        assert_eq!(rm.last_uid, mb.last_uid);
+        assert_eq!(rm.highestmodseq, mb.highestmodseq);
+        same_records(&records(&m, &mb.uniqueid), &records(&r, &mb.uniqueid));
+        assert_eq!(
+            m.borrow().sync_crcs(&mb.uniqueid).unwrap(),
+            r.borrow().sync_crcs(&mb.uniqueid).unwrap()
+        );
+    }
+    let rb = r.borrow();
+    assert_eq!(
+        rb.seen_of_user(&alice).unwrap(),
+        m.borrow().seen_of_user(&alice).unwrap()
+    );
+    assert!(rb
+        .subscriptions(&alice)
+        .unwrap()
+        .iter()
+        .any(|(n, s)| n.as_bytes() == b"user.alice.Work" && s.subscribed));
+    let q = rb
+        .quota(&MailboxName::new("user.alice").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.limits.get(&QuotaResource::Storage), Some(&5000));
+    assert_eq!(rb.sieve_scripts(&alice).unwrap().len(), 1);
+    assert_eq!(
+        rb.sieve_active(&alice)
+            .unwrap()
+            .map(|n| n.as_bytes().to_vec()),
+        Some(b"main".to_vec())
+    );
+    drop(rb);
+
+    // Nothing changed: no mailbox is sent again.
+    let ev = run(&m, &r, opts(), vec![Command::User(alice)]);
+    assert_eq!(job_ok(&ev), 1);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::MailboxUnchanged(_)))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn split_brain_is_repaired_by_copyback() {
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+    let inbox = &mbs[0];
+    // Behind the master's back: the replica flags UID 1 (newer modseq)
+    // and gets a message of its own at UID 6.
+    let mut rmb = r
+        .borrow()
+        .mailbox_by_uniqueid(&inbox.uniqueid)
+        .unwrap()
+        .unwrap();
+    let mut r1 = records(&r, &inbox.uniqueid)[0].clone();
+    rmb.highestmodseq = ModSeq(rmb.highestmodseq.get() + 1);
+    r1.modseq = rmb.highestmodseq;
+    r1.last_updated = UnixTime(1_700_009_999);
+    r1.flags = Flags::with(SystemFlags::FLAGGED, []);
+    let bytes = Bytes::from_static(b"Subject: replica only\r\n\r\nx\r\n");
+    let guid = Guid::of(&bytes);
+    rmb.highestmodseq = ModSeq(rmb.highestmodseq.get() + 1);
+    rmb.last_uid = 6;
+    let r6 = Record::new(
+        Uid::new(6).unwrap(),
+        rmb.highestmodseq,
+        guid,
+        bytes.len() as u64,
+        UnixTime(1_700_000_600),
+    );
+    write(
+        &r,
+        vec![
+            Mutation::PutMessage { guid, bytes },
+            Mutation::PutMailbox(rmb),
+            Mutation::PutRecord {
+                mailbox: inbox.uniqueid.clone(),
+                record: r1,
+            },
+            Mutation::PutRecord {
+                mailbox: inbox.uniqueid.clone(),
+                record: r6,
+            },
+        ],
+    );
+    let ev = run(
+        &m,
+        &r,
+        opts(),
+        vec![Command::Mailboxes(vec![inbox.name.clone()])],
+    );
+    assert_eq!(job_ok(&ev), 1);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::FullUpdate(_))),
+        "{ev:?}"
+    );
+    let mine = records(&m, &inbox.uniqueid);
+    same_records(&mine, &records(&r, &inbox.uniqueid));
+    // The replica's flag won, its message was copied back with its UID.
+    assert!(mine[0].flags.system.contains(SystemFlags::FLAGGED));
+    assert_eq!(mine.last().unwrap().uid.get(), 6);
+    assert_eq!(mine.last().unwrap().guid, guid);
+    assert!(m.borrow().has_message(&guid).unwrap());
+    assert_eq!(
+        m.borrow().sync_crcs(&inbox.uniqueid).unwrap(),
+        r.borrow().sync_crcs(&inbox.uniqueid).unwrap()
+    );
+}
+
+#[test]
+fn log_lines_coalesce_like_cyrus() {
+    let u = |s: &str| UserId::new(s).unwrap();
+    let n = |s: &str| MailboxName::new(s).unwrap();
+    let lines = vec![
+        SyncLogLine::Mailbox(n("user.bob")),
+        SyncLogLine::Append(n("user.alice.Work")),
+        SyncLogLine::Seen(u("carol"), UniqueId::new("x").unwrap()),
+        SyncLogLine::Meta(u("bob")),
+        SyncLogLine::User(u("bob")),
+        SyncLogLine::Mailbox(n("shared.news")),
+        SyncLogLine::Rename(n("user.alice.A"), n("user.alice.B")),
+        SyncLogLine::Unmailbox(n("user.alice.Old")),
+        SyncLogLine::Unuser(u("dave")),
+    ];
+    assert_eq!(
+        jobs_from_log(&lines),
+        vec![
+            Command::Mailboxes(vec![n("shared.news")]),
+            Command::Mailboxes(vec![
+                n("user.alice.A"),
+                n("user.alice.B"),
+                n("user.alice.Work")
+            ]),
+            Command::Meta(u("carol")),
+            Command::Unmailbox(n("user.alice.Old")),
+            Command::User(u("bob")),
+            Command::Unuser(u("dave")),
+        ]
+    );
+}
