@@ -226,7 +226,16 @@ impl Reader {
     pub fn open_message(&self, guid: &Guid) -> Result<MessageReader> {
         let (partition, size) = self
             .with(|c| rows::message_row(c.0, guid).map_err(db))
-            .map_err(|e| Error::Config(e.to_string()))?
+            .map_err(|e| match e {
+                StoreError::Corrupt(problem) => Error::CorruptIndex {
+                    path: self.shared.index_path.clone(),
+                    problem,
+                },
+                e => Error::io(
+                    &self.shared.index_path,
+                    std::io::Error::other(e.to_string()),
+                ),
+            })?
             .ok_or_else(|| Error::DamagedMessage {
                 guid: guid.to_hex(),
                 problem: "not in the index".into(),
