@@ -213,7 +213,10 @@ impl MailRead for UserView<'_> {
                 UnixTime(m.internaldate),
             );
             r.flags = m.model_flags();
-            r.peer_guid = PeerMailGuid::new(&m.guid).ok();
+            // A GUID that is the SHA-1 hex is the model's own identity.
+            if m.guid != sha1.to_hex() {
+                r.peer_guid = PeerMailGuid::new(&m.guid).ok();
+            }
             out.push(r);
             if out.len() >= limit {
                 break;
@@ -496,39 +499,18 @@ impl UserStore {
                 _ => None,
             })
             .collect();
-        for c in &changes {
-            match c {
-                Change::ClearRecords(id) => {
-                    if let Some(n) = self.name_for(id, &names)? {
-                        if md.exists(&n) {
-                            let uids: Vec<u32> = md
-                                .messages(&n)
-                                .map_err(store_err)?
-                                .iter()
-                                .map(|m| m.uid)
-                                .collect();
-                            md.expunge(&n, &uids).map_err(store_err)?;
-                        }
-                    }
-                }
-                Change::PutRecord(id, r) => {
-                    let n = self
-                        .name_for(id, &names)?
-                        .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?;
-                    self.put_record(&n, r, &inline)?;
-                }
-                Change::RemoveRecord(id, uid) => {
-                    if let Some(n) = self.name_for(id, &names)? {
-                        md.expunge(&n, &[uid.get()]).map_err(store_err)?;
-                    }
-                }
-                Change::PutSubscription(_, n, s) => {
-                    md.set_subscribed(&UserStore::name_of(n)?, s.subscribed)
-                        .map_err(store_err)?;
-                }
-                _ => {}
-            }
+        // Bytes a new record takes from a message already in the maildir
+        // are pinned first (hard link into tmp/): the same batch may
+        // expunge their current copy (dsync moves a message to a new UID
+        // as expunge + append).
+        let mut pinned: BTreeMap<Guid, PathBuf> = BTreeMap::new();
+        let pin_result = self.pin_existing(&changes, &inline, &mut pinned);
+        let result =
+            pin_result.and_then(|()| self.apply_records(&changes, &names, &inline, &pinned));
+        for p in pinned.values() {
+            let _ = std::fs::remove_file(p);
         }
+        result?;
         // Counters Maildir derives can only be raised, as Dovecot's
         // mailbox_update does for dsync; after the records, whose UIDs may
         // lie below the mailbox's new LAST_UID.
@@ -545,6 +527,82 @@ impl UserStore {
         for (g, _) in plan.linked() {
             if let Some((p, _)) = self.staged.remove(g) {
                 let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    fn pin_existing(
+        &self,
+        changes: &[Change<'_>],
+        inline: &BTreeMap<Guid, &Bytes>,
+        pinned: &mut BTreeMap<Guid, PathBuf>,
+    ) -> Result<(), StoreError> {
+        for c in changes {
+            let Change::PutRecord(_, r) = c else { continue };
+            if r.expunged
+                || inline.contains_key(&r.guid)
+                || self.staged.contains_key(&r.guid)
+                || pinned.contains_key(&r.guid)
+            {
+                continue;
+            }
+            let Some((src, uid, _)) = self.view().find_bytes(&r.guid)? else {
+                continue; // put_record reports it if it is really needed
+            };
+            let m = self.maildir.message(&src, uid).map_err(store_err)?;
+            let from = self.maildir.dir_of(&src).join(&m.file);
+            let to = self.maildir.root().join("tmp").join(format!(
+                "corvid-pin.{}.{}",
+                std::process::id(),
+                pinned.len()
+            ));
+            let _ = std::fs::remove_file(&to);
+            std::fs::hard_link(&from, &to).map_err(|e| StoreError::Io(e.to_string()))?;
+            pinned.insert(r.guid, to);
+        }
+        Ok(())
+    }
+
+    fn apply_records(
+        &self,
+        changes: &[Change<'_>],
+        names: &BTreeMap<UniqueId, Name>,
+        inline: &BTreeMap<Guid, &Bytes>,
+        pinned: &BTreeMap<Guid, PathBuf>,
+    ) -> Result<(), StoreError> {
+        let md = &self.maildir;
+        for c in changes {
+            match c {
+                Change::ClearRecords(id) => {
+                    if let Some(n) = self.name_for(id, names)? {
+                        if md.exists(&n) {
+                            let uids: Vec<u32> = md
+                                .messages(&n)
+                                .map_err(store_err)?
+                                .iter()
+                                .map(|m| m.uid)
+                                .collect();
+                            md.expunge(&n, &uids).map_err(store_err)?;
+                        }
+                    }
+                }
+                Change::PutRecord(id, r) => {
+                    let n = self
+                        .name_for(id, names)?
+                        .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?;
+                    self.put_record(&n, r, inline, pinned)?;
+                }
+                Change::RemoveRecord(id, uid) => {
+                    if let Some(n) = self.name_for(id, names)? {
+                        md.expunge(&n, &[uid.get()]).map_err(store_err)?;
+                    }
+                }
+                Change::PutSubscription(_, n, s) => {
+                    md.set_subscribed(&UserStore::name_of(n)?, s.subscribed)
+                        .map_err(store_err)?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -569,6 +627,7 @@ impl UserStore {
         n: &Name,
         r: &ModelRecord,
         inline: &BTreeMap<Guid, &Bytes>,
+        pinned: &BTreeMap<Guid, PathBuf>,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
         match md.message(n, r.uid.get()) {
@@ -586,14 +645,26 @@ impl UserStore {
             Err(Error::NoMessage { .. }) => {
                 let how = super::Append {
                     uid: Some(r.uid.get()),
-                    guid: r.peer_guid.as_ref().map(|g| g.to_lossy()),
+                    // Without a peer GUID the message's dsync identity is
+                    // its SHA-1 hex: keep exactly that (uidlist `G`), or a
+                    // later sync would see a different message.
+                    guid: Some(
+                        r.peer_guid
+                            .as_ref()
+                            .map_or_else(|| r.guid.to_hex(), |g| g.to_lossy()),
+                    ),
                     flags: r.flags.system,
                     keywords: r.flags.keywords().to_vec(),
                     internaldate: Some(r.internaldate.0),
                 };
                 let res = if let Some(b) = inline.get(&r.guid) {
                     md.append(n, &mut &b[..], &how)
-                } else if let Some((p, _)) = self.staged.get(&r.guid) {
+                } else if let Some(p) = self
+                    .staged
+                    .get(&r.guid)
+                    .map(|(p, _)| p)
+                    .or_else(|| pinned.get(&r.guid))
+                {
                     let mut f = File::open(p).map_err(|e| StoreError::Io(e.to_string()))?;
                     md.append(n, &mut f, &how)
                 } else {

@@ -1,0 +1,258 @@
+//! A maildir as a dsync location: the engine's dsync brains back to back
+//! (pair harness), one on a MemStore, the other on a `maildir::UserStore`.
+//! After a sync both hold the same mailboxes and messages, in both
+//! directions, and a second run changes nothing.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::dsync::{Brain, Event, Options, Outcome, Role};
+use engine::harness::{Pair, Resolution};
+use engine::memstore::MemStore;
+use engine::model::{
+    Flags, Guid, Keyword, Mailbox, MailboxGuid, MailboxName, ModSeq, Partition, Record,
+    Subscription, SystemFlags, Uid, UidValidity, UniqueId, UnixTime, UserId,
+};
+use engine::store::{
+    commit, BatchId, Completion, MailRead, Mutation, StoreEffect, StoreWrite, UidRange, WriteBatch,
+};
+use store::maildir::{Maildir, UserStore};
+
+fn user() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+fn name(s: &str) -> MailboxName {
+    MailboxName::new(s).unwrap()
+}
+
+fn write<S: StoreWrite>(st: &Rc<RefCell<S>>, muts: Vec<Mutation>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1 << 40);
+    let b = WriteBatch {
+        id: BatchId(N.fetch_add(1, Ordering::Relaxed)),
+        mutations: muts,
+    };
+    let c = commit(&mut *st.borrow_mut(), &b);
+    if let Err(e) = c.into_proof(b.id) {
+        panic!("test write failed: {e:?}");
+    }
+}
+
+fn create<S: StoreWrite>(st: &Rc<RefCell<S>>, n: &str, guid: u8, uidvalidity: u32) -> Mailbox {
+    let mut g = [0u8; 16];
+    g[0] = guid;
+    g[15] = 0x5a;
+    let g = MailboxGuid::from_bytes(g);
+    let mb = Mailbox::new(
+        UniqueId::from_mailbox_guid(&g),
+        g,
+        name(n),
+        Some(user()),
+        UidValidity::new(uidvalidity).unwrap(),
+        Partition::new("default").unwrap(),
+        UnixTime(100),
+    );
+    write(
+        st,
+        vec![
+            Mutation::PutMailbox(mb.clone()),
+            Mutation::SetSubscription {
+                user: user(),
+                name: name(n),
+                subscription: Subscription {
+                    subscribed: true,
+                    changed_at: UnixTime(100),
+                },
+            },
+        ],
+    );
+    mb
+}
+
+fn body(msgid: &str) -> Bytes {
+    Bytes::from(format!(
+        "From: a@example.com\r\nMessage-ID: <{msgid}>\r\nSubject: {msgid}\r\n\r\nbody of {msgid}\r\n"
+    ))
+}
+
+fn deliver<S: StoreWrite>(st: &Rc<RefCell<S>>, n: &str, msgid: &str, flags: Flags) {
+    let mut mb = st.borrow().mailbox(&name(n)).unwrap().unwrap();
+    let b = body(msgid);
+    let uid = mb.last_uid + 1;
+    mb.last_uid = uid;
+    mb.highestmodseq = ModSeq(mb.highestmodseq.0 + 1);
+    let mut r = Record::new(
+        Uid::new(uid).unwrap(),
+        mb.highestmodseq,
+        Guid::of(&b),
+        b.len() as u64,
+        UnixTime(1_700_000_000),
+    );
+    r.flags = flags;
+    write(
+        st,
+        vec![
+            Mutation::PutMessage {
+                guid: Guid::of(&b),
+                bytes: b,
+            },
+            Mutation::PutRecord {
+                mailbox: mb.uniqueid.clone(),
+                record: r,
+            },
+            Mutation::PutMailbox(mb),
+        ],
+    );
+}
+
+/// Mailboxes (name, GUID, UIDVALIDITY) and live messages (UID,
+/// Message-ID, flags) as any store shows them.
+fn dump(st: &dyn MailRead) -> Vec<String> {
+    let mut out = Vec::new();
+    for mb in st.mailboxes_of_user(&user()).unwrap() {
+        out.push(format!(
+            "B {} guid={} uidvalidity={}",
+            mb.name.to_lossy(),
+            mb.guid,
+            mb.uidvalidity.get()
+        ));
+        for r in st.records(&mb.uniqueid, UidRange::ALL, usize::MAX).unwrap() {
+            if r.expunged {
+                continue;
+            }
+            let bytes = st.message_bytes(&r.guid, 0, 1 << 20).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            let msgid = text
+                .split("Message-ID: <")
+                .nth(1)
+                .and_then(|t| t.split('>').next())
+                .unwrap_or("?")
+                .to_string();
+            out.push(format!(
+                "M {} uid={} <{}> flags={:02x}{:?}",
+                mb.name.to_lossy(),
+                r.uid.get(),
+                msgid,
+                r.flags.system.bits(),
+                r.flags.folded_keywords()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn resolve<S: StoreWrite>(st: &Rc<RefCell<S>>, e: &StoreEffect) -> Resolution<Completion> {
+    match e {
+        StoreEffect::Write(b) => Resolution::now(commit(&mut *st.borrow_mut(), b)),
+        other => panic!("unexpected effect {other:?}"),
+    }
+}
+
+fn run(a: &Rc<RefCell<MemStore>>, b: &Rc<RefCell<UserStore>>) -> (Outcome, Outcome, Vec<String>) {
+    let mut mo = Options::new(Role::Master, user());
+    mo.now = UnixTime(1_700_000_100);
+    mo.hostname = "a".into();
+    let mut so = Options::new(Role::Slave, user());
+    so.now = UnixTime(1_700_000_100);
+    so.hostname = "b".into();
+    let mut pair = Pair::new(Brain::new(mo, a.clone()), Brain::new(so, b.clone()));
+    let (sa, sb) = (a.clone(), b.clone());
+    pair.resolve_a(move |_, e| resolve(&sa, e));
+    pair.resolve_b(move |_, e| resolve(&sb, e));
+    pair.run_to_end();
+    let fin = |evs: &[(engine::machine::Time, Event)]| {
+        evs.iter()
+            .find_map(|(_, e)| match e {
+                Event::Finished(o) => Some(o.clone()),
+                _ => None,
+            })
+            .expect("brain finished")
+    };
+    let notes = pair
+        .events_a()
+        .iter()
+        .chain(pair.events_b())
+        .filter_map(|(_, e)| match e {
+            Event::Note(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    (fin(pair.events_a()), fin(pair.events_b()), notes)
+}
+
+#[test]
+fn memstore_and_maildir_converge_through_dsync() {
+    let t = tempfile::tempdir().unwrap();
+    let md = Maildir::open(t.path().join("Maildir"), Default::default()).unwrap();
+    let b = Rc::new(RefCell::new(UserStore::new(md, user())));
+    let a = Rc::new(RefCell::new(MemStore::default()));
+    // Side A: a populated MemStore; side B: a maildir with a folder of
+    // its own and mail in it.
+    create(&a, "Sent", 0x10, 1001);
+    create(&a, "Archive/2024", 0x13, 1002);
+    deliver(&a, "Sent", "s1", Flags::with(SystemFlags::SEEN, []));
+    deliver(
+        &a,
+        "Archive/2024",
+        "a1",
+        Flags::with(SystemFlags::FLAGGED, [Keyword::new("$Important").unwrap()]),
+    );
+    deliver(&a, "Archive/2024", "a2", Flags::new());
+    create(&b, "Work", 0x21, 2001);
+    deliver(&b, "Work", "w1", Flags::with(SystemFlags::ANSWERED, []));
+
+    let (m, s, notes) = run(&a, &b);
+    assert_eq!(m.error, None, "master; notes {notes:?}");
+    assert_eq!(s.error, None, "slave; notes {notes:?}");
+    let (da, db) = (dump(&*a.borrow()), dump(&*b.borrow()));
+    // INBOX differs only by its GUID on each side (both always exist);
+    // everything else must be identical.
+    let strip = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .filter(|l| !l.starts_with("B INBOX"))
+            .collect()
+    };
+    assert_eq!(strip(da.clone()), strip(db.clone()), "notes {notes:?}");
+    assert!(db.iter().any(|l| l.contains("<a1>")), "{db:?}");
+    assert!(da.iter().any(|l| l.contains("<w1>")), "{da:?}");
+
+    // A second run changes nothing on the maildir.
+    let before = dump(&*b.borrow());
+    let (m, s, notes) = run(&a, &b);
+    assert_eq!((m.error, s.error), (None, None), "notes {notes:?}");
+    assert_eq!(dump(&*b.borrow()), before);
+
+    // A change made on the maildir outside any sync (as Dovecot or a mail
+    // client would: a flag rename, a new delivery) reaches the other side.
+    {
+        let st = b.borrow();
+        let md = st.maildir();
+        let work = store::maildir::Name::new("Work").unwrap();
+        let w1 = md.messages(&work).unwrap()[0].uid;
+        md.set_flags(&work, w1, &Flags::with(SystemFlags::DELETED, []))
+            .unwrap();
+        md.append(
+            &work,
+            &mut &body("w2")[..],
+            &store::maildir::Append::default(),
+        )
+        .unwrap();
+    }
+    let (m, s, notes) = run(&a, &b);
+    assert_eq!((m.error, s.error), (None, None), "notes {notes:?}");
+    let da = dump(&*a.borrow());
+    assert!(
+        da.iter().any(|l| l.contains("<w1> flags=04")),
+        "{da:?} notes {notes:?}"
+    );
+    assert!(da.iter().any(|l| l.contains("<w2>")), "{da:?}");
+    let strip = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .filter(|l| !l.starts_with("B INBOX"))
+            .collect()
+    };
+    assert_eq!(strip(da), strip(dump(&*b.borrow())));
+}
