@@ -27,9 +27,14 @@
 //!   resulting state, in commit order, so a subscriber always ends at the
 //!   master's state.
 //!
+//! A slave's connection to its master is [`follower::Follower`]: it logs
+//! in, sends `UPDATE`, hands the dump and every push to the daemon as
+//! effects, and keeps the link alive with NOOPs, as a Cyrus slave does.
+//!
 //! Nothing here touches a socket, file, clock or thread.
 
 pub mod db;
+pub mod follower;
 pub mod server;
 
 pub use db::{Change, Database, Entry, Record, Refusal, State, Write};

@@ -1,0 +1,476 @@
+//! The client half of a MUPDATE slave: one connection to a master,
+//! following it (`engine::mupdate::follower::Follower`).
+//!
+//! ```text
+//!   connect ─▶ Banner (wait for "* OK MUPDATE …")
+//!      ─▶ Auth: A01 AUTHENTICATE "PLAIN" {n+} <base64>   (bare-line challenges answered)
+//!      ─▶ Dump: U01 UPDATE; MAILBOX/RESERVE lines collected (bounded)
+//!      ─▶ on "U01 OK": Effect::Replace(dump) — the local copy becomes the dump
+//!      ─▶ Streaming: each pushed MAILBOX/RESERVE/DELETE ─▶ Effect::Apply, in order
+//!         idle for `noop_interval` ─▶ N<k> NOOP; unanswered at the next tick ─▶ close
+//!         Command::Kick ─▶ NOOP now; Event::Kicked when its OK arrives (the
+//!         master has flushed everything before it)
+//! ```
+//!
+//! This is what a real Cyrus slave does on the wire (`mupdate-slave-boot.txt`:
+//! `A01 AUTHENTICATE "PLAIN" {20+}`, `U01 UPDATE`, `N<k> NOOP` when idle), so a
+//! Cyrus master treats it as one of its own. Reconnecting is the daemon's job
+//! (a new machine per connection, after [`backoff`]); every connection starts
+//! with a full UPDATE, as in Cyrus.
+//!
+//! What it never does: decide what the local database keeps (it hands the
+//! daemon the master's state), or log the password.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::frame::{Event as FrameEvent, Framer};
+use proto::mupdate::{parse_response, Command as Cmd, Form, Response, Status};
+use proto::sasl::{self, Credentials, Mechanism, Secret};
+
+use super::db::{Entry, Record, State};
+use crate::machine::{CloseReason, EffectId, EffectIds, Machine, Output, Time};
+
+/// Settings of one follower connection.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `mupdate_authname`.
+    pub authname: String,
+    /// `mupdate_username` (the authorization id; empty = none).
+    pub username: String,
+    /// `mupdate_password`.
+    pub password: Secret,
+    /// Idle NOOP interval (`mupdate_retry_delay`, 20 s).
+    pub noop_interval: Duration,
+    /// Most entries held while the dump arrives.
+    pub dump_entries_max: usize,
+    /// Framer limits for the master's output.
+    pub frame: proto::frame::Options,
+}
+
+impl Options {
+    /// Defaults for `authname` / `password`.
+    pub fn new(authname: impl Into<String>, password: Secret) -> Options {
+        Options {
+            authname: authname.into(),
+            username: String::new(),
+            password,
+            noop_interval: Duration::from_secs(20),
+            dump_entries_max: 10_000_000,
+            frame: proto::mupdate::client_frame_options(),
+        }
+    }
+}
+
+/// What the daemon does for the follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Make the local copy exactly these entries (the UPDATE dump).
+    Replace(Vec<Entry>),
+    /// One pushed change: `Some` upserts, `None` removes (a missing name is
+    /// fine: Cyrus pushes DELETE for names a subscriber never had).
+    Apply {
+        /// Mailbox name.
+        name: Bytes,
+        /// Its new record.
+        record: Option<Record>,
+    },
+}
+
+/// The daemon applied an [`Effect`] (or could not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// Applied.
+    Done,
+    /// Could not be applied: the connection closes and the daemon retries.
+    Failed(String),
+}
+
+/// What the daemon asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send a NOOP now (a local process wants the latest state).
+    Kick,
+    /// Log out and close.
+    Shutdown,
+}
+
+/// What the follower reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The master accepted our login.
+    Authenticated,
+    /// The dump is applied; streaming has started.
+    Synced {
+        /// Entries in the dump.
+        entries: usize,
+    },
+    /// A kick's NOOP was answered: everything the master had is applied
+    /// (or queued for application before anything later).
+    Kicked,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Banner,
+    Auth,
+    Dump,
+    Streaming,
+}
+
+/// The follower machine. See the module documentation.
+pub struct Follower {
+    opts: Options,
+    framer: Framer,
+    phase: Phase,
+    sasl: sasl::Client,
+    dump: Vec<Entry>,
+    ids: EffectIds,
+    in_flight: usize,
+    outputs: VecDeque<Output<Effect, Event>>,
+    out: Vec<u8>,
+    noop_seq: u64,
+    /// Tag of the NOOP awaiting its OK, and whether it was a kick.
+    noop_pending: Option<(String, bool)>,
+    kick_wanted: bool,
+    last_traffic: Time,
+    closed: bool,
+}
+
+const AUTH_TAG: &[u8] = b"A01";
+const UPDATE_TAG: &[u8] = b"U01";
+
+impl Follower {
+    /// A new connection at `now` (nothing is sent before the banner).
+    pub fn new(now: Time, opts: Options) -> Follower {
+        let creds = Credentials {
+            authzid: (!opts.username.is_empty()).then(|| opts.username.clone()),
+            authcid: opts.authname.clone(),
+            password: opts.password.clone(),
+        };
+        Follower {
+            framer: Framer::new(opts.frame.clone()),
+            sasl: sasl::Client::new(Mechanism::Plain, creds),
+            opts,
+            phase: Phase::Banner,
+            dump: Vec::new(),
+            ids: EffectIds::default(),
+            in_flight: 0,
+            outputs: VecDeque::new(),
+            out: Vec::new(),
+            noop_seq: 0,
+            noop_pending: None,
+            kick_wanted: false,
+            last_traffic: now,
+            closed: false,
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let b = Bytes::from(std::mem::take(&mut self.out));
+            self.outputs.push_back(Output::Transmit(b));
+        }
+    }
+
+    fn push(&mut self, o: Output<Effect, Event>) {
+        self.flush();
+        self.outputs.push_back(o);
+    }
+
+    fn close(&mut self, r: CloseReason) {
+        if !self.closed {
+            self.closed = true;
+            self.push(Output::Close(r));
+        }
+    }
+
+    fn effect(&mut self, e: Effect) -> EffectId {
+        let id = self.ids.next_id();
+        self.in_flight += 1;
+        self.push(Output::Effect { id, effect: e });
+        id
+    }
+
+    fn send_noop(&mut self, kick: bool) {
+        // Cyrus's slave numbers its NOOPs from N0.
+        let tag = format!("N{}", self.noop_seq);
+        self.noop_seq += 1;
+        self.out
+            .extend_from_slice(&Cmd::Noop.encode(tag.as_bytes(), Form::NonSync));
+        self.noop_pending = Some((tag, kick));
+    }
+
+    fn on_response(&mut self, now: Time, r: Response) {
+        match (&self.phase, r) {
+            (Phase::Banner, Response::Ready { .. }) => {
+                // Exactly what Cyrus clients send: the mechanism quoted (a
+                // Cyrus master refuses an atom), the initial response as a
+                // `{n+}` literal.
+                let ir = self.sasl.initial_response().expect("PLAIN has one");
+                let b64 = sasl::encode(ir.expose());
+                self.out.extend_from_slice(AUTH_TAG);
+                self.out.extend_from_slice(
+                    format!(" AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{b64}\r\n", b64.len()).as_bytes(),
+                );
+                self.phase = Phase::Auth;
+            }
+            (Phase::Banner, _) => {}
+            (Phase::Auth, Response::Challenge(c)) => match base64_step(&mut self.sasl, &c) {
+                Some(line) => {
+                    self.out.extend_from_slice(line.as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                None => self.out.extend_from_slice(b"*\r\n"),
+            },
+            (Phase::Auth, Response::Reply(r)) if r.tag[..] == *AUTH_TAG => {
+                if r.status == Status::Ok {
+                    self.push(Output::Event(Event::Authenticated));
+                    self.out.extend_from_slice(
+                        &Cmd::Update { hosts: Vec::new() }.encode(UPDATE_TAG, Form::NonSync),
+                    );
+                    self.phase = Phase::Dump;
+                } else {
+                    self.close(CloseReason::PeerError(
+                        "the master refused our login".into(),
+                    ));
+                }
+            }
+            (
+                Phase::Dump,
+                Response::Mailbox {
+                    name,
+                    location,
+                    acl,
+                    ..
+                },
+            ) => self.collect(
+                name.into_value(),
+                Record {
+                    state: State::Active {
+                        acl: acl.into_value(),
+                    },
+                    location: location.into_value(),
+                },
+            ),
+            (Phase::Dump, Response::Reserve { name, location, .. }) => self.collect(
+                name.into_value(),
+                Record {
+                    state: State::Reserved,
+                    location: location.into_value(),
+                },
+            ),
+            (Phase::Dump, Response::Reply(r)) if r.tag[..] == *UPDATE_TAG => {
+                if r.status == Status::Ok {
+                    let dump = std::mem::take(&mut self.dump);
+                    let n = dump.len();
+                    self.effect(Effect::Replace(dump));
+                    self.phase = Phase::Streaming;
+                    self.push(Output::Event(Event::Synced { entries: n }));
+                    if self.kick_wanted {
+                        self.kick_wanted = false;
+                        self.send_noop(true);
+                    }
+                } else {
+                    self.close(CloseReason::PeerError("the master refused UPDATE".into()));
+                }
+            }
+            (
+                Phase::Streaming,
+                Response::Mailbox {
+                    name,
+                    location,
+                    acl,
+                    ..
+                },
+            ) => {
+                let record = Some(Record {
+                    state: State::Active {
+                        acl: acl.into_value(),
+                    },
+                    location: location.into_value(),
+                });
+                self.effect(Effect::Apply {
+                    name: name.into_value(),
+                    record,
+                });
+            }
+            (Phase::Streaming, Response::Reserve { name, location, .. }) => {
+                let record = Some(Record {
+                    state: State::Reserved,
+                    location: location.into_value(),
+                });
+                self.effect(Effect::Apply {
+                    name: name.into_value(),
+                    record,
+                });
+            }
+            (Phase::Streaming, Response::Delete { name, .. }) => {
+                self.effect(Effect::Apply {
+                    name: name.into_value(),
+                    record: None,
+                });
+            }
+            (Phase::Streaming, Response::Reply(r))
+                if self
+                    .noop_pending
+                    .as_ref()
+                    .is_some_and(|(t, _)| r.tag[..] == *t.as_bytes()) =>
+            {
+                let (_, kick) = self.noop_pending.take().expect("checked");
+                if r.status != Status::Ok {
+                    self.close(CloseReason::PeerError("the master refused NOOP".into()));
+                } else if kick {
+                    self.push(Output::Event(Event::Kicked));
+                }
+            }
+            (_, Response::Reply(r)) if r.status == Status::Bye => {
+                self.close(CloseReason::PeerClosed);
+            }
+            (_, other) => {
+                let _ = other;
+                self.close(CloseReason::PeerError(
+                    "unexpected response from the master".into(),
+                ));
+            }
+        }
+        let _ = now;
+    }
+
+    fn collect(&mut self, name: Bytes, record: Record) {
+        if self.dump.len() >= self.opts.dump_entries_max {
+            self.close(CloseReason::LimitExceeded("UPDATE dump too large".into()));
+            return;
+        }
+        self.dump.push(Entry { name, record });
+    }
+}
+
+/// Answers a bare base64 challenge line; `None` to cancel.
+fn base64_step(client: &mut sasl::Client, line: &[u8]) -> Option<String> {
+    let challenge = match sasl::decode_response(line, &sasl::Options::default()).ok()? {
+        sasl::Response::Data(d) => d,
+        sasl::Response::Cancel => return None,
+    };
+    client
+        .step(challenge.expose())
+        .ok()
+        .map(|r| sasl::encode(r.expose()))
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): Cyrus waits
+/// `retry_delay + rand(retry_delay / 2)`; here the random part comes from
+/// `jitter` in `[0, 1)`, supplied by the caller, and repeated failures
+/// double the base up to 8×.
+pub fn backoff(retry_delay: Duration, attempt: u32, jitter: f64) -> Duration {
+    let base = retry_delay * (1u32 << attempt.min(3));
+    base + retry_delay.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+impl Machine for Follower {
+    type Effect = Effect;
+    type Completion = Completion;
+    type Event = Event;
+    type Command = Command;
+
+    fn handle_input(&mut self, now: Time, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.last_traffic = now;
+        self.framer.handle_input(bytes);
+        loop {
+            match self.framer.poll_event() {
+                Ok(None) => break,
+                Ok(Some(FrameEvent::Message(m))) => match parse_response(&m) {
+                    Ok(r) => self.on_response(now, r),
+                    Err(_) => self.close(CloseReason::PeerError(
+                        "malformed response from the master".into(),
+                    )),
+                },
+                Ok(Some(FrameEvent::Refused(_))) => self.close(CloseReason::LimitExceeded(
+                    "response over the size limit".into(),
+                )),
+                Ok(Some(_)) => {}
+                Err(e) => self.close(CloseReason::PeerError(e.to_string())),
+            }
+            if self.closed {
+                break;
+            }
+        }
+    }
+
+    fn handle_eof(&mut self, _now: Time) {
+        self.close(CloseReason::PeerClosed);
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        if self.closed || self.phase != Phase::Streaming {
+            return;
+        }
+        if now.saturating_since(self.last_traffic) < self.opts.noop_interval {
+            return;
+        }
+        if self.noop_pending.is_some() {
+            // Cyrus declares the master dead when its NOOP goes unanswered
+            // for a whole interval.
+            self.close(CloseReason::Timeout(
+                "the master did not answer NOOP".into(),
+            ));
+            return;
+        }
+        self.send_noop(false);
+        self.last_traffic = now;
+    }
+
+    fn handle_completion(&mut self, _now: Time, _id: EffectId, completion: Completion) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Completion::Failed(e) = completion {
+            self.close(CloseReason::EffectFailed(e));
+        }
+    }
+
+    fn handle_command(&mut self, _now: Time, command: Command) {
+        if self.closed {
+            return;
+        }
+        match command {
+            Command::Kick if self.phase == Phase::Streaming => {
+                if self.noop_pending.is_none() {
+                    self.send_noop(true);
+                } else if let Some((_, kick)) = &mut self.noop_pending {
+                    *kick = true;
+                }
+            }
+            Command::Kick => self.kick_wanted = true,
+            Command::Shutdown => {
+                self.out
+                    .extend_from_slice(&Cmd::Logout.encode(b"Q01", Form::NonSync));
+                self.close(CloseReason::Local("shutdown".into()));
+            }
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Effect, Event>> {
+        self.flush();
+        self.outputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        if self.closed || self.phase != Phase::Streaming {
+            return None;
+        }
+        self.last_traffic.checked_add(self.opts.noop_interval)
+    }
+
+    fn wants_input(&self) -> bool {
+        // Effects are applied in emission order by the daemon; a bounded
+        // number in flight keeps memory bounded under a fast stream.
+        !self.closed && self.in_flight < 1024
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
