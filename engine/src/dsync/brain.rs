@@ -178,8 +178,11 @@ impl<S: MailRead> Brain<S> {
         if self.opts.role == Role::Master {
             h.sync_type = Some(self.sync_type);
             h.send_mail_requests = true;
-            h.backup_send = self.mode == Mode::BackupSend;
-            h.backup_recv = self.mode == Mode::BackupRecv;
+            // The flags name what the *slave* is (a `doveadm backup`
+            // master, the source, sends `backup_recv`: see the
+            // backup-revert capture).
+            h.backup_send = self.mode == Mode::BackupRecv;
+            h.backup_recv = self.mode == Mode::BackupSend;
             h.import_commit_msgs_interval = 100;
             h.alt_char = Some(b'_');
             h.sync_box = self
@@ -389,9 +392,9 @@ impl<S: MailRead> Brain<S> {
     fn after_handshake(&mut self, peer: Handshake) {
         if self.opts.role == Role::Slave {
             self.sync_type = peer.sync_type.unwrap_or(SyncType::Full);
-            self.mode = if peer.backup_send {
+            self.mode = if peer.backup_recv {
                 Mode::BackupRecv
-            } else if peer.backup_recv {
+            } else if peer.backup_send {
                 Mode::BackupSend
             } else {
                 Mode::TwoWay
@@ -588,7 +591,17 @@ impl<S: MailRead> Brain<S> {
             }
         }
         let cur = self.cur.as_mut().expect("in a mailbox");
-        cur.recv = Recv::Attrs;
+        // Backup is one-way on the wire too (backup-revert capture): the
+        // source sends attributes, changes and mails and reads only
+        // requests; the destination sends only requests.
+        match self.mode {
+            Mode::BackupRecv => {
+                cur.recv = Recv::Attrs;
+                return;
+            }
+            Mode::BackupSend => cur.recv = Recv::Requests,
+            Mode::TwoWay => cur.recv = Recv::Attrs,
+        }
         let state = self.saved.mailboxes.get(&cur.sent_b.mailbox_guid).cloned();
         let state = state.filter(|s| {
             self.sync_type == SyncType::State && s.last_uidvalidity == cur.local.uidvalidity.get()
@@ -631,7 +644,13 @@ impl<S: MailRead> Brain<S> {
         });
         cur.wants = plan.wants.clone();
         cur.plan_last_uid = plan.last_uid;
-        cur.recv = Recv::Requests;
+        if mode == Mode::BackupRecv {
+            // A backup destination sends no mails and reads no requests.
+            cur.recv = Recv::Mails;
+            cur.sent_mails = true;
+        } else {
+            cur.recv = Recv::Requests;
+        }
         let name = cur.local.name.to_lossy();
         let mut reqs: Vec<(u32, Bytes)> = plan
             .wants
@@ -654,8 +673,14 @@ impl<S: MailRead> Brain<S> {
     }
 
     fn requests_done(&mut self) {
+        let backup_send = self.mode == Mode::BackupSend;
         let cur = self.cur.as_mut().expect("in a mailbox");
-        cur.recv = Recv::Mails;
+        // A backup source gets no mails back: its next input is the state.
+        cur.recv = if backup_send {
+            Recv::State
+        } else {
+            Recv::Mails
+        };
         let reqs = std::mem::take(&mut cur.requests);
         let live: Vec<Record> = cur
             .records
