@@ -10,6 +10,7 @@ mod dsync;
 mod store;
 mod mupdate;
 mod passwd;
+mod sync_client;
 mod sync_server;
 
 use std::ffi::OsString;
@@ -50,6 +51,7 @@ pub fn find(name: &str) -> Option<Tool> {
         "mupdate" => Tool::Ready(mupdate::main),
         "mupdate-load" => Tool::Ready(mupdate::load_main),
         "passwd" => Tool::Ready(passwd::main),
+        "sync_client" => Tool::Ready(sync_client::main),
         "sync_server" => Tool::Ready(sync_server::main),
         "store" => Tool::Ready(store::main),
         _ => Tool::NotYet,
