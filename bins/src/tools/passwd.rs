@@ -64,7 +64,7 @@ fn run(args: &Args, input: &mut impl BufRead) -> Result<&'static str, Error> {
         return Ok("deleted");
     }
     let password = read_password(input)?;
-    let existed = file.users()?.iter().any(|u| *u == args.user);
+    let existed = file.users()?.contains(&args.user);
     file.set_password(&args.user, &password)?;
     Ok(if existed { "password changed" } else { "added" })
 }

@@ -293,11 +293,8 @@ pub fn parse_int(value: &str) -> Option<i64> {
     if digits.is_empty() || !digits.bytes().all(|c| (c as char).is_digit(radix)) {
         return None;
     }
-    let v = match i128::from_str_radix(digits, radix) {
-        Ok(v) => v,
-        // Only a digit string too long for i128 gets here: it is out of range.
-        Err(_) => i128::MAX,
-    };
+    // Only a digit string too long for i128 fails here: it is out of range.
+    let v = i128::from_str_radix(digits, radix).unwrap_or(i128::MAX);
     let v = if neg { -v } else { v };
     Some(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
 }
