@@ -256,3 +256,49 @@ fn memstore_and_maildir_converge_through_dsync() {
     };
     assert_eq!(strip(da), strip(dump(&*b.borrow())));
 }
+
+/// Two INBOXes created independently (each side's own GUID, own mail):
+/// corvid's rule makes them one mailbox (the smaller GUID adopts the
+/// bigger, messages merged) — on a maildir that is a uidlist GUID rewrite
+/// with the model's uniqueid kept beside it.
+#[test]
+fn independently_created_inboxes_merge_on_a_maildir() {
+    // 0x00…: the MemStore adopts the maildir's GUID; 0xff…: the maildir
+    // adopts the MemStore's (a uidlist GUID rewrite).
+    for first in [0x00, 0xff] {
+        inboxes_merge(first);
+    }
+}
+
+fn inboxes_merge(guid_first_byte: u8) {
+    let t = tempfile::tempdir().unwrap();
+    let md = Maildir::open(t.path().join("Maildir"), Default::default()).unwrap();
+    let b = Rc::new(RefCell::new(UserStore::new(md, user())));
+    let a = Rc::new(RefCell::new(MemStore::default()));
+    create(&a, "INBOX", guid_first_byte, 5000);
+    deliver(&a, "INBOX", "ia1", Flags::with(SystemFlags::SEEN, []));
+    deliver(&a, "INBOX", "ia2", Flags::new());
+    deliver(&b, "INBOX", "ib1", Flags::with(SystemFlags::FLAGGED, []));
+    let mut converged = false;
+    let mut all_notes = Vec::new();
+    for _ in 0..3 {
+        let (m, s, notes) = run(&a, &b);
+        all_notes.extend(notes);
+        assert_eq!((m.error, s.error), (None, None), "notes {all_notes:?}");
+        if dump(&*a.borrow()) == dump(&*b.borrow()) {
+            converged = true;
+            break;
+        }
+    }
+    let (da, db) = (dump(&*a.borrow()), dump(&*b.borrow()));
+    assert!(converged, "{da:#?}\n{db:#?}\nnotes {all_notes:?}");
+    for id in ["ia1", "ia2", "ib1"] {
+        assert!(db.iter().any(|l| l.contains(&format!("<{id}>"))), "{db:?}");
+    }
+    // doveadm would see one INBOX with the merged GUID: the uidlist says so.
+    let st = b.borrow();
+    let inbox = st.maildir().status(&store::maildir::Name::inbox()).unwrap();
+    let model = st.mailbox(&name("INBOX")).unwrap().unwrap();
+    assert_eq!(inbox.guid, model.guid);
+    assert_eq!(inbox.messages, 3);
+}

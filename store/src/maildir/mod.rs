@@ -86,6 +86,7 @@ const SUBSCRIPTIONS: &str = "subscriptions";
 const UIDVALIDITY: &str = "dovecot-uidvalidity";
 const MODSEQS: &str = "corvid-modseqs";
 const EXPUNGING: &str = "corvid-expunging";
+const UNIQUEID: &str = "corvid-uniqueid";
 const TRASHED: &str = "..DOVECOT-TRASHED";
 
 /// Limits and timeouts of a [`Maildir`].
@@ -265,6 +266,13 @@ pub struct Append {
     pub keywords: Vec<Keyword>,
     /// INTERNALDATE (file mtime); `None`: now.
     pub internaldate: Option<i64>,
+    /// Allow a `uid` below the next UID if no message has it (after a
+    /// UIDVALIDITY change the UID space starts over, as dsync does).
+    /// Dovecot would renumber such a message when its index already knows
+    /// a higher next UID, so the mailbox's `dovecot.index*` files are
+    /// deleted; Dovecot rebuilds them from the uidlist (research note
+    /// 3.4.1, 3.7), losing only its modseqs.
+    pub below_next_uid: bool,
 }
 
 /// What to give a new mailbox.
@@ -605,6 +613,48 @@ impl Maildir {
         self.status(name)
     }
 
+    /// Give a mailbox another GUID (dsync: two independently created
+    /// mailboxes of one name become one, the smaller GUID adopting the
+    /// bigger); Dovecot does the same by rewriting the uidlist header.
+    pub fn set_guid(&self, name: &Name, guid: MailboxGuid) -> Result<()> {
+        let dir = self.existing_dir(name)?;
+        let _l = self.lock(&dir.join(UIDLIST))?;
+        let s = self.snapshot_locked(name, &dir)?;
+        if s.uidlist.guid != Some(guid) {
+            let mut l = s.uidlist.clone();
+            l.guid = Some(guid);
+            self.write_uidlist(&dir, &l)?;
+        }
+        Ok(())
+    }
+
+    /// The engine-model uniqueid kept for a mailbox whose uniqueid is not
+    /// derived from its GUID (`corvid-uniqueid` in its directory).
+    fn stored_uniqueid(&self, name: &Name) -> Result<Option<String>> {
+        Ok(self
+            .read_control(&self.dir_of(name).join(UNIQUEID))?
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// Keep (`Some`) or forget (`None`) a mailbox's own uniqueid.
+    fn store_uniqueid(&self, name: &Name, id: Option<&str>) -> Result<()> {
+        let dir = self.existing_dir(name)?;
+        match id {
+            Some(id) => write_atomic(
+                &dir,
+                UNIQUEID,
+                &self.temp_name(UNIQUEID),
+                format!("{id}\n").as_bytes(),
+            )
+            .map_err(io_err(&dir)),
+            None => match fs::remove_file(dir.join(UNIQUEID)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Rename one mailbox's directory, leaving mailboxes below it where
     /// they are (in Maildir++ every mailbox is its own directory; this is
     /// the engine model's rename).
@@ -738,7 +788,8 @@ impl Maildir {
         let mut s = self.snapshot_locked(name, dir)?;
         let next = s.uidlist.next_uid();
         let uid = how.uid.unwrap_or(next);
-        if uid < next {
+        let below = uid < next;
+        if below && (!how.below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
             return Err(Error::UidTooLow { wanted: uid, next });
         }
         let generated = format!("{prefix},S={size},W={vsize}");
@@ -781,11 +832,31 @@ impl Maildir {
         fs::hard_link(tmp_path, &dest).map_err(io_err(&dest))?;
         sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
         self.fault_point();
-        s.uidlist.entries.push(Entry {
-            uid,
-            ext,
-            base: base.clone(),
-        });
+        let at = s.uidlist.entries.partition_point(|e| e.uid < uid);
+        s.uidlist.entries.insert(
+            at,
+            Entry {
+                uid,
+                ext,
+                base: base.clone(),
+            },
+        );
+        if below {
+            s.uidlist.header_next_uid = next;
+            for f in [
+                "dovecot.index",
+                "dovecot.index.log",
+                "dovecot.index.log.2",
+                "dovecot.index.cache",
+            ] {
+                match fs::remove_file(dir.join(f)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err(dir)(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
         s.files.insert(
             base.clone(),
             Found {

@@ -5,7 +5,8 @@
 //! The mapping, where the model maps cleanly:
 //! * Mailbox: name = the Maildir name (`Work/Sub`, UTF-8, `/`-separated)
 //!   as [`MailboxName`] bytes; `guid` = the uidlist `G`; `uniqueid` =
-//!   [`UniqueId::from_mailbox_guid`]; `uidvalidity`; `last_uid` = next UID
+//!   [`UniqueId::from_mailbox_guid`], unless corvid keeps another one in
+//!   the sidecar `corvid-uniqueid` (written when a batch asks for it); `uidvalidity`; `last_uid` = next UID
 //!   − 1; `highestmodseq` = corvid's sidecar modseq; `owner` = the user;
 //!   partition `default`; `renamed_or_created_at` = the directory's ctime
 //!   (a rename changes it; 0 for INBOX, the root).
@@ -80,8 +81,13 @@ impl<'a> UserView<'a> {
                 .map(|m| UnixTime(m.ctime()))
                 .unwrap_or(UnixTime::ZERO)
         };
+        let uniqueid = match self.maildir.stored_uniqueid(name).map_err(store_err)? {
+            Some(id) => UniqueId::new(&id)
+                .map_err(|e| StoreError::Corrupt(format!("{name}: uniqueid {id:?}: {e}")))?,
+            None => UniqueId::from_mailbox_guid(&st.guid),
+        };
         let mut m = Mailbox::new(
-            UniqueId::from_mailbox_guid(&st.guid),
+            uniqueid,
             st.guid,
             MailboxName::new(name.as_str()).expect("a valid Maildir name is a model name"),
             Some(self.user.clone()),
@@ -325,9 +331,9 @@ impl MailRead for UserView<'_> {
 /// change is applied, with [`StoreError::Io`] naming the concept (the
 /// engine's error has no "unsupported" variant):
 /// ACLs, quota roots, annotations, seen databases, Sieve, sync logs,
-/// deleting a user or INBOX, a new GUID for INBOX, and mailboxes whose
-/// uniqueid is not derived from their GUID
-/// ([`UniqueId::from_mailbox_guid`]; dsync's own mailboxes always are).
+/// deleting a user or INBOX.
+/// A uniqueid that is not [`UniqueId::from_mailbox_guid`] of the mailbox's
+/// GUID is kept in `corvid-uniqueid` in the mailbox directory.
 /// A mailbox's UIDVALIDITY is set as given, LAST_UID and HIGHESTMODSEQ are
 /// only raised ([`Maildir::update`]); other mailbox counters, record
 /// modseqs and tombstones are derived or absent in Maildir and ignored.
@@ -397,9 +403,6 @@ impl UserStore {
                     if m.quotaroot.is_some() {
                         return Err(unsupported("a quota root"));
                     }
-                    if m.uniqueid != UniqueId::from_mailbox_guid(&m.guid) {
-                        return Err(unsupported("a uniqueid not derived from the mailbox GUID"));
-                    }
                     if m.owner.as_ref() != Some(&self.user) {
                         return Err(unsupported("another user's mailbox"));
                     }
@@ -465,6 +468,9 @@ impl UserStore {
                     if from != to {
                         md.rename_one(&from, &to).map_err(store_err)?;
                     }
+                    if old.guid != new.guid {
+                        md.set_guid(&to, new.guid).map_err(store_err)?;
+                    }
                 }
                 (Some(old), None) => {
                     let n = UserStore::name_of(&old.name)?;
@@ -487,8 +493,17 @@ impl UserStore {
                     },
                 )
                 .map_err(store_err)?;
-            } else if n.is_inbox() && md.status(&n).map_err(store_err)?.guid != m.guid {
-                return Err(unsupported("replacing INBOX's mailbox GUID"));
+            }
+            // The uniqueid is kept beside the mailbox only when it is not
+            // the one its GUID gives (a Cyrus mailbox, or dsync's GUID
+            // adoption, which keeps the uniqueid and changes the GUID).
+            let derived = UniqueId::from_mailbox_guid(&m.guid) == m.uniqueid;
+            let stored = md.stored_uniqueid(&n).map_err(store_err)?;
+            if derived && stored.is_some() {
+                md.store_uniqueid(&n, None).map_err(store_err)?;
+            } else if !derived && stored.as_deref() != Some(&m.uniqueid.to_lossy()) {
+                md.store_uniqueid(&n, Some(&m.uniqueid.to_lossy()))
+                    .map_err(store_err)?;
             }
             names.insert(id.clone(), n);
         }
@@ -656,6 +671,8 @@ impl UserStore {
                     flags: r.flags.system,
                     keywords: r.flags.keywords().to_vec(),
                     internaldate: Some(r.internaldate.0),
+                    // The model may reuse UIDs after a UIDVALIDITY change.
+                    below_next_uid: true,
                 };
                 let res = if let Some(b) = inline.get(&r.guid) {
                     md.append(n, &mut &b[..], &how)
