@@ -710,7 +710,7 @@ fn live_cyrus_traffic_replayed_gets_cyrus_answers() {
                 break;
             }
         }
-        if real.len() != ours.len() && report.last().map_or(true, |l| !l.starts_with(s)) {
+        if real.len() != ours.len() && !report.last().is_some_and(|l| l.starts_with(s)) {
             report.push(format!(
                 "{s}: cyrus sent {} lines, we sent {}",
                 real.len(),

@@ -171,14 +171,13 @@ pub fn plan_mailbox<S: MailRead + ?Sized>(
     if !fresh && mb.mbtype.kind != hdr.mbtype.kind {
         return Err(Refusal::Unknown("mailbox type differs".into()));
     }
-    if !fresh && !ctx.force {
-        if hdr.highestmodseq < mb.highestmodseq
-            || hdr.uidvalidity < mb.uidvalidity.get()
-            || hdr.last_uid < mb.last_uid
-            || hdr.xconvmodseq < mb.xconvmodseq
-        {
-            return Err(CHECKSUM);
-        }
+    // The master may never be behind the replica (unless forced).
+    let behind = hdr.highestmodseq < mb.highestmodseq
+        || hdr.uidvalidity < mb.uidvalidity.get()
+        || hdr.last_uid < mb.last_uid
+        || hdr.xconvmodseq < mb.xconvmodseq;
+    if !fresh && !ctx.force && behind {
+        return Err(CHECKSUM);
     }
 
     // Pass 1: validate every record, collect the writes.
@@ -328,8 +327,7 @@ pub fn plan_restore<S: MailRead + ?Sized>(
             if !keep_ids {
                 // A fresh identity derived from the name and time.
                 let seed = format!("{}\0{}", hdr.name, ctx.now.0);
-                h.uniqueid = UniqueId::new(Guid::of(seed.as_bytes()).to_hex()[..24].to_string())
-                    .expect("hex");
+                h.uniqueid = UniqueId::new(&Guid::of(seed.as_bytes()).to_hex()[..24]).expect("hex");
                 if h.uidvalidity == 0 {
                     h.uidvalidity = ctx.now.0.clamp(1, u32::MAX as i64) as u32;
                 }

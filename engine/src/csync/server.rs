@@ -1449,7 +1449,7 @@ impl<R: MailRead> Server<R> {
                     .read
                     .mailbox(&old)?
                     .ok_or(Refusal::Code(Code::MailboxNonexistent))?;
-                if old == new && part.map_or(true, |p| p == mb.partition.as_bytes()) {
+                if old == new && !matches!(part, Some(p) if p != mb.partition.as_bytes()) {
                     return ok(Vec::new());
                 }
                 let mut m = Vec::new();
@@ -1843,7 +1843,7 @@ impl<R: MailRead> Machine for Server<R> {
                 "connection closed mid-literal".into(),
             ));
         }
-        let _ = self.decoder.handle_eof();
+        self.decoder.handle_eof();
         self.close(CloseReason::PeerClosed);
     }
 
