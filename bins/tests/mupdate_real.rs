@@ -655,3 +655,178 @@ mupdate_username: be1\nmupdate_password: secret\nmupdate_config: standard\n",
         "another backend's entry is untouched"
     );
 }
+
+/// Starts a real Cyrus `mupdate -m` under Cyrus master(8), with a private
+/// sasldb holding `mupdateadmin`/`secret`.
+fn start_cyrus_master(root: &Path) -> (CyrusMaster, u16) {
+    let port = free_port();
+    let sasldb = root.join("sasldb2");
+    let mut p = Command::new("saslpasswd2")
+        .args([
+            "-p",
+            "-c",
+            "-f",
+            sasldb.to_str().unwrap(),
+            "-u",
+            "cyrus-master.test",
+            "mupdateadmin",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret").unwrap();
+    assert!(p.wait().unwrap().success());
+    assert!(Command::new("chown")
+        .args(["cyrus:mail", sasldb.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let inst = cyrus_instance(
+        root,
+        "cmaster",
+        &format!(
+            "servername: cyrus-master.test\nadmins: mupdateadmin\nsasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
+sasl_sasldb_path: {}\nmupdate_config: standard\n",
+            sasldb.display()
+        ),
+    );
+    std::fs::write(
+        inst.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  mupdate cmd=\"{CYRUS}/mupdate -C {conf} -m\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\n",
+            conf = inst.join("imapd.conf").display()
+        ),
+    )
+    .unwrap();
+    let pidfile = inst.join("master.pid");
+    let st = Command::new("runuser")
+        .args(["-u", "cyrus", "--", &format!("{CYRUS}/master")])
+        .args([
+            "-C",
+            inst.join("imapd.conf").to_str().unwrap(),
+            "-M",
+            inst.join("cyrus.conf").to_str().unwrap(),
+        ])
+        .args(["-p", pidfile.to_str().unwrap(), "-d"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_port(port);
+    (CyrusMaster { pidfile }, port)
+}
+
+#[test]
+fn corvid_slave_follows_the_real_cyrus_master() {
+    if !cyrus_available("corvid_slave_follows_the_real_cyrus_master") {
+        return;
+    }
+    let root = open_root();
+    let (_cyrus, cport) = start_cyrus_master(root.path());
+    // State on the real master before our slave boots.
+    let mut w = Client::login(cport);
+    assert_eq!(
+        w.run(mupdate::Command::Reserve {
+            name: b("user.alice"),
+            location: b("be1!default")
+        })
+        .1,
+        "Ok done"
+    );
+    assert_eq!(
+        w.run(mupdate::Command::Activate {
+            name: b("user.alice"),
+            location: b("be1!default"),
+            acl: b("alice\tlrs\t")
+        })
+        .1,
+        "Ok done"
+    );
+    assert_eq!(
+        w.run(mupdate::Command::Reserve {
+            name: b("user.zed"),
+            location: b("be2!default")
+        })
+        .1,
+        "Ok done"
+    );
+    // corvid as a slave (no -m) of the Cyrus master.
+    let dir = root.path().join("corvid-slave").tap_mkdir();
+    let passwd = dir.join("passwd");
+    let mut p = Command::new(corvid())
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let conf = dir.join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {d}\nservername: corvid-slave.test\nadmins: mupdateadmin\ncorvid_passwd_file: {p}\n\
+mupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\nmupdate_password: secret\nmupdate_retry_delay: 2\n",
+            d = dir.display(),
+            p = passwd.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(corvid())
+        .args([
+            "mupdate",
+            "-C",
+            conf.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(dir.join("corvid.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let _slave = Corvid {
+        child,
+        port,
+        dir: dir.clone(),
+    };
+    let find = |cl: &mut Client, n: &str| cl.run(mupdate::Command::Find { name: b(n) }).0;
+    let mut r = Client::login(port);
+    wait_until("corvid slave's initial sync from Cyrus", 30, || {
+        find(&mut r, "user.zed").len() == 1
+    });
+    match &find(&mut r, "user.alice")[..] {
+        [Response::Mailbox { location, acl, .. }] => {
+            assert_eq!(&location.value()[..], b"be1!default");
+            assert_eq!(&acl.value()[..], b"alice\tlrs\t");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Read-only.
+    assert_eq!(
+        r.run(mupdate::Command::Delete {
+            name: b("user.alice")
+        })
+        .1,
+        "Bad read-only session"
+    );
+    // Streaming from Cyrus (its ~5 s batches): a create and a delete.
+    assert_eq!(
+        w.run(mupdate::Command::Activate {
+            name: b("user.new"),
+            location: b("be1!default"),
+            acl: b("")
+        })
+        .1,
+        "Ok done"
+    );
+    assert_eq!(
+        w.run(mupdate::Command::Delete {
+            name: b("user.zed")
+        })
+        .1,
+        "Ok done"
+    );
+    wait_until("Cyrus pushes to reach corvid's slave", 30, || {
+        find(&mut r, "user.new").len() == 1 && find(&mut r, "user.zed").is_empty()
+    });
+}

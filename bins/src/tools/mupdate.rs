@@ -26,7 +26,14 @@
 //! never touched), `servername`, `admins`, `corvid_passwd_file` /
 //! `sasl_pwcheck_method`, `tls_server_cert`/`tls_server_key` (STARTTLS),
 //! `failedloginpause`, `mupdate_connections_max`, `mupdate_server` (for
-//! `-a`). Slave mode (no `-m`) is not implemented yet and says so.
+//! `-a`).
+//!
+//! Without `-m` it is a **slave**: it follows `mupdate_server` (logging in
+//! as `mupdate_authname`/`mupdate_username` with `mupdate_password`, exactly
+//! as a Cyrus slave, `engine::mupdate::follower`) into its own database
+//! (`mupdate.corvid-slave.sqlite3`; Cyrus's `mailboxes.db` is not written, so
+//! it serves MUPDATE clients and chained slaves, not a Cyrus frontend's
+//! imapd), reconnects with back-off, and serves FIND/LIST/UPDATE read-only.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -37,6 +44,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use engine::machine::Time;
+use engine::mupdate::follower::{self, Follower};
 use engine::mupdate::{AuthOk, Change, Command, Completion, Effect, Options, Role, Server};
 use io_tokio::auth::{Access, CheckContext, PwCheck};
 use io_tokio::config::{Config, LoadOptions};
@@ -46,7 +54,7 @@ use io_tokio::tls::{TlsConfigs, TlsFiles};
 use store::mupdate::{Delivery, MupdateDb, Subscriber};
 use tokio::sync::mpsc;
 
-/// MUPDATE server (Cyrus Murder): master mode.
+/// MUPDATE server (Cyrus Murder): master (-m) or slave.
 #[derive(Debug, Parser)]
 #[command(name = "mupdate")]
 struct Args {
@@ -85,7 +93,7 @@ enum Error {
     Listen(SocketAddr, std::io::Error),
     #[error("{0}")]
     Master(#[from] io_tokio::listen::master::MasterError),
-    #[error("MUPDATE slave mode is not implemented yet in corvid: run with -m (master)")]
+    #[error("slave mode (no -m) needs mupdate_server and mupdate_authname in imapd.conf")]
     SlaveNotImplemented,
     #[error("no --listen address given and not started by Cyrus master(8)")]
     NoListener,
@@ -99,6 +107,7 @@ struct Shared {
     pwcheck: PwCheck,
     access: Access,
     opts: Options,
+    upstream: Option<SlaveConf>,
 }
 
 /// Per-connection executor: knows this connection's command channel so a
@@ -241,12 +250,19 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             ..LoadOptions::default()
         },
     )?;
-    if !is_master(args, &conf) {
-        return Err(Error::SlaveNotImplemented);
-    }
+    let master = is_master(args, &conf);
+    let upstream = if master {
+        None
+    } else {
+        Some(SlaveConf::from_config(&conf).ok_or(Error::SlaveNotImplemented)?)
+    };
     let db_path = match &args.db {
         Some(p) => p.clone(),
-        None => conf.configdirectory()?.join("mupdate.corvid.sqlite3"),
+        None => conf.configdirectory()?.join(if master {
+            "mupdate.corvid.sqlite3"
+        } else {
+            "mupdate.corvid-slave.sqlite3"
+        }),
     };
     let db = MupdateDb::open(&db_path, store::mupdate::Options::default())?;
     let pwcheck = PwCheck::from_config(&conf)?;
@@ -270,7 +286,12 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             .unwrap_or_else(|| "localhost".into()),
         implementation: "corvid".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        role: Role::Master,
+        role: match &upstream {
+            None => Role::Master,
+            Some(u) => Role::Slave {
+                upstream: u.server.clone(),
+            },
+        },
         starttls: tls.server.is_some(),
         failed_login_pause: Duration::from_secs(pause),
         ..Options::default()
@@ -286,14 +307,139 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             pwcheck,
             access,
             opts,
+            upstream,
         }),
         tls,
         serve,
     ))
 }
 
+/// A slave's upstream settings (`mupdate_server` and friends).
+#[derive(Clone)]
+struct SlaveConf {
+    /// As configured (`host[:port][/…]`), shown in the banner.
+    server: String,
+    /// `host:port` to connect to (port 3905 if none).
+    addr: String,
+    authname: String,
+    username: String,
+    password: String,
+    retry_delay: Duration,
+}
+
+impl SlaveConf {
+    fn from_config(conf: &Config) -> Option<SlaveConf> {
+        let server = conf.get_str("mupdate_server")?.to_owned();
+        let hostport = server.split('/').next().unwrap_or("").to_owned();
+        let addr = if hostport.contains(':') {
+            hostport
+        } else {
+            format!("{hostport}:3905")
+        };
+        Some(SlaveConf {
+            addr,
+            authname: conf.get_str("mupdate_authname")?.to_owned(),
+            username: conf.get_str("mupdate_username").unwrap_or("").to_owned(),
+            password: conf.get_str("mupdate_password").unwrap_or("").to_owned(),
+            retry_delay: Duration::from_secs(
+                conf.get_str("mupdate_retry_delay")
+                    .and_then(io_tokio::config::parse_int)
+                    .unwrap_or(20)
+                    .max(1) as u64,
+            ),
+            server,
+        })
+    }
+}
+
+/// Performs a follower's effects on the slave's local database.
+struct FollowerExec(MupdateDb);
+
+impl EffectExecutor<follower::Effect> for FollowerExec {
+    type Completion = follower::Completion;
+
+    fn execute(
+        &self,
+        effect: follower::Effect,
+    ) -> impl std::future::Future<Output = follower::Completion> + Send {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: store::mupdate::Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        // Called before the first await: effects reach the store in order.
+        match effect {
+            follower::Effect::Replace(entries) => self.0.replace_remote(entries, done),
+            follower::Effect::Apply { name, record } => self.0.apply_remote(name, record, done),
+        }
+        async move {
+            match rx.await {
+                Ok(Ok(_)) => follower::Completion::Done,
+                Ok(Err(e)) => follower::Completion::Failed(e.to_string()),
+                Err(_) => follower::Completion::Failed("committer gone".into()),
+            }
+        }
+    }
+}
+
+/// The slave's link to its master: connect, follow, and after any end
+/// reconnect after `follower::backoff` (a full UPDATE every time, as Cyrus).
+async fn follow(db: MupdateDb, up: SlaveConf) {
+    let mut attempt = 0u32;
+    loop {
+        match tokio::net::TcpStream::connect(&up.addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let mut fo = follower::Options::new(
+                    up.authname.clone(),
+                    io_tokio::auth::Secret::new(up.password.as_bytes().to_vec()),
+                );
+                fo.username = up.username.clone();
+                fo.noop_interval = up.retry_delay;
+                let machine = Follower::new(Time::ZERO, fo);
+                let (_keep, rx) = mpsc::channel::<follower::Command>(16);
+                let (ev_tx, mut ev_rx) = mpsc::channel::<follower::Event>(16);
+                let synced = tokio::spawn(async move {
+                    let mut synced = false;
+                    while let Some(e) = ev_rx.recv().await {
+                        if let follower::Event::Synced { entries } = e {
+                            tracing::info!(entries, "mupdate slave synced with its master");
+                            synced = true;
+                        }
+                    }
+                    synced
+                });
+                let outcome = Driver::new(machine, FollowerExec(db.clone()))
+                    .commands(rx)
+                    .events(ev_tx)
+                    .peer(&up.addr)
+                    .run(stream)
+                    .await;
+                tracing::warn!(result = ?outcome.result, "mupdate slave lost its master");
+                if synced.await.unwrap_or(false) {
+                    attempt = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(master = %up.addr, error = %e, "mupdate slave cannot reach its master")
+            }
+        }
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() % 1000)
+            .unwrap_or(0) as f64
+            / 1000.0;
+        let delay = follower::backoff(up.retry_delay, attempt, jitter);
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
 async fn serve(args: Args) -> Result<(), Error> {
     let (shared, tls, serve_opts) = build(&args)?;
+    if let Some(up) = shared.upstream.clone() {
+        tracing::info!(master = %up.server, "mupdate slave: following the master");
+        tokio::spawn(follow(shared.db.clone(), up));
+    }
     let handler = {
         let shared = shared.clone();
         move |stream: tokio::net::TcpStream, peer: SocketAddr| {

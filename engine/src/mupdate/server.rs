@@ -158,6 +158,12 @@ impl Committed {
     pub fn after_commit() -> Committed {
         Committed { _private: () }
     }
+
+    /// For a store asked to write something it already holds: nothing to
+    /// make durable, so nothing can be lost.
+    pub fn after_commit_of_nothing() -> Committed {
+        Committed { _private: () }
+    }
 }
 
 /// What the machine asks the daemon to do.

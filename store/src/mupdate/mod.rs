@@ -323,6 +323,106 @@ impl MupdateDb {
         }
     }
 
+    /// A slave's copy: applies the master's state for `name` as given (no
+    /// decision: the master decided), durably, and republishes it to this
+    /// database's own subscribers. `done` as for [`MupdateDb::submit`].
+    pub fn apply_remote(&self, name: Bytes, record: Option<Record>, done: Done) {
+        let mut shared = lock(&self.inner.shared);
+        if shared.failed {
+            drop(shared);
+            return done(Err(StoreError::Failed));
+        }
+        let before = shared.db.find(&name).cloned();
+        if before == record {
+            drop(shared);
+            return done(Ok(Ok(Committed::after_commit_of_nothing())));
+        }
+        let change = Change {
+            name,
+            before,
+            after: record,
+        };
+        shared.db.apply(&change);
+        self.enqueue(shared, change, done);
+    }
+
+    /// A slave's copy after a full UPDATE dump: every name not in `entries`
+    /// is removed, every entry is set; only differences are written. `done`
+    /// is called once, after the last of them is durable.
+    pub fn replace_remote(&self, entries: Vec<Entry>, done: Done) {
+        let mut shared = lock(&self.inner.shared);
+        if shared.failed {
+            drop(shared);
+            return done(Err(StoreError::Failed));
+        }
+        let mut want: std::collections::BTreeMap<Bytes, Record> =
+            entries.into_iter().map(|e| (e.name, e.record)).collect();
+        let mut changes = Vec::new();
+        for (name, rec) in shared.db.iter() {
+            match want.remove(name) {
+                Some(r) if r == *rec => {}
+                Some(r) => changes.push(Change {
+                    name: name.clone(),
+                    before: Some(rec.clone()),
+                    after: Some(r),
+                }),
+                None => changes.push(Change {
+                    name: name.clone(),
+                    before: Some(rec.clone()),
+                    after: None,
+                }),
+            }
+        }
+        changes.extend(want.into_iter().map(|(name, r)| Change {
+            name,
+            before: None,
+            after: Some(r),
+        }));
+        if changes.is_empty() {
+            drop(shared);
+            return done(Ok(Ok(Committed::after_commit_of_nothing())));
+        }
+        let last = changes.len() - 1;
+        let mut done = Some(done);
+        for (i, change) in changes.into_iter().enumerate() {
+            shared.db.apply(&change);
+            let d: Done = if i == last {
+                done.take().expect("once")
+            } else {
+                Box::new(|_| {})
+            };
+            shared = self.enqueue_keep(shared, change, d);
+        }
+    }
+
+    fn enqueue(&self, shared: MutexGuard<'_, Shared>, change: Change, done: Done) {
+        drop(self.enqueue_keep(shared, change, done));
+    }
+
+    /// Queues a decided change for commit; returns the lock (still held).
+    fn enqueue_keep<'a>(
+        &'a self,
+        mut shared: MutexGuard<'a, Shared>,
+        change: Change,
+        done: Done,
+    ) -> MutexGuard<'a, Shared> {
+        let queue = lock(&self.inner.queue);
+        let job = Job {
+            change: Arc::new(change),
+            done,
+        };
+        let failed = match queue.as_ref() {
+            Some(tx) => tx.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        drop(queue);
+        if let Some(job) = failed {
+            shared.failed = true;
+            (job.done)(Err(StoreError::Stopped));
+        }
+        shared
+    }
+
     /// Registers `sink` for changes concerning `hosts` (all if empty) and
     /// returns the dump as of now.
     pub fn subscribe(&self, hosts: Vec<Bytes>, sink: Box<dyn Subscriber>) -> Vec<Entry> {
