@@ -32,6 +32,9 @@ struct Rig {
     pending: VecDeque<(EffectId, Completion)>,
     /// Input not yet accepted (the machine applies backpressure).
     pending_input: Vec<Vec<u8>>,
+    /// When set, batch writes are held here instead of run.
+    hold_writes: bool,
+    held_writes: Vec<(EffectId, engine::store::WriteBatch)>,
 }
 
 fn opts() -> Options {
@@ -58,6 +61,8 @@ impl Rig {
             closed: None,
             pending: VecDeque::new(),
             pending_input: Vec::new(),
+            hold_writes: false,
+            held_writes: Vec::new(),
         };
         r.drain();
         r
@@ -80,6 +85,12 @@ impl Rig {
                                     userid: creds.authcid.clone(),
                                     admin,
                                 }))
+                            }
+                            Effect::Store(engine::store::StoreEffect::Write(b))
+                                if self.hold_writes =>
+                            {
+                                self.held_writes.push((id, b));
+                                continue;
                             }
                             Effect::Store(e) => {
                                 let c = self.runner.run(&mut *self.store.borrow_mut(), e);
@@ -537,6 +548,51 @@ fn apply_mailbox_checks_and_writes() {
 }
 
 #[test]
+fn ok_only_after_the_write_is_durable_and_failures_change_nothing() {
+    let st = store();
+    let mut r = Rig::new(st.clone(), opts());
+    r.login();
+    r.hold_writes = true;
+    // Nothing is said, and nothing more is read, until the batch completes.
+    assert_eq!(
+        r.say("APPLY SUB %(USERID alice MBOXNAME user.alice)\r\nNOOP\r\n"),
+        ""
+    );
+    assert!(!r.m.wants_input());
+    let (id, batch) = r.held_writes.pop().unwrap();
+    let c = engine::store::commit(&mut *st.borrow_mut(), &batch);
+    r.m.handle_completion(r.now, id, Completion::Store(Some(c)));
+    let start = r.out.len();
+    r.drain();
+    assert_eq!(&r.out[start..], b"OK success\r\nOK Noop completed\r\n");
+    // A batch the store could not make durable: NO, logged, store as before.
+    assert_eq!(
+        r.say("APPLY SUB %(USERID alice MBOXNAME user.alice.Work)\r\n"),
+        ""
+    );
+    let (id, batch) = r.held_writes.pop().unwrap();
+    r.m.handle_completion(
+        r.now,
+        id,
+        Completion::Store(Some(engine::store::Completion::Failed {
+            batch_id: batch.id,
+            error: engine::store::StoreError::Io("disk full".into()),
+        })),
+    );
+    let start = r.out.len();
+    r.drain();
+    assert_eq!(&r.out[start..], b"NO Unknown error\r\n");
+    assert!(r.events.iter().any(|e| matches!(e, Event::StoreFailed(_))));
+    let subs = st
+        .borrow()
+        .subscriptions(&engine::model::UserId::new("alice").unwrap())
+        .unwrap();
+    assert_eq!(subs.len(), 1);
+    r.hold_writes = false;
+    assert_eq!(r.say("NOOP\r\n"), "OK Noop completed\r\n");
+}
+
+#[test]
 fn upload_with_wrong_guid_is_refused_and_never_stored() {
     let st = store();
     let mut r = Rig::new(st.clone(), opts());
@@ -724,4 +780,34 @@ fn live_cyrus_traffic_replayed_gets_cyrus_answers() {
         "replies differ from real Cyrus:\n{}",
         report.join("\n")
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// The machine's replies and the store it leaves do not depend on how
+    /// the peer's bytes are chunked (file literals split anywhere, lines
+    /// split mid-word), replaying the real initial-user capture.
+    #[test]
+    fn any_chunking_gives_the_same_replies(sizes in proptest::collection::vec(1usize..5000, 1..64)) {
+        let c2s = std::fs::read(corpus("live-initial-user.c2s.bin")).expect("capture present");
+        let whole = {
+            let mut r = Rig::new(store(), opts());
+            r.feed(&c2s);
+            r.out
+        };
+        let st = store();
+        let mut r = Rig::new(st.clone(), opts());
+        let mut off = 0;
+        let mut i = 0;
+        while off < c2s.len() {
+            let n = sizes[i % sizes.len()].min(c2s.len() - off);
+            r.feed(&c2s[off..off + n]);
+            off += n;
+            i += 1;
+        }
+        proptest::prop_assert_eq!(String::from_utf8_lossy(&r.out), String::from_utf8_lossy(&whole));
+        let alice = st.borrow().users().unwrap();
+        proptest::prop_assert!(!alice.is_empty());
+    }
 }
