@@ -192,3 +192,58 @@ fn lagging_subscriber_is_dropped() {
     assert_eq!(db.subscribers(), 0);
     assert_eq!(got.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn slave_copy_replaces_and_applies_remote_state_and_republishes() {
+    use engine::mupdate::{Entry, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slave.db");
+    let db = MupdateDb::open(&path, Options::default()).unwrap();
+    let rec = |loc: &str| Record {
+        state: State::Reserved,
+        location: b(loc),
+    };
+    let sync = |f: &dyn Fn(store::mupdate::Done)| {
+        let (tx, rx) = mpsc::channel();
+        f(Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap().unwrap().unwrap();
+    };
+    sync(&|d| db.apply_remote(b("old"), Some(rec("h!p")), d));
+    sync(&|d| db.apply_remote(b("keep"), Some(rec("h!p")), d));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    db.subscribe(vec![], Box::new(Collect(seen.clone(), 100)));
+    // A dump: `old` goes, `keep` stays untouched, `new` arrives.
+    sync(&|d| {
+        db.replace_remote(
+            vec![
+                Entry {
+                    name: b("keep"),
+                    record: rec("h!p"),
+                },
+                Entry {
+                    name: b("new"),
+                    record: rec("g!p"),
+                },
+            ],
+            d,
+        )
+    });
+    let names: Vec<_> = db.list(None).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec![b("keep"), b("new")]);
+    let pushed: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.name.clone(), c.after.is_some()))
+        .collect();
+    assert_eq!(pushed, vec![(b("old"), false), (b("new"), true)]);
+    // An unknown DELETE push is harmless; an identical one writes nothing.
+    sync(&|d| db.apply_remote(b("never-had"), None, d));
+    sync(&|d| db.apply_remote(b("keep"), Some(rec("h!p")), d));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    db.close();
+    drop(db);
+    let again = MupdateDb::open(&path, Options::default()).unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(again.find(b"old").is_none());
+}
