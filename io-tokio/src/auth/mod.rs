@@ -76,8 +76,9 @@ pub struct CheckContext<'a> {
     /// sync_server and backupd, `mupdate` for mupdate, `imap` for imapd);
     /// saslauthd passes it on (PAM uses it as the PAM service).
     pub service: &'a str,
-    /// The user realm, if any. A `user@realm` authcid overrides it, as
-    /// libsasl does before asking saslauthd.
+    /// The user realm, if any. Cyrus's services pass none (they create
+    /// their SASL connection with a NULL user realm); a `user@realm` authcid
+    /// sends `realm` anyway, as libsasl does before asking saslauthd.
     pub realm: Option<&'a str>,
 }
 
@@ -102,10 +103,12 @@ pub enum PwCheck {
 }
 
 impl PwCheck {
-    /// The backend `conf` configures: `corvid_passwd_file` if set, else the
-    /// first method of `sasl_pwcheck_method` corvid supports (only
-    /// `saslauthd`); libsasl's default `auxprop` and everything else is
-    /// refused with an error saying what to set instead.
+    /// The backend `conf` configures: `corvid_passwd_file` if set, else
+    /// saslauthd if `sasl_pwcheck_method` lists it; libsasl's default
+    /// `auxprop` and everything else is refused with an error saying what
+    /// to set instead. Of a list such as `auxprop saslauthd` only saslauthd
+    /// is used, where libsasl would try each method in turn: a user that
+    /// only sasldb2 knows is rejected by corvid.
     pub fn from_config(conf: &Config) -> Result<PwCheck, AuthError> {
         if let Some(path) = conf.get_str("corvid_passwd_file") {
             return Ok(PwCheck::PasswdFile(PasswdFile::new(path)));
