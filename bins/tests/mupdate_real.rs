@@ -830,3 +830,84 @@ mupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\nmupdate_passw
         find(&mut r, "user.new").len() == 1 && find(&mut r, "user.zed").is_empty()
     });
 }
+
+#[test]
+fn corvid_master_runs_under_cyrus_master8_and_serves_mupdatetest() {
+    if !cyrus_available("corvid_master_runs_under_cyrus_master8_and_serves_mupdatetest") {
+        return;
+    }
+    let root = open_root();
+    let port = free_port();
+    // corvid's binary must be reachable by user cyrus.
+    let exe = corvid();
+    let inst = cyrus_instance(
+        root.path(),
+        "corvid8",
+        "servername: corvid8.test\nadmins: mupdateadmin\n",
+    );
+    let passwd = inst.join("passwd");
+    let mut p = Command::new(&exe)
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let conf = inst.join("imapd.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("corvid_passwd_file: {}\n", passwd.display()));
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(
+        inst.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  mupdate cmd=\"{exe} mupdate -C {conf} -m\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\n",
+            exe = exe.display(),
+            conf = conf.display()
+        ),
+    )
+    .unwrap();
+    assert!(Command::new("chown")
+        .args(["-R", "cyrus:mail", inst.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let pidfile = inst.join("master.pid");
+    let st = Command::new("runuser")
+        .args(["-u", "cyrus", "--", &format!("{CYRUS}/master")])
+        .args([
+            "-C",
+            conf.to_str().unwrap(),
+            "-M",
+            inst.join("cyrus.conf").to_str().unwrap(),
+        ])
+        .args([
+            "-p",
+            pidfile.to_str().unwrap(),
+            "-L",
+            inst.join("master.log").to_str().unwrap(),
+            "-d",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _m = CyrusMaster { pidfile };
+    wait_port(port);
+    let out = mupdatetest(
+        port,
+        "R1 RESERVE \"user.m8\" \"be1!default\"\r\nF1 FIND \"user.m8\"\r\nQ1 LOGOUT\r\n",
+        &[],
+        root.path(),
+    );
+    assert!(out.contains("R1 OK \"done\""), "{out}");
+    assert!(out.contains("F1 RESERVE {7+}"), "{out}");
+    // A second connection is served by the same process (prefork=1, one
+    // multi-connection child, as Cyrus's threaded mupdate).
+    let mut c = Client::login(port);
+    assert_eq!(
+        c.run(mupdate::Command::Find { name: b("user.m8") }).0.len(),
+        1
+    );
+    // The database lives in the configdirectory, written by user cyrus.
+    assert!(inst.join("conf/mupdate.corvid.sqlite3").exists());
+}
