@@ -593,6 +593,47 @@ fn ok_only_after_the_write_is_durable_and_failures_change_nothing() {
 }
 
 #[test]
+fn restore_mailbox_creates_then_appends_with_new_uids() {
+    // The shape Cyrus's restore(8) sends (csync-backup-restore.txt).
+    let st = store();
+    let mut r = Rig::new(st.clone(), opts());
+    r.login();
+    let b1 = body(31);
+    let b2 = body(32);
+    let start = r.out.len();
+    r.feed(&message_cmd(&[b1.clone(), b2.clone()]));
+    assert_eq!(&r.out[start..], b"OK success\r\n");
+    let cmd = format!(
+        "RESTORE MAILBOX %(UNIQUEID NIL MBOXNAME user.alice.Restored MBOXTYPE NIL LAST_UID 2 HIGHESTMODSEQ 0 RECENTUID 0 RECENTTIME 0 LAST_APPENDDATE 0 POP3_LAST_LOGIN 0 POP3_SHOW_AFTER 0 UIDVALIDITY 0 PARTITION default ACL \"alice\tlrswipkxtecdan\t\" OPTIONS P QUOTAROOT NIL XCONVMODSEQ 0 RECORD ({} {}))\r\n",
+        rec(1, 2, "\\Seen", &b1),
+        rec(2, 3, "", &b2)
+    );
+    assert_eq!(r.say(&cmd), "OK success\r\n");
+    let name = MailboxName::new("user.alice.Restored").unwrap();
+    let mb = st.borrow().mailbox(&name).unwrap().unwrap();
+    assert_eq!(mb.last_uid, 2);
+    assert_eq!(r.say(&cmd), "OK success\r\n");
+    let mb = st.borrow().mailbox(&name).unwrap().unwrap();
+    assert_eq!(mb.last_uid, 4, "a second restore appends with new UIDs");
+    let recs = st
+        .borrow()
+        .records(&mb.uniqueid, engine::store::UidRange::ALL, 10)
+        .unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.guid).collect::<Vec<_>>(),
+        vec![b1.1, b2.1, b1.1, b2.1]
+    );
+    // A body neither stored nor uploaded: refused, nothing written.
+    let missing = body(33);
+    let cmd = cmd.replace(&b1.1.to_hex(), &missing.1.to_hex());
+    assert_eq!(
+        r.say(&cmd),
+        "NO IMAP_MAILBOX_NONEXISTENT No Such Mailbox\r\n"
+    );
+    assert_eq!(st.borrow().mailbox(&name).unwrap().unwrap().last_uid, 4);
+}
+
+#[test]
 fn upload_with_wrong_guid_is_refused_and_never_stored() {
     let st = store();
     let mut r = Rig::new(st.clone(), opts());
