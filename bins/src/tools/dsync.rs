@@ -582,10 +582,16 @@ impl MaildirStore {
             .ok_or_else(|| StoreError::UnknownMailbox(id.clone()))
     }
 
-    /// Give an existing mailbox another GUID (dsync's merge of two
-    /// independently created mailboxes; Dovecot does the same on its side):
-    /// the `G` of the uidlist header, replaced under Dovecot's dot-lock.
-    fn set_guid(&self, n: &store::maildir::Name, g: &MailboxGuid) -> Result<(), StoreError> {
+    /// Give an existing mailbox another GUID and UIDVALIDITY (dsync's merge
+    /// of two independently created mailboxes, or a backup destination
+    /// taking the source's identity; Dovecot does the same on its side):
+    /// `G` and `V` of the uidlist header, replaced under Dovecot's dot-lock.
+    fn set_identity(
+        &self,
+        n: &store::maildir::Name,
+        g: &MailboxGuid,
+        uidvalidity: u32,
+    ) -> Result<(), StoreError> {
         use store::maildir::lock::{write_atomic, DotLock};
         let dir = match n.dir_name() {
             None => self.md.root().to_path_buf(),
@@ -603,9 +609,10 @@ impl MaildirStore {
         let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
         let mut fields: Vec<String> = head
             .split(' ')
-            .filter(|f| !f.starts_with('G'))
+            .filter(|f| !f.starts_with('G') && !f.starts_with('V'))
             .map(str::to_string)
             .collect();
+        fields.insert(1.min(fields.len()), format!("V{uidvalidity}"));
         fields.push(format!("G{}", g.to_hex()));
         let new = format!("{}\n{rest}", fields.join(" "));
         write_atomic(
@@ -626,8 +633,8 @@ impl MaildirStore {
                 let n = Self::name(&mb.name)?;
                 if self.md.exists(&n) {
                     let st = self.md.status(&n).map_err(Self::io)?;
-                    if st.guid != mb.guid {
-                        self.set_guid(&n, &mb.guid)?;
+                    if st.guid != mb.guid || st.uidvalidity != mb.uidvalidity.get() {
+                        self.set_identity(&n, &mb.guid, mb.uidvalidity.get())?;
                     }
                 } else {
                     self.md

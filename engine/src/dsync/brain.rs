@@ -68,6 +68,10 @@ pub struct Brain<S: MailRead> {
     changes_during_sync: bool,
     require_full_resync: bool,
     error: Option<String>,
+    /// The tree merge's writes are in flight: mailbox work waits for them,
+    /// because a store may re-derive identities from what it stored (a
+    /// maildir's uniqueid follows its GUID).
+    tree_barrier: bool,
 }
 
 /// Where the conversation is.
@@ -151,6 +155,7 @@ impl<S: MailRead> Brain<S> {
             changes_during_sync: false,
             require_full_resync: false,
             error: None,
+            tree_barrier: false,
             opts,
         };
         let mut buf = BytesMut::new();
@@ -471,6 +476,14 @@ impl<S: MailRead> Brain<S> {
         }
         self.write(plan.mutations);
         self.stage = Stage::Mailboxes;
+        if !self.inflight.is_empty() {
+            self.tree_barrier = true;
+            return;
+        }
+        self.start_mailboxes();
+    }
+
+    fn start_mailboxes(&mut self) {
         if self.opts.role == Role::Master {
             self.queue = self
                 .user_mailboxes()
@@ -887,7 +900,7 @@ impl<S: MailRead> Brain<S> {
     // ----- input -----
 
     fn pump(&mut self) {
-        while !self.closed {
+        while !self.closed && !self.tree_barrier {
             let ev = match self.dec.next() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return,
@@ -1295,6 +1308,10 @@ impl<S: MailRead> Machine for Brain<S> {
         if self.closed {
             return;
         }
+        if self.tree_barrier && self.inflight.is_empty() {
+            self.tree_barrier = false;
+            self.start_mailboxes();
+        }
         self.try_send_state();
         match self.opts.role {
             Role::Slave => self.try_finish_slave(),
@@ -1316,7 +1333,7 @@ impl<S: MailRead> Machine for Brain<S> {
     }
 
     fn wants_input(&self) -> bool {
-        !self.closed && self.inflight.len() < self.opts.inflight_batches_max
+        !self.closed && !self.tree_barrier && self.inflight.len() < self.opts.inflight_batches_max
     }
 
     fn is_closed(&self) -> bool {

@@ -217,8 +217,11 @@ pub fn merge_tree(
             continue;
         }
         let deleted_at = remote.deleted.get(&m.guid).copied();
+        // A backup destination keeps a mailbox whose name the source uses
+        // (it takes the source's identity below, INBOX included).
+        let name_on_source = remote.mailboxes.values().any(|r| r.name == m.name);
         let delete = match (mode, deleted_at) {
-            (Mode::BackupRecv, _) => true,
+            (Mode::BackupRecv, _) => !name_on_source,
             (_, Some(_)) => true,
             _ => false,
         };
@@ -328,6 +331,22 @@ pub fn merge_tree(
         }
         if let Some(holder) = names.get(&r.name).copied() {
             let holder_known = remote.mailboxes.contains_key(&holder);
+            if !holder_known && mode == Mode::BackupRecv {
+                // The destination takes the source's identity in place:
+                // never delete-and-recreate (a maildir INBOX cannot be).
+                let mut mb = by_guid.remove(&holder).expect("named mailbox exists");
+                plan.notes.push(format!(
+                    "mailbox {}: taking the source's GUID {}",
+                    mb.name.to_lossy(),
+                    g
+                ));
+                mb.guid = *g;
+                mb.uidvalidity = UidValidity::new(r.uidvalidity.max(1)).expect("nonzero");
+                plan.mutations.push(Mutation::PutMailbox(mb.clone()));
+                names.insert(mb.name.clone(), *g);
+                by_guid.insert(*g, mb);
+                continue;
+            }
             if !holder_known && mode == Mode::TwoWay {
                 // Two independent creations of one name (typically INBOX):
                 // one mailbox, the bigger GUID, messages merged.
