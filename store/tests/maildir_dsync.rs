@@ -302,3 +302,131 @@ fn inboxes_merge(guid_first_byte: u8) {
     assert_eq!(inbox.guid, model.guid);
     assert_eq!(inbox.messages, 3);
 }
+
+/// The riskiest writes for Dovecot checked with the real doveadm: after a
+/// UIDVALIDITY and GUID adoption, the brain moves the maildir's message to
+/// a new UID and then inserts the peer's messages *below* it (UIDs 2, 3
+/// after 4). Dovecot indexes the maildir first, then dsync merges the
+/// INBOXes, then doveadm must report exactly corvid's UIDs, GUIDs, flags.
+#[test]
+fn doveadm_agrees_after_inbox_merge_with_uid_reuse() {
+    use std::process::Command;
+    let why = if Command::new("doveadm").arg("help").output().is_err() {
+        Some("doveadm not installed")
+    } else if String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout).trim()
+        != "0"
+    {
+        Some("not root (doveadm must switch to uid 5000)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
+        eprintln!("SKIP doveadm_agrees_after_inbox_merge_with_uid_reuse: {why}");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let conf = t.path().join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = /dev/stderr\nssl = no\n\
+             protocols =\nmail_location = maildir:~/Maildir\nnamespace inbox {{\n  inbox = yes\n  \
+             separator = /\n  prefix =\n}}\nmail_privileged_group =\nmail_uid = 5000\n\
+             mail_gid = 5000\nfirst_valid_uid = 1000\nfirst_valid_gid = 1000\n",
+            d = t.path().display()
+        ),
+    )
+    .unwrap();
+    let maildir = home.join("Maildir");
+    fn chown(p: &std::path::Path) {
+        std::os::unix::fs::chown(p, Some(5000), Some(5000)).unwrap();
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                chown(&e.unwrap().path());
+            }
+        }
+    }
+    let doveadm = |args: &[&str]| -> String {
+        chown(t.path());
+        let out = Command::new("doveadm")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("USER", "alice")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-o")
+            .arg(format!("mail_location=maildir:{}", maildir.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success() && !err.contains("Error"),
+            "{args:?}: {err}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let b = Rc::new(RefCell::new(UserStore::new(
+        Maildir::open(&maildir, Default::default()).unwrap(),
+        user(),
+    )));
+    let a = Rc::new(RefCell::new(MemStore::default()));
+    create(&a, "INBOX", 0xff, 5000);
+    for id in ["ia1", "ia2"] {
+        deliver(&a, "INBOX", id, Flags::with(SystemFlags::SEEN, []));
+    }
+    deliver(&b, "INBOX", "ib1", Flags::with(SystemFlags::FLAGGED, []));
+    // Dovecot indexes the maildir: its index now knows next UID 2.
+    doveadm(&["mailbox", "status", "messages uidnext", "INBOX"]);
+    for _ in 0..3 {
+        let (m, s, notes) = run(&a, &b);
+        assert_eq!((m.error, s.error), (None, None), "notes {notes:?}");
+        if dump(&*a.borrow()) == dump(&*b.borrow()) {
+            break;
+        }
+    }
+    assert_eq!(dump(&*a.borrow()), dump(&*b.borrow()));
+    let ours: Vec<String> = b
+        .borrow()
+        .maildir()
+        .messages(&store::maildir::Name::inbox())
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let mut f: Vec<&str> = Vec::new();
+            if m.flags.contains(SystemFlags::FLAGGED) {
+                f.push("\\Flagged");
+            }
+            if m.flags.contains(SystemFlags::SEEN) {
+                f.push("\\Seen");
+            }
+            format!("{} {} {}", m.uid, m.guid, f.join(" "))
+        })
+        .collect();
+    let theirs: Vec<String> =
+        doveadm(&["-f", "tab", "fetch", "uid guid flags", "mailbox", "INBOX"])
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let v: Vec<&str> = l.split('\t').collect();
+                let flags: Vec<&str> = v[2]
+                    .split(' ')
+                    .filter(|f| *f != "\\Recent" && !f.is_empty())
+                    .collect();
+                format!("{} {} {}", v[0], v[1], flags.join(" "))
+            })
+            .collect();
+    assert_eq!(theirs, ours);
+    assert_eq!(ours.len(), 3);
+    // The insertion below the next UID really happened.
+    let uids: Vec<u32> = ours
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(uids, [2, 3, 4]);
+}
