@@ -28,6 +28,21 @@
 //! checked whole, and written as one [`WriteBatch`]; `OK success` is built
 //! only from the [`DurableProof`] of that batch.
 //!
+//! Two flavours ([`Flavour`]): the csync service above, and the
+//! IMAP-embedded one a `sync_try_imap` client looks for (IMAP greeting,
+//! `A01 AUTHENTICATE` answered with `X-REPLICATION` in the capabilities,
+//! tagged `SYNCAPPLY`/`SYNCGET`/`SYNCRESTORE`/`SYNCRESTART`). Both share
+//! every GET/APPLY handler; only framing, tags and greeting differ. On the
+//! csync port, the `C01 CAPABILITY` probe of a try-imap client gets an IMAP
+//! answer without X-REPLICATION, so it falls back at once instead of
+//! waiting out its 10 s timeout as it does against Cyrus.
+//!
+//! Known limits: a `GET FETCH` reply holds the whole message in the
+//! output queue (bounded by the store's message size limit, not streamed
+//! lazily); commands of two connections on the same mailbox are not
+//! serialised by a per-user lock (Cyrus takes one; a Cyrus master's
+//! sync_client never runs two syncs of one user against one replica).
+//!
 //! Reply texts are 3.6.1's byte for byte (`research/csync-protocol.md` §1,
 //! §3; `csync-lab.md` §4.4). Where Cyrus crashes (§9: unknown partition,
 //! GUID mismatch, a connection dropped mid-literal) this machine answers a
