@@ -13,7 +13,8 @@
 //! real disk (default: a temp dir under the target directory).
 //! `CORVID_BENCH_SYNCFS=1` uses [`GroupSync::SyncFs`] (one `syncfs` per
 //! group) instead of per-file fsyncs; `CORVID_BENCH_FSYNC_THREADS=n` sets
-//! the per-file fsync parallelism.
+//! the per-file fsync parallelism; `CORVID_BENCH_FSYNC_AT_STAGING=1`
+//! fsyncs each message on its connection's thread when its staging ends.
 
 use bytes::Bytes;
 use engine::model::*;
@@ -100,12 +101,15 @@ fn main() {
     {
         options.fsync_threads = n;
     }
+    if std::env::var("CORVID_BENCH_FSYNC_AT_STAGING").is_ok() {
+        options.fsync_at_staging = true;
+    }
     if std::env::var("CORVID_BENCH_SYNCFS").is_ok() {
         options.group_sync = GroupSync::SyncFs { min_files: 8 };
     }
     println!(
-        "group sync: {:?}, fsync threads: {}",
-        options.group_sync, options.fsync_threads
+        "group sync: {:?}, fsync threads: {}, fsync at staging: {}",
+        options.group_sync, options.fsync_threads, options.fsync_at_staging
     );
 
     // Generate first, so the timing is the store's alone.

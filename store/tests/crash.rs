@@ -12,7 +12,9 @@
 //!   and its bytes readable and intact;
 //! * the sync log line each batch appended is there too (same transaction).
 //!
-//! The store lives on the real disk (the temp dir), never on tmpfs.
+//! The store lives on the real disk (the temp dir), never on tmpfs. Rounds
+//! rotate through the three ways of making message files durable
+//! (per-file at commit, per-file at staging, one syncfs per group).
 
 use bytes::Bytes;
 use engine::model::*;
@@ -23,16 +25,24 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use store::embedded::{Committer, CommitterOptions, Embedded, Options};
+use store::embedded::{Committer, CommitterOptions, Embedded, GroupSync, Options};
 
 const CHILD_ENV: &str = "CORVID_STORE_CRASH_CHILD";
+const MODE_ENV: &str = "CORVID_STORE_CRASH_MODE";
 const CONNS: u32 = 3;
 
-fn options(dir: &Path) -> Options {
+/// Rounds rotate through the ways a group's files are made durable.
+fn options(dir: &Path, mode: u32) -> Options {
     let mut parts = BTreeMap::new();
     parts.insert("default".to_string(), dir.join("spool"));
     parts.insert("other".to_string(), dir.join("spool2"));
-    Options::new(dir.join("conf"), parts)
+    let mut o = Options::new(dir.join("conf"), parts);
+    match mode % 3 {
+        0 => {}
+        1 => o.fsync_at_staging = true,
+        _ => o.group_sync = GroupSync::SyncFs { min_files: 2 },
+    }
+    o
 }
 
 fn folder(conn: u32) -> MailboxName {
@@ -62,7 +72,8 @@ fn child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return; // only runs when re-invoked by `kill_at_many_points`
     };
-    let store = Embedded::open(options(Path::new(&dir))).expect("child opens the store");
+    let mode = std::env::var(MODE_ENV).unwrap().parse().unwrap();
+    let store = Embedded::open(options(Path::new(&dir), mode)).expect("child opens the store");
     let committer = Committer::spawn(store, CommitterOptions::default());
     let reader = committer.reader();
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
@@ -189,6 +200,7 @@ fn kill_at_many_points() {
                 "1",
             ])
             .env(CHILD_ENV, dir.path())
+            .env(MODE_ENV, round.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -219,7 +231,7 @@ fn kill_at_many_points() {
         acked.extend(rx.try_iter());
 
         // Reopen as the next server would, and check everything.
-        let store = Embedded::open(options(dir.path())).expect("store reopens after a kill");
+        let store = Embedded::open(options(dir.path(), 0)).expect("store reopens after a kill");
         let report = store.reader().verify().unwrap();
         assert!(report.is_clean(), "round {round}: {:#?}", report.problems);
         for &(conn, uid) in &acked {

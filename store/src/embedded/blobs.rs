@@ -275,6 +275,7 @@ impl MessageWriter {
             tmp_path: Some(std::mem::take(&mut self.tmp_path)),
             final_path: std::mem::take(&mut self.final_path),
             file: Some(file),
+            synced: false,
         })
     }
 }
@@ -298,6 +299,8 @@ pub struct StagedMessage {
     tmp_path: Option<PathBuf>,
     final_path: PathBuf,
     file: Option<File>,
+    /// Its bytes were already fsynced (at staging).
+    synced: bool,
 }
 
 impl StagedMessage {
@@ -314,6 +317,21 @@ impl StagedMessage {
     /// The partition it will be stored in.
     pub fn partition(&self) -> &str {
         &self.partition
+    }
+
+    /// fsyncs the bytes now, on the caller's thread, so the group commit
+    /// that links them only has to rename and fsync directories.
+    pub(crate) fn sync_now(&mut self) -> std::result::Result<(), StoreError> {
+        if let Some(f) = &self.file {
+            f.sync_all().map_err(|e| {
+                StoreError::from(Error::io(
+                    self.tmp_path.as_deref().unwrap_or(&self.final_path),
+                    e,
+                ))
+            })?;
+            self.synced = true;
+        }
+        Ok(())
     }
 }
 
@@ -398,7 +416,8 @@ pub(crate) fn make_durable(
     let syncfs =
         matches!(mode, GroupSync::SyncFs { min_files } if staged.len() >= min_files.max(1));
     if !syncfs {
-        parallel(staged, threads, |m| {
+        let unsynced: Vec<&StagedMessage> = staged.iter().filter(|m| !m.synced).collect();
+        parallel(&unsynced, threads, |m| {
             let file = m.file.as_ref().expect("staged message already published");
             file.sync_all()
                 .map_err(|e| Error::io(m.tmp_path.as_deref().unwrap_or(&m.final_path), e))

@@ -116,6 +116,11 @@ pub struct Options {
     pub group_sync: GroupSync,
     /// Threads that fsync files and directories in parallel (`PerFile`).
     pub fsync_threads: usize,
+    /// With `PerFile`: fsync each message when its staging ends, on the
+    /// thread that staged it, instead of at the group commit. Connections
+    /// then flush concurrently with the committer; a single connection
+    /// waits for each of its messages.
+    pub fsync_at_staging: bool,
     /// Reader connections shared by all [`Reader`] clones.
     pub reader_connections: usize,
     /// Also append committed sync log lines to Cyrus-format files.
@@ -143,6 +148,7 @@ impl Options {
             // filesystem; SyncFs is faster on a filesystem dedicated to mail.
             group_sync: GroupSync::PerFile,
             fsync_threads: 32,
+            fsync_at_staging: false,
             reader_connections: 4,
             sync_log_files: false,
             verify_on_read: true,
@@ -416,6 +422,7 @@ impl Embedded {
             options.message_bytes_max,
             options.staged_messages_max,
             options.staged_bytes_max,
+            options.fsync_at_staging && options.group_sync == GroupSync::PerFile,
         );
         let reader = Reader {
             shared: shared(&options, partitions, false)?,

@@ -32,6 +32,7 @@ pub(crate) struct StagingArea {
     message_bytes_max: u64,
     messages_max: usize,
     bytes_max: u64,
+    sync_at_end: bool,
 }
 
 impl StagingArea {
@@ -41,6 +42,7 @@ impl StagingArea {
         message_bytes_max: u64,
         messages_max: usize,
         bytes_max: u64,
+        sync_at_end: bool,
     ) -> StagingArea {
         StagingArea {
             inner: Arc::default(),
@@ -49,6 +51,7 @@ impl StagingArea {
             message_bytes_max,
             messages_max,
             bytes_max,
+            sync_at_end,
         }
     }
 
@@ -92,7 +95,16 @@ impl StagingArea {
 
     /// Ends a staging: verifies it and, if good, keeps it for linking.
     pub(crate) fn end(&self, w: MessageWriter, size: u64) -> Result<(), StoreError> {
-        let finished = w.finish();
+        let mut finished = w.finish();
+        if self.sync_at_end {
+            // On the staging connection's thread, outside the lock: many
+            // connections fsync at once while the committer commits.
+            if let Ok(m) = &mut finished {
+                if let Err(e) = m.sync_now() {
+                    finished = Err(e);
+                }
+            }
+        }
         let mut g = self.lock();
         g.open -= 1;
         match finished {
