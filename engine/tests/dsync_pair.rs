@@ -593,3 +593,64 @@ fn subscriptions_follow_the_newer_change() {
         .iter()
         .any(|l| l.starts_with("B Sent ") && l.ends_with("sub=false")));
 }
+
+/// `dsync-concurrent-delivery`: mail delivered to the slave while it
+/// imports (after it planned, before the bodies arrive). Nothing is
+/// overwritten or lost; the run reports changes during sync (exit 2) and
+/// the next run converges.
+#[test]
+fn concurrent_delivery_during_sync_is_kept_and_converges() {
+    let a = populated();
+    let b = new_store();
+    ok(&run(&a, &b, Mode::TwoWay, None, 200));
+    for i in 0..5 {
+        deliver(&a, "INBOX", &format!("new-a{i}"), 300);
+    }
+    // A flag change B must adopt makes B write a flags-only batch right
+    // after planning INBOX: the delivery is injected at that moment.
+    set_flags(&a, "INBOX", 3, SystemFlags::ANSWERED, &[]);
+    let mut mo = Options::new(Role::Master, user());
+    mo.now = UnixTime(400);
+    let mut so = Options::new(Role::Slave, user());
+    so.now = UnixTime(400);
+    let mut pair = Pair::new(Brain::new(mo, a.clone()), Brain::new(so, b.clone()));
+    let (sa, sb) = (a.clone(), b.clone());
+    let injected = Rc::new(std::cell::Cell::new(false));
+    let inj = injected.clone();
+    pair.resolve_a(move |_, e| resolve(&sa, e));
+    pair.resolve_b(move |_, e| {
+        if let engine::store::StoreEffect::Write(batch) = e {
+            let flags_only = !batch.mutations.is_empty()
+                && batch
+                    .mutations
+                    .iter()
+                    .all(|m| matches!(m, Mutation::PutRecord { .. }));
+            if flags_only && !inj.get() {
+                deliver(&sb, "INBOX", "concurrent", 401);
+                inj.set(true);
+            }
+        }
+        resolve(&sb, e)
+    });
+    pair.run_to_end();
+    assert!(injected.get(), "the delivery happened during the sync");
+    let slave = pair
+        .events_b()
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::Finished(o) => Some(o.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(slave.changes_during_sync, "the slave says: run again");
+    let d = dump(&b).join("\n");
+    assert!(
+        d.contains("<concurrent>"),
+        "the concurrent delivery survives: {d}"
+    );
+    assert!(d.contains("<new-a0>"), "{d}");
+    ok(&run(&a, &b, Mode::TwoWay, None, 500));
+    ok(&run(&a, &b, Mode::TwoWay, None, 600));
+    assert_converged(&a, &b);
+    assert_eq!(messages(&a).len(), 6 + 5 + 1);
+}

@@ -758,8 +758,40 @@ impl<S: MailRead> Brain<S> {
             return;
         };
         let sha = Guid::of(&body);
+        // A delivery that took this UID while we were syncing (the store
+        // shows a live message of another GUID there, and we never write
+        // two imports to one UID): never overwrite it. The import gets the
+        // next free UID, the peer learns the renumbering next run (exit 2).
+        let mbid = cur.local.uniqueid.clone();
+        let mut uid = w.uid;
+        let taken = |st: &Pending<S>, u: u32| {
+            st.record(&mbid, Uid::new(u).expect("nonzero"))
+                .ok()
+                .flatten()
+                .is_some_and(|r| !r.expunged && r.guid != sha)
+        };
+        if taken(&self.store, uid) {
+            let last = self
+                .store
+                .mailbox_by_uniqueid(&mbid)
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.last_uid);
+            let cur = self.cur.as_mut().expect("in a mailbox");
+            uid = last.max(cur.plan_last_uid) + 1;
+            while taken(&self.store, uid) {
+                uid += 1;
+            }
+            cur.plan_last_uid = uid;
+            self.changes_during_sync = true;
+            self.out.push_back(Output::Event(Event::Note(format!(
+                "uid {} was taken by a concurrent delivery; importing at {uid}",
+                w.uid
+            ))));
+        }
+        let cur = self.cur.as_mut().expect("in a mailbox");
         let mut rec = Record::new(
-            Uid::new(w.uid).expect("nonzero"),
+            Uid::new(uid).expect("nonzero"),
             cur.modseq,
             sha,
             body.len() as u64,
