@@ -654,3 +654,119 @@ fn concurrent_delivery_during_sync_is_kept_and_converges() {
     assert_converged(&a, &b);
     assert_eq!(messages(&a).len(), 6 + 5 + 1);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deliver {
+            b_side: bool,
+            mailbox: usize,
+        },
+        Flag {
+            b_side: bool,
+            mailbox: usize,
+            nth: usize,
+            bits: u8,
+        },
+        Expunge {
+            b_side: bool,
+            mailbox: usize,
+            nth: usize,
+        },
+    }
+
+    const MAILBOXES: [&str; 3] = ["INBOX", "Sent", "Archive/2024"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<bool>(), 0..3usize)
+                .prop_map(|(b_side, mailbox)| Op::Deliver { b_side, mailbox }),
+            (any::<bool>(), 0..3usize, 0..8usize, 0..32u8).prop_map(
+                |(b_side, mailbox, nth, bits)| Op::Flag {
+                    b_side,
+                    mailbox,
+                    nth,
+                    bits
+                }
+            ),
+            (any::<bool>(), 0..3usize, 0..8usize).prop_map(|(b_side, mailbox, nth)| Op::Expunge {
+                b_side,
+                mailbox,
+                nth
+            }),
+        ]
+    }
+
+    fn live_uids(st: &Store, n: &str) -> Vec<u32> {
+        let mb = mailbox(st, n);
+        st.borrow()
+            .durable()
+            .records(&mb.uniqueid, UidRange::ALL, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.expunged)
+            .map(|r| r.uid.get())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Any concurrent changes on both sides: two runs converge, every
+        /// delivered message that nobody expunged is on both sides exactly
+        /// once, and a third run changes nothing.
+        #[test]
+        fn any_changes_converge_in_two_runs(ops in proptest::collection::vec(op(), 0..24)) {
+            let a = populated();
+            let b = new_store();
+            ok(&run(&a, &b, Mode::TwoWay, None, 200));
+            let mut expected: BTreeSet<String> =
+                messages(&a).into_iter().map(|(_, m)| m).collect();
+            for (i, op) in ops.iter().enumerate() {
+                let t = 300 + i as i64;
+                match op {
+                    Op::Deliver { b_side, mailbox } => {
+                        let st = if *b_side { &b } else { &a };
+                        let id = format!("p{i}");
+                        deliver(st, MAILBOXES[*mailbox], &id, t);
+                        expected.insert(format!("<{id}>"));
+                    }
+                    Op::Flag { b_side, mailbox, nth, bits } => {
+                        let st = if *b_side { &b } else { &a };
+                        let uids = live_uids(st, MAILBOXES[*mailbox]);
+                        if let Some(u) = uids.get(nth % uids.len().max(1)) {
+                            set_flags(st, MAILBOXES[*mailbox], *u, SystemFlags::from_bits_truncate(*bits), &[]);
+                        }
+                    }
+                    Op::Expunge { b_side, mailbox, nth } => {
+                        let st = if *b_side { &b } else { &a };
+                        let uids = live_uids(st, MAILBOXES[*mailbox]);
+                        if let Some(u) = uids.get(nth % uids.len().max(1)) {
+                            let mb = super::mailbox(st, MAILBOXES[*mailbox]);
+                            let r = st.borrow().durable().record(&mb.uniqueid, Uid::new(*u).unwrap()).unwrap().unwrap();
+                            let text = String::from_utf8_lossy(&st.borrow().durable().message_bytes(&r.guid, 0, 1 << 20).unwrap()).to_string();
+                            let id = text.split("Message-ID: <").nth(1).unwrap().split('>').next().unwrap().to_string();
+                            expunge(st, MAILBOXES[*mailbox], *u);
+                            expected.remove(&format!("<{id}>"));
+                        }
+                    }
+                }
+            }
+            let r1 = run(&a, &b, Mode::TwoWay, None, 1000);
+            ok(&r1);
+            let r2 = run(&a, &b, Mode::TwoWay, None, 1001);
+            ok(&r2);
+            prop_assert_eq!(dump(&a), dump(&b));
+            let got: Vec<String> = messages(&a).into_iter().map(|(_, m)| m).collect();
+            let set: BTreeSet<String> = got.iter().cloned().collect();
+            prop_assert_eq!(set.len(), got.len(), "duplicates: {:?}", got);
+            prop_assert_eq!(set, expected);
+            let before = dump(&a);
+            ok(&run(&a, &b, Mode::TwoWay, None, 1002));
+            prop_assert_eq!(dump(&a), before);
+        }
+    }
+}
