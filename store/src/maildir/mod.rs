@@ -7,7 +7,8 @@
 //!   in modified UTF-7 ([`name`]). Each has `cur/ new/ tmp/`, and folders
 //!   get an empty `maildirfolder` when corvid creates them.
 //! * Message files `<base>[:2,<flags>]` ([`file_name`]): corvid's bases
-//!   are `<secs>.M<usecs>P<pid>.<host>,S=<size>,W=<vsize>`; a message with
+//!   are `<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<vsize>` (the
+//!   Maildir `Q` delivery counter keeps them unique in a process); a message with
 //!   no flags goes to `new/`, one with flags to `cur/`; flag changes rename
 //!   in place (also inside `new/`, as Dovecot does).
 //! * `dovecot-uidlist` ([`uidlist`]) per mailbox, changed only under its
@@ -15,6 +16,13 @@
 //!   (temp file, fsync, rename); `dovecot-keywords` ([`keywords`]);
 //!   `subscriptions` in ROOT, version 2 ([`subscriptions`]);
 //!   `dovecot-uidvalidity` in ROOT for new UIDVALIDITYs.
+//! * Every file and directory corvid creates gets the mode, owner and
+//!   group of the directory it is in (as far as the process may), so a
+//!   corvid running as root leaves a maildir its user's Dovecot can
+//!   rewrite. `tmp/` files older than 36 hours are removed, as Dovecot does.
+//! * corvid's own sidecars, ignored by Dovecot: `corvid-modseqs`,
+//!   `corvid-expunging` (transient) and `corvid-uniqueid` (engine model,
+//!   [`model`]).
 //!
 //! Identity as dsync sees it: the mailbox GUID is the uidlist's `G`; a
 //! message's GUID is its uidlist `G` extension if present, else its base
@@ -49,11 +57,21 @@
 //! Never done here: renumbering. A uidlist Dovecot would call broken is
 //! refused as [`Error::Corrupt`]; an append asking for a UID below the next
 //! UID is refused ([`Error::UidTooLow`]), because Dovecot would give such a
-//! message a new UID. Cyrus-only concepts (ACLs, quota roots, annotations,
+//! message a new UID, unless the caller says the UID space restarted
+//! ([`Append::below_next_uid`], after a UIDVALIDITY change): then the
+//! mailbox's `dovecot.index*` caches are dropped so Dovecot rebuilds them
+//! from the uidlist. Cyrus-only concepts (ACLs, quota roots, annotations,
 //! seen databases, Sieve, sync logs) have no Maildir form:
 //! [`Maildir::refuse`] names them as [`Error::Unsupported`]. Dovecot's
 //! `dovecot.index*`, `dovecot.list.index*` and `dovecot.mailbox.log` are
-//! never written, so rename/delete history for dsync is not kept here.
+//! never written (only dropped, above), so rename/delete history for dsync
+//! is not kept here: deletes and renames reach a peer as "mailbox gone" /
+//! "mailbox with a new name" by GUID.
+//!
+//! Two faces: [`Maildir`] is the Maildir-native API (names, UIDs, Dovecot
+//! GUIDs, flags as letters); [`model::UserView`] and [`model::UserStore`]
+//! show one user's maildir as the engine's mail model (`MailRead`,
+//! `StoreWrite`), which is what makes it a dsync location.
 
 pub mod file_name;
 pub mod keywords;
@@ -1003,6 +1021,24 @@ impl Maildir {
 
     // ---- internals ----
 
+    /// Remove `tmp/` files older than 36 hours, as Dovecot does: leftovers
+    /// of deliveries that crashed before their link into `new/`/`cur/`.
+    fn clean_tmp(&self, dir: &Path) {
+        let Ok(rd) = fs::read_dir(dir.join("tmp")) else {
+            return;
+        };
+        let old = SystemTime::now() - Duration::from_secs(36 * 3600);
+        for ent in rd.flatten() {
+            let stale = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < old);
+            if stale {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+    }
+
     /// Unlink the files of these base names, wherever they are now: a file
     /// Dovecot renamed (flags, new/ → cur/) after our scan is found by a
     /// rescan, so no expunged file survives to get a new UID.
@@ -1166,6 +1202,7 @@ impl Maildir {
             s.uidlist.guid = Some(self.new_guid(dir));
             dirty = true;
         }
+        self.clean_tmp(dir);
         let intent = self.read_control(&dir.join(EXPUNGING))?;
         if let Some(intent) = &intent {
             // Roll an interrupted expunge forward.
