@@ -18,10 +18,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use engine::model::{
     Acl, Flags, Guid, Keyword, Mailbox, MailboxGuid, MailboxName, ModSeq, Partition, QuotaResource,
-    QuotaRoot, Record, Seen, SeqSet, SieveName, SieveScript, Subscription, SyncCrcs, SystemFlags,
-    Uid, UidValidity, UniqueId, UnixTime, UserId,
+    QuotaRoot, Record, Seen, SeqSet, SieveName, SieveScript, Subscription, SyncCrcs, SyncLogLine,
+    SystemFlags, Uid, UidValidity, UniqueId, UnixTime, UserId,
 };
-use engine::store::{commit, BatchId, Completion, MailRead, Mutation, WriteBatch};
+use engine::store::{commit, BatchId, Completion, MailRead, Mutation, UidRange, WriteBatch};
 use proto::csync::{ClientDecoder, Event, Response, SaslData, StatusKind};
 use proto::dlist::{Item, KvList};
 
@@ -374,6 +374,115 @@ fn sync_client_replicates_into_real_cyrus() {
     let (ok, log4) = local.sync_client(&["-A"]);
     assert!(ok, "-A failed:\n{log4}");
 
+    // 5. Rolling once (-1): a change logged in the store's sync log is
+    //    replicated and the log is trimmed.
+    let mut muts = fill(&mut work, user, 3..=3);
+    muts.push(Mutation::AppendSyncLog {
+        channel: String::new(),
+        line: SyncLogLine::Append(work.name.clone()),
+    });
+    local.write(muts);
+    let (ok, log5) = local.sync_client(&["-1"]);
+    assert!(ok, "-1 failed:\n{log5}");
+    let items = replica_user(&env, user);
+    let kv = &mailboxes(&items)[&work_name];
+    assert_eq!(num(kv, "LAST_UID"), 3, "-1 did not replicate:\n{log5}");
+    assert_eq!(num(kv, "SYNC_CRC"), local_crcs(&local, &work).basic as u64);
+    assert!(
+        local
+            .store()
+            .reader()
+            .sync_log("", 0, 10)
+            .unwrap()
+            .is_empty(),
+        "-1 left the log"
+    );
+
+    // 6. Split brain: the REAL replica changes behind our back (a flag
+    //    set and a message appended over its own IMAP). The next sync
+    //    fails the checksum twice, runs the full update (GET FULLMAILBOX,
+    //    GET FETCH), copies the replica's data back into our store and
+    //    converges.
+    add_user(&env, user);
+    mail(
+        &env,
+        &[
+            "--inst",
+            "replica",
+            "flag",
+            user,
+            "INBOX",
+            "1",
+            "+",
+            "\\Flagged",
+        ],
+    );
+    mail(&env, &["--inst", "replica", "append", user, "INBOX", "1"]);
+    let (ok, log6) = local.sync_client(&["-u", user]);
+    assert!(ok, "sync after divergence failed:\n{log6}");
+    assert!(log6.contains("full update"), "no full update:\n{log6}");
+    let reader = local.store().reader();
+    let mine = reader
+        .records(&inbox.uniqueid, UidRange::ALL, usize::MAX)
+        .unwrap();
+    assert_eq!(mine.len(), 5, "copyback did not add the replica's message");
+    assert!(mine[0].flags.system.contains(SystemFlags::FLAGGED));
+    assert!(reader.has_message(&mine[4].guid).unwrap());
+    let items = replica_user(&env, user);
+    let kv = &mailboxes(&items)[&inbox_name];
+    let now = reader
+        .mailbox_by_uniqueid(&inbox.uniqueid)
+        .unwrap()
+        .unwrap();
+    assert_eq!(num(kv, "LAST_UID"), now.last_uid as u64);
+    assert_eq!(num(kv, "HIGHESTMODSEQ"), now.highestmodseq.get());
+    let crcs = local_crcs(&local, &inbox);
+    assert_eq!(
+        num(kv, "SYNC_CRC"),
+        crcs.basic as u64,
+        "not converged:\n{log6}"
+    );
+    assert_eq!(num(kv, "SYNC_CRC_ANNOT"), crcs.annot as u64);
+    // And now it is quiet again.
+    let (ok, log7) = local.sync_client(&["-u", user]);
+    assert!(ok && !log7.contains("mailbox replicated"), "{log7}");
+
     let _ = std::fs::remove_dir_all(&local.dir);
-    let _ = Path::new("");
+}
+
+/// The user in the peers' sasldb (both realms), so mail.py can log in.
+fn add_user(env: &HashMap<String, String>, user: &str) {
+    let db = Path::new(&env["CORVID_PEERS_RUN"]).join("sasldb2");
+    for realm in [&env["MASTER_NAME"], &env["REPLICA_NAME"]] {
+        let mut c = Command::new("saslpasswd2")
+            .args(["-p", "-c", "-f"])
+            .arg(&db)
+            .args(["-u", realm, user])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(env["USER_PASS"].as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "saslpasswd2 {user}");
+    }
+    let _ = Command::new("chown").arg("cyrus:mail").arg(&db).status();
+}
+
+fn mail(env: &HashMap<String, String>, args: &[&str]) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut c = Command::new("python3");
+    c.arg(repo.join("scripts/peers/mail.py")).args(args);
+    if let Ok(p) = std::env::var("CORVID_PEERS_ENV") {
+        c.env("CORVID_PEERS_ENV", p);
+    }
+    c.env("CORVID_PEERS_RUN", &env["CORVID_PEERS_RUN"]);
+    let out = c.output().expect("mail.py");
+    assert!(
+        out.status.success(),
+        "mail.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
