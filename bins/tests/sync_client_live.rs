@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use engine::model::{
-    Acl, Flags, Guid, Keyword, Mailbox, MailboxGuid, MailboxName, ModSeq, Partition, QuotaResource,
-    QuotaRoot, Record, Seen, SeqSet, SieveName, SieveScript, Subscription, SyncCrcs, SyncLogLine,
-    SystemFlags, Uid, UidValidity, UniqueId, UnixTime, UserId,
+    Acl, AnnotationEntry, AnnotationOwner, AnnotationValue, Flags, Guid, Keyword, Mailbox,
+    MailboxGuid, MailboxName, ModSeq, Partition, QuotaResource, QuotaRoot, Record, Seen, SeqSet,
+    SieveName, SieveScript, Subscription, SyncCrcs, SyncLogLine, SystemFlags, Uid, UidValidity,
+    UniqueId, UnixTime, UserId,
 };
 use engine::store::{commit, BatchId, Completion, MailRead, Mutation, UidRange, WriteBatch};
 use proto::csync::{ClientDecoder, Event, Response, SaslData, StatusKind};
@@ -220,6 +221,17 @@ fn fill(mb: &mut Mailbox, user: &str, uids: std::ops::RangeInclusive<u32>) -> Ve
             UnixTime(1_700_000_000 + n as i64),
         );
         r.last_updated = UnixTime(1_700_000_100 + n as i64);
+        if n == 1 {
+            // A per-message annotation: counts in SYNC_CRC_ANNOT.
+            r.annotations.set(
+                AnnotationEntry::new("/comment").unwrap(),
+                AnnotationOwner::Shared,
+                AnnotationValue {
+                    modseq: ModSeq(modseq),
+                    value: Bytes::from_static(b"first message"),
+                },
+            );
+        }
         if n % 2 == 1 {
             r.flags = Flags::with(SystemFlags::SEEN, [Keyword::new("$Label1").unwrap()]);
         } else {
@@ -265,6 +277,15 @@ fn sync_client_replicates_into_real_cyrus() {
     let root = MailboxName::new(inbox_name.as_bytes()).unwrap();
     inbox.quotaroot = Some(root.clone());
     work.quotaroot = Some(root.clone());
+    // A mailbox-level annotation: travels in APPLY MAILBOX's ANNOTATIONS.
+    inbox.annotations.set(
+        AnnotationEntry::new("/comment").unwrap(),
+        AnnotationOwner::Shared,
+        AnnotationValue {
+            modseq: ModSeq(1),
+            value: Bytes::from_static(b"the inbox"),
+        },
+    );
     let uid_u = UserId::new(user).unwrap();
     let mut muts = fill(&mut inbox, user, 1..=3);
     muts.extend(fill(&mut work, user, 1..=2));
@@ -326,6 +347,11 @@ fn sync_client_replicates_into_real_cyrus() {
         assert_eq!(num(kv, "SYNC_CRC"), crcs.basic as u64, "{name} SYNC_CRC");
         assert_eq!(num(kv, "SYNC_CRC_ANNOT"), crcs.annot as u64, "{name}");
     }
+    let annots = format!("{:?}", mbs[&inbox_name].get("ANNOTATIONS"));
+    assert!(
+        annots.contains("/comment") && annots.contains("the inbox"),
+        "mailbox annotation missing on the replica: {annots}"
+    );
     assert!(
         items.iter().any(|i| i.key_is("QUOTA")),
         "no quota on the replica: {items:?}"
