@@ -1021,18 +1021,21 @@ impl Maildir {
 
     // ---- internals ----
 
-    /// Remove `tmp/` files older than 36 hours, as Dovecot does: leftovers
+    /// Remove `tmp/` files changed more than 36 hours ago, as Dovecot does: leftovers
     /// of deliveries that crashed before their link into `new/`/`cur/`.
     fn clean_tmp(&self, dir: &Path) {
         let Ok(rd) = fs::read_dir(dir.join("tmp")) else {
             return;
         };
-        let old = SystemTime::now() - Duration::from_secs(36 * 3600);
+        // ctime, not mtime: a delivery sets the mtime of its tmp file to
+        // the message's INTERNALDATE, which may be years ago.
+        use std::os::unix::fs::MetadataExt;
+        let old = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            - 36 * 3600;
         for ent in rd.flatten() {
-            let stale = ent
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < old);
+            let stale = ent.metadata().is_ok_and(|m| m.ctime() < old);
             if stale {
                 let _ = fs::remove_file(ent.path());
             }
