@@ -384,3 +384,67 @@ fn log_lines_coalesce_like_cyrus() {
         ]
     );
 }
+
+#[test]
+fn uploads_stream_in_small_chunks_and_batches() {
+    // Tiny read chunks and two files per APPLY MESSAGE: the bytes the
+    // replica verifies (SHA-1 per file) must still be exact.
+    let (m, mbs) = master();
+    let r = store();
+    let mut o = opts();
+    o.chunk_bytes = 3;
+    o.upload_files_max = 2;
+    let ev = run(
+        &m,
+        &r,
+        o,
+        vec![Command::User(UserId::new("alice").unwrap())],
+    );
+    assert_eq!(job_ok(&ev), 1);
+    let uploaded: usize = ev
+        .iter()
+        .map(|e| match e {
+            Event::MailboxSynced { uploaded, .. } => *uploaded,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(uploaded, 7);
+    for mb in &mbs {
+        same_records(&records(&m, &mb.uniqueid), &records(&r, &mb.uniqueid));
+        for rec in records(&r, &mb.uniqueid) {
+            assert!(r.borrow().has_message(&rec.guid).unwrap());
+        }
+    }
+}
+
+#[test]
+fn local_only_and_rename_reach_the_replica() {
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    let mut o = opts();
+    o.local_only = true;
+    let ev = run(&m, &r, o, vec![Command::User(alice.clone())]);
+    assert_eq!(job_ok(&ev), 1);
+    // Rename Work on the master: the next USER sync renames it on the
+    // replica (matched by uniqueid) and restarts.
+    let work = &mbs[1];
+    write(
+        &m,
+        vec![Mutation::RenameMailbox {
+            uniqueid: work.uniqueid.clone(),
+            new_name: MailboxName::new("user.alice.Projects").unwrap(),
+            at: UnixTime(1_700_000_900),
+            modseq: ModSeq(100),
+        }],
+    );
+    let ev = run(&m, &r, opts(), vec![Command::User(alice)]);
+    assert_eq!(job_ok(&ev), 1);
+    let rm = r
+        .borrow()
+        .mailbox_by_uniqueid(&work.uniqueid)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rm.name.as_bytes(), b"user.alice.Projects");
+    same_records(&records(&m, &work.uniqueid), &records(&r, &work.uniqueid));
+}
