@@ -473,6 +473,37 @@ fn sync_client_replicates_into_real_cyrus() {
     let (ok, log7) = local.sync_client(&["-u", user]);
     assert!(ok && !log7.contains("mailbox replicated"), "{log7}");
 
+    // 7. A rename on our side becomes APPLY RENAME on the replica (same
+    //    uniqueid, new name); a delete with a tombstone becomes UNMAILBOX.
+    local.write(vec![Mutation::RenameMailbox {
+        uniqueid: work.uniqueid.clone(),
+        new_name: MailboxName::new(format!("user.{user}.Projects")).unwrap(),
+        at: UnixTime(1_700_001_000),
+        modseq: ModSeq(work.highestmodseq.get() + 1),
+    }]);
+    let (ok, log8) = local.sync_client(&["-u", user]);
+    assert!(ok, "rename sync failed:\n{log8}");
+    let mbs = mailboxes(&replica_user(&env, user));
+    let projects = format!("user.{user}.Projects");
+    assert!(!mbs.contains_key(&work_name), "old name still there");
+    assert_eq!(
+        mbs[&projects].get("UNIQUEID").unwrap().as_bytes().unwrap(),
+        work.uniqueid.as_bytes()
+    );
+    local.write(vec![Mutation::DeleteMailbox {
+        uniqueid: work.uniqueid.clone(),
+        at: UnixTime(1_700_002_000),
+        modseq: ModSeq(work.highestmodseq.get() + 2),
+    }]);
+    let (ok, log9) = local.sync_client(&["-u", user]);
+    assert!(ok, "delete sync failed:\n{log9}");
+    let mbs = mailboxes(&replica_user(&env, user));
+    assert!(
+        !mbs.contains_key(&projects),
+        "deleted mailbox still on the replica"
+    );
+    assert!(mbs.contains_key(&inbox_name));
+
     let _ = std::fs::remove_dir_all(&local.dir);
 }
 
