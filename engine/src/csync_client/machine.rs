@@ -1133,13 +1133,11 @@ impl<R: MailRead> Client<R> {
                     self.emit_store(StoreEffect::StageAbort { stage }, false);
                 }
                 if !ok {
-                    return self.fail(Self::refused(&step, &status));
-                }
-            }
-            Step::Simple { nonexistent_ok, .. } => {
-                if !ok && !(nonexistent && *nonexistent_ok) {
                     self.fail(Self::refused(&step, &status));
                 }
+            }
+            Step::Simple { nonexistent_ok, .. } if !(ok || nonexistent && *nonexistent_ok) => {
+                self.fail(Self::refused(&step, &status));
             }
             _ => {}
         }
