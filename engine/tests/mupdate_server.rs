@@ -350,7 +350,7 @@ fn hostile_input_is_refused_and_the_session_goes_on() {
     assert_eq!(t.send(&long), "* BAD \"Line too long\"\r\n");
     // A 1 MB non-synchronising literal, before login.
     let mut lit = b"A1 AUTHENTICATE \"PLAIN\" {1000000+}\r\n".to_vec();
-    lit.extend(std::iter::repeat(b'a').take(1_000_000));
+    lit.extend_from_slice(&vec![b'a'; 1_000_000]);
     lit.extend_from_slice(b"\r\n");
     assert_eq!(t.send(&lit), "A1 BAD \"Literal too large\"\r\n");
     // An over-limit synchronising literal: no continuation.

@@ -23,11 +23,7 @@ fn unescape(s: &str) -> Vec<u8> {
         if b[i] == b'\\' && b.get(i + 1) == Some(&b't') {
             out.push(b'\t');
             i += 2;
-        } else if b[i] == b'\\'
-            && b.get(i + 1) == Some(&b'x')
-            && i + 3 < b.len() + 0
-            && i + 4 <= b.len()
-        {
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 4 <= b.len() {
             let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
             match u8::from_str_radix(hex, 16) {
                 Ok(v) => {
@@ -176,8 +172,7 @@ fn decode(name: &str) -> Vec<String> {
 }
 
 fn summarize(r: &Response) -> String {
-    let s = format!("{r:?}");
-    s.replace("\\t", "\\t")
+    format!("{r:?}")
 }
 
 macro_rules! transcript_test {

@@ -197,7 +197,10 @@ impl Database {
     pub fn list(&self, prefix: Option<&[u8]>) -> Vec<Entry> {
         self.map
             .iter()
-            .filter(|(_, r)| prefix.map_or(true, |p| r.location.starts_with(p)))
+            .filter(|(_, r)| match prefix {
+                Some(p) => r.location.starts_with(p),
+                None => true,
+            })
             .map(|(n, r)| Entry {
                 name: n.clone(),
                 record: r.clone(),

@@ -474,11 +474,11 @@ impl Read for MupdateDb {
     }
 }
 
+/// A stored row: (reserved, location, ACL).
+pub type Row = (bool, Vec<u8>, Option<Vec<u8>>);
+
 /// Reads one stored record directly from the file (tests, tools).
-pub fn read_row(
-    path: &Path,
-    name: &[u8],
-) -> Result<Option<(bool, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+pub fn read_row(path: &Path, name: &[u8]) -> Result<Option<Row>, StoreError> {
     let conn = Connection::open(path)?;
     Ok(conn
         .query_row(
