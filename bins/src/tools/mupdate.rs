@@ -383,7 +383,7 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
 
 /// The slave's link to its master: connect, follow, and after any end
 /// reconnect after `follower::backoff` (a full UPDATE every time, as Cyrus).
-async fn follow(db: MupdateDb, up: SlaveConf) {
+async fn follow(db: MupdateDb, up: SlaveConf, first_sync: Arc<tokio::sync::Notify>) {
     let mut attempt = 0u32;
     loop {
         match tokio::net::TcpStream::connect(&up.addr).await {
@@ -398,12 +398,14 @@ async fn follow(db: MupdateDb, up: SlaveConf) {
                 let machine = Follower::new(Time::ZERO, fo);
                 let (_keep, rx) = mpsc::channel::<follower::Command>(16);
                 let (ev_tx, mut ev_rx) = mpsc::channel::<follower::Event>(16);
+                let first = first_sync.clone();
                 let synced = tokio::spawn(async move {
                     let mut synced = false;
                     while let Some(e) = ev_rx.recv().await {
                         if let follower::Event::Synced { entries } = e {
                             tracing::info!(entries, "mupdate slave synced with its master");
                             synced = true;
+                            first.notify_one();
                         }
                     }
                     synced
@@ -436,9 +438,30 @@ async fn follow(db: MupdateDb, up: SlaveConf) {
 
 async fn serve(args: Args) -> Result<(), Error> {
     let (shared, tls, serve_opts) = build(&args)?;
+    // Take the socket first: clients that come before a slave's first sync
+    // wait in the listen backlog instead of being refused.
+    enum Socket {
+        Tcp(tokio::net::TcpListener),
+        Master(listen::master::MasterListener),
+    }
+    let socket = if let Some(addr) = args.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Listen(addr, e))?;
+        tracing::info!(%addr, "mupdate listening");
+        Socket::Tcp(l)
+    } else if listen::master::is_under_master() {
+        Socket::Master(listen::master::MasterListener::from_master()?)
+    } else {
+        return Err(Error::NoListener);
+    };
     if let Some(up) = shared.upstream.clone() {
         tracing::info!(master = %up.server, "mupdate slave: following the master");
-        tokio::spawn(follow(shared.db.clone(), up));
+        let first_sync = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(follow(shared.db.clone(), up, first_sync.clone()));
+        // Like Cyrus's slave: serve nobody before the first full sync, so a
+        // frontend never routes with a stale or empty copy.
+        first_sync.notified().await;
     }
     let handler = {
         let shared = shared.clone();
@@ -446,26 +469,16 @@ async fn serve(args: Args) -> Result<(), Error> {
             connection(shared.clone(), tls.clone(), stream, peer)
         }
     };
-    let report = if let Some(addr) = args.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Listen(addr, e))?;
-        tracing::info!(%addr, "mupdate master listening");
-        listen::serve(
-            listener,
-            handler,
-            listen::shutdown_signal(false),
-            serve_opts,
-        )
-        .await
-    } else if listen::master::is_under_master() {
-        let listener = listen::master::MasterListener::from_master()?;
-        listen::serve(listener, handler, listen::shutdown_signal(true), serve_opts).await
-    } else {
-        return Err(Error::NoListener);
+    let report = match socket {
+        Socket::Tcp(l) => {
+            listen::serve(l, handler, listen::shutdown_signal(false), serve_opts).await
+        }
+        Socket::Master(l) => {
+            listen::serve(l, handler, listen::shutdown_signal(true), serve_opts).await
+        }
     };
     shared.db.close();
-    tracing::info!(?report, "mupdate master stopped");
+    tracing::info!(?report, "mupdate stopped");
     Ok(())
 }
 
