@@ -116,6 +116,8 @@ struct MboxSync {
     body: Option<(Option<Bytes>, Mail, BytesMut)>,
     body_skip: bool,
     sent_mails: bool,
+    outgoing: VecDeque<Record>,
+    mails_end_pending: bool,
     sent_state: bool,
     remote_state: Option<MailboxState>,
     import: Vec<Mutation>,
@@ -531,6 +533,8 @@ impl<S: MailRead> Brain<S> {
             body: None,
             body_skip: false,
             sent_mails: false,
+            outgoing: VecDeque::new(),
+            mails_end_pending: false,
             sent_state: false,
             remote_state: None,
             import: Vec::new(),
@@ -695,30 +699,48 @@ impl<S: MailRead> Brain<S> {
             Recv::Mails
         };
         let reqs = std::mem::take(&mut cur.requests);
-        let live: Vec<Record> = cur
-            .records
-            .iter()
-            .filter(|r| !r.expunged)
-            .cloned()
-            .collect();
-        for q in reqs {
-            let rec = live
-                .iter()
-                .find(|r| q.guid.as_ref().is_some_and(|g| *g == wire_guid(r)))
-                .or_else(|| {
-                    live.iter()
-                        .find(|r| q.guid.is_none() && r.uid.get() == q.uid)
-                });
-            let Some(r) = rec.cloned() else {
-                // Gone meanwhile: the peer learns it on the next run.
-                self.changes_during_sync = true;
-                continue;
-            };
-            self.send_mail(&r);
+        let mut by_guid: BTreeMap<Bytes, &Record> = BTreeMap::new();
+        let mut by_uid: BTreeMap<u32, &Record> = BTreeMap::new();
+        for r in cur.records.iter().filter(|r| !r.expunged) {
+            by_guid.insert(wire_guid(r), r);
+            by_uid.insert(r.uid.get(), r);
         }
-        self.end_list();
-        self.cur.as_mut().expect("in a mailbox").sent_mails = true;
-        self.try_send_state();
+        let mut outgoing = VecDeque::new();
+        let mut gone = false;
+        for q in reqs {
+            let rec = match &q.guid {
+                Some(g) => by_guid.get(g),
+                None => by_uid.get(&q.uid),
+            };
+            match rec {
+                Some(r) => outgoing.push_back((*r).clone()),
+                // Gone meanwhile: the peer learns it on the next run.
+                None => gone = true,
+            }
+        }
+        cur.outgoing = outgoing;
+        cur.mails_end_pending = true;
+        self.changes_during_sync |= gone;
+        self.feed_mails();
+    }
+
+    /// Bodies go out one message at a time, as the driver drains our
+    /// output, so memory holds at most one message whatever was asked.
+    fn feed_mails(&mut self) {
+        while self.out.is_empty() {
+            let Some(cur) = self.cur.as_mut() else { return };
+            if let Some(r) = cur.outgoing.pop_front() {
+                self.send_mail(&r);
+            } else if cur.mails_end_pending {
+                cur.mails_end_pending = false;
+                self.end_list();
+                self.cur.as_mut().expect("in a mailbox").sent_mails = true;
+                self.try_send_state();
+                return;
+            } else {
+                return;
+            }
+        }
     }
 
     fn send_mail(&mut self, r: &Record) {
@@ -1357,6 +1379,9 @@ impl<S: MailRead> Machine for Brain<S> {
     }
 
     fn poll_output(&mut self) -> Option<Output<StoreEffect, Event>> {
+        if self.out.is_empty() && !self.closed {
+            self.feed_mails();
+        }
         self.out.pop_front()
     }
 
