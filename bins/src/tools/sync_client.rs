@@ -729,3 +729,45 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> MailboxName {
+        MailboxName::new(s).unwrap()
+    }
+
+    #[test]
+    fn log_lines_parse_as_cyrus_writes_them() {
+        assert_eq!(
+            parse_log_line("APPEND user.alice\n"),
+            Some(SyncLogLine::Append(n("user.alice")))
+        );
+        assert_eq!(
+            parse_log_line("RENAME \"user.alice.a b\" user.alice.c\r\n"),
+            Some(SyncLogLine::Rename(n("user.alice.a b"), n("user.alice.c")))
+        );
+        assert_eq!(
+            parse_log_line("MAILBOX \"user.alice.q\\\"x\""),
+            Some(SyncLogLine::Mailbox(n("user.alice.q\"x")))
+        );
+        assert_eq!(
+            parse_log_line("ANNOTATION \"\""),
+            Some(SyncLogLine::Annotation(None))
+        );
+        assert_eq!(
+            parse_log_line("sieve alice"),
+            Some(SyncLogLine::Meta(UserId::new("alice").unwrap()))
+        );
+        assert_eq!(
+            parse_log_line("UNSUB alice user.alice.x"),
+            Some(SyncLogLine::Sub(
+                UserId::new("alice").unwrap(),
+                n("user.alice.x")
+            ))
+        );
+        assert_eq!(parse_log_line("BOGUS x"), None);
+        assert_eq!(parse_log_line("MAILBOX"), None);
+    }
+}
