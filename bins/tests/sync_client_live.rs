@@ -615,3 +615,103 @@ fn mail(env: &HashMap<String, String>, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `corvid sync_client` into `corvid sync_server` (no peers needed): the
+/// same USER sync, checked by the corvid replica's own `GET USER`.
+#[test]
+fn sync_client_replicates_into_corvid_sync_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_corvid");
+    let passwd = dir.path().join("passwd");
+    let mut c = Command::new(exe)
+        .arg("passwd")
+        .arg(&passwd)
+        .arg("repl")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"replpass\n").unwrap();
+    assert!(c.wait().unwrap().success());
+    std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+    std::fs::create_dir_all(dir.path().join("part")).unwrap();
+    let conf = dir.path().join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {d}/conf\npartition-default: {d}/part\nservername: corvid.test\n\
+             admins: repl\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new(exe)
+            .args(["sync_server", "-C"])
+            .arg(&conf)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = false;
+    for _ in 0..600 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "corvid sync_server did not start");
+    let env: HashMap<String, String> = [
+        ("REPLICA_CSYNC_PORT", port.to_string()),
+        ("REPL_USER", "repl".to_string()),
+        ("REPL_PASS", "replpass".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let user = "carol";
+    let local = Local::new(&env, &format!("corvid{port}"));
+    let mut inbox = mailbox(user, "user.carol", "c-0001-inbox");
+    let mut work = mailbox(user, "user.carol.Work", "c-0002-work");
+    let mut muts = fill(&mut inbox, user, 1..=3);
+    muts.extend(fill(&mut work, user, 1..=2));
+    muts.push(Mutation::SetSubscription {
+        user: UserId::new(user).unwrap(),
+        name: work.name.clone(),
+        subscription: Subscription {
+            subscribed: true,
+            changed_at: UnixTime(1),
+        },
+    });
+    local.write(muts);
+    let (ok, log) = local.sync_client(&["-u", user]);
+    assert!(ok, "sync_client into corvid failed:\n{log}");
+    let items = replica_user(&env, user);
+    let mbs = mailboxes(&items);
+    for mb in [&inbox, &work] {
+        let kv = &mbs[std::str::from_utf8(mb.name.as_bytes()).unwrap()];
+        assert_eq!(num(kv, "LAST_UID"), mb.last_uid as u64);
+        assert_eq!(num(kv, "HIGHESTMODSEQ"), mb.highestmodseq.get());
+        let crcs = local_crcs(&local, mb);
+        assert_eq!(num(kv, "SYNC_CRC"), crcs.basic as u64);
+        assert_eq!(num(kv, "SYNC_CRC_ANNOT"), crcs.annot as u64);
+    }
+    assert!(items.iter().any(|i| i.key_is("LSUB")));
+    let (ok, log2) = local.sync_client(&["-u", user]);
+    assert!(ok && !log2.contains("mailbox replicated"), "{log2}");
+    let _ = std::fs::remove_dir_all(&local.dir);
+}
