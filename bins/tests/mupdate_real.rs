@@ -809,7 +809,9 @@ mupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\nmupdate_passw
         .1,
         "Bad read-only session"
     );
-    // Streaming from Cyrus (its ~5 s batches): a create and a delete.
+    // A NOOP on our slave kicks the Cyrus master (which flushes its ~5 s
+    // batch at once) and is answered only when the changes are applied:
+    // right after it, FIND sees them, with no waiting.
     assert_eq!(
         w.run(mupdate::Command::Activate {
             name: b("user.new"),
@@ -826,8 +828,21 @@ mupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\nmupdate_passw
         .1,
         "Ok done"
     );
+    assert_eq!(r.run(mupdate::Command::Noop).1, "Ok Noop done");
+    assert_eq!(find(&mut r, "user.new").len(), 1);
+    assert!(find(&mut r, "user.zed").is_empty());
+    // And passively (no kick): the next change arrives by itself.
+    assert_eq!(
+        w.run(mupdate::Command::Activate {
+            name: b("user.later"),
+            location: b("be2!default"),
+            acl: b("")
+        })
+        .1,
+        "Ok done"
+    );
     wait_until("Cyrus pushes to reach corvid's slave", 30, || {
-        find(&mut r, "user.new").len() == 1 && find(&mut r, "user.zed").is_empty()
+        find(&mut r, "user.later").len() == 1
     });
 }
 

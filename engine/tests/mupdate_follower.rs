@@ -168,7 +168,7 @@ fn follows_our_own_master_end_to_end() {
                                 *sub = true;
                                 Completion::Subscribed(master_db.0.borrow().dump(&hosts))
                             }
-                            Effect::Write(_) => unreachable!(),
+                            Effect::Write(_) | Effect::Kick => unreachable!(),
                         };
                         m.handle_completion(Time::ZERO, id, c);
                     }
@@ -225,4 +225,60 @@ fn follows_our_own_master_end_to_end() {
         follower::backoff(Duration::from_secs(20), 9, 0.0),
         Duration::from_secs(160)
     );
+}
+
+#[test]
+fn kicks_are_reported_after_the_noop_and_the_changes_before_it() {
+    let mut f = Follower::new(Time::ZERO, opts("fe1", "secret"));
+    let mut out = Vec::new();
+    let mut effects = Vec::new();
+    let mut events = Vec::new();
+    let mut feed = |f: &mut Follower,
+                    bytes: &[u8],
+                    out: &mut Vec<u8>,
+                    effects: &mut Vec<engine::machine::EffectId>,
+                    events: &mut Vec<FEvent>| {
+        if !bytes.is_empty() {
+            f.handle_input(Time::ZERO, bytes);
+        }
+        machine::drain(f, |o| match o {
+            Output::Transmit(b) => out.extend_from_slice(&b),
+            Output::Effect { id, .. } => effects.push(id),
+            Output::Event(e) => events.push(e),
+            _ => {}
+        });
+    };
+    feed(&mut f, b"* OK MUPDATE \"m\" \"Cyrus IMAP\" \"v\" \"(master)\"\r\nA01 OK \"Authenticated\"\r\nU01 OK \"streaming starts\"\r\n", &mut out, &mut effects, &mut events);
+    for id in effects.drain(..) {
+        f.handle_completion(Time::ZERO, id, FCompletion::Done);
+    }
+    out.clear();
+    // Kick 1: NOOP N0. Kick 2 while N0 is pending: queued behind it.
+    f.handle_command(Time::ZERO, follower::Command::Kick(1));
+    f.handle_command(Time::ZERO, follower::Command::Kick(2));
+    feed(&mut f, b"", &mut out, &mut effects, &mut events);
+    assert_eq!(String::from_utf8_lossy(&out), "N0 NOOP\r\n");
+    out.clear();
+    // The master flushes a change, then answers N0: kick 1 waits for the change to be applied.
+    feed(
+        &mut f,
+        b"U01 DELETE {1+}\r\nx\r\nN0 OK \"Noop done\"\r\n",
+        &mut out,
+        &mut effects,
+        &mut events,
+    );
+    assert_eq!(String::from_utf8_lossy(&out), "N1 NOOP\r\n");
+    assert!(!events.iter().any(|e| matches!(e, FEvent::Kicked(_))));
+    let id = effects.pop().unwrap();
+    f.handle_completion(Time::ZERO, id, FCompletion::Done);
+    feed(&mut f, b"", &mut out, &mut effects, &mut events);
+    assert_eq!(events.last(), Some(&FEvent::Kicked(1)));
+    feed(
+        &mut f,
+        b"N1 OK \"Noop done\"\r\n",
+        &mut out,
+        &mut effects,
+        &mut events,
+    );
+    assert_eq!(events.last(), Some(&FEvent::Kicked(2)));
 }

@@ -107,6 +107,7 @@ impl Daemon {
                     Committed::after_commit()
                 }))
             }
+            Effect::Kick => Completion::Kicked,
             Effect::Subscribe { hosts } => Completion::Subscribed(self.db.borrow().dump(&hosts)),
         }
     }

@@ -78,6 +78,7 @@ impl T {
                 }))
             }
             Effect::Subscribe { hosts } => Completion::Subscribed(self.db.0.borrow().dump(&hosts)),
+            Effect::Kick => Completion::Kicked,
         }
     }
 
@@ -427,4 +428,28 @@ fn idle_sessions_are_closed() {
     t.drain();
     assert_eq!(t.take(), "* BYE \"idle for too long\"\r\n");
     assert!(matches!(t.closed, Some(CloseReason::Timeout(_))));
+}
+
+#[test]
+fn a_slave_answers_noop_only_after_kicking_its_master() {
+    let opts = Options {
+        role: Role::Slave {
+            upstream: "m:3905".into(),
+        },
+        kick_upstream: true,
+        ..Options::default()
+    };
+    let mut t = T::new(opts);
+    t.login();
+    t.hold = true;
+    assert_eq!(t.send(b"N1 NOOP\r\nF1 FIND \"x\"\r\n"), "");
+    let (id, e) = t.held.pop().unwrap();
+    assert_eq!(e, Effect::Kick);
+    t.hold = false;
+    t.s.handle_completion(t.now, id, Completion::Kicked);
+    t.drain();
+    assert_eq!(
+        t.take(),
+        "N1 OK \"Noop done\"\r\nF1 OK \"Search completed\"\r\n"
+    );
 }

@@ -108,6 +108,34 @@ struct Shared {
     access: Access,
     opts: Options,
     upstream: Option<SlaveConf>,
+    /// A slave's route from its clients' NOOPs to its master link.
+    kicker: Arc<Kicker>,
+}
+
+/// Kicks from a slave's clients to its master link (`Effect::Kick`).
+#[derive(Default)]
+struct Kicker {
+    /// The current master link's command channel, if connected.
+    link: std::sync::Mutex<Option<mpsc::Sender<follower::Command>>>,
+    /// Last kick number handed out.
+    next: std::sync::atomic::AtomicU64,
+    /// Highest kick number done.
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+impl Kicker {
+    async fn kick(&self) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut done = self.done.subscribe();
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(link) = link else { return };
+        if link.send(follower::Command::Kick(n)).await.is_err() {
+            return;
+        }
+        // A master that does not answer must not hang the client: after
+        // the slave's own dead-master timeout the NOOP is answered anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d >= n)).await;
+    }
 }
 
 /// Per-connection executor: knows this connection's command channel so a
@@ -184,6 +212,10 @@ impl EffectExecutor<Effect> for Exec {
                         }
                         Err(_) => Completion::WriteFailed("committer gone".into()),
                     }
+                }
+                Effect::Kick => {
+                    shared.kicker.kick().await;
+                    Completion::Kicked
                 }
                 Effect::Subscribe { hosts } => Completion::Subscribed(
                     shared
@@ -293,6 +325,7 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             },
         },
         starttls: tls.server.is_some(),
+        kick_upstream: !master,
         failed_login_pause: Duration::from_secs(pause),
         ..Options::default()
     };
@@ -308,6 +341,7 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             access,
             opts,
             upstream,
+            kicker: Arc::new(Kicker::default()),
         }),
         tls,
         serve,
@@ -383,7 +417,12 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
 
 /// The slave's link to its master: connect, follow, and after any end
 /// reconnect after `follower::backoff` (a full UPDATE every time, as Cyrus).
-async fn follow(db: MupdateDb, up: SlaveConf, first_sync: Arc<tokio::sync::Notify>) {
+async fn follow(
+    db: MupdateDb,
+    up: SlaveConf,
+    first_sync: Arc<tokio::sync::Notify>,
+    kicker: Arc<Kicker>,
+) {
     let mut attempt = 0u32;
     loop {
         match tokio::net::TcpStream::connect(&up.addr).await {
@@ -396,16 +435,24 @@ async fn follow(db: MupdateDb, up: SlaveConf, first_sync: Arc<tokio::sync::Notif
                 fo.username = up.username.clone();
                 fo.noop_interval = up.retry_delay;
                 let machine = Follower::new(Time::ZERO, fo);
-                let (_keep, rx) = mpsc::channel::<follower::Command>(16);
+                let (link, rx) = mpsc::channel::<follower::Command>(64);
+                *kicker.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+                let kicks = kicker.clone();
                 let (ev_tx, mut ev_rx) = mpsc::channel::<follower::Event>(16);
                 let first = first_sync.clone();
                 let synced = tokio::spawn(async move {
                     let mut synced = false;
                     while let Some(e) = ev_rx.recv().await {
-                        if let follower::Event::Synced { entries } = e {
-                            tracing::info!(entries, "mupdate slave synced with its master");
-                            synced = true;
-                            first.notify_one();
+                        match e {
+                            follower::Event::Synced { entries } => {
+                                tracing::info!(entries, "mupdate slave synced with its master");
+                                synced = true;
+                                first.notify_one();
+                            }
+                            follower::Event::Kicked(n) => {
+                                kicks.done.send_modify(|d| *d = (*d).max(n))
+                            }
+                            follower::Event::Authenticated => {}
                         }
                     }
                     synced
@@ -417,6 +464,7 @@ async fn follow(db: MupdateDb, up: SlaveConf, first_sync: Arc<tokio::sync::Notif
                     .run(stream)
                     .await;
                 tracing::warn!(result = ?outcome.result, "mupdate slave lost its master");
+                kicker.link.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if synced.await.unwrap_or(false) {
                     attempt = 0;
                 }
@@ -458,7 +506,12 @@ async fn serve(args: Args) -> Result<(), Error> {
     if let Some(up) = shared.upstream.clone() {
         tracing::info!(master = %up.server, "mupdate slave: following the master");
         let first_sync = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(follow(shared.db.clone(), up, first_sync.clone()));
+        tokio::spawn(follow(
+            shared.db.clone(),
+            up,
+            first_sync.clone(),
+            shared.kicker.clone(),
+        ));
         // Like Cyrus's slave: serve nobody before the first full sync, so a
         // frontend never routes with a stale or empty copy.
         first_sync.notified().await;

@@ -8,8 +8,8 @@
 //!      ─▶ on "U01 OK": Effect::Replace(dump) — the local copy becomes the dump
 //!      ─▶ Streaming: each pushed MAILBOX/RESERVE/DELETE ─▶ Effect::Apply, in order
 //!         idle for `noop_interval` ─▶ N<k> NOOP; unanswered at the next tick ─▶ close
-//!         Command::Kick ─▶ NOOP now; Event::Kicked when its OK arrives (the
-//!         master has flushed everything before it)
+//!         Command::Kick(n) ─▶ NOOP (after any in flight); Event::Kicked(n) when
+//!         its OK came and every change before it is applied
 //! ```
 //!
 //! This is what a real Cyrus slave does on the wire (`mupdate-slave-boot.txt`:
@@ -90,8 +90,11 @@ pub enum Completion {
 /// What the daemon asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Send a NOOP now (a local process wants the latest state).
-    Kick,
+    /// Make the master flush: send a NOOP (after any NOOP already in flight,
+    /// whose flush may predate the request) and report [`Event::Kicked`]
+    /// with this number once its OK came and every change before it is
+    /// applied. Numbers must increase.
+    Kick(u64),
     /// Log out and close.
     Shutdown,
 }
@@ -106,9 +109,9 @@ pub enum Event {
         /// Entries in the dump.
         entries: usize,
     },
-    /// A kick's NOOP was answered: everything the master had is applied
-    /// (or queued for application before anything later).
-    Kicked,
+    /// Every kick up to this number is done: the master flushed, and every
+    /// change it sent before is applied (durable).
+    Kicked(u64),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -131,9 +134,14 @@ pub struct Follower {
     outputs: VecDeque<Output<Effect, Event>>,
     out: Vec<u8>,
     noop_seq: u64,
-    /// Tag of the NOOP awaiting its OK, and whether it was a kick.
-    noop_pending: Option<(String, bool)>,
-    kick_wanted: bool,
+    /// Tag of the NOOP awaiting its OK, and the highest kick it covers.
+    noop_pending: Option<(String, u64)>,
+    /// Highest kick requested but not yet covered by a sent NOOP.
+    kick_wanted: u64,
+    /// Highest kick whose NOOP was answered, reported once no effect is in
+    /// flight.
+    kick_answered: u64,
+    kick_reported: u64,
     last_traffic: Time,
     closed: bool,
 }
@@ -161,7 +169,9 @@ impl Follower {
             out: Vec::new(),
             noop_seq: 0,
             noop_pending: None,
-            kick_wanted: false,
+            kick_wanted: 0,
+            kick_answered: 0,
+            kick_reported: 0,
             last_traffic: now,
             closed: false,
         }
@@ -193,7 +203,7 @@ impl Follower {
         id
     }
 
-    fn send_noop(&mut self, kick: bool) {
+    fn send_noop(&mut self, kick: u64) {
         // Cyrus's slave numbers its NOOPs from N0.
         let tag = format!("N{}", self.noop_seq);
         self.noop_seq += 1;
@@ -268,9 +278,11 @@ impl Follower {
                     self.effect(Effect::Replace(dump));
                     self.phase = Phase::Streaming;
                     self.push(Output::Event(Event::Synced { entries: n }));
-                    if self.kick_wanted {
-                        self.kick_wanted = false;
-                        self.send_noop(true);
+                    if self.kick_wanted > 0 {
+                        {
+                            let k = std::mem::take(&mut self.kick_wanted);
+                            self.send_noop(k);
+                        }
                     }
                 } else {
                     self.close(CloseReason::PeerError("the master refused UPDATE".into()));
@@ -321,8 +333,15 @@ impl Follower {
                 let (_, kick) = self.noop_pending.take().expect("checked");
                 if r.status != Status::Ok {
                     self.close(CloseReason::PeerError("the master refused NOOP".into()));
-                } else if kick {
-                    self.push(Output::Event(Event::Kicked));
+                } else {
+                    self.kick_answered = self.kick_answered.max(kick);
+                    self.report_kicks();
+                    if self.kick_wanted > 0 {
+                        {
+                            let k = std::mem::take(&mut self.kick_wanted);
+                            self.send_noop(k);
+                        }
+                    }
                 }
             }
             (_, Response::Reply(r)) if r.status == Status::Bye => {
@@ -336,6 +355,14 @@ impl Follower {
             }
         }
         let _ = now;
+    }
+
+    /// Reports answered kicks once every change sent before them is applied.
+    fn report_kicks(&mut self) {
+        if self.in_flight == 0 && self.kick_answered > self.kick_reported {
+            self.kick_reported = self.kick_answered;
+            self.push(Output::Event(Event::Kicked(self.kick_answered)));
+        }
     }
 
     fn collect(&mut self, name: Bytes, record: Record) {
@@ -420,7 +447,7 @@ impl Machine for Follower {
             ));
             return;
         }
-        self.send_noop(false);
+        self.send_noop(0);
         self.last_traffic = now;
     }
 
@@ -428,7 +455,9 @@ impl Machine for Follower {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Completion::Failed(e) = completion {
             self.close(CloseReason::EffectFailed(e));
+            return;
         }
+        self.report_kicks();
     }
 
     fn handle_command(&mut self, _now: Time, command: Command) {
@@ -436,14 +465,15 @@ impl Machine for Follower {
             return;
         }
         match command {
-            Command::Kick if self.phase == Phase::Streaming => {
-                if self.noop_pending.is_none() {
-                    self.send_noop(true);
-                } else if let Some((_, kick)) = &mut self.noop_pending {
-                    *kick = true;
+            Command::Kick(n) => {
+                self.kick_wanted = self.kick_wanted.max(n);
+                if self.phase == Phase::Streaming && self.noop_pending.is_none() {
+                    {
+                        let k = std::mem::take(&mut self.kick_wanted);
+                        self.send_noop(k);
+                    }
                 }
             }
-            Command::Kick => self.kick_wanted = true,
             Command::Shutdown => {
                 self.out
                     .extend_from_slice(&Cmd::Logout.encode(b"Q01", Form::NonSync));

@@ -117,6 +117,9 @@ pub struct Options {
     /// Changes held for a subscriber whose dump is still being taken; more
     /// closes the session (the daemon's channel bounds this too).
     pub pending_changes_max: usize,
+    /// On a slave, a client's NOOP first makes the master flush (see
+    /// [`Effect::Kick`]); off, NOOP answers at once.
+    pub kick_upstream: bool,
     /// How data strings are sent: [`Form::NonSync`] (`{n+}`, what Cyrus
     /// 3.6 sends and its clients read) or [`Form::Quoted`] where possible
     /// (the portable choice for Cyrus 3.8.3, whose clients rejected `{n+}`:
@@ -141,6 +144,7 @@ impl Default for Options {
             sasl: sasl::Options::default(),
             pending_changes_max: 65_536,
             data_form: Form::NonSync,
+            kick_upstream: false,
         }
     }
 }
@@ -181,6 +185,11 @@ pub enum Effect {
         /// PARTIAL-UPDATE hosts.
         hosts: Vec<Bytes>,
     },
+    /// Slave only (with [`Options::kick_upstream`]): make the master flush
+    /// (the slave's link sends it a NOOP) and answer [`Completion::Kicked`]
+    /// once everything it sent before that NOOP's OK is durable here. This
+    /// is how a NOOP on a Cyrus slave behaves.
+    Kick,
 }
 
 /// The result of an [`Effect`].
@@ -198,6 +207,8 @@ pub enum Completion {
     WriteFailed(String),
     /// The subscription is registered; the dump as of that moment.
     Subscribed(Vec<Entry>),
+    /// The kick is done (or gave up: the NOOP is answered either way).
+    Kicked,
 }
 
 /// A successful password check.
@@ -251,6 +262,10 @@ enum Wait {
         tag: Bytes,
     },
     Write {
+        id: EffectId,
+        tag: Bytes,
+    },
+    Kick {
         id: EffectId,
         tag: Bytes,
     },
@@ -615,6 +630,12 @@ impl<R: Read> Server<R> {
                     early: Vec::new(),
                 };
             }
+            Cmd::Noop
+                if self.opts.kick_upstream && matches!(self.opts.role, Role::Slave { .. }) =>
+            {
+                let id = self.effect(Effect::Kick);
+                self.wait = Wait::Kick { id, tag };
+            }
             Cmd::Noop => self.reply(&tag, "OK", "Noop done"),
             Cmd::Logout => {
                 self.reply(&tag, "OK", "bye-bye");
@@ -822,6 +843,9 @@ impl<R: Read> Machine for Server<R> {
                     self.push_change(&c);
                 }
                 self.push(Output::Event(Event::Subscribed { dump_entries: n }));
+            }
+            (Wait::Kick { id: w, tag }, Completion::Kicked) if w == id => {
+                self.reply(&tag, "OK", "Noop done");
             }
             (w, c) => panic!(
                 "unexpected MUPDATE completion {id:?} {c:?} (waiting: {})",
