@@ -58,7 +58,7 @@
 //! refused as [`Error::Corrupt`]; an append asking for a UID below the next
 //! UID is refused ([`Error::UidTooLow`]), because Dovecot would give such a
 //! message a new UID, unless the caller says the UID space restarted
-//! ([`Append::below_next_uid`], after a UIDVALIDITY change): then the
+//! ([`Maildir::append_reusing_uid`], after a UIDVALIDITY change): then the
 //! mailbox's `dovecot.index*` caches are dropped so Dovecot rebuilds them
 //! from the uidlist. Cyrus-only concepts (ACLs, quota roots, annotations,
 //! seen databases, Sieve, sync logs) have no Maildir form:
@@ -284,13 +284,6 @@ pub struct Append {
     pub keywords: Vec<Keyword>,
     /// INTERNALDATE (file mtime); `None`: now.
     pub internaldate: Option<i64>,
-    /// Allow a `uid` below the next UID if no message has it (after a
-    /// UIDVALIDITY change the UID space starts over, as dsync does).
-    /// Dovecot would renumber such a message when its index already knows
-    /// a higher next UID, so the mailbox's `dovecot.index*` files are
-    /// deleted; Dovecot rebuilds them from the uidlist (research note
-    /// 3.4.1, 3.7), losing only its modseqs.
-    pub below_next_uid: bool,
 }
 
 /// What to give a new mailbox.
@@ -776,6 +769,31 @@ impl Maildir {
     /// Deliver a message the Maildir way (see the module doc for the
     /// durability order). Returns it as now stored.
     pub fn append(&self, name: &Name, body: &mut dyn Read, how: &Append) -> Result<Message> {
+        self.append_inner(name, body, how, false)
+    }
+
+    /// [`Maildir::append`] that may also take a `uid` below the next UID
+    /// if no message has it: after a UIDVALIDITY change the UID space
+    /// starts over, as dsync does. Dovecot would renumber such a message
+    /// when its index already knows a higher next UID, so the mailbox's
+    /// `dovecot.index*` files are deleted; Dovecot rebuilds them from the
+    /// uidlist (research note 3.4.1, 3.7), losing only its modseqs.
+    pub fn append_reusing_uid(
+        &self,
+        name: &Name,
+        body: &mut dyn Read,
+        how: &Append,
+    ) -> Result<Message> {
+        self.append_inner(name, body, how, true)
+    }
+
+    fn append_inner(
+        &self,
+        name: &Name,
+        body: &mut dyn Read,
+        how: &Append,
+        below_next_uid: bool,
+    ) -> Result<Message> {
         let dir = self.existing_dir(name)?;
         if let Some(g) = &how.guid {
             if g.is_empty() || g.contains([' ', '\r', '\n', '\0', '\t']) {
@@ -785,7 +803,15 @@ impl Maildir {
         let prefix = self.new_base_prefix();
         let tmp_path = dir.join("tmp").join(&prefix);
         let (size, vsize) = self.write_tmp(&tmp_path, body, how.internaldate)?;
-        let result = self.append_tmp(name, &dir, &tmp_path, &prefix, size, vsize, how);
+        let result = self.append_tmp(
+            name,
+            &dir,
+            &tmp_path,
+            &prefix,
+            (size, vsize),
+            how,
+            below_next_uid,
+        );
         // Linked or failed, the tmp name goes.
         let _ = fs::remove_file(&tmp_path);
         result
@@ -798,16 +824,16 @@ impl Maildir {
         dir: &Path,
         tmp_path: &Path,
         prefix: &str,
-        size: u64,
-        vsize: u64,
+        (size, vsize): (u64, u64),
         how: &Append,
+        below_next_uid: bool,
     ) -> Result<Message> {
         let _l = self.lock(&dir.join(UIDLIST))?;
         let mut s = self.snapshot_locked(name, dir)?;
         let next = s.uidlist.next_uid();
         let uid = how.uid.unwrap_or(next);
         let below = uid < next;
-        if below && (!how.below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
+        if below && (!below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
             return Err(Error::UidTooLow { wanted: uid, next });
         }
         let generated = format!("{prefix},S={size},W={vsize}");

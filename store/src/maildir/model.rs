@@ -671,11 +671,10 @@ impl UserStore {
                     flags: r.flags.system,
                     keywords: r.flags.keywords().to_vec(),
                     internaldate: Some(r.internaldate.0),
-                    // The model may reuse UIDs after a UIDVALIDITY change.
-                    below_next_uid: true,
                 };
+                // The model may reuse UIDs after a UIDVALIDITY change.
                 let res = if let Some(b) = inline.get(&r.guid) {
-                    md.append(n, &mut &b[..], &how)
+                    md.append_reusing_uid(n, &mut &b[..], &how)
                 } else if let Some(p) = self
                     .staged
                     .get(&r.guid)
@@ -683,7 +682,7 @@ impl UserStore {
                     .or_else(|| pinned.get(&r.guid))
                 {
                     let mut f = File::open(p).map_err(|e| StoreError::Io(e.to_string()))?;
-                    md.append(n, &mut f, &how)
+                    md.append_reusing_uid(n, &mut f, &how)
                 } else {
                     // Bytes already in the maildir (another mailbox): copy.
                     let (src, uid, _) = self
@@ -693,7 +692,7 @@ impl UserStore {
                     let m = md.message(&src, uid).map_err(store_err)?;
                     let mut f = File::open(md.dir_of(&src).join(&m.file))
                         .map_err(|e| StoreError::Io(e.to_string()))?;
-                    md.append(n, &mut f, &how)
+                    md.append_reusing_uid(n, &mut f, &how)
                 };
                 res.map(|_| ()).map_err(store_err)
             }
