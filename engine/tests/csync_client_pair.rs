@@ -448,3 +448,134 @@ fn local_only_and_rename_reach_the_replica() {
     assert_eq!(rm.name.as_bytes(), b"user.alice.Projects");
     same_records(&records(&m, &work.uniqueid), &records(&r, &work.uniqueid));
 }
+
+mod converge {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn flags(bits: u8) -> Flags {
+        let mut sys = SystemFlags::default();
+        for (i, f) in [
+            SystemFlags::SEEN,
+            SystemFlags::FLAGGED,
+            SystemFlags::ANSWERED,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if bits & (1 << i) != 0 {
+                sys.insert(f);
+            }
+        }
+        let kw = (bits & 8 != 0).then(|| Keyword::new("$Todo").unwrap());
+        Flags::with(sys, kw)
+    }
+
+    /// Changes one side makes on its own: (uid index, new flag bits or
+    /// expunge) and how many new messages it appends.
+    fn side_changes(
+        s: &Store,
+        id: &UniqueId,
+        edits: &[(usize, Option<u8>)],
+        appends: u32,
+        salt: u32,
+    ) {
+        let mut mb = s.borrow().mailbox_by_uniqueid(id).unwrap().unwrap();
+        let recs = records(s, id);
+        let mut muts = Vec::new();
+        for (i, e) in edits {
+            let mut r = recs[i % recs.len()].clone();
+            if r.expunged {
+                continue;
+            }
+            mb.highestmodseq = ModSeq(mb.highestmodseq.get() + 1);
+            r.modseq = mb.highestmodseq;
+            r.last_updated = UnixTime(1_700_100_000 + mb.highestmodseq.get() as i64);
+            match e {
+                Some(bits) => r.flags = flags(*bits),
+                None => r.expunged = true,
+            }
+            muts.push(Mutation::PutRecord {
+                mailbox: id.clone(),
+                record: r,
+            });
+        }
+        for k in 0..appends {
+            let bytes = Bytes::from(format!("Subject: side {salt} {k}\r\n\r\n{salt}\r\n"));
+            let guid = Guid::of(&bytes);
+            mb.highestmodseq = ModSeq(mb.highestmodseq.get() + 1);
+            mb.last_uid += 1;
+            let r = Record::new(
+                Uid::new(mb.last_uid).unwrap(),
+                mb.highestmodseq,
+                guid,
+                bytes.len() as u64,
+                UnixTime(1_700_200_000),
+            );
+            muts.push(Mutation::PutMessage { guid, bytes });
+            muts.push(Mutation::PutRecord {
+                mailbox: id.clone(),
+                record: r,
+            });
+        }
+        let mut all = vec![Mutation::PutMailbox(mb)];
+        all.extend(muts);
+        // PutRecord needs the mailbox; messages before records.
+        all.sort_by_key(|m| match m {
+            Mutation::PutMessage { .. } => 0,
+            Mutation::PutMailbox(_) => 1,
+            _ => 2,
+        });
+        write(s, all);
+    }
+
+    fn live(s: &Store, id: &UniqueId) -> Vec<(u32, Guid, Flags)> {
+        records(s, id)
+            .into_iter()
+            .filter(|r| !r.expunged)
+            .map(|r| (r.uid.get(), r.guid, r.flags))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever both sides did on their own after a sync (flag
+        /// changes, expunges, appends — a split brain), the next sync
+        /// leaves them with the same live messages and the same CRCs.
+        #[test]
+        fn both_sides_converge_after_a_split_brain(
+            master_edits in proptest::collection::vec((0usize..8, proptest::option::of(0u8..16)), 0..4),
+            replica_edits in proptest::collection::vec((0usize..8, proptest::option::of(0u8..16)), 0..4),
+            master_appends in 0u32..3,
+            replica_appends in 0u32..3,
+        ) {
+            let (m, mbs) = master();
+            let r = store();
+            let alice = UserId::new("alice").unwrap();
+            run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+            let id = mbs[0].uniqueid.clone();
+            side_changes(&m, &id, &master_edits, master_appends, 1);
+            side_changes(&r, &id, &replica_edits, replica_appends, 2);
+            let ev = run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+            for e in &ev {
+                if let Event::JobDone { result, job } = e {
+                    prop_assert!(result.is_ok(), "{}: {:?}", job, result);
+                }
+            }
+            prop_assert_eq!(live(&m, &id), live(&r, &id));
+            prop_assert_eq!(
+                m.borrow().sync_crcs(&id).unwrap(),
+                r.borrow().sync_crcs(&id).unwrap()
+            );
+            // Every message the replica had is still somewhere on ours.
+            let ours: Vec<Guid> = live(&m, &id).into_iter().map(|x| x.1).collect();
+            for (_, g, _) in live(&r, &id) {
+                prop_assert!(ours.contains(&g));
+            }
+            // And a third sync is quiet.
+            let ev = run(&m, &r, opts(), vec![Command::User(alice)]);
+            prop_assert!(!ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })), "{:?}", ev);
+        }
+    }
+}
