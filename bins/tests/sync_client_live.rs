@@ -321,6 +321,10 @@ fn sync_client_replicates_into_real_cyrus() {
             content: Bytes::from_static(b"require [\"fileinto\"];\r\nkeep;\r\n"),
         },
     });
+    muts.push(Mutation::ActivateSieve {
+        user: uid_u.clone(),
+        name: Some(SieveName::new("main").unwrap()),
+    });
     local.write(muts);
 
     // 1. First USER sync into an empty real replica.
@@ -364,6 +368,16 @@ fn sync_client_replicates_into_real_cyrus() {
             .iter()
             .any(|i| i.key_is("SIEVE") && format!("{:?}", i.value).contains("main.script")),
         "no sieve script: {items:?}"
+    );
+    assert!(
+        items.iter().any(|i| i.key_is("SIEVE")
+            && format!("{:?}", i.value).contains("main.bc")
+            && i.value
+                .as_kvlist()
+                .and_then(|k| k.get("ISACTIVE"))
+                .and_then(|v| v.as_u64())
+                == Some(1)),
+        "main is not the active script: {items:?}"
     );
 
     // 2. Nothing changed: a second run sends no mailbox.

@@ -87,7 +87,7 @@ impl Options {
             promote_errors: false,
             reserve_guids_max: 8192,
             upload_files_max: 1024,
-            upload_bytes_max: 64 << 20,
+            upload_bytes_max: 16 << 20,
             chunk_bytes: 64 * 1024,
             reply_items_max: 100_000,
             reply_timeout: Some(Duration::from_secs(30 * 60)),
