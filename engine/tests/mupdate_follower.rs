@@ -233,7 +233,7 @@ fn kicks_are_reported_after_the_noop_and_the_changes_before_it() {
     let mut out = Vec::new();
     let mut effects = Vec::new();
     let mut events = Vec::new();
-    let mut feed = |f: &mut Follower,
+    let feed = |f: &mut Follower,
                     bytes: &[u8],
                     out: &mut Vec<u8>,
                     effects: &mut Vec<engine::machine::EffectId>,
