@@ -413,6 +413,14 @@ fn sync_client_replicates_into_real_cyrus() {
     // 4. -A: everything again (unchanged) succeeds.
     let (ok, log4) = local.sync_client(&["-A"]);
     assert!(ok, "-A failed:\n{log4}");
+    //    -u with -f: the users come from a file.
+    let users = local.dir.join("users.txt");
+    std::fs::write(&users, format!("{user}\n")).unwrap();
+    let (ok, log4b) = local.sync_client(&["-u", "-f", users.to_str().unwrap()]);
+    assert!(
+        ok && log4b.contains(&format!("USER {user}")),
+        "-u -f:\n{log4b}"
+    );
 
     // 5. Rolling once (-1): a change logged in the store's sync log is
     //    replicated and the log is trimmed.
@@ -583,6 +591,7 @@ fn sync_client_replicates_into_real_cyrus() {
     });
     assert!(replicated, "-r never replicated UID 7");
     assert!(status.success(), "-r exited with {status}");
+    assert!(!stop.exists(), "-r left the shutdown file");
     assert!(local
         .store()
         .reader()

@@ -4,10 +4,13 @@
 //! Flags and modes are Cyrus 3.6.1's (`sync_client(8)`): `-u user…`,
 //! `-m mailbox…`, `-s user…` (META), `-A` (every user, then shared
 //! mailboxes), `-r` (rolling from the store's sync log, `-d` delay, `-t`
-//! reconnect interval, `-F` shutdown file), `-1` (the log once), `-f file`
-//! (replay a Cyrus-format log file or `-` for stdin); `-n channel`,
+//! reconnect interval, `-F` shutdown file, removed on shutdown), `-1` (the
+//! log once), `-f file` (with `-u`/`-m`/`-s` a file of names; alone or
+//! with `-r`/`-1` a Cyrus-format log file replayed once; `-` is stdin);
+//! `-n channel`,
 //! `-S servername`, `-p partition`, `-L` local-only, `-O` no copyback,
-//! `-z` require compression, `-o` connect only once, `-w secs` wait before
+//! `-z` require compression, `-o` a single connection attempt (otherwise
+//! retried with back-off for up to 1000 s), `-w secs` wait before
 //! starting, `-N` (accepted: one corvid process never races itself), `-v`,
 //! `-l` verbose.
 //!
@@ -18,6 +21,12 @@
 //! through its committer), and one `engine::csync_client::Client` per
 //! connection run by the tokio driver. Every protocol decision is the
 //! machine's; this file only picks jobs and counts failures.
+//!
+//! Deliberate differences from the seed man page: `-A` also syncs shared
+//! mailboxes one by one (as 3.6.1's code does; the page calls their
+//! absence a bug); `-d` defaults to `sync_repeat_interval` (1 s in 3.6.1,
+//! the page says 3 s); `-N` is accepted and does nothing, since one corvid
+//! process runs one job at a time.
 //!
 //! Exit codes: 0 all jobs succeeded; 1 a job failed; 64 usage; 74 store;
 //! 75 the replica could not be reached or dropped us; 78 configuration.
@@ -107,7 +116,8 @@ struct Args {
     /// Process the sync log once.
     #[arg(short = '1')]
     once: bool,
-    /// Replay this sync log file (`-` = stdin).
+    /// With -u/-m/-s: a file of names (`-` = stdin); otherwise a sync log
+    /// file to replay once, then exit.
     #[arg(short = 'f')]
     file: Option<String>,
     /// Users or mailboxes.
@@ -489,25 +499,45 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    // -f is a list of names with -u/-m/-s, a log file to replay (then
+    // exit) alone or with -r/-1 (sync_client(8)).
     let modes = [
         args.user,
         args.mailbox,
         args.meta,
         args.all,
-        args.rolling,
-        args.once,
-        args.file.is_some(),
+        args.rolling
+            || args.once
+            || (args.file.is_some() && !(args.user || args.mailbox || args.meta)),
     ]
     .iter()
     .filter(|m| **m)
     .count();
-    if modes != 1 {
+    if modes != 1 || (args.rolling && args.once) {
         eprintln!("sync_client: give exactly one of -u, -m, -s, -A, -r, -1, -f");
         return ExitCode::from(64);
     }
-    if (args.user || args.mailbox || args.meta) && args.names.is_empty() {
-        eprintln!("sync_client: -u, -m and -s need at least one name");
-        return ExitCode::from(64);
+    let mut args = args;
+    if args.user || args.mailbox || args.meta {
+        if let Some(f) = args.file.take() {
+            match read_input(&f) {
+                Ok(t) => args.names.extend(
+                    t.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                ),
+                Err(c) => return c,
+            }
+        }
+        if args.names.is_empty() {
+            eprintln!("sync_client: -u, -m and -s need at least one name");
+            return ExitCode::from(64);
+        }
+    }
+    if args.file.is_some() {
+        // A replayed file is processed once, whatever -r says.
+        args.rolling = false;
     }
     let _ = args.skip_locked;
     let conf = match Config::load(&args.config) {
@@ -576,18 +606,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 }
             }
         } else if let Some(f) = &args.file {
-            let text = if f == "-" {
-                let mut t = String::new();
-                let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t);
-                t
-            } else {
-                match std::fs::read_to_string(f) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("sync_client: {f}: {e}");
-                        return ExitCode::from(66);
-                    }
-                }
+            let text = match read_input(f) {
+                Ok(t) => t,
+                Err(c) => return c,
             };
             let lines: Vec<SyncLogLine> = text.lines().filter_map(parse_log_line).collect();
             jobs_from_log(&lines)
@@ -603,7 +624,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 }
             }
         };
-        let mut session = match Session::connect(&s, &committer).await {
+        let mut session = match connect_patiently(&s, &committer, args.once_connect).await {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("sync_client: {e}");
@@ -635,6 +656,22 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     code
 }
 
+/// A file's text, or stdin's for `-`.
+fn read_input(f: &str) -> Result<String, ExitCode> {
+    if f == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
+            eprintln!("sync_client: stdin: {e}");
+            ExitCode::from(66)
+        })?;
+        return Ok(t);
+    }
+    std::fs::read_to_string(f).map_err(|e| {
+        eprintln!("sync_client: {f}: {e}");
+        ExitCode::from(66)
+    })
+}
+
 fn names<T>(raw: &[String], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, ExitCode> {
     raw.iter()
         .map(|n| {
@@ -644,6 +681,28 @@ fn names<T>(raw: &[String], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>,
             })
         })
         .collect()
+}
+
+/// Connects, retrying with back-off (15 s doubling) for up to 1000 s
+/// unless `-o` asked for a single attempt (sync_client(8) `-o`).
+async fn connect_patiently(
+    s: &Settings,
+    committer: &Arc<Committer>,
+    once: bool,
+) -> Result<Session, String> {
+    let start = tokio::time::Instant::now();
+    let mut wait = Duration::from_secs(15);
+    loop {
+        match Session::connect(s, committer).await {
+            Ok(x) => return Ok(x),
+            Err(e) if once || start.elapsed() + wait > Duration::from_secs(1000) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, wait_s = wait.as_secs(), "cannot connect; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
 }
 
 async fn trim(committer: &Committer, channel: &str, through: u64) -> Result<(), String> {
@@ -684,7 +743,9 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
         backoff = Duration::from_secs(15);
         let started = tokio::time::Instant::now();
         loop {
-            if s.shutdown_file.as_ref().is_some_and(|f| f.exists()) {
+            if let Some(f) = s.shutdown_file.as_ref().filter(|f| f.exists()) {
+                // sync_client(8): the file is removed on shutdown.
+                let _ = std::fs::remove_file(f);
                 let _ = session.exit().await;
                 return ExitCode::SUCCESS;
             }
