@@ -309,7 +309,7 @@ impl Progress {
 
 /// An opened local store.
 enum Opened {
-    Corvid(store::embedded::Embedded),
+    Corvid(Box<store::embedded::Embedded>),
     Maildir(MaildirStore),
 }
 
@@ -320,7 +320,7 @@ fn open(loc: &str, user: &UserId) -> Result<Opened, String> {
         parts.insert("default".to_string(), p.join("data"));
         let opts = store::embedded::Options::new(p.join("conf"), parts);
         return store::embedded::Embedded::open(opts)
-            .map(Opened::Corvid)
+            .map(|e| Opened::Corvid(Box::new(e)))
             .map_err(|e| format!("{loc}: {e}"));
     }
     if let Some(p) = loc.strip_prefix("maildir:") {
@@ -344,7 +344,7 @@ impl<T: StoreWrite> Store for T {}
 
 fn with_store<R>(o: Opened, f: impl FnOnce(Rc<RefCell<Box<dyn Store>>>) -> R) -> Result<R, String> {
     let b: Box<dyn Store> = match o {
-        Opened::Corvid(e) => Box::new(e),
+        Opened::Corvid(e) => e,
         Opened::Maildir(m) => Box::new(m),
     };
     Ok(f(Rc::new(RefCell::new(b))))
@@ -426,11 +426,10 @@ fn drive(
         let mut done: Vec<(EffectId, Completion)> = Vec::new();
         while let Some(o) = brain.poll_output() {
             match o {
-                Output::Transmit(b) => {
-                    if !broken && (out.write_all(&b).is_err() || out.flush().is_err()) {
-                        broken = true;
-                    }
+                Output::Transmit(b) if !broken => {
+                    broken = out.write_all(&b).is_err() || out.flush().is_err();
                 }
+                Output::Transmit(_) => {}
                 Output::Effect { id, effect } => done.push((id, apply(&st, effect))),
                 Output::Event(Event::Finished(o)) => outcome = Some(o),
                 Output::Event(Event::Note(n)) => progress.note(&n),
@@ -469,7 +468,7 @@ fn apply(st: &Shared, effect: StoreEffect) -> Completion {
 fn run_local_pair(mo: Options, a: Opened, so: Options, b: Opened, progress: &Progress) -> Outcome {
     let boxed = |o: Opened| -> Shared {
         let b: Box<dyn Store> = match o {
-            Opened::Corvid(e) => Box::new(e),
+            Opened::Corvid(e) => e,
             Opened::Maildir(m) => Box::new(m),
         };
         Rc::new(RefCell::new(b))
@@ -512,13 +511,11 @@ fn run_local_pair(mo: Options, a: Opened, so: Options, b: Opened, progress: &Pro
                         }
                     }
                     Output::Event(Event::Note(n)) => progress.note(&n),
-                    Output::Close(_) => {
-                        if !peer.is_closed() {
-                            for b in bytes.drain(..) {
-                                peer.handle_input(now, &b);
-                            }
-                            peer.handle_eof(now);
+                    Output::Close(_) if !peer.is_closed() => {
+                        for b in bytes.drain(..) {
+                            peer.handle_input(now, &b);
                         }
+                        peer.handle_eof(now);
                     }
                     _ => {}
                 }

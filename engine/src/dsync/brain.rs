@@ -490,7 +490,7 @@ impl<S: MailRead> Brain<S> {
             self.queue = self
                 .user_mailboxes()
                 .into_iter()
-                .filter(|m| self.opts.mailbox.as_ref().is_none_or_eq(&m.name))
+                .filter(|m| self.opts.mailbox.iter().all(|f| *f == m.name))
                 .map(|m| m.guid)
                 .collect();
             self.next_mailbox();
@@ -1299,16 +1299,6 @@ fn dir_node(name: Vec<Bytes>) -> MailboxTreeNode {
         subscribed: false,
         last_subscription_change: 0,
         extra: Vec::new(),
-    }
-}
-
-trait OptNameEq {
-    fn is_none_or_eq(self, n: &MailboxName) -> bool;
-}
-
-impl OptNameEq for Option<&MailboxName> {
-    fn is_none_or_eq(self, n: &MailboxName) -> bool {
-        self.map_or(true, |m| m == n)
     }
 }
 

@@ -157,7 +157,7 @@ pub fn rescue_guid(deleted: &MailboxGuid) -> MailboxGuid {
 fn suffixed(name: &MailboxName, guid: &MailboxGuid) -> MailboxName {
     let mut v = name.as_bytes().to_vec();
     v.push(b'-');
-    v.extend_from_slice(guid.to_hex()[..8].as_bytes());
+    v.extend_from_slice(&guid.to_hex().as_bytes()[..8]);
     MailboxName::new(v).unwrap_or_else(|_| name.clone())
 }
 
@@ -572,7 +572,7 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
             flag_changes
                 .get(&r.uid.get())
                 .copied()
-                .filter(|c| c.guid.as_ref().is_none_or(|cg| *cg == g))
+                .filter(|c| c.guid.iter().all(|cg| *cg == g))
         });
         match remote {
             Some(c) if c.uid == r.uid.get() => merge_flags(&mut plan, inp, r, c),
@@ -638,10 +638,7 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
 
     // 4. UID conflicts: new UIDs above both UIDNEXTs, in GUID order, on
     //    both sides (the same order on both brains).
-    let mut next = local_next.max(remote_next);
-    for (g, (local_rec, remote)) in renumber {
-        let uid = next;
-        next += 1;
+    for (uid, (g, (local_rec, remote))) in (local_next.max(remote_next)..).zip(renumber) {
         plan.last_uid = plan.last_uid.max(uid);
         match local_rec {
             Some(r) => {
@@ -687,7 +684,7 @@ fn winner_flags(inp: &MailInputs<'_>, r: &Record, c: &MailChange) -> Option<Flag
         Mode::BackupSend => false,
         Mode::BackupRecv => true,
         Mode::TwoWay => {
-            let local_changed = inp.state.is_none_or(|s| r.modseq.0 > s.last_common_modseq);
+            let local_changed = inp.state.iter().all(|s| r.modseq.0 > s.last_common_modseq);
             if !local_changed {
                 true
             } else if c.modseq != r.modseq.0 {

@@ -63,14 +63,35 @@
 //!    expunging everything and then fails forever (`backup-revert`, exit
 //!    75). corvid never deletes a mailbox to fix UIDs, INBOX included.
 //!    Destination-only mail is discarded — that is what backup means.
-//! 7. **Durability.** Store writes leave as effects; the per-mailbox `S`
+//!    On the wire backup is one-way too, as Dovecot does it: the
+//!    destination sends only mail requests, the source reads only those.
+//!    The `H` flags `backup_send`/`backup_recv` name the *slave's* role.
+//! 7. **Concurrent delivery** (`concurrent-delivery`): an import never
+//!    overwrites a message delivered to its UID during the sync; it takes
+//!    the next free UID and the run reports changes during sync (exit 2);
+//!    the next run converges.
+//! 8. **Durability.** Store writes leave as effects; the per-mailbox `S`
 //!    and the final `F` (or, for the master, the reported outcome) are
-//!    only produced after every batch is durable.
+//!    only produced after every batch is durable, and mailbox work starts
+//!    only after the tree merge is durable (a store may re-derive
+//!    identities from what it stored: a maildir's uniqueid follows its
+//!    GUID).
+//!
+//! Memory: bodies go out one message at a time as the driver drains
+//! output; one incoming body is held up to [`Options::mail_bytes_max`]
+//! (then written inline with its record); `C`/`R` lists are bounded by
+//! [`Options::changes_max`]; imports are batched by
+//! [`Options::batch_bytes_max`]. A mailbox's own records are read into
+//! memory while it is synced (bounded by the store, not the peer).
 //!
 //! Known gaps: mailbox attributes (METADATA) are not synced (an empty `A`
 //! list is sent, received ones are ignored); directory deletes and
 //! name-hash unsubscribe tombstones in `D` are not applied; header-hash
-//! matching (`hdr_hash`, for GUID-less backends) is not implemented.
+//! matching (`hdr_hash`, for GUID-less backends) is not implemented; the
+//! state's `last_common_modseq` is the minimum of both sides' (safe:
+//! exports a superset), and flag merges use final flags with modseqs, not
+//! Dovecot's per-flag add/remove deltas (a concurrent add on one side and
+//! an unrelated add on the other resolve to the newer side's whole set).
 
 pub mod brain;
 pub mod merge;

@@ -118,7 +118,7 @@ fn base64_encode(data: &[u8]) -> String {
 }
 
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    if s.len() % 4 != 0 {
+    if s.len() & 3 != 0 {
         return None;
     }
     let val = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|p| p as u32);
