@@ -24,3 +24,6 @@ mod duplex;
 
 #[path = "driver_e2e/stdio.rs"]
 mod stdio;
+
+#[path = "driver_e2e/backpressure.rs"]
+mod backpressure;

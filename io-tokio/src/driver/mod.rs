@@ -23,13 +23,39 @@
 //! events or commands it moves.
 //!
 //! # Bounded memory
-//! Nothing here grows with what the peer sends: reads are at most
-//! [`Options::read_chunk_bytes`]; the driver stops reading while the machine
-//! says [`Machine::wants_input`] is false, while effects are waiting for an
-//! executor slot, or while more than [`Options::write_buffer_bytes_max`]
-//! bytes are waiting to go out; inflated input comes out in chunks of at most
+//! Nothing here grows with what the peer sends or fails to read: reads are
+//! at most [`Options::read_chunk_bytes`]; the driver stops reading while the
+//! machine says [`Machine::wants_input`] is false, while effects are waiting
+//! for an executor slot, or while the write buffer is full (at least
+//! [`Options::write_buffer_bytes_max`] unsent bytes); inflated input comes
+//! out in chunks of at most
 //! [`proto::compress::InflateOptions::output_chunk_bytes_max`]. The machine
 //! bounds its own buffers.
+//!
+//! # Backpressure on commands, and a peer that stops reading
+//! Application commands are output the peer did not ask for (a MUPDATE
+//! master pushes every change to its UPDATE subscribers as commands), so a
+//! peer that stops reading must not make them pile up here. While the write
+//! buffer is full, or effects wait for an executor slot, the driver takes
+//! **no command**: they stay in the bounded command channel, whose sender
+//! then finds it full and applies its own policy (the MUPDATE feed drops a
+//! subscriber that falls behind and queues `Lagged` in the slot it keeps
+//! for that). So the driver's unsent bytes never exceed
+//! `write_buffer_bytes_max` plus what one step of the machine emits (one
+//! command, one completion, one read chunk or one timer); `Outcome` reports
+//! the peak as [`Outcome::write_buffer_bytes_peak`].
+//!
+//! Backpressure alone would let a peer that never reads again hold its
+//! connection, its full buffer and the full channel behind it forever. So
+//! when the peer accepts **not one byte** for [`Options::write_stall_timeout`]
+//! while the buffer is full (or while the last bytes before a close or a
+//! TLS switch wait), the driver ends the connection with
+//! [`Error::PeerNotReading`]. The clock restarts at every byte the peer
+//! takes, so a healthy slow reader (one that reads, however slowly) is never
+//! cut off, and a buffer below the limit never starts it. This is not
+//! [`Error::Stalled`]: that is the machine waiting for nothing, detected only
+//! when no branch of the loop can fire; a full buffer always has its write
+//! pending, so it never looks stalled.
 //!
 //! # Determinism
 //! The `select!` is `biased` (completions, then writes, then reads, then the
@@ -120,10 +146,16 @@ pub struct Options {
     /// Largest single read from the transport, and so the largest
     /// `handle_input` without COMPRESS. 16 KiB: a TLS record's worth.
     pub read_chunk_bytes: usize,
-    /// Reading pauses while more than this many bytes wait to be written, so
-    /// a peer that sends requests but never reads replies cannot make us
-    /// buffer without end. 1 MiB.
+    /// Reading and taking commands pause while at least this many bytes
+    /// (at least one, if 0) wait to be written, so a peer that sends
+    /// requests but never reads replies, or that is pushed changes it never
+    /// reads, cannot make us buffer without end. 1 MiB.
     pub write_buffer_bytes_max: usize,
+    /// A peer that accepts no byte at all for this long while the write
+    /// buffer is full (or while our last bytes before a close or a TLS
+    /// switch wait) is cut off with [`Error::PeerNotReading`]. Any byte it
+    /// takes restarts the clock. 5 minutes.
+    pub write_stall_timeout: Duration,
     /// Effects of one connection running at once; further ones wait in
     /// order (and reading pauses while any wait). 16.
     pub effects_in_flight_max: usize,
@@ -141,6 +173,7 @@ impl Default for Options {
         Options {
             read_chunk_bytes: 16 * 1024,
             write_buffer_bytes_max: 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(300),
             effects_in_flight_max: 16,
             inflate: InflateOptions::default(),
             deflate_level: 6,
@@ -180,6 +213,10 @@ pub enum Error {
     /// no timer, no command channel) without having closed.
     #[error("machine stalled: waiting for nothing without closing")]
     Stalled,
+    /// The peer's: it accepted no byte for [`Options::write_stall_timeout`]
+    /// while our write buffer was full (or our last bytes waited).
+    #[error("peer read nothing for {0:?} with our write buffer full")]
+    PeerNotReading(Duration),
 }
 
 /// How a driven connection ended.
@@ -192,6 +229,9 @@ pub struct Outcome<M> {
     pub bytes_read: u64,
     /// Bytes written to the transport (after deflating, before TLS).
     pub bytes_written: u64,
+    /// The most bytes that ever waited to be written at once: at most
+    /// [`Options::write_buffer_bytes_max`] plus one step's output.
+    pub write_buffer_bytes_peak: usize,
 }
 
 impl<M> fmt::Debug for Outcome<M> {
@@ -200,6 +240,7 @@ impl<M> fmt::Debug for Outcome<M> {
             .field("result", &self.result)
             .field("bytes_read", &self.bytes_read)
             .field("bytes_written", &self.bytes_written)
+            .field("write_buffer_bytes_peak", &self.write_buffer_bytes_peak)
             .finish_non_exhaustive()
     }
 }
@@ -343,6 +384,8 @@ where
             peer_eof: false,
             bytes_read: 0,
             bytes_written: 0,
+            write_buffer_bytes_peak: 0,
+            write_stalled_since: None,
         };
         let result = async {
             let result = run.run(Box::new(transport), first_layer).await;
@@ -373,6 +416,7 @@ where
         Outcome {
             bytes_read: run.bytes_read,
             bytes_written: run.bytes_written,
+            write_buffer_bytes_peak: run.write_buffer_bytes_peak,
             machine: run.machine,
             result,
         }
@@ -418,6 +462,10 @@ struct Run<'e, M: Machine, E> {
     peer_eof: bool,
     bytes_read: u64,
     bytes_written: u64,
+    write_buffer_bytes_peak: usize,
+    /// Since when the write buffer has been full without the peer taking a
+    /// byte (the [`Options::write_stall_timeout`] clock).
+    write_stalled_since: Option<tokio::time::Instant>,
 }
 
 impl<'e, M, E> Run<'e, M, E>
@@ -447,12 +495,21 @@ where
         }
         self.drain()?;
         loop {
+            // The buffer only grows while acting on outputs, each of which
+            // ends an iteration, so sampling here sees every peak.
+            self.write_buffer_bytes_peak = self.write_buffer_bytes_peak.max(self.out.len());
             self.send_events().await;
 
             if let Some((layer, handback)) = self.tls_switch.take() {
                 // Everything before the switch goes out under the old
                 // layering, completely, before the handshake starts.
-                write_all(&mut wr, &mut self.out, &mut self.bytes_written).await?;
+                write_all(
+                    &mut wr,
+                    &mut self.out,
+                    &mut self.bytes_written,
+                    self.options.write_stall_timeout,
+                )
+                .await?;
                 let stream = Prefixed::new(handback, rd.unsplit(wr));
                 let tls = handshake(
                     &self.tls,
@@ -473,16 +530,23 @@ where
 
             if let Some(reason) = self.close.clone() {
                 if !self.write_dead {
-                    match write_all(&mut wr, &mut self.out, &mut self.bytes_written).await {
+                    match write_all(
+                        &mut wr,
+                        &mut self.out,
+                        &mut self.bytes_written,
+                        self.options.write_stall_timeout,
+                    )
+                    .await
+                    {
                         // The peer may already be gone; the close stands
                         // either way.
                         Ok(()) => {
                             let _ = wr.shutdown().await;
                         }
-                        Err(e) if peer_gone(&e) => {
+                        Err(Error::Io(e)) if peer_gone(&e) => {
                             debug!(error = %e, "peer gone before our last bytes")
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     }
                 }
                 return Ok(reason);
@@ -507,7 +571,23 @@ where
                 .timeout
                 .map(|t| self.epoch + t.since_epoch())
                 .unwrap_or_else(far_future);
-            let commands_open = self.commands.is_some();
+            // Commands are output the peer did not ask for: none is taken
+            // while the buffer is full or effects queue (see the module doc),
+            // so they wait in their bounded channel instead of here.
+            let commands_open = self.commands.is_some() && self.room_for_more();
+            let full = !self.write_dead && !self.room_for_output();
+            if !full {
+                self.write_stalled_since = None;
+            }
+            let stall_deadline = match (full, self.write_stalled_since) {
+                (false, _) => None,
+                (true, Some(since)) => Some(since + self.options.write_stall_timeout),
+                (true, None) => {
+                    let now = tokio::time::Instant::now();
+                    self.write_stalled_since = Some(now);
+                    Some(now + self.options.write_stall_timeout)
+                }
+            };
 
             tokio::select! {
                 biased;
@@ -535,6 +615,8 @@ where
                     if n == 0 {
                         self.need_flush = false;
                     } else {
+                        // The peer took bytes: it reads, however slowly.
+                        self.write_stalled_since = None;
                         self.out.advance(n);
                         self.bytes_written += n as u64;
                         self.need_flush = true;
@@ -561,6 +643,11 @@ where
                     self.machine.handle_timeout(now);
                     self.drain()?;
                 }
+                () = tokio::time::sleep_until(stall_deadline.unwrap_or_else(far_future)),
+                    if stall_deadline.is_some() =>
+                {
+                    return Err(Error::PeerNotReading(self.options.write_stall_timeout));
+                }
                 command = recv(&mut self.commands), if commands_open => {
                     match command {
                         Some(command) => {
@@ -578,10 +665,19 @@ where
 
     /// Whether the machine may be given more input now.
     fn reading_allowed(&self) -> bool {
-        self.close.is_none()
-            && self.machine.wants_input()
-            && self.queued_effects.is_empty()
-            && self.out.len() <= self.options.write_buffer_bytes_max
+        self.close.is_none() && self.machine.wants_input() && self.room_for_more()
+    }
+
+    /// Whether the machine may be handed more work (input or a command):
+    /// nothing waits for an executor slot and the write buffer has room.
+    fn room_for_more(&self) -> bool {
+        self.queued_effects.is_empty() && self.room_for_output()
+    }
+
+    /// Whether fewer than [`Options::write_buffer_bytes_max`] bytes (at
+    /// least one) wait to be written.
+    fn room_for_output(&self) -> bool {
+        self.out.len() < self.options.write_buffer_bytes_max.max(1)
     }
 
     /// Step 3 of the machine contract, then acting on every output.
@@ -797,16 +893,26 @@ async fn write_some(wr: &mut WriteHalf<BoxTransport>, out: &[u8]) -> io::Result<
     }
 }
 
-/// Writes and flushes all of `out`.
+/// Writes and flushes all of `out`, giving up with
+/// [`Error::PeerNotReading`] when the peer takes no byte for `stall` (any
+/// byte it takes restarts the clock, so a slow reader still gets it all).
 async fn write_all(
     wr: &mut WriteHalf<BoxTransport>,
     out: &mut BytesMut,
     bytes_written: &mut u64,
-) -> io::Result<()> {
-    wr.write_all(out).await?;
-    *bytes_written += out.len() as u64;
-    out.clear();
-    wr.flush().await
+    stall: Duration,
+) -> Result<(), Error> {
+    while !out.is_empty() {
+        let n = tokio::time::timeout(stall, write_some(wr, out))
+            .await
+            .map_err(|_| Error::PeerNotReading(stall))??;
+        out.advance(n);
+        *bytes_written += n as u64;
+    }
+    tokio::time::timeout(stall, wr.flush())
+        .await
+        .map_err(|_| Error::PeerNotReading(stall))??;
+    Ok(())
 }
 
 async fn recv<C>(commands: &mut Option<mpsc::Receiver<C>>) -> Option<C> {
