@@ -8,8 +8,10 @@ first=${2:-1000}
 seed=$first
 end=$((first + n))
 while [ "$seed" -lt "$end" ]; do
-    for t in mupdate_converges_under_faults; do
-        if ! CORVID_SIM_SEED=$seed cargo test -q -p sim --test mupdate "$t" >/dev/null 2>&1; then
+    for t in mupdate:mupdate_converges_under_faults csync_crash:csync_replica_survives_crashes_and_retry_converges; do
+        bin=${t%%:*}
+        t=${t#*:}
+        if ! CORVID_SIM_SEED=$seed cargo test -q -p sim --test "$bin" "$t" >/dev/null 2>&1; then
             echo "FAILED: CORVID_SIM_SEED=$seed cargo test -p sim $t"
             exit 1
         fi
