@@ -7,7 +7,8 @@
 //!   COMPRESS "DEFLATE" half-way.
 //!
 //! Both assert that each direction's bytes reach the tap, decompressed, with
-//! the commands and answers the session must contain.
+//! the commands and answers the session must contain; the csync session is
+//! then decoded byte for byte by `proto::csync`, both directions.
 //!
 //! The peers come from `scripts/peers/start.sh`, found through the env file
 //! named by `CORVID_PEERS_ENV` (default `/tmp/corvid-peers/env`). Without it a
@@ -301,6 +302,88 @@ async fn real_sync_client_replicates_into_real_sync_server_through_the_relay() {
         1,
         "the replica has the message once: {found:?}"
     );
+    // Finally, corvid's own codecs read both directions exactly as the
+    // real peers wrote them: every byte framed and decoded, nothing
+    // refused, every file literal hashing to its GUID.
+    let decoded = decode_csync_session(&seen.c2s, &seen.s2c);
+    assert!(
+        decoded.files >= 1 && decoded.commands >= 5 && decoded.responses >= 5,
+        "the session carries the message and the sync: {decoded:?}"
+    );
+}
+
+/// What [`decode_csync_session`] found.
+#[derive(Debug)]
+struct DecodedSession {
+    commands: usize,
+    responses: usize,
+    files: usize,
+}
+
+/// Decodes a captured csync session with `proto::csync`: the client's
+/// bytes as our sync_server reads them, the server's as our sync_client
+/// does. Panics on any refusal, decode error or bytes left over, and checks
+/// each file literal's SHA-1 against its GUID.
+fn decode_csync_session(c2s: &[u8], s2c: &[u8]) -> DecodedSession {
+    use proto::csync::{ClientDecoder, Event, ServerDecoder};
+    use sha1::{Digest, Sha1};
+
+    let mut server_side = ServerDecoder::new();
+    server_side.handle_input(c2s);
+    let (mut commands, mut files) = (0, 0);
+    let mut file: Option<(proto::dlist::FileRef, Sha1, u64)> = None;
+    let mut drain = |d: &mut ServerDecoder| {
+        while let Some(event) = d.poll_event().expect("client->server bytes decode") {
+            match event {
+                Event::Decoded(_) => commands += 1,
+                Event::Refused(e) => panic!("proto refused what real sync_client sent: {e:?}"),
+                Event::ContinuationNeeded { len } => {
+                    panic!("sync_client sent a synchronising literal of {len} bytes")
+                }
+                Event::FileStart(f) => file = Some((f, Sha1::new(), 0)),
+                Event::FileChunk(chunk) => {
+                    let (_, hasher, n) = file.as_mut().expect("chunk inside a file literal");
+                    hasher.update(&chunk);
+                    *n += chunk.len() as u64;
+                }
+                Event::FileEnd => {
+                    let (f, hasher, n) = file.take().expect("end of a file literal");
+                    assert_eq!(n, f.size, "file literal size");
+                    assert_eq!(
+                        hasher.finalize().as_slice(),
+                        f.guid.as_bytes(),
+                        "file literal bytes hash to its GUID"
+                    );
+                    files += 1;
+                }
+            }
+        }
+    };
+    drain(&mut server_side);
+    server_side.handle_eof().expect("client stream ends on a message boundary");
+    drain(&mut server_side);
+    assert_eq!(server_side.buffered_bytes(), 0, "client bytes left undecoded");
+
+    let mut client_side = ClientDecoder::new();
+    client_side.handle_input(s2c);
+    let mut responses = 0;
+    let mut drain = |d: &mut ClientDecoder| {
+        while let Some(event) = d.poll_event().expect("server->client bytes decode") {
+            match event {
+                Event::Decoded(_) => responses += 1,
+                other => panic!("unexpected event in the server's stream: {other:?}"),
+            }
+        }
+    };
+    drain(&mut client_side);
+    client_side.handle_eof().expect("server stream ends on a message boundary");
+    drain(&mut client_side);
+    assert_eq!(client_side.buffered_bytes(), 0, "server bytes left undecoded");
+    DecodedSession {
+        commands,
+        responses,
+        files,
+    }
 }
 
 /// `UID SEARCH <criteria>` in `user`'s INBOX over plain IMAP; the UIDs found.
