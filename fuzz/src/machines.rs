@@ -200,6 +200,7 @@ pub fn mupdate_server(data: &[u8]) {
         opts.role = Role::Slave {
             upstream: "master.test".into(),
         };
+        opts.kick_upstream = sel & 8 != 0;
     }
     let chunks = chunkings(input).pop().expect("random chunking");
     let db = Db::default();
@@ -220,6 +221,8 @@ pub fn mupdate_server(data: &[u8]) {
                 }))
             }
             Effect::Subscribe { hosts } => Completion::Subscribed(db.0.borrow().dump(&hosts)),
+            // A slave's NOOP: the rig's "master" has nothing in flight.
+            Effect::Kick => Completion::Kicked,
         })
     });
     no_silence(input, &o);

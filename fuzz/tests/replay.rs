@@ -82,7 +82,8 @@ fn one_file() {
     let Ok(path) = std::env::var("FUZZ_FILE") else {
         return;
     };
-    let path = PathBuf::from(path);
+    // Relative paths are from the repository root (tests run in fuzz/).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
     let target = std::env::var("FUZZ_TARGET").unwrap_or_else(|_| {
         path.parent()
             .and_then(|p| p.file_name())
