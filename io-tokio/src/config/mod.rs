@@ -598,8 +598,12 @@ impl Config {
                 let known = keys::find(key).is_some_and(|k| k.kind == Kind::Str);
                 if known
                     && key != "configdirectory"
-                    && e.value.len() >= 17
-                    && e.value[..17].eq_ignore_ascii_case("{configdirectory}")
+                    // `get`: a value with a multi-byte character across
+                    // byte 17 must not panic (found by the fuzz target
+                    // `config`, corpus/regressions/config/).
+                    && e.value
+                        .get(..17)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("{configdirectory}"))
                 {
                     e.value = format!("{dir}{}", &e.value[17..]);
                 }
