@@ -5,13 +5,15 @@
 //! an administrator who links one in gets a clear refusal and a non-zero exit,
 //! never a silent no-op.
 
+mod backup_tools;
+mod backupd;
 mod capture;
 mod dsync;
-mod store;
 mod mupdate;
 mod passwd;
 mod sync_client;
 mod sync_server;
+mod store;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -32,6 +34,8 @@ const TABLE: &[(&str, &str)] = &[
     ("sync_server", "Cyrus replication replica (csync)"),
     ("sync_client", "Cyrus replication client"),
     ("backupd", "csync target that keeps restorable backups"),
+    ("ctl_backups", "list and verify corvid backupd backups"),
+    ("cyr_backup", "inspect one user's corvid backup (mailboxes, messages)"),
     ("dsync", "Dovecot-style mirror and backup"),
     ("dsync-server", "the remote side of dsync"),
     ("store", "inspect and verify a corvid store"),
@@ -45,14 +49,17 @@ pub fn find(name: &str) -> Option<Tool> {
         return None;
     }
     Some(match name {
+        "backupd" => Tool::Ready(backupd::main),
+        "ctl_backups" => Tool::Ready(backup_tools::ctl_backups_main),
+        "cyr_backup" => Tool::Ready(backup_tools::cyr_backup_main),
         "capture" => Tool::Ready(capture::main),
         "dsync" => Tool::Ready(dsync::main),
         "dsync-server" => Tool::Ready(dsync::server_main),
         "mupdate" => Tool::Ready(mupdate::main),
         "mupdate-load" => Tool::Ready(mupdate::load_main),
         "passwd" => Tool::Ready(passwd::main),
-        "sync_client" => Tool::Ready(sync_client::main),
         "sync_server" => Tool::Ready(sync_server::main),
+        "sync_client" => Tool::Ready(sync_client::main),
         "store" => Tool::Ready(store::main),
         _ => Tool::NotYet,
     })

@@ -129,6 +129,11 @@ pub struct Options {
     pub small_bodies_bytes_max: usize,
     /// Which wire flavour this session speaks.
     pub flavour: Flavour,
+    /// Speak as Cyrus backupd (`corvid backupd`): `Cyrus backup server`
+    /// greeting, `OK Success`, no `* SIEVE-MAILBOX`, STARTTLS never
+    /// offered (answered `NO command not implemented`). Only the texts
+    /// change; what is accepted and stored is the same machine's.
+    pub backupd: bool,
 }
 
 /// The two ways a Cyrus sync_client reaches a replica.
@@ -166,6 +171,7 @@ impl Default for Options {
             small_body_bytes_max: 64 * 1024,
             small_bodies_bytes_max: 1024 * 1024,
             flavour: Flavour::Csync,
+            backupd: false,
         }
     }
 }
@@ -559,12 +565,16 @@ impl<R: MailRead> Server<R> {
                 Bytes::from_static(b"DEFLATE"),
             ])));
         }
-        if !authed {
+        if !authed && !self.opts.backupd {
             lines.push(Response::Capability(Capability::SieveMailbox));
         }
         let host = self.opts.server_name.replace(['\r', '\n', ' '], "");
         let version = self.opts.version.replace(['\r', '\n'], "");
-        lines.push(Response::Greeting(Greeting::sync_server(&host, &version)));
+        lines.push(Response::Greeting(if self.opts.backupd {
+            Greeting::backup_server(&host, &version)
+        } else {
+            Greeting::sync_server(&host, &version)
+        }));
         for l in lines {
             self.send(&l);
         }
@@ -594,7 +604,11 @@ impl<R: MailRead> Server<R> {
         self.out.extend_from_slice(&r.encode().into_bytes());
     }
 
-    fn status(&mut self, s: Status) {
+    fn status(&mut self, mut s: Status) {
+        // backupd's one different success text (`OK Success`).
+        if self.opts.backupd && s == Status::success() {
+            s = Status::ok(proto::csync::texts::BACKUPD_SUCCESS);
+        }
         self.send(&Response::Status(s));
     }
 
@@ -870,6 +884,8 @@ impl<R: MailRead> Server<R> {
                     self.status(Status::bad("Can't Starttls after authentication"));
                 } else if self.tls_active {
                     self.status(Status::bad("Already did a successful Starttls"));
+                } else if self.opts.backupd {
+                    self.status(Status::no("command not implemented"));
                 } else if !self.opts.starttls {
                     self.status(Status::no("Error initializing TLS"));
                 } else {
