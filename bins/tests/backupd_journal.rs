@@ -372,6 +372,24 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
         }
         c.args(args).output().unwrap()
     };
+    // A fresh mail user of this test's own, able to log in (sasldb).
+    let db = Path::new(&env["CORVID_PEERS_RUN"]).join("sasldb2");
+    for realm in [&env["MASTER_NAME"], &env["REPLICA_NAME"]] {
+        let mut c = Command::new("saslpasswd2")
+            .args(["-p", "-c", "-f"])
+            .arg(&db)
+            .args(["-u", realm, &user])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(env["USER_PASS"].as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "saslpasswd2 {user}");
+    }
+    let _ = Command::new("chown").arg("cyrus:mail").arg(&db).status();
     let mail = repo().join("scripts/peers/mail.py");
     let mail = mail.to_str().unwrap();
     let out = run("python3", &[mail, "mkuser", &user, "Work"]);
