@@ -456,4 +456,104 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The master expunges UID 2; the next backup records it, not destroys it.
+    let before = unix_now();
+    wait_next_second(before);
+    let out = run("python3", &[mail, "expunge", &user, "INBOX", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        "bash",
+        &[
+            sc.to_str().unwrap(),
+            "--port",
+            &port,
+            "--",
+            "-n",
+            "backup",
+            "-u",
+            &user,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, now) = tool(&b.conf, &["cyr_backup", "-u", &user, "list", "messages"]);
+    assert!(
+        now.lines()
+            .any(|l| l.starts_with(&format!("{inbox}2\t")) && l.contains("\\Expunged")),
+        "{now}"
+    );
+
+    // restore(8)'s job, against the REAL replica: the INBOX as it was
+    // before the expunge, as a new mailbox, three messages live.
+    let mut conf = std::fs::read_to_string(&b.conf).unwrap();
+    conf.push_str(&format!(
+        "restore_authname: {}\nrestore_password: {}\n",
+        env["REPL_USER"], env["REPL_PASS"]
+    ));
+    std::fs::write(&b.conf, conf).unwrap();
+    // The user must exist where we restore to (Cyrus refuses to create a
+    // mailbox under a user it does not have): replicate the master to the
+    // real replica first, the normal way.
+    let out = run("bash", &[sc.to_str().unwrap(), "--", "-u", &user]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = format!("user.{user}.Restored");
+    let server = format!("{}:{}", env["PEERS_HOST"], env["REPLICA_CSYNC_PORT"]);
+    let t = before.to_string();
+    let src = format!("user.{user}");
+    let (ok, out) = tool(
+        &b.conf,
+        &["restore", "-t", &t, "-M", &target, &server, &user, &src],
+    );
+    assert!(ok, "restore into the real replica failed: {out}");
+    // Ask the real replica what it now has.
+    let mut s = TcpStream::connect(&server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let _ = until_status(&mut s, &mut buf);
+    let ir = format!("\0{}\0{}", env["REPL_USER"], env["REPL_PASS"]);
+    let st = cmd(
+        &mut s,
+        &mut buf,
+        format!("AUTHENTICATE PLAIN {}\r\n", b64(ir.as_bytes())).as_bytes(),
+    );
+    assert!(st.starts_with("OK"), "{st}");
+    s.write_all(format!("GET FULLMAILBOX {target}\r\n").as_bytes())
+        .unwrap();
+    let (lines, st) = until_status(&mut s, &mut buf);
+    assert!(st.starts_with("OK"), "{st} {lines:?}");
+    let mb = lines
+        .iter()
+        .find(|l| l.starts_with("* MAILBOX"))
+        .unwrap_or_else(|| panic!("no MAILBOX: {lines:?}"));
+    assert_eq!(mb.matches("%(UID ").count(), 3, "{mb}");
+    assert!(!mb.contains("\\Expunged"), "{mb}");
+}
+
+fn b64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
