@@ -498,6 +498,33 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
         env["REPL_USER"], env["REPL_PASS"]
     ));
     std::fs::write(&b.conf, conf).unwrap();
+    // -A (every user of the master) into the same backupd: exit 0 and the
+    // user is still listed, with its two mailboxes.
+    let out = run(
+        "bash",
+        &[
+            sc.to_str().unwrap(),
+            "--port",
+            &port,
+            "--",
+            "-n",
+            "backup",
+            "-A",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, list) = tool(&b.conf, &["ctl_backups", "list"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.split('\t').next() == Some(&user) && l.split('\t').nth(4) == Some("2")),
+        "{list}"
+    );
+
     // The user must exist where we restore to (Cyrus refuses to create a
     // mailbox under a user it does not have): replicate the master to the
     // real replica first, the normal way.

@@ -504,8 +504,10 @@ async fn run_connection<T: io_tokio::driver::Transport>(
 }
 
 fn machine_options(conf: &Config) -> MachineOptions {
-    let mut m = MachineOptions::default();
-    m.backupd = true;
+    let mut m = MachineOptions {
+        backupd: true,
+        ..MachineOptions::default()
+    };
     m.server_name = conf
         .servername()
         .map(str::to_owned)
