@@ -525,6 +525,50 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
         "{list}"
     );
 
+    // Rolling replication's path: the master's sync_client replays a
+    // sync log (`-r -f FILE`: MAILBOXES lookups, then per-mailbox syncs)
+    // into a fresh backupd; the user's mailboxes and messages land.
+    let fresh = start(&env["REPL_USER"], &env["REPL_PASS"]);
+    let logf =
+        Path::new(&env["CORVID_PEERS_RUN"]).join(format!("master/tmp/backupd-roll-{user}.log"));
+    std::fs::write(
+        &logf,
+        format!("APPEND user.{user}\nMAILBOX user.{user}\nMAILBOX user.{user}.Work\n"),
+    )
+    .unwrap();
+    let _ = Command::new("chown").arg("cyrus:mail").arg(&logf).status();
+    let fport = fresh.port.to_string();
+    let out = run(
+        "bash",
+        &[
+            sc.to_str().unwrap(),
+            "--port",
+            &fport,
+            "--",
+            "-n",
+            "backup",
+            "-r",
+            "-f",
+            logf.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, rolled) = tool(
+        &fresh.conf,
+        &["cyr_backup", "-u", &user, "list", "mailboxes"],
+    );
+    assert!(ok, "{rolled}");
+    assert!(
+        rolled.contains(&format!("\tuser.{user}\t"))
+            && rolled.contains(&format!("\tuser.{user}.Work\t")),
+        "{rolled}"
+    );
+    let _ = std::fs::remove_file(&logf);
+
     // The user must exist where we restore to (Cyrus refuses to create a
     // mailbox under a user it does not have): replicate the master to the
     // real replica first, the normal way.
