@@ -658,3 +658,66 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     drop(rt);
     code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_never_leave_the_journal_dir() {
+        let d = Path::new("/j");
+        assert_eq!(journal_file(d, Some("alice")), Path::new("/j/alice.log"));
+        assert_eq!(
+            journal_file(d, Some("../etc/x")),
+            Path::new("/j/%2E.%2Fetc%2Fx.log")
+        );
+        assert_eq!(
+            journal_file(d, Some("bob@example.org")),
+            Path::new("/j/bob@example.org.log")
+        );
+        assert_eq!(journal_file(d, None), Path::new("/j/%SHARED.log"));
+    }
+
+    fn entry(at: i64, cmd: &str) -> Vec<u8> {
+        let mut v = format!("{at} {}\r\n", cmd.len()).into_bytes();
+        v.extend_from_slice(cmd.as_bytes());
+        v
+    }
+
+    #[test]
+    fn state_at_replays_snapshots_and_deletes_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.log");
+        let mut data = entry(
+            10,
+            "APPLY MAILBOX %(UNIQUEID a1 MBOXNAME user.u LAST_UID 1)\r\n",
+        );
+        data.extend(entry(
+            20,
+            "APPLY MAILBOX %(UNIQUEID a1 MBOXNAME user.u LAST_UID 2)\r\n",
+        ));
+        data.extend(entry(
+            30,
+            "APPLY UNMAILBOX %(UNIQUEID a1 MBOXNAME user.u)\r\n",
+        ));
+        std::fs::write(&p, &data).unwrap();
+        let es = read_journal(&p).unwrap();
+        assert_eq!(es.len(), 3);
+        let last_uid = |t| {
+            state_at(&es, t)
+                .get("a1")
+                .and_then(|kv| kv.get("LAST_UID").and_then(|v| v.as_u64()))
+        };
+        assert_eq!(last_uid(5), None);
+        assert_eq!(last_uid(10), Some(1));
+        assert_eq!(last_uid(29), Some(2));
+        assert_eq!(last_uid(30), None);
+        // A torn last entry is reported, with where it starts.
+        data.truncate(data.len() - 3);
+        std::fs::write(&p, &data).unwrap();
+        match read_journal(&p) {
+            Err(JournalError::Malformed { offset, .. }) => assert!(offset > 0),
+            other => panic!("{other:?}"),
+        }
+    }
+}
