@@ -25,7 +25,8 @@
 //!   *recorded*, never destructive for the backup: the state at any time
 //!   T is, per mailbox, its last entry at or before T ([`state_at`]), and
 //!   the bytes are in the store. Entries are fsynced before the daemon
-//!   answers the APPLY that caused them.
+//!   answers the APPLY that caused them; at startup a torn last entry (a
+//!   crash mid-append) is cut off ([`repair_journals`]).
 //!
 //! Cost, said plainly: a mailbox's line carries all of its records, so a
 //! big mailbox changed often makes a big journal (Cyrus's backupd wrote
@@ -263,7 +264,7 @@ pub fn read_journal(path: &Path) -> Result<Vec<Entry>, JournalError> {
         let nl = data[pos..]
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad(pos, "no entry header line"))?;
+            .ok_or_else(|| bad(pos, TORN_HEADER))?;
         let header =
             std::str::from_utf8(&data[pos..pos + nl]).map_err(|_| bad(pos, "header not text"))?;
         let (at, len) = header
@@ -275,7 +276,7 @@ pub fn read_journal(path: &Path) -> Result<Vec<Entry>, JournalError> {
         let end = start
             .checked_add(len)
             .filter(|e| *e <= data.len())
-            .ok_or_else(|| bad(pos, "truncated entry"))?;
+            .ok_or_else(|| bad(pos, TORN_BODY))?;
         let mut dec = ServerDecoder::new();
         dec.handle_input(&data[start..end]);
         let item = match dec.poll_event() {
@@ -308,6 +309,44 @@ pub fn read_journal(path: &Path) -> Result<Vec<Entry>, JournalError> {
     }
     Ok(out)
 }
+
+/// Cuts a torn last entry (a crash during its append: no complete header
+/// line, or fewer bytes than announced) off every journal in `dir`, so
+/// later entries are not appended behind bytes no reader gets past. Any
+/// other damage is left alone and reported: it is not a torn append, and
+/// only an operator should decide what to drop. Returns what it did.
+pub fn repair_journals(dir: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return notes;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("log") {
+            continue;
+        }
+        match read_journal(&path) {
+            Ok(_) => {}
+            Err(JournalError::Malformed { offset, what, .. })
+                if what == TORN_HEADER || what == TORN_BODY =>
+            {
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(offset as u64).and_then(|_| f.sync_all()));
+                notes.push(match cut {
+                    Ok(()) => format!("{}: torn last entry cut at byte {offset}", path.display()),
+                    Err(e) => format!("{}: torn last entry, cut failed: {e}", path.display()),
+                });
+            }
+            Err(e) => notes.push(format!("{e} (left as is)")),
+        }
+    }
+    notes
+}
+
+const TORN_HEADER: &str = "no entry header line";
+const TORN_BODY: &str = "truncated entry";
 
 /// The backed-up mailboxes as they were at time `at` (Unix seconds;
 /// `i64::MAX` for the latest), by UNIQUEID: for each mailbox, its last
@@ -566,6 +605,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    for note in repair_journals(&layout.journal) {
+        eprintln!("backupd: journal: {note}");
+    }
     let pwcheck = match PwCheck::from_config(&conf) {
         Ok(p) => p,
         Err(e) => {
@@ -712,12 +754,24 @@ mod tests {
         assert_eq!(last_uid(10), Some(1));
         assert_eq!(last_uid(29), Some(2));
         assert_eq!(last_uid(30), None);
-        // A torn last entry is reported, with where it starts.
-        data.truncate(data.len() - 3);
+        // A torn last entry is reported, with where it starts, and
+        // repair cuts exactly it.
+        let whole = data.len();
+        data.truncate(whole - 3);
         std::fs::write(&p, &data).unwrap();
         match read_journal(&p) {
             Err(JournalError::Malformed { offset, .. }) => assert!(offset > 0),
             other => panic!("{other:?}"),
         }
+        let notes = repair_journals(dir.path());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(read_journal(&p).unwrap().len(), 2);
+        // Damage that is not a torn append is left alone.
+        let mut bad = std::fs::read(&p).unwrap();
+        bad.splice(0..2, *b"xx");
+        std::fs::write(&p, &bad).unwrap();
+        let notes = repair_journals(dir.path());
+        assert!(notes[0].ends_with("(left as is)"), "{notes:?}");
+        assert_eq!(std::fs::read(&p).unwrap(), bad);
     }
 }
