@@ -22,7 +22,7 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 cargo build --release -p bins
-corvid=$PWD/target/release/corvid
+corvid=${CARGO_TARGET_DIR:-$PWD/target}/release/corvid
 
 mkdir -p "$data/conf" "$data/partition-default"
 data=$(cd "$data" && pwd)
