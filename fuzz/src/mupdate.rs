@@ -142,7 +142,7 @@ pub fn body(data: &[u8]) {
     } else {
         for m in frame_all(mupdate::client_frame_options(), input) {
             if let Ok(r) = parse_response(&m) {
-                // Known leniency, not re-encodable: bare status text ending
+                // Known leniency, not re-encodable: bare text (status, `+`, challenge) ending
                 // in a literal announcement keeps the announcement and drops
                 // the literal's bytes (corpus/regressions/mupdate/).
                 let bare = matches!(
@@ -150,7 +150,8 @@ pub fn body(data: &[u8]) {
                     Response::Reply(Reply {
                         text: Some(Text::Bare(_)),
                         ..
-                    })
+                    }) | Response::Continuation(_)
+                        | Response::Challenge(_)
                 );
                 if bare && !m.literals().is_empty() {
                     continue;
