@@ -234,10 +234,10 @@ fn kicks_are_reported_after_the_noop_and_the_changes_before_it() {
     let mut effects = Vec::new();
     let mut events = Vec::new();
     let feed = |f: &mut Follower,
-                    bytes: &[u8],
-                    out: &mut Vec<u8>,
-                    effects: &mut Vec<engine::machine::EffectId>,
-                    events: &mut Vec<FEvent>| {
+                bytes: &[u8],
+                out: &mut Vec<u8>,
+                effects: &mut Vec<engine::machine::EffectId>,
+                events: &mut Vec<FEvent>| {
         if !bytes.is_empty() {
             f.handle_input(Time::ZERO, bytes);
         }
@@ -281,4 +281,68 @@ fn kicks_are_reported_after_the_noop_and_the_changes_before_it() {
         &mut events,
     );
     assert_eq!(events.last(), Some(&FEvent::Kicked(2)));
+}
+
+/// A master that goes silent before the update stream starts (here: after
+/// its banner, so the login is never answered) must not leave the slave
+/// waiting forever: the follower closes as a timeout once
+/// `handshake_idle_max` passes without a byte, and the daemon reconnects.
+/// Found by the simulator (`CORVID_SIM_SEED=101`, heavy faults).
+#[test]
+fn silent_master_before_the_stream_times_out() {
+    let banner = "* AUTH \"PLAIN\"\r\n* OK MUPDATE \"m\" \"Cyrus IMAP\" \"3.6.1\" \"(master)\"\r\n";
+    let mut f = Follower::new(Time::ZERO, opts("fe1", "secret"));
+    f.handle_input(Time::ZERO, banner.as_bytes());
+    let mut closed = None;
+    machine::drain(&mut f, |o| {
+        if let Output::Close(r) = o {
+            closed = Some(r)
+        }
+    });
+    assert!(closed.is_none(), "the login goes out, nothing closes yet");
+    let deadline = f.poll_timeout().expect("a deadline while logging in");
+    assert_eq!(deadline, Time::ZERO + Duration::from_secs(60));
+
+    // A spurious early wake-up changes nothing.
+    f.handle_timeout(Time::ZERO + Duration::from_secs(59));
+    machine::drain(&mut f, |o| {
+        if let Output::Close(r) = o {
+            closed = Some(r)
+        }
+    });
+    assert!(closed.is_none() && !f.is_closed());
+
+    f.handle_timeout(deadline);
+    machine::drain(&mut f, |o| {
+        if let Output::Close(r) = o {
+            closed = Some(r)
+        }
+    });
+    assert!(
+        matches!(closed, Some(machine::CloseReason::Timeout(_))),
+        "closed as a timeout: {closed:?}"
+    );
+    assert!(f.is_closed());
+}
+
+/// The deadline measures silence, not total time: a master that keeps
+/// talking (a long dump arriving slowly) is never cut off.
+#[test]
+fn a_slow_but_live_dump_is_not_cut() {
+    let banner = "* AUTH \"PLAIN\"\r\n* OK MUPDATE \"m\" \"Cyrus IMAP\" \"3.6.1\" \"(master)\"\r\n";
+    let mut f = Follower::new(Time::ZERO, opts("fe1", "secret"));
+    f.handle_input(Time::ZERO, banner.as_bytes());
+    machine::drain(&mut f, |_| {});
+    let mut now = Time::ZERO;
+    f.handle_input(now, b"A01 OK \"Authenticated\"\r\n");
+    machine::drain(&mut f, |_| {});
+    for i in 0..10u32 {
+        now = now + Duration::from_secs(45);
+        f.handle_timeout(now);
+        let line =
+            format!("U01 MAILBOX {{7+}}\r\nuser.u{i} {{11+}}\r\nbe1!default {{2+}}\r\nx\t\r\n");
+        f.handle_input(now, line.as_bytes());
+        machine::drain(&mut f, |_| {});
+        assert!(!f.is_closed(), "cut off after {i} slow dump lines");
+    }
 }

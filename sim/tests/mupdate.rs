@@ -32,13 +32,13 @@ fn mupdate_converges_under_faults() {
 /// A world with heavy faults: the master crashes often, hosts are cut off
 /// often.
 ///
-/// Ignored because it finds a liveness bug not fixed yet:
-/// `engine::mupdate::follower::Follower` arms no timer before streaming, so
-/// a subscriber cut off (or whose master dies) between connect and the end
-/// of the dump waits forever, even after the network heals. Replay:
-/// `CORVID_SIM_SEED=101 cargo test -p sim mupdate_converges_under_heavy_faults -- --ignored`
+/// Seed 101 found a liveness bug, now fixed: the MUPDATE follower armed no
+/// timer before streaming, so a subscriber cut off (or whose master died)
+/// between connect and the end of the dump waited forever, even after the
+/// network healed. It now closes after `handshake_idle_max` of silence and
+/// reconnects. Replay one seed with
+/// `CORVID_SIM_SEED=101 cargo test -p sim mupdate_converges_under_heavy_faults`.
 #[test]
-#[ignore = "finds the follower's missing handshake timeout (seed 101)"]
 fn mupdate_converges_under_heavy_faults() {
     sim::run_seeds(
         "mupdate_converges_under_heavy_faults",

@@ -10,6 +10,10 @@
 //!         idle for `noop_interval` ─▶ N<k> NOOP; unanswered at the next tick ─▶ close
 //!         Command::Kick(n) ─▶ NOOP (after any in flight); Event::Kicked(n) when
 //!         its OK came and every change before it is applied
+//!   Banner, Auth and Dump close the connection when the master sends nothing
+//!   for `handshake_idle_max`, so a master that dies (or a network that
+//!   partitions) before the stream starts never leaves the slave waiting
+//!   forever; the daemon then reconnects with back-off.
 //! ```
 //!
 //! This is what a real Cyrus slave does on the wire (`mupdate-slave-boot.txt`:
@@ -43,6 +47,11 @@ pub struct Options {
     pub password: Secret,
     /// Idle NOOP interval (`mupdate_retry_delay`, 20 s).
     pub noop_interval: Duration,
+    /// Longest silence from the master tolerated before the update stream
+    /// starts (banner, login, dump); past it the connection is closed as a
+    /// timeout. It measures silence, not total time, so a long dump that
+    /// keeps arriving is never cut.
+    pub handshake_idle_max: Duration,
     /// Most entries held while the dump arrives.
     pub dump_entries_max: usize,
     /// Framer limits for the master's output.
@@ -57,6 +66,7 @@ impl Options {
             username: String::new(),
             password,
             noop_interval: Duration::from_secs(20),
+            handshake_idle_max: Duration::from_secs(60),
             dump_entries_max: 10_000_000,
             frame: proto::mupdate::client_frame_options(),
         }
@@ -433,7 +443,15 @@ impl Machine for Follower {
     }
 
     fn handle_timeout(&mut self, now: Time) {
-        if self.closed || self.phase != Phase::Streaming {
+        if self.closed {
+            return;
+        }
+        if self.phase != Phase::Streaming {
+            if now.saturating_since(self.last_traffic) >= self.opts.handshake_idle_max {
+                self.close(CloseReason::Timeout(
+                    "the master went silent before the update stream started".into(),
+                ));
+            }
             return;
         }
         if now.saturating_since(self.last_traffic) < self.opts.noop_interval {
@@ -488,8 +506,11 @@ impl Machine for Follower {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        if self.closed || self.phase != Phase::Streaming {
+        if self.closed {
             return None;
+        }
+        if self.phase != Phase::Streaming {
+            return self.last_traffic.checked_add(self.opts.handshake_idle_max);
         }
         self.last_traffic.checked_add(self.opts.noop_interval)
     }
