@@ -6,12 +6,12 @@
 //! thread or a random source; time and randomness are inputs, and every write
 //! leaves a machine as an effect whose durability comes back as a completion.
 #![forbid(unsafe_code)]
-pub mod machine;
-pub mod harness;
-pub mod memstore;
-pub mod model;
-pub mod store;
-pub mod mupdate;
 pub mod csync;
 pub mod csync_client;
 pub mod dsync;
+pub mod harness;
+pub mod machine;
+pub mod memstore;
+pub mod model;
+pub mod mupdate;
+pub mod store;

@@ -9,8 +9,8 @@
 // one function opts out, with its reasoning beside it.
 #![deny(unsafe_code)]
 pub mod auth;
-pub mod config;
 pub mod capture;
+pub mod config;
 pub mod driver;
 pub mod listen;
 pub mod tls;

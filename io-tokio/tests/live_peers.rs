@@ -360,9 +360,15 @@ fn decode_csync_session(c2s: &[u8], s2c: &[u8]) -> DecodedSession {
         }
     };
     drain(&mut server_side);
-    server_side.handle_eof().expect("client stream ends on a message boundary");
+    server_side
+        .handle_eof()
+        .expect("client stream ends on a message boundary");
     drain(&mut server_side);
-    assert_eq!(server_side.buffered_bytes(), 0, "client bytes left undecoded");
+    assert_eq!(
+        server_side.buffered_bytes(),
+        0,
+        "client bytes left undecoded"
+    );
 
     let mut client_side = ClientDecoder::new();
     client_side.handle_input(s2c);
@@ -376,9 +382,15 @@ fn decode_csync_session(c2s: &[u8], s2c: &[u8]) -> DecodedSession {
         }
     };
     drain(&mut client_side);
-    client_side.handle_eof().expect("server stream ends on a message boundary");
+    client_side
+        .handle_eof()
+        .expect("server stream ends on a message boundary");
     drain(&mut client_side);
-    assert_eq!(client_side.buffered_bytes(), 0, "server bytes left undecoded");
+    assert_eq!(
+        client_side.buffered_bytes(),
+        0,
+        "server bytes left undecoded"
+    );
     DecodedSession {
         commands,
         responses,

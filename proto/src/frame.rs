@@ -571,7 +571,8 @@ impl Framer {
             {
                 let partial = self.buf.split().freeze();
                 let keep = self.line_overflow_head(partial.len());
-                self.acc.poison(RefusalReason::LineTooLong, &partial[..keep]);
+                self.acc
+                    .poison(RefusalReason::LineTooLong, &partial[..keep]);
                 push_tail(&mut self.acc.tail, &partial);
                 self.scan_from = 0;
             } else if self.acc.poison.is_some() {

@@ -12,7 +12,7 @@
 pub mod compress;
 pub mod csync;
 pub mod dlist;
+pub mod dsync;
 pub mod frame;
 pub mod mupdate;
-pub mod dsync;
 pub mod sasl;

@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proto::csync::imap::{ImapClientDecoder, ImapClientLine, ImapCommand, ImapResponse, ImapServerDecoder};
+use proto::csync::imap::{
+    ImapClientDecoder, ImapClientLine, ImapCommand, ImapResponse, ImapServerDecoder,
+};
 use proto::csync::{ClientDecoder, ClientLine, Command, Event, Response, ServerDecoder};
 use proto::dlist::FileRef;
 

@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
-pub mod mupdate;
 pub mod maildir;
+pub mod mupdate;
 
 pub use embedded::{Embedded, Reader};

@@ -11,9 +11,9 @@ mod capture;
 mod dsync;
 mod mupdate;
 mod passwd;
+mod store;
 mod sync_client;
 mod sync_server;
-mod store;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -28,20 +28,38 @@ pub enum Tool {
 
 /// Every tool name, with a one-line description, in the order `corvid help` lists them.
 const TABLE: &[(&str, &str)] = &[
-    ("mupdate", "MUPDATE server of a Cyrus Murder (master, slave)"),
-    ("mupdate-load", "benchmark MUPDATE masters side by side (load, LIST, FIND, push latency)"),
-    ("mupdate-client", "script MUPDATE: FIND, LIST, RESERVE, ACTIVATE, DELETE"),
+    (
+        "mupdate",
+        "MUPDATE server of a Cyrus Murder (master, slave)",
+    ),
+    (
+        "mupdate-load",
+        "benchmark MUPDATE masters side by side (load, LIST, FIND, push latency)",
+    ),
+    (
+        "mupdate-client",
+        "script MUPDATE: FIND, LIST, RESERVE, ACTIVATE, DELETE",
+    ),
     ("sync_server", "Cyrus replication replica (csync)"),
     ("sync_client", "Cyrus replication client"),
     ("backupd", "csync target that keeps restorable backups"),
     ("ctl_backups", "list and verify corvid backupd backups"),
-    ("cyr_backup", "inspect one user's corvid backup (mailboxes, messages)"),
-    ("restore", "restore mailboxes from a corvid backup into a sync_server"),
+    (
+        "cyr_backup",
+        "inspect one user's corvid backup (mailboxes, messages)",
+    ),
+    (
+        "restore",
+        "restore mailboxes from a corvid backup into a sync_server",
+    ),
     ("dsync", "Dovecot-style mirror and backup"),
     ("dsync-server", "the remote side of dsync"),
     ("store", "inspect and verify a corvid store"),
     ("passwd", "manage corvid's password file"),
-    ("capture", "logging relay: byte-exact transcripts of real peers' traffic"),
+    (
+        "capture",
+        "logging relay: byte-exact transcripts of real peers' traffic",
+    ),
 ];
 
 /// The entry point for `name`, or `None` if corvid does not know the name at all.
@@ -84,7 +102,9 @@ pub fn run(name: &str, args: Vec<OsString>) -> ExitCode {
 
 /// The text `corvid help` prints.
 pub fn usage() -> String {
-    let mut s = String::from("usage: corvid TOOL [flags]   (or link corvid under a tool's name)\n\ntools:\n");
+    let mut s = String::from(
+        "usage: corvid TOOL [flags]   (or link corvid under a tool's name)\n\ntools:\n",
+    );
     for (name, what) in TABLE {
         s.push_str(&format!("  {name:<15} {what}\n"));
     }
