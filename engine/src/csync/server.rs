@@ -988,7 +988,14 @@ impl<R: MailRead> Server<R> {
         let result = if !upload_errors.is_empty() {
             // An upload on this line was refused: Cyrus would have died
             // (unknown partition) or failed the line (bad GUID).
-            self.event(Event::MessageRefused(upload_errors.join("; ")));
+            // One APPLY MESSAGE carries up to 1024 files: name the first
+            // few refusals and count the rest, so one line cannot flood the log.
+            const NAMED: usize = 3;
+            let mut summary = upload_errors[..upload_errors.len().min(NAMED)].join("; ");
+            if upload_errors.len() > NAMED {
+                summary.push_str(&format!("; and {} more", upload_errors.len() - NAMED));
+            }
+            self.event(Event::MessageRefused(summary));
             Err(Refusal::Code(Code::ProtocolError))
         } else {
             handler(self, &key, &item.value)

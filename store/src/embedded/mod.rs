@@ -109,8 +109,14 @@ pub struct Options {
     /// Largest message accepted, in bytes.
     pub message_bytes_max: u64,
     /// Most stagings (in progress or finished but not yet linked) at once.
+    ///
+    /// A real Cyrus `sync_client` uploads every new message of a mailbox
+    /// (`APPLY MESSAGE`, 1,024 files a line) before the one `APPLY MAILBOX`
+    /// that links them, so a 10,000-message user stages 10,000 files at
+    /// once. Staged bytes are files on disk; what this bounds is the
+    /// bookkeeping in memory (a few hundred bytes a staging).
     pub staged_messages_max: usize,
-    /// Most bytes announced by those stagings together.
+    /// Most bytes announced by those stagings together (disk, not memory).
     pub staged_bytes_max: u64,
     /// How each group's message files are made durable.
     pub group_sync: GroupSync,
@@ -142,8 +148,8 @@ impl Options {
             partitions,
             default_partition: None,
             message_bytes_max: 256 << 20,
-            staged_messages_max: 4096,
-            staged_bytes_max: 4 << 30,
+            staged_messages_max: 262_144,
+            staged_bytes_max: 64 << 30,
             // Portable and without side effects on other users of the
             // filesystem; SyncFs is faster on a filesystem dedicated to mail.
             group_sync: GroupSync::PerFile,
