@@ -43,21 +43,22 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
-use engine::csync::{AuthOk, Completion, Effect, Event, Options as MachineOptions, Server};
+
+use super::csync_common;
+use engine::csync::{Completion, Effect, Event, Options as MachineOptions, Server};
 use engine::machine::Time;
 use engine::model::{UniqueId, UnixTime};
 use engine::store::{MailRead, Mutation, StoreEffect, UidRange};
-use io_tokio::auth::{Access, CheckContext, LoginError, PwCheck};
-use io_tokio::config::{Config, DurationUnit};
+use io_tokio::auth::{Access, PwCheck};
+use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
 use proto::csync::{ClientLine, Command, Event as DecodeEvent, ServerDecoder};
 use proto::dlist::{Item, KvList, Value};
-use proto::sasl::Mechanism;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
@@ -473,42 +474,14 @@ impl EffectExecutor<Effect> for Exec {
             let Some(creds) = creds else {
                 return Completion::Store(None);
             };
-            let ctx = CheckContext {
-                service: "backup",
-                realm: shared.realm.as_deref(),
-            };
-            match shared.access.login(&shared.pwcheck, &creds, ctx).await {
-                Ok(a) => Completion::Auth(Some(AuthOk {
-                    userid: a.userid,
-                    admin: a.is_admin,
-                })),
-                Err(LoginError::Auth(e)) => {
-                    error!(error = %e, "password check could not run");
-                    Completion::Auth(None)
-                }
-                Err(e) => {
-                    info!(reason = %e, "authentication failed");
-                    Completion::Auth(None)
-                }
-            }
+            csync_common::login(
+                &shared.pwcheck,
+                &shared.access,
+                shared.realm.as_deref(),
+                &creds,
+            )
+            .await
         }
-    }
-}
-
-fn log_event(e: Event) {
-    match e {
-        Event::Authenticated(u) => info!(user = %u, "authenticated"),
-        Event::AuthFailed(u) => info!(user = %u, "authentication failed"),
-        Event::Refused {
-            command,
-            status,
-            detail,
-        } => info!(%command, %status, %detail, "refused"),
-        Event::Applied { command, mutations } => {
-            tracing::debug!(%command, mutations, "applied")
-        }
-        Event::StoreFailed(e) => error!(error = %e, "store failure"),
-        Event::MessageRefused(e) => info!(detail = %e, "upload refused"),
     }
 }
 
@@ -524,7 +497,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let (etx, mut erx) = mpsc::channel::<Event>(256);
     let logger = tokio::spawn(async move {
         while let Some(e) = erx.recv().await {
-            log_event(e);
+            csync_common::log_event(e);
         }
     });
     let exec = Exec {
@@ -543,31 +516,10 @@ async fn run_connection<T: io_tokio::driver::Transport>(
 }
 
 fn machine_options(conf: &Config) -> MachineOptions {
-    let mut m = MachineOptions {
-        backupd: true,
-        ..MachineOptions::default()
-    };
-    m.server_name = conf
-        .servername()
-        .map(str::to_owned)
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .unwrap_or_else(|| "localhost".into())
-        .trim()
-        .to_owned();
-    if let Some(list) = conf.get_str("sasl_mech_list") {
-        let mechs = Mechanism::parse_list(list);
-        if !mechs.is_empty() {
-            m.mechanisms = mechs;
-        }
-    }
+    let mut m = csync_common::machine_options(conf);
+    m.backupd = true;
     // Cyrus backupd accepts a file literal for any partition name.
     m.partitions = Vec::new();
-    if let Ok(s) = conf.get_duration_s("sync_timeout", DurationUnit::Seconds) {
-        m.idle_timeout = Some(Duration::from_secs(s.max(3) as u64));
-    }
-    if let Ok(s) = conf.get_duration_s("failedloginpause", DurationUnit::Seconds) {
-        m.failed_login_pause = Duration::from_secs(s.max(0) as u64);
-    }
     m
 }
 

@@ -8,6 +8,7 @@
 mod backup_tools;
 mod backupd;
 mod capture;
+mod csync_common;
 mod dsync;
 mod mupdate;
 mod passwd;
