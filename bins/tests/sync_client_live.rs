@@ -148,11 +148,26 @@ impl Local {
     fn store(&self) -> store::Embedded {
         let mut parts = BTreeMap::new();
         parts.insert("default".to_string(), self.dir.join("spool"));
-        store::Embedded::open(store::embedded::Options::new(
-            self.dir.join("config"),
-            parts,
-        ))
-        .expect("open store")
+        // The store's lock is an flock on an open file description. While
+        // the other test in this binary forks a child (before its exec
+        // closes our descriptors), that child briefly shares the lock we
+        // just released by dropping the previous handle; so `Locked` here
+        // can be a passing shadow. Retry a bounded number of times; a lock
+        // really held (a corvid process still running) still fails.
+        let mut tries = 0;
+        loop {
+            match store::Embedded::open(store::embedded::Options::new(
+                self.dir.join("config"),
+                parts.clone(),
+            )) {
+                Ok(st) => return st,
+                Err(store::embedded::Error::Locked(_)) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("open store: {e:?}"),
+            }
+        }
     }
 
     fn write(&self, muts: Vec<Mutation>) {
