@@ -5,6 +5,8 @@
 #   master   Cyrus imapd, lmtpd, timsieved, sync_log on: the replication source,
 #            where the real sync_client runs (sync-client.sh)
 #   replica  Cyrus imapd (X-REPLICATION) + sync_server: the replication target
+#   replica2 the same again, a second replica nothing else writes to (round
+#            trips: master -> corvid -> corvid sync_client -> replica2)
 #   mupdate  Cyrus MUPDATE master (mupdate -m)
 #   dovecot  no daemon: a private dovecot.conf for `doveadm -c` (dsync runs locally)
 #
@@ -27,7 +29,7 @@ chmod 755 "$R" "$R/log"
 # ---------------------------------------------------------------- SASL users
 # One sasldb; Cyrus uses its servername as the realm, so every user exists
 # once per instance realm.
-for realm in "$MASTER_NAME" "$REPLICA_NAME" "$MUPDATE_NAME" "$SLAVE_NAME"; do
+for realm in "$MASTER_NAME" "$REPLICA_NAME" "$REPLICA2_NAME" "$MUPDATE_NAME" "$SLAVE_NAME"; do
   for u in $ADMIN_USER $REPL_USER $MUPDATE_USER $MAIL_USERS; do
     p=$USER_PASS
     [ "$u" = "$ADMIN_USER" ] && p=$ADMIN_PASS
@@ -125,6 +127,31 @@ EVENTS {
 }
 EOT
 
+# ---------------------------------------------------------------- replica2
+# A second replica like the first; nothing in the suite writes to it but
+# the tests that replicate into it (each with its own user names).
+P2=$R/replica2
+mkinst replica2
+{ common_conf "$P2" "$REPLICA2_NAME"
+  cat <<EOT
+# the replication identity must be an admin, or sync_server refuses every command
+admins: $ADMIN_USER $REPL_USER
+sync_log: 0
+EOT
+} >"$P2/imapd.conf"
+cat >"$P2/cyrus.conf" <<EOT
+START {
+  recover cmd="ctl_cyrusdb -C $P2/imapd.conf -r"
+}
+SERVICES {
+  imap       cmd="imapd -C $P2/imapd.conf"       listen="$PEERS_HOST:$REPLICA2_IMAP_PORT"  prefork=0 maxchild=20
+  syncserver cmd="sync_server -C $P2/imapd.conf" listen="$PEERS_HOST:$REPLICA2_CSYNC_PORT" prefork=0 maxchild=10
+}
+EVENTS {
+  checkpoint cmd="ctl_cyrusdb -C $P2/imapd.conf -c" period=30
+}
+EOT
+
 # ---------------------------------------------------------------- mupdate master
 U=$R/mupdate
 mkinst mupdate
@@ -204,7 +231,7 @@ first_valid_gid = 1000
 EOT
 chown 5000:5000 "$D/home"
 
-chown -R cyrus:mail "$M" "$P" "$U" "$S"
+chown -R cyrus:mail "$M" "$P" "$P2" "$U" "$S"
 chown cyrus:mail "$R/sasldb2"; chmod 640 "$R/sasldb2"
 
 # ---------------------------------------------------------------- start
@@ -219,9 +246,10 @@ python3 "$HERE/syslog-sink.py" "$R/log/syslog.sock" "$R/log/syslog.log" "$R/log/
 for _ in $(seq 50); do [ -s "$R/log/sink.pid.tmp" ] && break; sleep 0.1; done
 mv "$R/log/sink.pid.tmp" "$R/log/sink.pid"
 
-for inst in master replica mupdate; do
+for inst in master replica replica2 mupdate; do
   case $inst in
     master) port=$MASTER_IMAP_PORT ;; replica) port=$REPLICA_CSYNC_PORT ;; mupdate) port=$MUPDATE_PORT ;;
+    replica2) port=$REPLICA2_CSYNC_PORT ;;
   esac
   if port_up "$port"; then
     echo "start.sh: 127.0.0.1:$port is already taken by something else" >&2; exit 1
@@ -236,7 +264,7 @@ for inst in master replica mupdate; do
   fi
   echo "start.sh: $inst up (master pid $(cat "$R/$inst/master.pid"), port $port)"
 done
-for p in $MASTER_LMTP_PORT $MASTER_SIEVE_PORT $REPLICA_IMAP_PORT; do
+for p in $MASTER_LMTP_PORT $MASTER_SIEVE_PORT $REPLICA_IMAP_PORT $REPLICA2_IMAP_PORT; do
   wait_port "$p" 10 || { echo "start.sh: port $p did not come up" >&2; exit 1; }
 done
 
@@ -246,7 +274,8 @@ DOVECOT_VERSION=$(dpkg-query -W -f='${Version}' dovecot-core 2>/dev/null || echo
 {
   echo "# corvid real peers, written by scripts/peers/start.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   for k in CORVID_PEERS_RUN CORVID_PEERS_HERE PEERS_HOST MASTER_IMAP_PORT MASTER_LMTP_PORT \
-      MASTER_SIEVE_PORT REPLICA_IMAP_PORT REPLICA_CSYNC_PORT MUPDATE_PORT MUPDATE_SLAVE_PORT MASTER_NAME \
+      MASTER_SIEVE_PORT REPLICA_IMAP_PORT REPLICA_CSYNC_PORT REPLICA2_IMAP_PORT REPLICA2_CSYNC_PORT \
+      REPLICA2_NAME MUPDATE_PORT MUPDATE_SLAVE_PORT MASTER_NAME \
       REPLICA_NAME MUPDATE_NAME SLAVE_NAME ADMIN_USER ADMIN_PASS REPL_USER REPL_PASS MUPDATE_USER MUPDATE_PASS USER_PASS \
       MAIL_USERS CYRUS_VERSION DOVECOT_VERSION; do
     echo "$k=${!k}"
@@ -254,6 +283,7 @@ DOVECOT_VERSION=$(dpkg-query -W -f='${Version}' dovecot-core 2>/dev/null || echo
   echo "CYRUS_PEER=Cyrus IMAP 3.6.1 (Debian $CYRUS_VERSION)"
   echo "MASTER_CONF=$M/imapd.conf"
   echo "REPLICA_CONF=$P/imapd.conf"
+  echo "REPLICA2_CONF=$P2/imapd.conf"
   echo "MUPDATE_CONF=$U/imapd.conf"
   echo "SYNC_CLIENT=$HERE/sync-client.sh"
   echo "PEERS_MAIL=$HERE/mail.py"

@@ -19,7 +19,7 @@ stop_pid() {  # pid label
   echo "stop.sh: stopped $2 (pid $1)"
 }
 
-for inst in master replica mupdate slave; do
+for inst in master replica replica2 mupdate slave; do
   pf=$R/$inst/master.pid
   [ -f "$pf" ] && stop_pid "$(cat "$pf")" "Cyrus master of $inst"
   rm -f "$pf"
@@ -30,7 +30,7 @@ for d in /proc/[0-9]*; do
   [ "$pid" = $$ ] && continue
   cmd=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue
   case $cmd in
-    *"$R/master/imapd.conf"*|*"$R/replica/imapd.conf"*|*"$R/mupdate/imapd.conf"*|*"$R/slave/imapd.conf"*|*"$R/master/sync-"*)
+    *"$R/master/imapd.conf"*|*"$R/replica/imapd.conf"*|*"$R/replica2/imapd.conf"*|*"$R/mupdate/imapd.conf"*|*"$R/slave/imapd.conf"*|*"$R/master/sync-"*)
       stop_pid "$pid" "leftover ${cmd:0:60}" ;;
   esac
 done
