@@ -13,4 +13,5 @@ pub mod capture;
 pub mod config;
 pub mod driver;
 pub mod listen;
+pub mod metrics;
 pub mod tls;

@@ -80,6 +80,8 @@ pub(crate) const KEYS: &[Key] = &[
     k("backup_staging_path", Str, None),
     k("client_timeout", Duration, Some("10s")),
     k("configdirectory", Str, None),
+    // corvid's own: where `/metrics` is served (HOST:PORT); unset, nowhere.
+    k("corvid_metrics_listen", Str, None),
     // corvid's own: the password file of `sasl_pwcheck_method: corvid`.
     k("corvid_passwd_file", Str, None),
     k("debug", Switch, Some("0")),

@@ -36,7 +36,9 @@
 //! the file, and never reads the environment (`CYRUS_PREFIX` and the ident
 //! are passed in by the caller through [`LoadOptions`]).
 
+mod cyrus_options;
 mod keys;
+pub mod lint;
 
 pub use keys::Kind as KeyKind;
 
