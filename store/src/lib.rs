@@ -11,6 +11,8 @@
 //! group commit.
 #![forbid(unsafe_code)]
 
+pub mod cyrusdb;
+pub mod backup;
 pub mod embedded;
 pub mod maildir;
 pub mod mupdate;

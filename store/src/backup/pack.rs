@@ -1,0 +1,257 @@
+//! Message bytes of every backed-up user, once per GUID, zstd-compressed:
+//! `<dir>/<first two hex digits>/<40 hex digits>.zst`.
+//!
+//! A message is written to a temporary file, its SHA-1 checked against
+//! the GUID while it streams, made durable, then renamed into place and
+//! the directory made durable: a name in the pack always holds complete,
+//! verified bytes, and two users with the same message share one file.
+//! The zstd frame carries its own content checksum as well.
+//!
+//! What it never does: keep a message in memory whole while writing, or
+//! delete a file younger than the grace period given to [`Pack::gc`]
+//! (a writer may have stored it for a chunk not yet appended).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use engine::model::Guid;
+use sha1::{Digest, Sha1};
+
+/// Why the pack failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// The disk's fault.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The bytes offered for a GUID do not hash to it (the source store's
+    /// fault), or a stored file no longer does (damage).
+    #[error("{0}: bytes do not hash to the GUID")]
+    GuidMismatch(String),
+    /// The pack has no file for the GUID.
+    #[error("message {0} is not in the backup")]
+    Missing(String),
+    /// The source could not give the bytes.
+    #[error("reading message {guid}: {what}")]
+    Source {
+        /// Which.
+        guid: String,
+        /// Why.
+        what: String,
+    },
+}
+
+static TMP: AtomicU64 = AtomicU64::new(0);
+
+/// The message pack.
+#[derive(Debug, Clone)]
+pub struct Pack {
+    dir: PathBuf,
+    level: i32,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
+    move |source| PackError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Pack {
+    /// The pack under `dir`, compressing at zstd `level`.
+    pub fn new(dir: PathBuf, level: i32) -> Pack {
+        Pack { dir, level }
+    }
+
+    /// Where `guid` lives.
+    pub fn path(&self, guid: &Guid) -> PathBuf {
+        let hex = guid.to_hex();
+        self.dir.join(&hex[..2]).join(format!("{hex}.zst"))
+    }
+
+    /// Whether the pack holds `guid`.
+    pub fn has(&self, guid: &Guid) -> bool {
+        self.path(guid).exists()
+    }
+
+    /// Stores `guid` (`size` bytes) unless present, reading it in pieces
+    /// with `read(offset, max_len)`; durable on return.
+    pub fn put_from(
+        &self,
+        guid: &Guid,
+        size: u64,
+        mut read: impl FnMut(u64, usize) -> Result<bytes::Bytes, String>,
+    ) -> Result<bool, PackError> {
+        let path = self.path(guid);
+        if path.exists() {
+            return Ok(false);
+        }
+        let dir = path.parent().expect("pack file has a parent").to_owned();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}-{}",
+            guid.to_hex(),
+            std::process::id(),
+            TMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let f = File::create(&tmp).map_err(io(&tmp))?;
+            let mut enc = zstd::Encoder::new(f, self.level).map_err(io(&tmp))?;
+            enc.include_checksum(true).map_err(io(&tmp))?;
+            enc.set_pledged_src_size(Some(size)).map_err(io(&tmp))?;
+            let mut h = Sha1::new();
+            let mut off = 0u64;
+            while off < size {
+                let want = (size - off).min(1 << 20) as usize;
+                let b = read(off, want).map_err(|what| PackError::Source {
+                    guid: guid.to_hex(),
+                    what,
+                })?;
+                if b.is_empty() {
+                    return Err(PackError::Source {
+                        guid: guid.to_hex(),
+                        what: format!("ended at {off} of {size} bytes"),
+                    });
+                }
+                h.update(&b);
+                enc.write_all(&b).map_err(io(&tmp))?;
+                off += b.len() as u64;
+            }
+            if h.finalize()[..] != guid.as_bytes()[..] {
+                return Err(PackError::GuidMismatch(guid.to_hex()));
+            }
+            let f = enc.finish().map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&dir))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| true)
+    }
+
+    /// Stores bytes given whole (tests, small messages).
+    pub fn put(&self, guid: &Guid, bytes: &[u8]) -> Result<bool, PackError> {
+        self.put_from(guid, bytes.len() as u64, |off, n| {
+            let s = off as usize;
+            Ok(bytes::Bytes::copy_from_slice(
+                &bytes[s..(s + n).min(bytes.len())],
+            ))
+        })
+    }
+
+    /// A streaming reader of the inflated bytes of `guid`.
+    pub fn open(&self, guid: &Guid) -> Result<impl Read, PackError> {
+        let path = self.path(guid);
+        let f = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PackError::Missing(guid.to_hex()),
+            _ => PackError::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        zstd::Decoder::new(f).map_err(io(&path))
+    }
+
+    /// Reads `guid` whole, refusing more than `max` bytes.
+    pub fn read(&self, guid: &Guid, max: u64) -> Result<Vec<u8>, PackError> {
+        let path = self.path(guid);
+        let mut out = Vec::new();
+        self.open(guid)?
+            .take(max + 1)
+            .read_to_end(&mut out)
+            .map_err(io(&path))?;
+        if out.len() as u64 > max {
+            return Err(PackError::Source {
+                guid: guid.to_hex(),
+                what: format!("over {max} bytes"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Inflates `guid` and checks it hashes to its name; its size.
+    pub fn verify(&self, guid: &Guid) -> Result<u64, PackError> {
+        let path = self.path(guid);
+        let mut r = self.open(guid)?;
+        let mut h = Sha1::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            let k = r.read(&mut buf).map_err(io(&path))?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+        }
+        if h.finalize()[..] != guid.as_bytes()[..] {
+            return Err(PackError::GuidMismatch(guid.to_hex()));
+        }
+        Ok(n)
+    }
+
+    /// Every GUID in the pack, with its file's size on disk and age.
+    pub fn list(&self) -> Result<Vec<(Guid, u64, std::time::SystemTime)>, PackError> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        for sub in rd.flatten() {
+            let Ok(files) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.strip_suffix(".zst") else {
+                    continue;
+                };
+                let Ok(g) = Guid::parse(hex.as_bytes()) else {
+                    continue;
+                };
+                let md = f.metadata().map_err(io(&f.path()))?;
+                out.push((g, md.len(), md.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Deletes every message not in `keep` whose file is older than
+    /// `grace`; how many and how many bytes on disk.
+    pub fn gc(
+        &self,
+        keep: &BTreeSet<Guid>,
+        grace: std::time::Duration,
+    ) -> Result<(usize, u64), PackError> {
+        let now = std::time::SystemTime::now();
+        let mut n = 0;
+        let mut bytes = 0;
+        for (g, size, mtime) in self.list()? {
+            if keep.contains(&g) {
+                continue;
+            }
+            if now.duration_since(mtime).unwrap_or_default() < grace {
+                continue;
+            }
+            let p = self.path(&g);
+            std::fs::remove_file(&p).map_err(io(&p))?;
+            n += 1;
+            bytes += size;
+        }
+        Ok((n, bytes))
+    }
+}
