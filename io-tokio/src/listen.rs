@@ -8,9 +8,19 @@
 //! then aborts the rest. [`serve_machines`] is the common case: build a
 //! machine per connection and run it with [`Driver`].
 //!
+//! Graceful shutdown: on shutdown `serve` throws [`ServeOptions::drain`]
+//! ([`drain`]), so connections whose streams the handler wrapped with
+//! `options.drain.wrap(stream)` (`serve_machines` always does) end at their
+//! next idle moment: the command in flight finishes and is answered, and no
+//! new one starts. [`shutdown_signal`] and [`hangup_signals`] turn SIGTERM,
+//! SIGINT and SIGHUP into the shutdown future and a re-read of the config.
+//!
 //! Nothing here knows a protocol; the machine factory does.
 
+pub mod drain;
 pub mod master;
+
+pub use drain::{Drain, Draining};
 
 use std::future::Future;
 use std::io;
@@ -59,6 +69,9 @@ pub struct ServeOptions {
     /// Pause after a failed accept (out of file descriptors, …) so the loop
     /// does not spin. 100 ms.
     pub accept_error_pause: Duration,
+    /// Thrown when shutdown begins; handlers wrap their streams with it so
+    /// connections end between commands (see [`drain`]). Idle for 500 ms.
+    pub drain: Drain,
 }
 
 impl Default for ServeOptions {
@@ -67,6 +80,7 @@ impl Default for ServeOptions {
             connections_max: 1024,
             shutdown_grace: Duration::from_secs(10),
             accept_error_pause: Duration::from_millis(100),
+            drain: Drain::default(),
         }
     }
 }
@@ -119,8 +133,12 @@ where
             },
         }
     }
-    info!(live = tasks.len(), "shutting down: no longer accepting");
+    info!(
+        live = tasks.len(),
+        "shutting down: no longer accepting; live connections end after their command in flight"
+    );
     drop(listener);
+    options.drain.start();
     let grace = tokio::time::sleep(options.shutdown_grace);
     tokio::pin!(grace);
     loop {
@@ -174,6 +192,58 @@ pub async fn shutdown_signal(hangup_too: bool) {
     }
 }
 
+/// What a process was asked to do by a signal, as [`hangup_signals`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRequest {
+    /// SIGHUP outside master(8): re-read the configuration.
+    Reload,
+}
+
+/// Calls `on_hangup` for every SIGHUP, forever (spawn it). For a daemon
+/// running on its own (not under Cyrus master(8), where SIGHUP means "exit
+/// after your clients" and [`shutdown_signal`]`(true)` handles it): the
+/// callback re-reads imapd.conf, reports what `config::lint` finds, and
+/// applies what can change without a restart (the caller decides what; new
+/// connections see the new settings). A config that fails to load is
+/// reported and the running one kept.
+pub async fn hangup_signals(mut on_hangup: impl FnMut(SignalRequest) + Send) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGHUP; configuration reload disabled");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: re-reading the configuration");
+        on_hangup(SignalRequest::Reload);
+    }
+}
+
+/// Re-reads `path` with `opts` and logs the outcome: `Some(config)` to
+/// apply, or `None` (the error logged) to keep the running one. Findings
+/// of `config::lint` are logged as warnings (errors too: a running daemon
+/// keeps running on a file Cyrus would also accept).
+pub fn reload_config(
+    path: &std::path::Path,
+    opts: &crate::config::LoadOptions,
+) -> Option<crate::config::Config> {
+    match crate::config::Config::load_with(path, opts) {
+        Ok(conf) => {
+            for f in crate::config::lint::check(&conf) {
+                warn!("{f}");
+            }
+            info!(config = %path.display(), "configuration re-read");
+            Some(conf)
+        }
+        Err(e) => {
+            warn!(error = %e, "configuration not re-read; keeping the running one");
+            None
+        }
+    }
+}
+
 fn count_join(report: &mut ServeReport, joined: Result<(), tokio::task::JoinError>) {
     match joined {
         Ok(()) => report.finished += 1,
@@ -223,6 +293,7 @@ where
 {
     let epoch = tokio::time::Instant::now();
     let serve_options = settings.serve.clone();
+    let drain = serve_options.drain.clone();
     serve(
         listener,
         move |stream, peer| {
@@ -237,6 +308,7 @@ where
                 driver = driver.start_layer(engine::machine::Layer::TlsServer);
             }
             let span = tracing::info_span!("serve");
+            let stream = drain.wrap(stream);
             async move {
                 let _outcome = driver.run(stream).await;
             }
