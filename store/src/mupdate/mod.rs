@@ -24,6 +24,13 @@
 //! sees each in order. A subscriber whose queue is full or gone is dropped
 //! (it learns so through [`Delivery`] handling of its own channel).
 //!
+//! Two durable forms ([`MupdateDb::open`] and
+//! [`MupdateDb::open_mailboxes_db`]): a SQLite file (a corvid master, or a
+//! slave nobody else reads), or a Cyrus 3.6 `mailboxes.db` in twoskip
+//! format ([`mailboxes_db`], [`crate::cyrusdb::twoskip`]): a slave on a
+//! Murder frontend, whose unmodified imapd/lmtpd read that file to route.
+//! Each group commit is then one twoskip transaction under Cyrus's lock.
+//!
 //! What it never does: speak MUPDATE, or hold a lock across an fsync
 //! (commits run on the committer thread with the lock released).
 
@@ -31,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
+
+pub mod mailboxes_db;
 
 use bytes::Bytes;
 use engine::mupdate::{Change, Committed, Database, Entry, Read, Record, Refusal, State, Write};
@@ -60,6 +69,17 @@ pub enum StoreError {
     /// The store's: the committer thread is gone.
     #[error("mupdate committer stopped")]
     Stopped,
+    /// The store's (disk, locks, damage): the twoskip mailboxes.db failed.
+    #[error("mailboxes.db: {0}")]
+    Twoskip(#[from] crate::cyrusdb::twoskip::Error),
+    /// The file's: a mailboxes.db entry the slave owns cannot be read.
+    #[error("mailboxes.db: bad entry for {name:?}: {why}")]
+    BadEntry {
+        /// Name of the entry (lossy UTF-8).
+        name: String,
+        /// What is wrong.
+        why: mailboxes_db::DecodeError,
+    },
 }
 
 /// Limits and durability settings.
@@ -148,6 +168,60 @@ fn open_conn(path: &Path, opts: &Options) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Where committed changes go.
+enum Backend {
+    Sqlite(Connection),
+    MailboxesDb(crate::cyrusdb::twoskip::Twoskip),
+}
+
+impl Backend {
+    fn commit(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite(conn) => Ok(commit(conn, jobs)?),
+            Backend::MailboxesDb(db) => {
+                use crate::cyrusdb::twoskip::Op;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let ops: Vec<Op> = jobs
+                    .iter()
+                    .map(|j| {
+                        let key = mailboxes_db::key_of(&j.change.name);
+                        match &j.change.after {
+                            Some(r) => Op::Put(key, mailboxes_db::encode(r, now)),
+                            None => Op::Delete(key),
+                        }
+                    })
+                    .collect();
+                db.apply(&ops)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The remote entries of a mailboxes.db (see [`mailboxes_db`]).
+fn load_mailboxes_db(db: &crate::cyrusdb::twoskip::Twoskip) -> Result<Database, StoreError> {
+    let mut out = Database::new();
+    for (key, value) in db.iter() {
+        let Some(name) = mailboxes_db::name_of(key) else {
+            continue;
+        };
+        match mailboxes_db::decode(value) {
+            Ok(mailboxes_db::Decoded::Remote(r)) => out.load(name, r),
+            Ok(mailboxes_db::Decoded::NotOurs) => {}
+            Err(why) => {
+                return Err(StoreError::BadEntry {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    why,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn load(conn: &Connection) -> Result<Database, StoreError> {
     let mut db = Database::new();
     let mut stmt = conn.prepare("SELECT name, reserved, location, acl FROM mupdate")?;
@@ -212,8 +286,36 @@ impl MupdateDb {
     /// and starts the committer thread.
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<MupdateDb, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut conn = open_conn(&path, &opts)?;
+        let conn = open_conn(&path, &opts)?;
         let db = load(&conn)?;
+        Self::start(path, Backend::Sqlite(conn), db, opts)
+    }
+
+    /// Opens (creating if needed) a Cyrus `mailboxes.db` (twoskip) at
+    /// `path` as a slave's database: its remote entries are loaded, other
+    /// entries are left alone, and every commit is a twoskip transaction.
+    pub fn open_mailboxes_db(
+        path: impl AsRef<Path>,
+        opts: Options,
+    ) -> Result<MupdateDb, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let file = crate::cyrusdb::twoskip::Twoskip::open(
+            &path,
+            crate::cyrusdb::twoskip::Options {
+                fsync: opts.fsync,
+                ..Default::default()
+            },
+        )?;
+        let db = load_mailboxes_db(&file)?;
+        Self::start(path, Backend::MailboxesDb(file), db, opts)
+    }
+
+    fn start(
+        path: PathBuf,
+        mut backend: Backend,
+        db: Database,
+        opts: Options,
+    ) -> Result<MupdateDb, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
@@ -237,7 +339,7 @@ impl MupdateDb {
                             Err(_) => break,
                         }
                     }
-                    let result = commit(&mut conn, &jobs);
+                    let result = backend.commit(&jobs);
                     let Some(inner) = weak.upgrade() else { return };
                     match result {
                         Ok(()) => {
