@@ -321,12 +321,25 @@ impl MailRead for UserView<'_> {
 /// A [`Maildir`] as one user's writable mail store: [`MailRead`] as
 /// [`UserView`], plus [`StoreWrite`] where the model maps onto Maildir.
 ///
-/// Batches are validated whole by [`Plan::build`] against the maildir and
-/// then applied change by change; every change it supports is itself
-/// atomic and crash-safe (see [`Maildir`]) and durable when `write`
-/// returns, so `sync` has nothing left to do. Unlike the embedded store a
-/// batch is **not** atomic as a whole: an I/O failure (or a concurrent
-/// Dovecot) between two changes leaves the earlier ones applied.
+/// A batch is as atomic as Maildir allows. It is validated whole by
+/// [`Plan::build`] (and [`UserStore::check`]) against the maildir before
+/// anything is touched, so a refused batch changes nothing. It is then
+/// applied change by change; every change is itself atomic and
+/// crash-safe (see [`Maildir`]) and durable when `write` returns, so
+/// `sync` has nothing left to do. Maildir has no transactions, so a crash
+/// (or an I/O failure, or a concurrent Dovecot) between two changes leaves
+/// a prefix applied — always a maildir doveadm reads, because each step
+/// is one it could have made itself. The one thing a prefix could lose is
+/// a message the batch moves (dsync renumbering: expunge + append, or a
+/// record rescued out of a mailbox being deleted). Those bytes are pinned
+/// first (hard links in `tmp/`) and named in an intent file
+/// `corvid-batch.<pid>` made durable before the first change and removed
+/// after the last; [`UserStore::recover`] (run on every open, and at once
+/// after a failed batch) delivers any pinned message that is no longer in
+/// a mailbox back where it came from, with a new UID. The rest is what a
+/// dsync peer repairs on the next run: counters are raised after the
+/// records, so an interrupted batch only makes the next sync look
+/// further back, never skip.
 /// Everything the model cannot express in Maildir is refused before any
 /// change is applied, with [`StoreError::Io`] naming the concept (the
 /// engine's error has no "unsupported" variant):
@@ -358,6 +371,50 @@ impl std::fmt::Debug for UserStore {
     }
 }
 
+/// Intent files of batches in progress: `ROOT/corvid-batch.<pid>`.
+const BATCH_PREFIX: &str = "corvid-batch.";
+/// Pinned bytes: `ROOT/tmp/corvid-pin.<pid>.<sha1 hex>`.
+const PIN_PREFIX: &str = "corvid-pin.";
+
+/// A message's bytes held by a hard link while a batch may move them, and
+/// what it takes to deliver them again.
+#[derive(Debug, Clone)]
+struct Pin {
+    path: PathBuf,
+    mailbox: Name,
+    dovecot_guid: String,
+    flags: engine::model::SystemFlags,
+    keywords: Vec<engine::model::Keyword>,
+    internaldate: i64,
+}
+
+/// One intent line: `sha1 \t internaldate \t flag bits \t hex(keywords)
+/// \t hex(dovecot guid) \t hex(mailbox name)`.
+fn parse_pin_line(line: &str) -> Option<(Guid, Pin)> {
+    let f: Vec<&str> = line.split('\t').collect();
+    if f.len() != 6 {
+        return None;
+    }
+    let unhex = |s: &str| hex::decode(s).ok().and_then(|b| String::from_utf8(b).ok());
+    let sha1 = Guid::parse(f[0].as_bytes()).ok()?;
+    let keywords = unhex(f[3])?
+        .split(' ')
+        .filter(|k| !k.is_empty())
+        .filter_map(|k| engine::model::Keyword::new(k).ok())
+        .collect();
+    Some((
+        sha1,
+        Pin {
+            path: PathBuf::new(),
+            mailbox: Name::new(&unhex(f[5])?).ok()?,
+            dovecot_guid: unhex(f[4])?,
+            flags: engine::model::SystemFlags::from_bits_truncate(f[2].parse().ok()?),
+            keywords,
+            internaldate: f[1].parse().ok()?,
+        },
+    ))
+}
+
 fn unsupported(what: &str) -> StoreError {
     StoreError::Io(format!("{what} has no Maildir form"))
 }
@@ -365,13 +422,17 @@ fn unsupported(what: &str) -> StoreError {
 impl UserStore {
     /// `maildir` as the store of `user`'s mail.
     pub fn new(maildir: Maildir, user: UserId) -> UserStore {
-        UserStore {
+        let st = UserStore {
             maildir,
             user,
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
             next_handle: 1,
+        };
+        if let Err(e) = st.recover() {
+            tracing::warn!(root = %st.maildir.root().display(), error = %e, "maildir batch recovery failed; retried at the next open");
         }
+        st
     }
 
     /// The maildir.
@@ -441,13 +502,56 @@ impl UserStore {
     fn apply(&mut self, plan: &Plan) -> Result<(), StoreError> {
         let changes = plan.changes();
         self.check(&changes)?;
+        let inline: BTreeMap<Guid, &Bytes> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::StoreInline(g, b) => Some((**g, *b)),
+                _ => None,
+            })
+            .collect();
+        // Bytes a new record takes from a message already in the maildir
+        // are pinned first (hard link into tmp/): the same batch may
+        // expunge or delete their current copy (dsync moves a message to a
+        // new UID as expunge + append). With pins, the batch's intent
+        // names them durably before any change, so a crash in between is
+        // repaired by `recover` (see the type doc).
+        let mut pins: BTreeMap<Guid, Pin> = BTreeMap::new();
+        let intent = self
+            .pin_existing(&changes, &inline, &mut pins)
+            .and_then(|()| self.write_intent(&pins));
+        let result = intent.and_then(|path| {
+            let r = self.apply_changes(plan, &changes, &inline, &pins);
+            if r.is_ok() {
+                // Done: the pins are no longer needed.
+                self.drop_intent(path.as_deref(), &pins);
+            }
+            r
+        });
+        if result.is_err() {
+            // Not applied whole: leave intent and pins for `recover`,
+            // which this process runs right away (the batch failed, the
+            // store goes on).
+            if let Err(e) = self.recover() {
+                tracing::warn!(error = %e, "maildir batch recovery failed");
+            }
+        }
+        result
+    }
+
+    fn apply_changes(
+        &mut self,
+        plan: &Plan,
+        changes: &[Change<'_>],
+        inline: &BTreeMap<Guid, &Bytes>,
+        pins: &BTreeMap<Guid, Pin>,
+    ) -> Result<(), StoreError> {
         let md = &self.maildir;
         // Mailboxes: a uniqueid removed and put again is a rename (or an
         // update of fields Maildir derives); removed only is a delete; put
         // only is a create.
         let mut removed = Vec::new();
         let mut put = BTreeMap::new();
-        for c in &changes {
+        for c in changes {
             match c {
                 Change::RemoveMailbox(id) => removed.push((*id).clone()),
                 Change::PutMailbox(m) => {
@@ -507,28 +611,11 @@ impl UserStore {
             }
             names.insert(id.clone(), n);
         }
-        let inline: BTreeMap<Guid, &Bytes> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::StoreInline(g, b) => Some((**g, *b)),
-                _ => None,
-            })
-            .collect();
-        // Bytes a new record takes from a message already in the maildir
-        // are pinned first (hard link into tmp/): the same batch may
-        // expunge their current copy (dsync moves a message to a new UID
-        // as expunge + append).
-        let mut pinned: BTreeMap<Guid, PathBuf> = BTreeMap::new();
-        let pin_result = self.pin_existing(&changes, &inline, &mut pinned);
-        let result =
-            pin_result.and_then(|()| self.apply_records(&changes, &names, &inline, &pinned));
-        for p in pinned.values() {
-            let _ = std::fs::remove_file(p);
-        }
-        result?;
+        self.apply_records(changes, &names, inline, pins)?;
         // Counters Maildir derives can only be raised, as Dovecot's
         // mailbox_update does for dsync; after the records, whose UIDs may
-        // lie below the mailbox's new LAST_UID.
+        // lie below the mailbox's new LAST_UID. A crash before this point
+        // leaves them low, which only makes the next sync look further.
         for (id, m) in &put {
             md.update(
                 &names[id],
@@ -551,14 +638,14 @@ impl UserStore {
         &self,
         changes: &[Change<'_>],
         inline: &BTreeMap<Guid, &Bytes>,
-        pinned: &mut BTreeMap<Guid, PathBuf>,
+        pins: &mut BTreeMap<Guid, Pin>,
     ) -> Result<(), StoreError> {
         for c in changes {
             let Change::PutRecord(_, r) = c else { continue };
             if r.expunged
                 || inline.contains_key(&r.guid)
                 || self.staged.contains_key(&r.guid)
-                || pinned.contains_key(&r.guid)
+                || pins.contains_key(&r.guid)
             {
                 continue;
             }
@@ -568,15 +655,138 @@ impl UserStore {
             let m = self.maildir.message(&src, uid).map_err(store_err)?;
             let from = self.maildir.dir_of(&src).join(&m.file);
             let to = self.maildir.root().join("tmp").join(format!(
-                "corvid-pin.{}.{}",
+                "{PIN_PREFIX}{}.{}",
                 std::process::id(),
-                pinned.len()
+                r.guid.to_hex()
             ));
             let _ = std::fs::remove_file(&to);
             std::fs::hard_link(&from, &to).map_err(|e| StoreError::Io(e.to_string()))?;
-            pinned.insert(r.guid, to);
+            pins.insert(
+                r.guid,
+                Pin {
+                    path: to,
+                    mailbox: src,
+                    dovecot_guid: m.guid.clone(),
+                    flags: m.flags,
+                    keywords: m.keywords.clone(),
+                    internaldate: m.internaldate,
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Make the pins and the batch intent durable before any change:
+    /// `ROOT/corvid-batch.<pid>`, one line per pin. `None` when nothing is
+    /// pinned (then no change of the batch can lose a message).
+    fn write_intent(&self, pins: &BTreeMap<Guid, Pin>) -> Result<Option<PathBuf>, StoreError> {
+        if pins.is_empty() {
+            return Ok(None);
+        }
+        let root = self.maildir.root();
+        let io = |e: std::io::Error| StoreError::Io(e.to_string());
+        super::lock::sync_dir(&root.join("tmp")).map_err(io)?;
+        let mut text = String::from("corvid-batch 1\n");
+        for (sha1, p) in pins {
+            let kws: Vec<String> = p.keywords.iter().map(|k| k.to_lossy()).collect();
+            text.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                sha1.to_hex(),
+                p.internaldate,
+                p.flags.bits(),
+                hex::encode(kws.join(" ")),
+                hex::encode(&p.dovecot_guid),
+                hex::encode(p.mailbox.as_str()),
+            ));
+        }
+        let name = format!("{BATCH_PREFIX}{}", std::process::id());
+        super::lock::write_atomic(root, &name, &format!("{name}.tmp"), text.as_bytes())
+            .map_err(io)?;
+        self.maildir.fault_point();
+        Ok(Some(root.join(name)))
+    }
+
+    fn drop_intent(&self, intent: Option<&std::path::Path>, pins: &BTreeMap<Guid, Pin>) {
+        // The intent goes first: pins without an intent are only tmp/
+        // litter (removed after 36 hours like any tmp/ file).
+        if let Some(p) = intent {
+            let _ = std::fs::remove_file(p);
+            let _ = super::lock::sync_dir(self.maildir.root());
+        }
+        for p in pins.values() {
+            let _ = std::fs::remove_file(&p.path);
+        }
+    }
+
+    /// Finish what an interrupted batch left: for every intent file of a
+    /// process that no longer runs (or of this process, after a failed
+    /// batch), each pinned message whose bytes are no longer in any
+    /// mailbox is delivered again to the mailbox it came from (INBOX if
+    /// that is gone) with its flags, a new UID and its dsync GUID, so
+    /// nothing a batch moved is lost; the next sync sees it as a message
+    /// the peer may already have and matches it by GUID. Returns how many
+    /// messages were restored. Run by [`UserStore::new`].
+    pub fn recover(&self) -> Result<usize, StoreError> {
+        let root = self.maildir.root().to_path_buf();
+        let io = |e: std::io::Error| StoreError::Io(e.to_string());
+        let mut restored = 0;
+        for ent in std::fs::read_dir(&root).map_err(io)? {
+            let ent = ent.map_err(io)?;
+            let fname = ent.file_name().to_string_lossy().into_owned();
+            let Some(pid) = fname
+                .strip_prefix(BATCH_PREFIX)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue; // another live writer's batch in progress
+            }
+            let path = ent.path();
+            let text = self
+                .maildir
+                .read_control(&path)
+                .map_err(store_err)?
+                .unwrap_or_default();
+            let mut pin_files = Vec::new();
+            for line in text.lines().skip(1) {
+                let Some(p) = parse_pin_line(line) else {
+                    tracing::warn!(intent = %path.display(), "skipping a damaged intent line");
+                    continue;
+                };
+                let file = root
+                    .join("tmp")
+                    .join(format!("{PIN_PREFIX}{pid}.{}", p.0.to_hex()));
+                if file.exists() && self.view().find_bytes(&p.0)?.is_none() {
+                    let (sha1, pin) = (p.0, p.1);
+                    let target = if self.maildir.exists(&pin.mailbox) {
+                        pin.mailbox.clone()
+                    } else {
+                        Name::inbox()
+                    };
+                    let how = super::Append {
+                        uid: None,
+                        guid: Some(pin.dovecot_guid.clone()),
+                        flags: pin.flags,
+                        keywords: pin.keywords.clone(),
+                        internaldate: Some(pin.internaldate),
+                    };
+                    let mut f = File::open(&file).map_err(io)?;
+                    self.maildir
+                        .append(&target, &mut f, &how)
+                        .map_err(store_err)?;
+                    tracing::warn!(mailbox = %target, sha1 = %sha1, "restored a message an interrupted batch had moved");
+                    restored += 1;
+                }
+                pin_files.push(file);
+            }
+            std::fs::remove_file(&path).map_err(io)?;
+            super::lock::sync_dir(&root).map_err(io)?;
+            for f in pin_files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        Ok(restored)
     }
 
     fn apply_records(
@@ -584,7 +794,7 @@ impl UserStore {
         changes: &[Change<'_>],
         names: &BTreeMap<UniqueId, Name>,
         inline: &BTreeMap<Guid, &Bytes>,
-        pinned: &BTreeMap<Guid, PathBuf>,
+        pinned: &BTreeMap<Guid, Pin>,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
         for c in changes {
@@ -642,7 +852,7 @@ impl UserStore {
         n: &Name,
         r: &ModelRecord,
         inline: &BTreeMap<Guid, &Bytes>,
-        pinned: &BTreeMap<Guid, PathBuf>,
+        pinned: &BTreeMap<Guid, Pin>,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
         match md.message(n, r.uid.get()) {
@@ -679,7 +889,7 @@ impl UserStore {
                     .staged
                     .get(&r.guid)
                     .map(|(p, _)| p)
-                    .or_else(|| pinned.get(&r.guid))
+                    .or_else(|| pinned.get(&r.guid).map(|p| &p.path))
                 {
                     let mut f = File::open(p).map_err(|e| StoreError::Io(e.to_string()))?;
                     md.append_reusing_uid(n, &mut f, &how)
