@@ -926,3 +926,201 @@ fn corvid_master_runs_under_cyrus_master8_and_serves_mupdatetest() {
     // The database lives in the configdirectory, written by user cyrus.
     assert!(inst.join("conf/mupdate.corvid.sqlite3").exists());
 }
+
+/// The uid and gid of `cyrus:mail`, so corvid can run as Cyrus's user.
+fn cyrus_ids() -> (u32, u32) {
+    let id = |args: &[&str]| -> u32 {
+        let o = Command::new("id").args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    let gid = Command::new("getent")
+        .args(["group", "mail"])
+        .output()
+        .unwrap();
+    let gid: u32 = String::from_utf8_lossy(&gid.stdout)
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (id(&["-u", "cyrus"]), gid)
+}
+
+/// Reads the kick socket as a frontend's `kick_mupdate()` does: connect,
+/// send nothing, read until the slave answers and closes.
+fn kick(socket: &Path) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// corvid as the MUPDATE slave of a Murder **frontend**: it follows a real
+/// Cyrus master into the frontend's own `mailboxes.db` (twoskip), which the
+/// real Cyrus tools on that configdirectory read (`ctl_mboxlist -d`,
+/// `cyr_dbtool … consistent`, `mbpath`); the frontend's kick socket
+/// answers `ok` only once the master's latest changes are in the file.
+#[test]
+fn corvid_slave_keeps_a_frontend_mailboxes_db_cyrus_reads() {
+    if !cyrus_available("corvid_slave_keeps_a_frontend_mailboxes_db_cyrus_reads") {
+        return;
+    }
+    let root = open_root();
+    let (_cyrus, cport) = start_cyrus_master(root.path());
+    let mut w = Client::login(cport);
+    for (cmd, want) in [
+        (
+            mupdate::Command::Activate {
+                name: b("user.alice"),
+                location: b("be1.test!default"),
+                acl: b("alice\tlrswipkxtecdan\tanyone\tlrs\t"),
+            },
+            "Ok done",
+        ),
+        (
+            mupdate::Command::Activate {
+                name: b("example.com!user.carol.Sent"),
+                location: b("be2.test!p2"),
+                acl: b("carol@example.com\tlrs\t"),
+            },
+            "Ok done",
+        ),
+        (
+            mupdate::Command::Reserve {
+                name: b("user.zed"),
+                location: b("be2.test!default"),
+            },
+            "Ok done",
+        ),
+    ] {
+        assert_eq!(w.run(cmd).1, want);
+    }
+    // The frontend: a Cyrus configdirectory with mupdate_server set and no
+    // proxyservers; corvid runs as its slave, as user cyrus (as master(8)
+    // would start it).
+    let passwd = root.path().join("fe-passwd");
+    let mut p = Command::new(corvid())
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let fe = cyrus_instance(
+        root.path(),
+        "fe",
+        &format!(
+            "servername: fe.test\nadmins: mupdateadmin\nmupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\n\
+mupdate_password: secret\nmupdate_retry_delay: 2\nmupdate_config: standard\ncorvid_passwd_file: {}\n",
+            passwd.display()
+        ),
+    );
+    assert!(Command::new("chown")
+        .args(["cyrus:mail", passwd.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let conf = fe.join("imapd.conf");
+    let port = free_port();
+    let (uid, gid) = cyrus_ids();
+    let child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(corvid())
+            .args([
+                "mupdate",
+                "-C",
+                conf.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .uid(uid)
+            .gid(gid)
+            .stderr(std::fs::File::create(root.path().join("fe-corvid.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    wait_port(port);
+    let _slave = Corvid {
+        child,
+        port,
+        dir: fe.clone(),
+    };
+    let db = fe.join("conf/mailboxes.db");
+    let socket = fe.join("conf/socket/mupdate.target");
+    wait_until("the kick socket", 20, || socket.exists());
+    // Cyrus's own tools read the file corvid wrote.
+    let dump = dump_mboxlist(&fe);
+    for want in [
+        r#""user.alice": {"name": "user.alice", "mtime": "#,
+        r#""mbtype": "er", "partition": "default", "server": "be1.test", "acl": {"alice": "lrswipkxtecdan", "anyone": "lrs"}"#,
+        r#""example.com!user.carol.Sent": {"name": "example.com!user.carol.Sent""#,
+        r#""mbtype": "er", "partition": "p2", "server": "be2.test", "acl": {"carol@example.com": "lrs"}"#,
+        r#""user.zed": {"name": "user.zed""#,
+        r#""mbtype": "erz", "partition": "default", "server": "be2.test", "acl": {}"#,
+    ] {
+        assert!(dump.contains(want), "ctl_mboxlist -d lacks {want}:\n{dump}");
+    }
+    let check = as_cyrus(
+        "cyr_dbtool",
+        &[
+            "-C",
+            conf.to_str().unwrap(),
+            db.to_str().unwrap(),
+            "twoskip",
+            "consistent",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("Yes, consistent"),
+        "{check:?}"
+    );
+    let path = as_cyrus("mbpath", &["-C", conf.to_str().unwrap(), "user.alice"]);
+    assert!(path.status.success(), "mbpath: {path:?}");
+    // A change on the master, then a kick as the frontend's imapd sends
+    // after proxying a CREATE: when the socket says ok, the change is in
+    // mailboxes.db (the Cyrus master alone would push it only ~5 s later).
+    assert_eq!(
+        w.run(mupdate::Command::Activate {
+            name: b("user.new"),
+            location: b("be1.test!default"),
+            acl: b("new\tlrs\t"),
+        })
+        .1,
+        "Ok done"
+    );
+    assert_eq!(
+        w.run(mupdate::Command::Delete {
+            name: b("user.zed")
+        })
+        .1,
+        "Ok done"
+    );
+    assert_eq!(kick(&socket), "ok");
+    let dump = dump_mboxlist(&fe);
+    assert!(
+        dump.contains(r#""user.new": {"name": "user.new""#),
+        "{dump}"
+    );
+    assert!(!dump.contains("user.zed"), "{dump}");
+    let show = as_cyrus(
+        "cyr_dbtool",
+        &[
+            "-C",
+            conf.to_str().unwrap(),
+            db.to_str().unwrap(),
+            "twoskip",
+            "show",
+        ],
+    );
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(
+        show.contains("Nuser\u{1f}new\t%(T er P default S be1.test M "),
+        "{show}"
+    );
+    // The file stays Cyrus's: it belongs to cyrus and keeps its mode.
+    let meta = std::fs::metadata(&db).unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(meta.uid(), uid);
+}

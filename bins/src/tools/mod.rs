@@ -8,8 +8,10 @@
 mod backup_tools;
 mod backupd;
 mod capture;
+mod config;
 mod csync_common;
 mod dsync;
+mod help;
 mod mupdate;
 mod passwd;
 mod store;
@@ -56,6 +58,10 @@ const TABLE: &[(&str, &str)] = &[
     ("dsync", "Dovecot-style mirror and backup"),
     ("dsync-server", "the remote side of dsync"),
     ("store", "inspect and verify a corvid store"),
+    (
+        "config",
+        "check imapd.conf: print the effective configuration, report mistakes",
+    ),
     ("passwd", "manage corvid's password file"),
     (
         "capture",
@@ -74,6 +80,7 @@ pub fn find(name: &str) -> Option<Tool> {
         "cyr_backup" => Tool::Ready(backup_tools::cyr_backup_main),
         "restore" => Tool::Ready(backup_tools::restore_main),
         "capture" => Tool::Ready(capture::main),
+        "config" => Tool::Ready(config::main),
         "dsync" => Tool::Ready(dsync::main),
         "dsync-server" => Tool::Ready(dsync::server_main),
         "mupdate" => Tool::Ready(mupdate::main),
@@ -88,6 +95,12 @@ pub fn find(name: &str) -> Option<Tool> {
 
 /// Runs tool `name` with `args` (args[0] is the tool's name).
 pub fn run(name: &str, args: Vec<OsString>) -> ExitCode {
+    if args.get(1).is_some_and(|a| a == "--help") {
+        if let Some(page) = help::page(name) {
+            print!("{page}");
+            return ExitCode::SUCCESS;
+        }
+    }
     match find(name) {
         Some(Tool::Ready(entry)) => entry(args),
         Some(Tool::NotYet) => {

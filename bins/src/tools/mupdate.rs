@@ -21,24 +21,39 @@
 //!   command channel as the subscriber: committed changes arrive as
 //!   `Command::Change` and are pushed at once.
 //!
-//! Config keys read: `configdirectory` (default database location
-//! `<configdirectory>/mupdate.corvid.sqlite3`; Cyrus's own `mailboxes.db` is
-//! never touched), `servername`, `admins`, `corvid_passwd_file` /
+//! Config keys read: `configdirectory` (a master's database is
+//! `<configdirectory>/mupdate.corvid.sqlite3`; a slave's is the frontend's
+//! `mailboxes.db`, below), `servername`, `admins`, `corvid_passwd_file` /
 //! `sasl_pwcheck_method`, `tls_server_cert`/`tls_server_key` (STARTTLS),
 //! `failedloginpause`, `mupdate_connections_max`, `mupdate_server` (for
-//! `-a`).
+//! `-a`), `mboxlist_db_path` / `mboxlist_db` (slave).
 //!
 //! Without `-m` it is a **slave**: it follows `mupdate_server` (logging in
 //! as `mupdate_authname`/`mupdate_username` with `mupdate_password`, exactly
-//! as a Cyrus slave, `engine::mupdate::follower`) into its own database
-//! (`mupdate.corvid-slave.sqlite3`; Cyrus's `mailboxes.db` is not written, so
-//! it serves MUPDATE clients and chained slaves, not a Cyrus frontend's
-//! imapd), reconnects with back-off, and serves FIND/LIST/UPDATE read-only.
+//! as a Cyrus slave, `engine::mupdate::follower`) into the frontend's
+//! `mailboxes.db` (`mboxlist_db_path`, default
+//! `<configdirectory>/mailboxes.db`), in Cyrus 3.6's twoskip format with
+//! Cyrus's locking, so the frontend's unmodified imapd/lmtpd route with it
+//! (`store::mupdate::mailboxes_db`). It reconnects with back-off and serves
+//! FIND/LIST/UPDATE read-only.
+//!
+//! Both roles answer the kick socket `<configdirectory>/socket/mupdate.target`
+//! as Cyrus does (`kick_mupdate()` in a frontend's imapd connects, sends
+//! nothing, and blocks reading until the socket says `ok` and closes): a
+//! slave sends `NOOP` to its master and says `ok` only after the master's
+//! OK, i.e. after every change the master had is applied and durable in
+//! mailboxes.db; a master (Cyrus's "placebo" thread) says `ok` at once. A
+//! slave with no master link answers at once too, rather than hang the
+//! frontend (Cyrus's slave leaves it waiting until it reconnects).
+//!
+//! Over `mupdate_connections_max` live connections a newcomer gets Cyrus's
+//! `* BYE "Server Unable"` and is closed.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +108,8 @@ enum Error {
     Listen(SocketAddr, std::io::Error),
     #[error("{0}")]
     Master(#[from] io_tokio::listen::master::MasterError),
+    #[error("mboxlist_db is {0}: corvid's slave keeps mailboxes.db only as twoskip")]
+    MboxlistBackend(String),
     #[error("slave mode (no -m) needs mupdate_server and mupdate_authname in imapd.conf")]
     SlaveNotImplemented,
     #[error("no --listen address given and not started by Cyrus master(8)")]
@@ -110,6 +127,12 @@ struct Shared {
     upstream: Option<SlaveConf>,
     /// A slave's route from its clients' NOOPs to its master link.
     kicker: Arc<Kicker>,
+    /// `<configdirectory>/socket/mupdate.target`.
+    kick_socket: PathBuf,
+    /// Live client connections, against `connections_max`.
+    live: std::sync::atomic::AtomicUsize,
+    /// `mupdate_connections_max`.
+    connections_max: usize,
 }
 
 /// Kicks from a slave's clients to its master link (`Effect::Kick`).
@@ -231,6 +254,55 @@ impl EffectExecutor<Effect> for Exec {
 /// before it is dropped (it then reconnects and gets a fresh dump).
 const SUBSCRIBER_QUEUE: usize = 65_536;
 
+/// Gives back one count when dropped.
+struct Decrement<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves `<configdirectory>/socket/mupdate.target` (see the module doc).
+async fn kick_socket(shared: Arc<Shared>, master: bool) {
+    let path = shared.kick_socket.clone();
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            // Cyrus exits here; a frontend's kicks then fail fast (connect
+            // refused) and it routes with what it has, so keep serving.
+            tracing::error!(path = %path.display(), error = %e, "cannot open the mupdate.target kick socket");
+            return;
+        }
+    };
+    // Any local process may kick (Cyrus: mode 0777).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+    }
+    tracing::info!(path = %path.display(), "kick socket ready");
+    loop {
+        let (mut conn, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kick socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            if !master {
+                shared.kicker.kick().await;
+            }
+            let _ = conn.write_all(b"ok").await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
 /// Runs one connection to its end.
 async fn connection(
     shared: Arc<Shared>,
@@ -239,6 +311,19 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    // Cyrus counts connections itself and refuses the one over
+    // mupdate_connections_max with this line (its write also sends the
+    // string's NUL; we do not).
+    let live = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
+    let _count = Decrement(&shared.live);
+    if live > shared.connections_max {
+        use tokio::io::AsyncWriteExt as _;
+        tracing::warn!(%peer, max = shared.connections_max, "mupdate_connections_max reached; refusing");
+        let mut stream = stream;
+        let _ = stream.write_all(b"* BYE \"Server Unable\"\r\n").await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let machine = Server::new(Time::ZERO, shared.db.clone(), shared.opts.clone());
     let exec = Exec {
@@ -288,15 +373,27 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
     } else {
         Some(SlaveConf::from_config(&conf).ok_or(Error::SlaveNotImplemented)?)
     };
-    let db_path = match &args.db {
-        Some(p) => p.clone(),
-        None => conf.configdirectory()?.join(if master {
-            "mupdate.corvid.sqlite3"
-        } else {
-            "mupdate.corvid-slave.sqlite3"
-        }),
+    let db_path = match (&args.db, master) {
+        (Some(p), _) => p.clone(),
+        (None, true) => conf.configdirectory()?.join("mupdate.corvid.sqlite3"),
+        (None, false) => match conf.get_str("mboxlist_db_path") {
+            Some(p) => PathBuf::from(p),
+            None => conf.configdirectory()?.join("mailboxes.db"),
+        },
     };
-    let db = MupdateDb::open(&db_path, store::mupdate::Options::default())?;
+    let db = if master {
+        MupdateDb::open(&db_path, store::mupdate::Options::default())?
+    } else {
+        match conf.get_str("mboxlist_db") {
+            None | Some("twoskip") => {}
+            Some(other) => return Err(Error::MboxlistBackend(other.to_owned())),
+        }
+        MupdateDb::open_mailboxes_db(&db_path, store::mupdate::Options::default())?
+    };
+    let kick_socket = conf
+        .configdirectory()?
+        .join("socket")
+        .join("mupdate.target");
     let pwcheck = PwCheck::from_config(&conf)?;
     let access = Access::from_config(&conf);
     let tls_files = TlsFiles::from_lookup(|k| conf.get_str(k).map(str::to_owned))?;
@@ -329,9 +426,11 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         failed_login_pause: Duration::from_secs(pause),
         ..Options::default()
     };
-    tracing::info!(db = %db_path.display(), entries = db.len(), "mupdate master database loaded");
+    tracing::info!(db = %db_path.display(), entries = db.len(), master, "mupdate database loaded");
     let serve = ServeOptions {
-        connections_max,
+        // The accept loop keeps taking connections past the cap so the
+        // one over it can be told (Cyrus's BYE); this bounds the slack.
+        connections_max: connections_max.saturating_add(64),
         ..ServeOptions::default()
     };
     Ok((
@@ -342,6 +441,9 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             opts,
             upstream,
             kicker: Arc::new(Kicker::default()),
+            kick_socket,
+            live: std::sync::atomic::AtomicUsize::new(0),
+            connections_max,
         }),
         tls,
         serve,
@@ -516,6 +618,8 @@ async fn serve(args: Args) -> Result<(), Error> {
         // frontend never routes with a stale or empty copy.
         first_sync.notified().await;
     }
+    // Like Cyrus: the kick socket opens once the database is current.
+    tokio::spawn(kick_socket(shared.clone(), shared.upstream.is_none()));
     let handler = {
         let shared = shared.clone();
         move |stream: tokio::net::TcpStream, peer: SocketAddr| {
@@ -568,7 +672,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             tracing::error!(error = %e, "mupdate exiting");
             ExitCode::from(match e {
                 Error::SlaveNotImplemented => 69,
-                Error::Config(_) | Error::Auth(_) | Error::Tls(_) | Error::NoListener => 78,
+                Error::Config(_)
+                | Error::Auth(_)
+                | Error::Tls(_)
+                | Error::NoListener
+                | Error::MboxlistBackend(_) => 78,
                 _ => 75,
             })
         }
