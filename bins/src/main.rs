@@ -7,6 +7,7 @@
 //! parses its flags and hands over to a library function.
 #![forbid(unsafe_code)]
 
+mod logging;
 mod tools;
 
 use std::ffi::OsString;

@@ -1,0 +1,330 @@
+//! `TOOL --help`: a manual page for each tool that replaces a Cyrus or
+//! Dovecot program, laid out as that program's man page (NAME, SYNOPSIS,
+//! DESCRIPTION, OPTIONS, FILES, EXIT STATUS, SEE ALSO) so an administrator
+//! finds what the original page promised, plus what corvid adds (marked
+//! "corvid:"). Tools without an original page answer `--help` with their
+//! own flag summary (clap), so this table has no entry for them.
+//!
+//! Only the long form `--help` is taken here: the Cyrus tools have no
+//! `-h`, and their one-letter flags stay theirs. The flag lists are checked
+//! against the tools' own parsers by `bins/tests/operator_help.rs`.
+
+/// The page for `tool`, if it replaces a program that has one.
+pub fn page(tool: &str) -> Option<&'static str> {
+    Some(match tool {
+        "mupdate" => MUPDATE,
+        "sync_server" => SYNC_SERVER,
+        "sync_client" => SYNC_CLIENT,
+        "backupd" => BACKUPD,
+        "dsync" => DSYNC,
+        "dsync-server" => DSYNC_SERVER,
+        _ => return None,
+    })
+}
+
+const MUPDATE: &str = "\
+NAME
+       mupdate - MUPDATE server process (corvid)
+
+SYNOPSIS
+       mupdate [ -C config-file ] [ -m ] [ -a ]
+               [ --listen HOST:PORT ] [ --db FILE ] [ --service NAME ]
+
+DESCRIPTION
+       mupdate is the mailboxes database aggregation server of a Cyrus Murder.
+       Run by Cyrus master(8), it serves the connection master hands it, as
+       Cyrus's mupdate does; corvid serves every connection in one process.
+       Without master it listens on --listen.
+
+       It reads its configuration options out of imapd.conf(5) unless
+       specified otherwise by -C.
+
+       As a slave it follows the master named by mupdate_server and serves
+       nobody before its first full copy.
+
+OPTIONS
+       -C config-file
+              Use the specified configuration file rather than /etc/imapd.conf.
+
+       -m     Run as the MUPDATE master. Default is to act as slave.
+
+       -a     Check mupdate_server in imapd.conf to see if this is the
+              designated master, and act as master if so; else as slave.
+
+       --listen HOST:PORT
+              corvid: listen here instead of on master(8)'s socket.
+
+       --db FILE
+              corvid: the database (default
+              <configdirectory>/mupdate.corvid.sqlite3).
+
+       --service NAME
+              corvid: the service name for <NAME>_<key> overrides (mupdate).
+
+SIGNALS
+       SIGTERM, SIGINT
+              Stop accepting; live connections end after the command in
+              flight; then exit 0.
+       SIGHUP Under master(8): as SIGTERM (master starts a fresh child).
+
+FILES
+       /etc/imapd.conf, <configdirectory>/mupdate.corvid.sqlite3
+
+SEE ALSO
+       imapd.conf(5), master(8), corvid config check --help
+";
+
+const SYNC_SERVER: &str = "\
+NAME
+       sync_server - server side of the replication engine (corvid)
+
+SYNOPSIS
+       sync_server [ -C config-file ] [ -p ssf ] [ -f ] [ -U uses ] [ -T timeout ]
+                   [ -D ] [ --listen HOST:PORT ] [ --imap-listen HOST:PORT ] [ --imap ]
+
+DESCRIPTION
+       sync_server is the replica end of Cyrus replication (csync). It is
+       normally run by master(8) from the SERVICES section of cyrus.conf; it
+       also serves one session on standard input/output, or a port given
+       with --listen. Changes are stored in corvid's embedded store under the
+       partitions of imapd.conf; an OK is only sent once they are durable.
+
+       It reads its configuration options out of imapd.conf(5) unless
+       specified otherwise by -C.
+
+OPTIONS
+       -C config-file
+              Use the specified configuration file rather than /etc/imapd.conf.
+
+       -p ssf External security strength factor (accepted; informational).
+
+       -f     Force mode: relax the checks that refuse a replica ahead of
+              its master.
+
+       -U uses
+              master(8)'s reuse count (accepted, ignored: one process serves
+              all connections).
+
+       -T timeout
+              master(8)'s idle timeout (accepted, ignored).
+
+       -D     Debug (accepted, ignored).
+
+       --listen HOST:PORT
+              corvid: listen here instead of master's socket or stdin/stdout.
+
+       --imap-listen HOST:PORT
+              corvid: also serve the IMAP-embedded flavour (sync_try_imap).
+
+       --imap corvid: speak the IMAP-embedded flavour on the main socket.
+
+SIGNALS
+       SIGTERM, SIGINT
+              Stop accepting; every live session ends after the command in
+              flight has been applied and answered; exit 0.
+
+FILES
+       /etc/imapd.conf
+
+SEE ALSO
+       sync_client(8), imapd.conf(5), master(8), corvid config check --help
+";
+
+const SYNC_CLIENT: &str = "\
+NAME
+       sync_client - client side of the replication engine (corvid)
+
+SYNOPSIS
+       sync_client [ -C config-file ] [ -v ] [ -l ] [ -z ] [ -o ] [ -O ] [ -L ]
+                   [ -n channel ] [ -S servername ] [ -p partition ]
+                   [ -t timeout ] [ -d delay ] [ -F shutdown_file ] [ -w wait ]
+                   [ -N ] [ -f input-file ]
+                   -u | -m | -s | -A | -r | -1  [ names... ]
+
+DESCRIPTION
+       sync_client is the master end of Cyrus replication. It pushes the
+       state of users or mailboxes to a replica sync_server (Cyrus's or
+       corvid's), one-shot (-u, -m, -s, -A, -f) or rolling from the sync
+       log (-r, -1).
+
+       It reads its configuration options out of imapd.conf(5) unless
+       specified otherwise by -C.
+
+OPTIONS
+       -C config-file
+              Use the specified configuration file rather than /etc/imapd.conf.
+
+       -v     Verbose mode. Use twice (-v -v) to log protocol traffic.
+
+       -l     Verbose logging mode.
+
+       -z     Require compression (fail if the server does not offer it).
+
+       -o     Only attempt to connect to the server once.
+
+       -O     No copyback: never change the local side.
+
+       -L     Local updates only (LOCAL_* commands).
+
+       -n channel
+              Use the channel's <channel>_sync_* keys and its sync log.
+
+       -S servername
+              Replicate to this host (overrides sync_host).
+
+       -p partition
+              Put every mailbox on this partition of the replica.
+
+       -t timeout
+              Rolling mode: reconnect every timeout seconds (600).
+
+       -d delay
+              Rolling mode: minimum seconds between log runs.
+
+       -F shutdown_file
+              Rolling mode: stop when this file appears.
+
+       -w wait
+              Wait this many seconds before starting.
+
+       -N     Skip users locked by another sync_client (accepted).
+
+       -f input-file
+              With -u/-m/-s: read names from the file (- for stdin);
+              alone or with -r/-1: replay this sync log file, then exit.
+
+       -u     Replicate whole users.
+
+       -m     Replicate mailboxes.
+
+       -s     Replicate users' meta data (seen, subscriptions, sieve).
+
+       -A     Replicate every user.
+
+       -r     Rolling replication from the sync log.
+
+       -1     Process the sync log once, then exit.
+
+LOGGING
+       Lines go to syslog under master(8) or with CORVID_LOG_TARGET=syslog
+       (facility syslog_facility, default LOCAL6), else to stderr.
+       CORVID_LOG overrides the level (e.g. CORVID_LOG=debug).
+
+SEE ALSO
+       sync_server(8), imapd.conf(5), corvid config check --help
+";
+
+const BACKUPD: &str = "\
+NAME
+       backupd - Cyrus Backups server process (corvid)
+
+SYNOPSIS
+       backupd [ -C config-file ] [ -U uses ] [ -T timeout ] [ --listen HOST:PORT ]
+
+DESCRIPTION
+       backupd is a replication target (sync_client -n CHANNEL) that keeps
+       restorable, point-in-time backups under the backuppartition-NAME
+       directories of imapd.conf instead of live mailboxes. It is normally
+       run by master(8); it also serves one session on standard
+       input/output, or a port given with --listen.
+
+       It reads its configuration options out of imapd.conf(5) unless
+       specified otherwise by -C.
+
+OPTIONS
+       -C config-file
+              Use the specified configuration file rather than /etc/imapd.conf.
+
+       -U uses
+              master(8)'s reuse count (accepted, ignored).
+
+       -T timeout
+              master(8)'s idle timeout (accepted, ignored).
+
+       --listen HOST:PORT
+              corvid: listen here instead of master's socket or stdin/stdout.
+
+SIGNALS
+       SIGTERM, SIGINT
+              Stop accepting; live sessions end after the command in flight.
+
+SEE ALSO
+       ctl_backups(8), cyr_backup(8), restore(8), sync_client(8), imapd.conf(5)
+";
+
+const DSYNC: &str = "\
+NAME
+       dsync - mirror or back up mailboxes, Dovecot's dsync protocol (corvid)
+
+SYNOPSIS
+       dsync [ -c config ] [ -o setting=value ]... [ -u user ] [ -m mailbox ]
+             [ -f ] [ -R ] [ -s state ] [ -v ] [ -D ] mirror|backup LOCATION2
+
+DESCRIPTION
+       dsync synchronises the local location (mail_location, from -o or the
+       -c file) with LOCATION2. mirror merges changes both ways; backup
+       makes LOCATION2 a copy of the local side (with -R, the other way).
+       Either side may be real Dovecot (doveadm dsync-server).
+
+       Locations: maildir:PATH (Dovecot Maildir++), corvid:PATH (the
+       embedded store). LOCATION2 may also be a command line run as a child
+       (its stdin/stdout carry the stream), or host / user@host (ssh).
+
+OPTIONS
+       -c config
+              Read settings (key = value lines) from config.
+
+       -o setting=value
+              Override a setting (e.g. -o mail_location=maildir:~/Maildir).
+
+       -u user
+              The user to synchronise.
+
+       -m mailbox
+              Synchronise only this mailbox.
+
+       -f     Full sync rather than fast sync.
+
+       -R     Reverse the direction of backup.
+
+       -s state
+              Stateful sync from this state; the new state is printed.
+
+       -v     Makes dsync more verbose.
+
+       -D     Activates debug messages and makes dsync more verbose.
+
+EXIT STATUS
+       0      Synchronised perfectly.
+       2      Synchronised, but something changed meanwhile; run again.
+       1      Failed.
+
+SEE ALSO
+       dsync-server --help, doveadm-sync(1)
+";
+
+const DSYNC_SERVER: &str = "\
+NAME
+       dsync-server - the remote side of dsync (corvid)
+
+SYNOPSIS
+       dsync-server [ -c config ] [ -o setting=value ]... [ -u user ]
+
+DESCRIPTION
+       Speaks the dsync protocol on standard input/output for the local
+       mail_location, as doveadm dsync-server does. Run by dsync (corvid's
+       or Dovecot's doveadm sync) as LOCATION2's command line or over ssh.
+
+OPTIONS
+       -c config
+              Read settings (key = value lines) from config.
+
+       -o setting=value
+              Override a setting (e.g. -o mail_location=corvid:/srv/mail/u).
+
+       -u user
+              The user to serve.
+
+SEE ALSO
+       dsync --help
+";
