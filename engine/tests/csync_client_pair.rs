@@ -141,12 +141,23 @@ fn master() -> (Store, Vec<Mailbox>) {
 }
 
 fn run(master: &Store, replica: &Store, opts: Options, jobs: Vec<Command>) -> Vec<Event> {
+    run_on(master, replica, opts, jobs, engine::csync::Flavour::Csync)
+}
+
+fn run_on(
+    master: &Store,
+    replica: &Store,
+    opts: Options,
+    jobs: Vec<Command>,
+    server_flavour: engine::csync::Flavour,
+) -> Vec<Event> {
     let client = Client::new(engine::machine::Time::ZERO, master.clone(), opts);
     let server = Server::new(
         engine::machine::Time::ZERO,
         replica.clone(),
         engine::csync::Options {
             partitions: vec!["default".into()],
+            flavour: server_flavour,
             ..engine::csync::Options::default()
         },
     );
@@ -578,4 +589,55 @@ mod converge {
             prop_assert!(!ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })), "{:?}", ev);
         }
     }
+}
+
+/// The IMAP-embedded flavour (`sync_try_imap`): tagged SYNCGET/SYNCAPPLY
+/// after an IMAP login that lists X-REPLICATION; the replica ends equal
+/// and a second run sends nothing. A client that tries IMAP on a csync
+/// service takes the csync banner in place.
+#[test]
+fn user_sync_over_the_imap_flavour() {
+    use engine::csync::Flavour as ServerFlavour;
+    use engine::csync_client::Flavour;
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    let mut o = opts();
+    o.flavour = Flavour::Imap;
+    let ev = run_on(
+        &m,
+        &r,
+        o.clone(),
+        vec![Command::User(alice.clone())],
+        ServerFlavour::Imap,
+    );
+    assert!(ev.contains(&Event::Ready(Flavour::Imap)), "{ev:?}");
+    assert_eq!(job_ok(&ev), 1);
+    for mb in &mbs {
+        same_records(&records(&m, &mb.uniqueid), &records(&r, &mb.uniqueid));
+        assert_eq!(
+            m.borrow().sync_crcs(&mb.uniqueid).unwrap(),
+            r.borrow().sync_crcs(&mb.uniqueid).unwrap()
+        );
+    }
+    let ev = run_on(
+        &m,
+        &r,
+        o.clone(),
+        vec![Command::User(alice.clone())],
+        ServerFlavour::Imap,
+    );
+    assert_eq!(job_ok(&ev), 1);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })),
+        "{ev:?}"
+    );
+    // IMAP tried on the csync service: same connection, csync from there.
+    let ev = run_on(&m, &r, o, vec![Command::User(alice)], ServerFlavour::Csync);
+    assert!(ev.contains(&Event::Ready(Flavour::Csync)), "{ev:?}");
+    assert_eq!(job_ok(&ev), 1);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })),
+        "{ev:?}"
+    );
 }

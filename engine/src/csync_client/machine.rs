@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::csync::imap::{
+    Condition, ImapClientDecoder, ImapCommand, ImapCommandBody, ImapResponse,
+};
 use proto::csync::{
     ClientDecoder, ClientLine, Code, Command as Cmd, Event as DecEvent, Response, SaslData, Status,
     StatusKind,
 };
-use proto::dlist::{FileRef, Item, KvList, Value};
+use proto::dlist::{Encoded, FileRef, Item, KvList, Value};
 use proto::frame;
 use proto::sasl::{self, Credentials, Mechanism};
 
@@ -24,9 +27,31 @@ use crate::store::{
     WriteBatch,
 };
 
+/// Which wire a session speaks (§1.1 of `research/csync-protocol.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The dedicated csync port (`sync_server`, untagged commands).
+    Csync,
+    /// An imapd advertising `X-REPLICATION`: tagged `SYNCGET`/`SYNCAPPLY`
+    /// (`sync_try_imap`). A csync banner on the same port switches the
+    /// session to [`Flavour::Csync`] in place; an imapd without
+    /// `X-REPLICATION` ends it with [`Event::NoReplication`] so the caller
+    /// can reconnect to the csync port, as Cyrus's `sync_connect` does.
+    Imap,
+}
+
 /// Configuration and limits of one client session.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The wire to speak first.
+    pub flavour: Flavour,
+    /// Do `STARTTLS` (csync flavour) when the server offers it, verifying
+    /// its certificate for this name; then the banner is read again.
+    /// `None`: never (plain TCP, or TLS set up by the caller).
+    pub starttls: Option<String>,
+    /// Refuse to authenticate without TLS (set when the caller wants TLS
+    /// and `starttls` could not give it).
+    pub tls_required: bool,
     /// `sync_authname` / `sync_password` (PLAIN's authzid stays empty, as
     /// Cyrus's sync_client sends it).
     pub credentials: Credentials,
@@ -44,10 +69,13 @@ pub struct Options {
     pub local_only: bool,
     /// `-p`: the replica partition for every mailbox and upload.
     pub partition: Option<String>,
-    /// Send `APPLY CAPABILITIES (SIEVE-MAILBOX)` when offered. Off by
-    /// default: corvid keeps Sieve scripts as scripts (no `#sieve`
-    /// mailbox), so they travel as `APPLY SIEVE` which needs the feature
-    /// off (§4.2 step 6).
+    /// Send `APPLY CAPABILITIES (SIEVE-MAILBOX)` when offered (on by
+    /// default, as Cyrus 3.6 does). Then a user's `#sieve` mailbox (kept
+    /// by corvid's sync_server from a 3.6 master) travels as a mailbox;
+    /// a user whose scripts have no `#sieve` mailbox here gets them as
+    /// `APPLY SIEVE`, which a 3.6 replica files into its own `#sieve`
+    /// mailbox. Off: scripts always travel as `APPLY SIEVE` and a local
+    /// `#sieve` mailbox is not sent.
     pub sieve_mailbox: bool,
     /// On a failed mailbox/META job, queue a USER job for the owner(s)
     /// (rolling mode's error promotion, §4.5).
@@ -76,6 +104,9 @@ impl Options {
     /// Defaults for these credentials.
     pub fn new(credentials: Credentials) -> Options {
         Options {
+            flavour: Flavour::Csync,
+            starttls: None,
+            tls_required: false,
             credentials,
             mechanisms: vec![Mechanism::Plain, Mechanism::Login],
             compress: true,
@@ -83,7 +114,7 @@ impl Options {
             no_copyback: false,
             local_only: false,
             partition: None,
-            sieve_mailbox: false,
+            sieve_mailbox: true,
             promote_errors: false,
             reserve_guids_max: 8192,
             upload_files_max: 1024,
@@ -189,6 +220,13 @@ pub enum Event {
     Greeting(Bytes),
     /// Logged in with this mechanism.
     Authenticated(&'static str),
+    /// TLS is on (STARTTLS answered OK; the handshake is the driver's).
+    Tls,
+    /// Logged in and set up: jobs run from here, over this flavour.
+    Ready(Flavour),
+    /// The IMAP server has no `X-REPLICATION`: the session closes; use
+    /// the csync port.
+    NoReplication,
     /// COMPRESS DEFLATE is on.
     Compressed,
     /// A mailbox was sent (`uploaded` files, `records` in the RECORD list).
@@ -230,12 +268,57 @@ struct Caps {
     sasl: Vec<Bytes>,
     compress: bool,
     sieve_mailbox: bool,
+    starttls: bool,
+}
+
+/// A file literal's pieces, from either flavour's decoder.
+enum FileEv {
+    Start(FileRef),
+    Chunk(Bytes),
+    End,
+}
+
+/// The capabilities a tagged OK lists in a `[CAPABILITY …]` code.
+fn status_caps(status: &Status) -> Option<Vec<Bytes>> {
+    let r = ImapResponse::Tagged {
+        tag: Bytes::from_static(b"A01"),
+        status: status.clone(),
+    };
+    r.capabilities()
+        .map(|c| c.into_iter().map(Bytes::copy_from_slice).collect())
+}
+
+/// The decoder of the flavour spoken now.
+enum Dec {
+    Csync(ClientDecoder),
+    Imap(ImapClientDecoder),
+}
+
+impl Dec {
+    fn handle_input(&mut self, b: &[u8]) {
+        match self {
+            Dec::Csync(d) => d.handle_input(b),
+            Dec::Imap(d) => d.handle_input(b),
+        }
+    }
+
+    fn take_unconsumed(&mut self) -> bytes::BytesMut {
+        match self {
+            Dec::Csync(d) => d.take_unconsumed(),
+            Dec::Imap(d) => d.take_unconsumed(),
+        }
+    }
 }
 
 /// What the command in flight was.
 #[derive(Debug)]
 enum Inflight {
     Banner,
+    /// IMAP `CAPABILITY` (before or after login).
+    ImapCapability {
+        after_auth: bool,
+    },
+    StartTls,
     Auth,
     Compress,
     Force,
@@ -259,7 +342,15 @@ struct Job {
 pub struct Client<R> {
     read: R,
     opts: Options,
-    dec: ClientDecoder,
+    dec: Dec,
+    flavour: Flavour,
+    /// IMAP flavour: the tag of the command in flight, and the counter
+    /// of `S<n>` tags (Cyrus: one counter from `S0`).
+    imap_tag: Option<Bytes>,
+    imap_next: u32,
+    /// IMAP flavour: the capability words seen last.
+    imap_caps: Vec<Bytes>,
+    tls_on: bool,
     out: VecDeque<Output<Effect, Event>>,
     caps: Caps,
     sasl: Option<sasl::Client>,
@@ -295,13 +386,26 @@ enum Pending {
 impl<R: MailRead> Client<R> {
     /// A session over a fresh connection: it waits for the banner.
     pub fn new(now: Time, read: R, opts: Options) -> Self {
-        let dec = ClientDecoder::with_options(opts.frame.clone())
-            .unwrap_or_else(|_| ClientDecoder::new());
+        let dec = match opts.flavour {
+            Flavour::Csync => Dec::Csync(
+                ClientDecoder::with_options(opts.frame.clone())
+                    .unwrap_or_else(|_| ClientDecoder::new()),
+            ),
+            Flavour::Imap => Dec::Imap(
+                ImapClientDecoder::with_options(opts.frame.clone())
+                    .unwrap_or_else(|_| ImapClientDecoder::new()),
+            ),
+        };
         let mut c = Client {
             read,
             next_stage: opts.stage_id_base,
+            flavour: opts.flavour,
             opts,
             dec,
+            imap_tag: None,
+            imap_next: 0,
+            imap_caps: Vec::new(),
+            tls_on: false,
             out: VecDeque::new(),
             caps: Caps::default(),
             sasl: None,
@@ -356,8 +460,65 @@ impl<R: MailRead> Client<R> {
     }
 
     fn send_cmd(&mut self, now: Time, cmd: Cmd, what: Inflight) {
-        let line = cmd.encode().into_bytes();
+        let line = self.encode_cmd(cmd).into_bytes();
         self.send(now, line, what);
+    }
+
+    /// A command as this flavour writes it: csync's untagged line, or the
+    /// tagged IMAP command Cyrus's sync_client sends (`A01 AUTHENTICATE`,
+    /// `C01 COMPRESS`, `S<n> SYNCAPPLY …`, `Q01 LOGOUT`).
+    fn encode_cmd(&mut self, cmd: Cmd) -> Encoded {
+        if self.flavour == Flavour::Csync {
+            return cmd.encode();
+        }
+        let mut sync_tag = || {
+            let t = Bytes::from(format!("S{}", self.imap_next));
+            self.imap_next += 1;
+            t
+        };
+        let (tag, body) = match cmd {
+            Cmd::Authenticate {
+                mechanism,
+                initial_response,
+            } => (
+                Bytes::from_static(b"A01"),
+                ImapCommandBody::Authenticate {
+                    mechanism,
+                    initial_response,
+                },
+            ),
+            Cmd::Compress { algorithm } => (
+                Bytes::from_static(b"C01"),
+                ImapCommandBody::Other {
+                    name: Bytes::from_static(b"COMPRESS"),
+                    args: algorithm,
+                },
+            ),
+            Cmd::StartTls => (
+                Bytes::from_static(b"T01"),
+                ImapCommandBody::Other {
+                    name: Bytes::from_static(b"STARTTLS"),
+                    args: Bytes::new(),
+                },
+            ),
+            Cmd::Noop => (Bytes::from_static(b"N01"), ImapCommandBody::Noop),
+            Cmd::Exit => (Bytes::from_static(b"Q01"), ImapCommandBody::Logout),
+            Cmd::Restart => (sync_tag(), ImapCommandBody::SyncRestart),
+            Cmd::Apply(i) => (sync_tag(), ImapCommandBody::SyncApply(i)),
+            Cmd::Get(i) => (sync_tag(), ImapCommandBody::SyncGet(i)),
+            Cmd::Restore(i) => (sync_tag(), ImapCommandBody::SyncRestore(i)),
+        };
+        self.imap_tag = Some(tag.clone());
+        ImapCommand { tag, body }.encode()
+    }
+
+    fn send_imap_capability(&mut self, now: Time, after_auth: bool) {
+        self.imap_tag = Some(Bytes::from_static(b"C01"));
+        self.send(
+            now,
+            Bytes::from_static(b"C01 CAPABILITY\r\n"),
+            Inflight::ImapCapability { after_auth },
+        );
     }
 
     fn ctx(&self) -> PlanCtx<'_> {
@@ -379,10 +540,34 @@ impl<R: MailRead> Client<R> {
                     self.caps.compress = a.iter().any(|a| a.eq_ignore_ascii_case(b"DEFLATE"))
                 }
                 proto::csync::Capability::SieveMailbox => self.caps.sieve_mailbox = true,
+                proto::csync::Capability::StartTls => self.caps.starttls = true,
                 _ => {}
             },
             Response::Greeting(g) => {
-                self.out.push_back(Output::Event(Event::Greeting(g.text)));
+                if !self.tls_on {
+                    self.out.push_back(Output::Event(Event::Greeting(g.text)));
+                }
+                if self.caps.starttls && !self.tls_on {
+                    if self.opts.starttls.is_some() {
+                        self.send_cmd(now, Cmd::StartTls, Inflight::StartTls);
+                        return;
+                    }
+                }
+                self.start_auth(now);
+            }
+            _ => self.close(CloseReason::PeerError("unexpected line in banner".into())),
+        }
+    }
+
+    /// `AUTHENTICATE` with the first of our mechanisms the server offers.
+    fn start_auth(&mut self, now: Time) {
+        if self.opts.tls_required && !self.tls_on {
+            return self.close(CloseReason::PeerError(
+                "TLS required but the server offers no STARTTLS".into(),
+            ));
+        }
+        {
+            {
                 let mech = self.opts.mechanisms.iter().copied().find(|m| {
                     self.caps
                         .sasl
@@ -408,8 +593,94 @@ impl<R: MailRead> Client<R> {
                     Inflight::Auth,
                 );
             }
+        }
+    }
+
+    /// The first lines of an IMAP-flavour session: an imapd greeting
+    /// (`* OK [CAPABILITY … AUTH=PLAIN …]`), or a csync banner on the same
+    /// port (`* SASL …`, `… Cyrus sync server …`), which switches this
+    /// session to csync without a reconnect.
+    fn on_imap_banner(&mut self, now: Time, r: ImapResponse) {
+        let caps: Option<Vec<Bytes>> = r
+            .capabilities()
+            .map(|c| c.into_iter().map(Bytes::copy_from_slice).collect());
+        match r {
+            ImapResponse::Condition {
+                condition: Condition::Ok,
+                text,
+            } => {
+                if let Some(caps) = caps {
+                    self.out.push_back(Output::Event(Event::Greeting(text)));
+                    self.set_imap_caps(caps);
+                    self.start_auth(now);
+                } else if text.windows(11).any(|w| w == b"sync server") {
+                    let line = ImapResponse::Condition {
+                        condition: Condition::Ok,
+                        text,
+                    }
+                    .encode()
+                    .into_bytes();
+                    self.switch_to_csync(line);
+                } else {
+                    self.out.push_back(Output::Event(Event::Greeting(text)));
+                    self.send_imap_capability(now, false);
+                }
+            }
+            r @ ImapResponse::Other(_) => {
+                let line = r.encode().into_bytes();
+                self.switch_to_csync(line);
+            }
             _ => self.close(CloseReason::PeerError("unexpected line in banner".into())),
         }
+    }
+
+    fn switch_to_csync(&mut self, first_line: Bytes) {
+        let rest = self.dec.take_unconsumed();
+        let mut d = ClientDecoder::with_options(self.opts.frame.clone())
+            .unwrap_or_else(|_| ClientDecoder::new());
+        d.handle_input(&first_line);
+        d.handle_input(&rest);
+        self.dec = Dec::Csync(d);
+        self.flavour = Flavour::Csync;
+        self.imap_tag = None;
+    }
+
+    fn set_imap_caps(&mut self, caps: Vec<Bytes>) {
+        self.caps.sasl = caps
+            .iter()
+            .filter_map(|w| {
+                (w.len() > 5 && w[..5].eq_ignore_ascii_case(b"AUTH=")).then(|| w.slice(5..))
+            })
+            .collect();
+        let has = |n: &str| caps.iter().any(|w| w.eq_ignore_ascii_case(n.as_bytes()));
+        self.caps.sieve_mailbox = has("X-SIEVE-MAILBOX");
+        self.caps.starttls = has("STARTTLS");
+        // Cyrus's sync_client compresses an IMAP session only when the
+        // greeting offers it (3.6.1 imapd offers it after login only, so
+        // never in practice); -z asks for it after login.
+        self.caps.compress = has("COMPRESS=DEFLATE") && self.opts.require_compress;
+        self.imap_caps = caps;
+    }
+
+    /// After the IMAP login: the session carries replication only if the
+    /// imapd says `X-REPLICATION`.
+    fn imap_logged_in(&mut self, now: Time) {
+        let has = |n: &str| {
+            self.imap_caps
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        if !has("X-REPLICATION") {
+            self.out.push_back(Output::Event(Event::NoReplication));
+            return self.close(CloseReason::PeerError(
+                "IMAP server without X-REPLICATION".into(),
+            ));
+        }
+        let caps = std::mem::take(&mut self.imap_caps);
+        let sasl = std::mem::take(&mut self.caps.sasl);
+        self.set_imap_caps(caps);
+        self.caps.sasl = sasl;
+        self.after_auth(now);
     }
 
     fn after_auth(&mut self, now: Time) {
@@ -455,7 +726,13 @@ impl<R: MailRead> Client<R> {
             self.send_cmd(now, Cmd::Apply(item), Inflight::Capabilities);
             return;
         }
+        self.setup_done(now);
+    }
+
+    fn setup_done(&mut self, now: Time) {
         self.ready = true;
+        self.out
+            .push_back(Output::Event(Event::Ready(self.flavour)));
         self.advance(now);
     }
 
@@ -685,7 +962,7 @@ impl<R: MailRead> Client<R> {
                 let mut steps = Vec::new();
                 for n in names {
                     match self.read.mailbox(n)? {
-                        Some(mb) => local.push(mb),
+                        Some(mb) => local.extend(plan::sendable(&self.ctx(), vec![mb])),
                         None => {
                             // Gone here: delete there only if we hold its
                             // tombstone (3.4+ rule).
@@ -837,7 +1114,7 @@ impl<R: MailRead> Client<R> {
             "MESSAGE",
             Value::List(files.iter().cloned().map(Value::File).collect()),
         );
-        let enc = Cmd::Apply(item).encode();
+        let enc = self.encode_cmd(Cmd::Apply(item));
         let mut chunks = Vec::new();
         for piece in enc.pieces() {
             match piece {
@@ -881,6 +1158,36 @@ impl<R: MailRead> Client<R> {
             Inflight::Banner => {
                 return self.close(CloseReason::PeerError("status line in banner".into()))
             }
+            Inflight::ImapCapability { after_auth } => {
+                if !ok {
+                    return self.close(CloseReason::PeerError("CAPABILITY refused".into()));
+                }
+                if after_auth {
+                    self.imap_logged_in(now);
+                } else {
+                    let caps = std::mem::take(&mut self.imap_caps);
+                    self.set_imap_caps(caps);
+                    self.start_auth(now);
+                }
+            }
+            Inflight::StartTls => {
+                if !ok {
+                    return self.close(CloseReason::PeerError("STARTTLS refused".into()));
+                }
+                let server_name = self.opts.starttls.clone().unwrap_or_default();
+                let rest = self.dec.take_unconsumed().freeze();
+                self.out.push_back(Output::StartLayer {
+                    layer: Layer::TlsClient { server_name },
+                    input_after_switch: rest,
+                });
+                self.out.push_back(Output::Event(Event::Tls));
+                // The server sends its banner again over TLS.
+                self.tls_on = true;
+                self.caps = Caps::default();
+                self.inflight = Some(Inflight::Banner);
+                self.arm(now);
+                return;
+            }
             Inflight::Auth => {
                 let mech = self.sasl.take().map_or("PLAIN", |c| c.mechanism().name());
                 if !ok {
@@ -888,7 +1195,19 @@ impl<R: MailRead> Client<R> {
                 }
                 self.out
                     .push_back(Output::Event(Event::Authenticated(mech)));
-                self.after_auth(now);
+                if self.flavour == Flavour::Imap {
+                    // The tagged OK usually lists the capabilities; if
+                    // not, ask (Cyrus does the same).
+                    match status_caps(&status) {
+                        Some(c) => {
+                            self.imap_caps = c;
+                            self.imap_logged_in(now);
+                        }
+                        None => self.send_imap_capability(now, true),
+                    }
+                } else {
+                    self.after_auth(now);
+                }
             }
             Inflight::Compress => {
                 if ok {
@@ -919,7 +1238,7 @@ impl<R: MailRead> Client<R> {
                             })
                         })
                 });
-                self.after_force(now);
+                self.setup_done(now);
             }
             Inflight::Restart => {
                 self.available.clear();
@@ -1143,6 +1462,107 @@ impl<R: MailRead> Client<R> {
         }
     }
 
+    fn on_csync_event(&mut self, now: Time, ev: DecEvent<Response, proto::csync::ResponseError>) {
+        match ev {
+            DecEvent::Decoded(r) => match r {
+                Response::Capability(_) | Response::Greeting(_)
+                    if matches!(self.inflight, Some(Inflight::Banner)) =>
+                {
+                    self.on_banner(now, r)
+                }
+                Response::Challenge(c) => self.on_challenge(c),
+                Response::Data(item) => self.on_data(item),
+                Response::Status(s) => self.on_status(now, s),
+                Response::Bye(_) => return self.close(CloseReason::PeerClosed),
+                Response::Fatal(_) => {
+                    return self.close(CloseReason::PeerError("server fatal error".into()))
+                }
+                _ => return self.close(CloseReason::PeerError("unexpected line".into())),
+            },
+            DecEvent::Refused(e) => {
+                return self.close(CloseReason::PeerError(format!("undecodable reply: {e}")))
+            }
+            DecEvent::FileStart(f) => self.on_file(FileEv::Start(f)),
+            DecEvent::FileChunk(b) => self.on_file(FileEv::Chunk(b)),
+            DecEvent::FileEnd => self.on_file(FileEv::End),
+            DecEvent::ContinuationNeeded { .. } => {
+                self.close(CloseReason::PeerError("continuation request".into()))
+            }
+        }
+    }
+
+    fn on_challenge(&mut self, c: SaslData) {
+        let Some(client) = self.sasl.as_mut() else {
+            return self.close(CloseReason::PeerError("unexpected challenge".into()));
+        };
+        let resp = c.decode().ok().and_then(|raw| client.step(&raw).ok());
+        let line = match resp {
+            Some(secret) => ClientLine::SaslResponse(SaslData::encode(secret.expose(), false)),
+            None => ClientLine::SaslCancel,
+        };
+        self.out
+            .push_back(Output::Transmit(line.encode().into_bytes()));
+    }
+
+    fn on_data(&mut self, item: Item) {
+        if self.data.len() >= self.opts.reply_items_max {
+            return self.close(CloseReason::LimitExceeded("reply_items_max".into()));
+        }
+        self.data.push(item);
+    }
+
+    fn on_imap_event(
+        &mut self,
+        now: Time,
+        ev: DecEvent<ImapResponse, proto::csync::ResponseError>,
+    ) {
+        match ev {
+            DecEvent::Decoded(r) => self.on_imap_response(now, r),
+            DecEvent::Refused(e) => {
+                self.close(CloseReason::PeerError(format!("undecodable reply: {e}")))
+            }
+            DecEvent::FileStart(f) => self.on_file(FileEv::Start(f)),
+            DecEvent::FileChunk(b) => self.on_file(FileEv::Chunk(b)),
+            DecEvent::FileEnd => self.on_file(FileEv::End),
+            DecEvent::ContinuationNeeded { .. } => {
+                self.close(CloseReason::PeerError("continuation request".into()))
+            }
+        }
+    }
+
+    fn on_imap_response(&mut self, now: Time, r: ImapResponse) {
+        if matches!(self.inflight, Some(Inflight::Banner)) {
+            return self.on_imap_banner(now, r);
+        }
+        match r {
+            ImapResponse::Tagged { tag, status } => {
+                if self.imap_tag.as_ref() != Some(&tag) {
+                    return self.close(CloseReason::PeerError(
+                        "tagged reply for no command in flight".into(),
+                    ));
+                }
+                self.imap_tag = None;
+                self.on_status(now, status);
+            }
+            ImapResponse::Data(item) => self.on_data(item),
+            ImapResponse::Continuation(text) => self.on_challenge(SaslData::from_wire(text)),
+            ImapResponse::Capability(words) => {
+                if matches!(self.inflight, Some(Inflight::ImapCapability { .. })) {
+                    self.imap_caps = words;
+                }
+            }
+            ImapResponse::Condition {
+                condition: Condition::Bye,
+                ..
+            } if !matches!(self.inflight, Some(Inflight::Exit)) => {
+                self.close(CloseReason::PeerClosed)
+            }
+            // Untagged OK/NO/BYE-on-LOGOUT and other lines carry nothing
+            // replication needs.
+            _ => {}
+        }
+    }
+
     fn emit_store(&mut self, e: StoreEffect, completes: bool) -> EffectId {
         let id = self.effects.next_id();
         if completes {
@@ -1160,7 +1580,7 @@ impl<R: MailRead> Client<R> {
         id
     }
 
-    fn on_file(&mut self, ev: DecEvent<Response, proto::csync::ResponseError>) {
+    fn on_file(&mut self, ev: FileEv) {
         let fetching = matches!(self.inflight, Some(Inflight::Step(Step::Fetch { .. })));
         if !fetching {
             return self.close(CloseReason::PeerError(
@@ -1168,7 +1588,7 @@ impl<R: MailRead> Client<R> {
             ));
         }
         match ev {
-            DecEvent::FileStart(f) => {
+            FileEv::Start(f) => {
                 let stage = StageId(self.next_stage);
                 self.next_stage += 1;
                 self.fetching = Some(stage);
@@ -1181,17 +1601,16 @@ impl<R: MailRead> Client<R> {
                     false,
                 );
             }
-            DecEvent::FileChunk(bytes) => {
+            FileEv::Chunk(bytes) => {
                 if let Some(stage) = self.fetching {
                     self.emit_store(StoreEffect::StageChunk { stage, bytes }, false);
                 }
             }
-            DecEvent::FileEnd => {
+            FileEv::End => {
                 if let Some(stage) = self.fetching.take() {
                     self.emit_store(StoreEffect::StageEnd { stage }, true);
                 }
             }
-            _ => {}
         }
     }
 }
@@ -1211,64 +1630,17 @@ impl<R: MailRead> Machine for Client<R> {
             if self.closed || matches!(self.out.back(), Some(Output::StartLayer { .. })) {
                 return;
             }
-            let ev = match self.dec.poll_event() {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return,
-                Err(e) => return self.close(CloseReason::PeerError(e.to_string())),
-            };
-            match ev {
-                DecEvent::Decoded(r) => match r {
-                    Response::Capability(_) | Response::Greeting(_)
-                        if matches!(self.inflight, Some(Inflight::Banner)) =>
-                    {
-                        self.on_banner(now, r)
-                    }
-                    Response::Challenge(c) => {
-                        let Some(client) = self.sasl.as_mut() else {
-                            return self
-                                .close(CloseReason::PeerError("unexpected challenge".into()));
-                        };
-                        let resp = c.decode().ok().and_then(|raw| client.step(&raw).ok());
-                        match resp {
-                            Some(secret) => {
-                                let line = ClientLine::SaslResponse(SaslData::encode(
-                                    secret.expose(),
-                                    false,
-                                ))
-                                .encode()
-                                .into_bytes();
-                                self.out.push_back(Output::Transmit(line));
-                            }
-                            None => {
-                                self.out.push_back(Output::Transmit(
-                                    ClientLine::SaslCancel.encode().into_bytes(),
-                                ));
-                            }
-                        }
-                    }
-                    Response::Data(item) => {
-                        if self.data.len() >= self.opts.reply_items_max {
-                            return self
-                                .close(CloseReason::LimitExceeded("reply_items_max".into()));
-                        }
-                        self.data.push(item);
-                    }
-                    Response::Status(s) => self.on_status(now, s),
-                    Response::Bye(_) => return self.close(CloseReason::PeerClosed),
-                    Response::Fatal(_) => {
-                        return self.close(CloseReason::PeerError("server fatal error".into()))
-                    }
-                    _ => return self.close(CloseReason::PeerError("unexpected line".into())),
+            match &mut self.dec {
+                Dec::Csync(d) => match d.poll_event() {
+                    Ok(Some(ev)) => self.on_csync_event(now, ev),
+                    Ok(None) => return,
+                    Err(e) => return self.close(CloseReason::PeerError(e.to_string())),
                 },
-                DecEvent::Refused(e) => {
-                    return self.close(CloseReason::PeerError(format!("undecodable reply: {e}")))
-                }
-                ev @ (DecEvent::FileStart(_) | DecEvent::FileChunk(_) | DecEvent::FileEnd) => {
-                    self.on_file(ev)
-                }
-                DecEvent::ContinuationNeeded { .. } => {
-                    return self.close(CloseReason::PeerError("continuation request".into()))
-                }
+                Dec::Imap(d) => match d.poll_event() {
+                    Ok(Some(ev)) => self.on_imap_event(now, ev),
+                    Ok(None) => return,
+                    Err(e) => return self.close(CloseReason::PeerError(e.to_string())),
+                },
             }
         }
     }

@@ -50,5 +50,5 @@ mod full;
 mod machine;
 mod plan;
 
-pub use machine::{Client, Command, Completion, Effect, Event, JobError, Options};
+pub use machine::{Client, Command, Completion, Effect, Event, Flavour, JobError, Options};
 pub use plan::jobs_from_log;

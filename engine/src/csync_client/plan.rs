@@ -168,7 +168,7 @@ pub(crate) fn plan_user<R: MailRead + ?Sized>(
     available: &BTreeSet<Guid>,
     tries: u8,
 ) -> Result<Result<Vec<Step>, &'static str>, StoreError> {
-    let local = read.mailboxes_of_user(user)?;
+    let local = sendable(ctx, read.mailboxes_of_user(user)?);
     let has_inbox = inbox_of(user).is_some_and(|i| local.iter().any(|m| m.name == i));
     if !has_inbox {
         // Cyrus: a user without a local INBOX is skipped, never deleted
@@ -253,6 +253,15 @@ pub(crate) fn unmailbox(ctx: &PlanCtx<'_>, name: &MailboxName) -> Step {
     }
 }
 
+/// The local mailboxes this session may send: a `#sieve` mailbox only
+/// when SIEVE-MAILBOX is on (a replica without it refuses `MBOXTYPE f`).
+pub(crate) fn sendable(ctx: &PlanCtx<'_>, mut local: Vec<Mailbox>) -> Vec<Mailbox> {
+    if !ctx.sieve_mailbox {
+        local.retain(|m| m.mbtype.kind != crate::model::MailboxKind::Sieve);
+    }
+    local
+}
+
 /// `APPLY RESERVE` per destination partition for the GUIDs of records
 /// the replica does not have yet (UID above its LAST_UID), naming every
 /// replica folder of the batch; none when the replica has no folder.
@@ -334,15 +343,36 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
             });
         }
     }
-    if !ctx.sieve_mailbox {
+    // With SIEVE-MAILBOX the scripts travel inside the user's `#sieve`
+    // mailbox. A user whose scripts came here without one (APPLY SIEVE
+    // from an older master, dsync) still sends them as APPLY SIEVE, which
+    // a 3.6 replica files into its own `#sieve` mailbox; GET USER then
+    // lists no SIEVE lines, so they go when the replica's `#sieve` mailbox
+    // is missing or older than a script.
+    let sieve_box = |m: &Mailbox| {
+        m.mbtype.kind == crate::model::MailboxKind::Sieve
+            && owner_of(&m.name).as_ref() == Some(user)
+    };
+    let scripts_as_apply =
+        !ctx.sieve_mailbox || !read.mailboxes_of_user(user)?.iter().any(|m| sieve_box(m));
+    if scripts_as_apply {
         let scripts = read.sieve_scripts(user)?;
+        let replica_box = replica.mailboxes.values().find(|m| {
+            m.mbtype.kind == crate::model::MailboxKind::Sieve
+                && owner_of(&m.name).as_ref() == Some(user)
+        });
+        let mut sent_any = false;
         for s in &scripts {
             let stale = match replica.sieve.get(&s.name) {
+                None if ctx.sieve_mailbox => {
+                    replica_box.is_none_or(|b| b.last_appenddate.0 < s.last_update.0)
+                }
                 None => true,
                 Some((_, g)) if !g.is_null() => *g != s.guid(),
                 Some((t, _)) => *t < s.last_update.0,
             };
             if stale {
+                sent_any = true;
                 steps.push(Step::Simple {
                     item: Item::new(
                         "SIEVE",
@@ -374,7 +404,14 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
             }
         }
         let active = read.sieve_active(user)?;
-        if active != replica.sieve_active {
+        // Under SIEVE-MAILBOX the replica does not say which is active:
+        // (re)activate with the scripts we send.
+        let activate = if ctx.sieve_mailbox {
+            sent_any
+        } else {
+            active != replica.sieve_active
+        };
+        if activate {
             let kv = KvList::new().with("USERID", uid_v());
             steps.push(Step::Simple {
                 item: match &active {
