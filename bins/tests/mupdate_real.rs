@@ -84,6 +84,10 @@ fn corvid() -> PathBuf {
 }
 
 fn start_corvid(dir: &Path) -> Corvid {
+    start_corvid_with(dir, "")
+}
+
+fn start_corvid_with(dir: &Path, conf_extra: &str) -> Corvid {
     let passwd = dir.join("passwd");
     for user in ["mupdateadmin", "sl2", "be1", "nobody1"] {
         let mut p = Command::new(corvid())
@@ -99,7 +103,7 @@ fn start_corvid(dir: &Path) -> Corvid {
     std::fs::write(
         &conf,
         format!(
-            "configdirectory: {d}\nservername: corvid-master.test\nadmins: mupdateadmin sl2 be1\ncorvid_passwd_file: {p}\nfailedloginpause: 1\n",
+            "configdirectory: {d}\nservername: corvid-master.test\nadmins: mupdateadmin sl2 be1\ncorvid_passwd_file: {p}\nfailedloginpause: 1\n{conf_extra}",
             d = dir.display(),
             p = passwd.display()
         ),
@@ -1123,4 +1127,125 @@ mupdate_password: secret\nmupdate_retry_delay: 2\nmupdate_config: standard\ncorv
     let meta = std::fs::metadata(&db).unwrap();
     use std::os::unix::fs::MetadataExt as _;
     assert_eq!(meta.uid(), uid);
+}
+
+/// Runs `corvid mupdate-client` with `conf`; returns (exit code, stdout,
+/// stderr).
+fn mupdate_client(conf: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(corvid())
+        .args(["mupdate-client", "-C", conf.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The same script of `corvid mupdate-client` calls against one server;
+/// every answer is checked. The credentials come from imapd.conf, as for
+/// a backend.
+fn client_script(conf: &Path, who: &str) {
+    let run = |args: &[&str]| mupdate_client(conf, args);
+    let ok = |args: &[&str]| {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{who}: {args:?}: {out}{err}");
+        out
+    };
+    ok(&["reserve", "user.cli", "be1.test!default"]);
+    assert_eq!(
+        ok(&["find", "user.cli"]),
+        "RESERVE\tuser.cli\tbe1.test!default\n",
+        "{who}"
+    );
+    ok(&[
+        "activate",
+        "user.cli",
+        "be1.test!default",
+        "cli lrswipkxtecdan anyone lrs",
+    ]);
+    ok(&["activate", "user.cli.Sent", "be1.test!p2", "cli\tlrs\t"]);
+    assert_eq!(
+        ok(&["find", "user.cli"]),
+        "MAILBOX\tuser.cli\tbe1.test!default\tcli lrswipkxtecdan anyone lrs\n",
+        "{who}"
+    );
+    assert_eq!(ok(&["find", "user.nobody"]), "", "{who}");
+    assert_eq!(
+        ok(&["list", "be1.test!"]),
+        "MAILBOX\tuser.cli\tbe1.test!default\tcli lrswipkxtecdan anyone lrs\n\
+MAILBOX\tuser.cli.Sent\tbe1.test!p2\tcli lrs\n",
+        "{who}"
+    );
+    // NO is exit 1 with the server's text.
+    let (code, _, err) = run(&["reserve", "user.cli", "elsewhere!default"]);
+    assert_eq!(code, 1, "{who}: {err}");
+    assert!(err.contains("NO mailbox already exists"), "{who}: {err}");
+    ok(&["deactivate", "user.cli.Sent", "be1.test!p2"]);
+    assert_eq!(
+        ok(&["find", "user.cli.Sent"]),
+        "RESERVE\tuser.cli.Sent\tbe1.test!p2\n",
+        "{who}"
+    );
+    ok(&["delete", "user.cli.Sent"]);
+    ok(&["delete", "user.cli"]);
+    assert_eq!(ok(&["list", "be1.test!"]), "", "{who}");
+}
+
+#[test]
+fn mupdate_client_tool_against_corvid_and_the_real_cyrus_master() {
+    if !cyrus_available("mupdate_client_tool_against_corvid_and_the_real_cyrus_master") {
+        return;
+    }
+    let root = open_root();
+    let (_cyrus, cport) = start_cyrus_master(root.path());
+    let cdir = root.path().join("cm").tap_mkdir();
+    let corvid_master = start_corvid(&cdir);
+    for (who, port) in [("corvid", corvid_master.port), ("cyrus", cport)] {
+        let conf = root.path().join(format!("{who}-client.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "mupdate_server: 127.0.0.1:{port}\nmupdate_authname: mupdateadmin\nmupdate_password: secret\n"
+            ),
+        )
+        .unwrap();
+        client_script(&conf, who);
+        // A wrong password: exit 69 (unavailable), nothing printed.
+        let (code, out, err) = mupdate_client(&conf, &["--password", "wrong", "list"]);
+        assert_eq!(code, 69, "{who}: {out}{err}");
+        assert!(err.contains("refused"), "{who}: {err}");
+    }
+    // No server anywhere: a usage error.
+    let empty = root.path().join("empty.conf");
+    std::fs::write(&empty, "").unwrap();
+    assert_eq!(mupdate_client(&empty, &["list"]).0, 64);
+}
+
+/// Over `mupdate_connections_max`, a newcomer gets Cyrus's
+/// `* BYE "Server Unable"` and is closed; the others keep being served.
+#[test]
+fn over_the_connection_cap_a_client_gets_server_unable() {
+    if !cyrus_available("over_the_connection_cap_a_client_gets_server_unable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_corvid_with(dir.path(), "mupdate_connections_max: 2\n");
+    let mut a = Client::login(c.port);
+    let b2 = Client::login(c.port);
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"* BYE \"Server Unable\"\r\n");
+    assert_eq!(a.run(mupdate::Command::Noop).1, "Ok Noop done");
+    drop(b2.s.shutdown(std::net::Shutdown::Both));
+    // A slot is free again once a client leaves.
+    wait_until("a free slot", 20, || {
+        let mut c2 = Client::connect(c.port);
+        c2.run(mupdate::Command::Noop).1 == "Bad Please login first"
+    });
 }

@@ -13,6 +13,7 @@ mod csync_common;
 mod dsync;
 mod help;
 mod mupdate;
+mod mupdate_client;
 mod passwd;
 mod store;
 mod sync_client;
@@ -85,6 +86,7 @@ pub fn find(name: &str) -> Option<Tool> {
         "dsync-server" => Tool::Ready(dsync::server_main),
         "mupdate" => Tool::Ready(mupdate::main),
         "mupdate-load" => Tool::Ready(mupdate::load_main),
+        "mupdate-client" => Tool::Ready(mupdate_client::main),
         "passwd" => Tool::Ready(passwd::main),
         "sync_server" => Tool::Ready(sync_server::main),
         "sync_client" => Tool::Ready(sync_client::main),
