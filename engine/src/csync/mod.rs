@@ -16,4 +16,9 @@ mod server;
 pub mod wire;
 
 pub use apply::Refusal;
-pub use server::{AuthOk, Command, Completion, Effect, Event, Flavour, Options, Server};
+pub use server::{
+    AuthOk, Command, Completion, Effect, Event, Flavour, Locks, Options, Server, UserLocks,
+};
+
+#[cfg(test)]
+mod tests;

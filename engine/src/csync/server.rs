@@ -37,11 +37,15 @@
 //! answer without X-REPLICATION, so it falls back at once instead of
 //! waiting out its 10 s timeout as it does against Cyrus.
 //!
-//! Known limits: a `GET FETCH` reply holds the whole message in the
-//! output queue (bounded by the store's message size limit, not streamed
-//! lazily); commands of two connections on the same mailbox are not
-//! serialised by a per-user lock (Cyrus takes one; a Cyrus master's
-//! sync_client never runs two syncs of one user against one replica).
+//! A `GET FETCH` reply streams: one chunk of at most
+//! [`Options::fetch_chunk_bytes`] per step. After each chunk the machine
+//! asks to be woken at once ([`Machine::poll_timeout`] = now + 1 ns) and reads
+//! nothing meanwhile; the tokio driver fires timers only while its write
+//! buffer has room, so a message of any size costs one chunk of memory here
+//! and the driver's bounded buffer there, however slowly the peer reads.
+//!
+//! Commands of two sessions for one user are serialised by [`UserLocks`]
+//! when the daemon provides them (Cyrus takes a per-user lock too).
 //!
 //! Reply texts are 3.6.1's byte for byte (`research/csync-protocol.md` §1,
 //! §3; `csync-lab.md` §4.4). Where Cyrus crashes (§9: unknown partition,
@@ -129,6 +133,13 @@ pub struct Options {
     pub small_bodies_bytes_max: usize,
     /// Which wire flavour this session speaks.
     pub flavour: Flavour,
+    /// Per-user locks shared by the sessions of one replica (see
+    /// [`UserLocks`]); `None`: no locking (one session per store).
+    pub user_locks: Option<Locks>,
+    /// This session's name in `user_locks`, unique among live sessions.
+    pub session: u64,
+    /// How long a command waits before trying a held user lock again.
+    pub lock_retry: Duration,
     /// Speak as Cyrus backupd (`corvid backupd`): `Cyrus backup server`
     /// greeting, `OK Success`, no `* SIEVE-MAILBOX`, STARTTLS never
     /// offered (answered `NO command not implemented`). Only the texts
@@ -148,6 +159,37 @@ pub enum Flavour {
     /// served (CAPABILITY, AUTHENTICATE, NOOP, LOGOUT, the SYNC commands);
     /// any other IMAP command is refused with `BAD`.
     Imap,
+}
+
+/// Mutual exclusion per user across the sessions of one replica.
+///
+/// Cyrus's sync_server holds a user's lock while it applies a command for
+/// that user, so two sync_clients replicating one user at once never plan a
+/// change from a state the other is about to change. Here a session takes
+/// the locks of every user a GET/APPLY/RESTORE names before it reads
+/// anything for it, and releases them once that command is answered (after
+/// its write is durable). Locks are taken all at once or not at all, so two
+/// sessions can never deadlock; a session that finds one held tries again
+/// after [`Options::lock_retry`] (it reads nothing meanwhile).
+///
+/// Keys are user ids as bytes; the empty key stands for the shared
+/// namespace (mailboxes outside `user.*`, server annotations). The daemon
+/// implements this; the machine only calls it, never blocks on it.
+pub trait UserLocks: Send + Sync {
+    /// Takes every key of `users` for `session`, or none. `true` if taken.
+    fn try_lock(&self, session: u64, users: &[Bytes]) -> bool;
+    /// Releases everything `session` holds.
+    fn unlock(&self, session: u64);
+}
+
+/// A shared [`UserLocks`], as [`Options`] carries it.
+#[derive(Clone)]
+pub struct Locks(pub std::sync::Arc<dyn UserLocks>);
+
+impl std::fmt::Debug for Locks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Locks")
+    }
 }
 
 impl Default for Options {
@@ -171,6 +213,9 @@ impl Default for Options {
             small_body_bytes_max: 64 * 1024,
             small_bodies_bytes_max: 1024 * 1024,
             flavour: Flavour::Csync,
+            user_locks: None,
+            session: 0,
+            lock_retry: Duration::from_millis(5),
             backupd: false,
         }
     }
@@ -373,6 +418,18 @@ enum Wait {
         batch: BatchId,
         then: OnDurable,
     },
+    /// A `GET FETCH` reply is streaming; the next chunk goes out at the
+    /// next timeout (see the module doc).
+    Fetch {
+        guid: Guid,
+        off: u64,
+        size: u64,
+    },
+    /// A user lock this command needs is held by another session.
+    Lock {
+        retry_at: Time,
+        command: Cmd,
+    },
 }
 
 /// The csync replica session. See the module documentation.
@@ -409,8 +466,13 @@ pub struct Server<R> {
     /// Small uploads of this session by GUID (see `small_body_bytes_max`),
     /// in arrival order for eviction.
     bodies: VecDeque<(Guid, Bytes)>,
+    /// Bytes of `bodies` and `unverified_bodies` together.
     bodies_bytes: usize,
+    /// Small uploads whose staging has not completed yet, by staging.
+    unverified_bodies: BTreeMap<StageId, (Guid, Bytes)>,
     current_body: Option<BytesMut>,
+    /// This session holds user locks (released when its command is answered).
+    holding_locks: bool,
 }
 
 fn status_line(s: &Status) -> String {
@@ -443,6 +505,8 @@ enum Outcome {
     Reply(Vec<Item>, Status),
     /// Write this batch; answer when durable.
     Write(Vec<Mutation>, OnDurable),
+    /// A reply is streaming ([`Wait::Fetch`]); it ends with its own status.
+    Streaming,
 }
 
 fn ok(data: Vec<Item>) -> Result<Outcome, Refusal> {
@@ -506,7 +570,9 @@ impl<R: MailRead> Server<R> {
             held: None,
             bodies: VecDeque::new(),
             bodies_bytes: 0,
+            unverified_bodies: BTreeMap::new(),
             current_body: None,
+            holding_locks: false,
         };
         s.banner();
         s
@@ -631,6 +697,7 @@ impl<R: MailRead> Server<R> {
     fn close(&mut self, reason: CloseReason) {
         if !self.closed {
             self.closed = true;
+            self.release_locks();
             self.abort_staging();
             self.push(Output::Close(reason));
         }
@@ -658,6 +725,20 @@ impl<R: MailRead> Server<R> {
                 effect: Effect::Store(StoreEffect::StageAbort { stage }),
             });
         }
+    }
+
+    /// Keeps a small upload's bytes until its staging completes, within
+    /// `small_bodies_bytes_max` (the oldest verified ones go first; a body
+    /// that still does not fit is not kept).
+    fn keep_body(&mut self, stage: StageId, guid: Guid, b: Bytes) {
+        while self.bodies_bytes + b.len() > self.opts.small_bodies_bytes_max {
+            match self.bodies.pop_front() {
+                Some((_, old)) => self.bodies_bytes -= old.len(),
+                None => return,
+            }
+        }
+        self.bodies_bytes += b.len();
+        self.unverified_bodies.insert(stage, (guid, b));
     }
 
     fn may_stage(&self) -> bool {
@@ -722,18 +803,11 @@ impl<R: MailRead> Server<R> {
             DecEvent::FileEnd => {
                 if let Some((stage, f)) = self.current_file.take() {
                     if let Some(b) = self.current_body.take() {
-                        let b = b.freeze();
-                        // Kept only if it is what it claims to be.
-                        if Guid::of(&b) == Guid::from(f.guid) {
-                            self.bodies_bytes += b.len();
-                            self.bodies.push_back((f.guid.into(), b));
-                            while self.bodies_bytes > self.opts.small_bodies_bytes_max {
-                                match self.bodies.pop_front() {
-                                    Some((_, old)) => self.bodies_bytes -= old.len(),
-                                    None => break,
-                                }
-                            }
-                        }
+                        // Kept only once the store says it is what it
+                        // claims to be (its Staged completion hashed it;
+                        // hashing here too cost a second SHA-1 of every
+                        // small upload).
+                        self.keep_body(stage, f.guid.into(), b.freeze());
                     }
                     self.effect(Effect::Store(StoreEffect::StageEnd { stage }));
                     self.stage_ends.insert(stage, f);
@@ -855,7 +929,7 @@ impl<R: MailRead> Server<R> {
                 // Cyrus drops the reserve list (its staged files).
                 self.staged.clear();
                 self.bodies.clear();
-                self.bodies_bytes = 0;
+                self.bodies_bytes = self.unverified_bodies.values().map(|(_, b)| b.len()).sum();
                 self.status(Status::ok(proto::csync::texts::RESTARTING));
             }
             Cmd::Compress { algorithm } => {
@@ -904,9 +978,60 @@ impl<R: MailRead> Server<R> {
                 mechanism,
                 initial_response,
             } => self.authenticate(&mechanism, initial_response.map(|d| d.decode())),
-            Cmd::Apply(item) => self.run("APPLY", item, Self::apply),
-            Cmd::Get(item) => self.run("GET", item, Self::get),
-            Cmd::Restore(item) => self.run("RESTORE", item, Self::restore),
+            Cmd::Apply(_) | Cmd::Get(_) | Cmd::Restore(_) => {
+                if !self.take_locks(&c) {
+                    let retry_at = self
+                        .now
+                        .checked_add(self.opts.lock_retry)
+                        .unwrap_or(self.now);
+                    self.wait = Wait::Lock {
+                        retry_at,
+                        command: c,
+                    };
+                    return;
+                }
+                match c {
+                    Cmd::Apply(item) => self.run("APPLY", item, Self::apply),
+                    Cmd::Get(item) => self.run("GET", item, Self::get),
+                    Cmd::Restore(item) => self.run("RESTORE", item, Self::restore),
+                    _ => unreachable!("matched above"),
+                }
+                if !matches!(self.wait, Wait::Write { .. }) {
+                    self.release_locks();
+                }
+            }
+        }
+    }
+
+    /// Takes the user locks command `c` needs; `false` if one is held by
+    /// another session (nothing is taken then).
+    fn take_locks(&mut self, c: &Cmd) -> bool {
+        let Some(locks) = &self.opts.user_locks else {
+            return true;
+        };
+        let (verb, item) = match c {
+            Cmd::Apply(i) => ("APPLY", i),
+            Cmd::Get(i) => ("GET", i),
+            Cmd::Restore(i) => ("RESTORE", i),
+            _ => return true,
+        };
+        let users = lock_keys(verb, item);
+        if users.is_empty() {
+            return true;
+        }
+        if locks.0.try_lock(self.opts.session, &users) {
+            self.holding_locks = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release_locks(&mut self) {
+        if std::mem::take(&mut self.holding_locks) {
+            if let Some(locks) = &self.opts.user_locks {
+                locks.0.unlock(self.opts.session);
+            }
         }
     }
 
@@ -1001,6 +1126,7 @@ impl<R: MailRead> Server<R> {
             handler(self, &key, &item.value)
         };
         match result {
+            Ok(Outcome::Streaming) => {}
             Ok(Outcome::Reply(data, status)) => {
                 for d in data {
                     self.send(&Response::Data(d));
@@ -1361,24 +1487,45 @@ impl<R: MailRead> Server<R> {
         head.extend_from_slice(e.finish().text());
         head.extend_from_slice(format!(" {} {}}}\r\n", guid.to_hex(), size).as_bytes());
         self.out.extend_from_slice(&head);
-        let mut off = 0u64;
-        while off < size {
-            let chunk = self
-                .read
-                .message_bytes(&guid, off, self.opts.fetch_chunk_bytes)?;
-            if chunk.is_empty() {
-                // The store lost bytes it listed: the line cannot be
-                // completed; end the session rather than desynchronise.
-                self.flush_out();
-                self.close(CloseReason::EffectFailed(format!("message {guid} short")));
-                return Ok(Outcome::Reply(Vec::new(), Status::success()));
-            }
-            off += chunk.len() as u64;
+        self.wait = Wait::Fetch { guid, off: 0, size };
+        self.fetch_step();
+        Ok(Outcome::Streaming)
+    }
+
+    /// Sends the next chunk of the streaming `GET FETCH` reply, or its end.
+    fn fetch_step(&mut self) {
+        let Wait::Fetch { guid, off, size } = self.wait else {
+            return;
+        };
+        if off < size {
+            let want = self.opts.fetch_chunk_bytes.max(1);
+            let chunk = match self.read.message_bytes(&guid, off, want) {
+                Ok(c) if !c.is_empty() => c,
+                failed => {
+                    // The store lost or refused bytes it listed: the
+                    // literal cannot be completed; end the session rather
+                    // than desynchronise.
+                    let why = match failed {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "short".into(),
+                    };
+                    self.wait = Wait::Idle;
+                    self.event(Event::StoreFailed(format!("message {guid}: {why}")));
+                    self.close(CloseReason::EffectFailed(format!("message {guid}: {why}")));
+                    return;
+                }
+            };
+            let off = off + chunk.len() as u64;
             self.flush_out();
             self.outputs.push_back(Output::Transmit(chunk));
+            self.wait = Wait::Fetch { guid, off, size };
+            if off < size {
+                return;
+            }
         }
+        self.wait = Wait::Idle;
         self.out.extend_from_slice(b"\r\n");
-        ok(Vec::new())
+        self.status(Status::success());
     }
 
     // ---- APPLY --------------------------------------------------------
@@ -1798,11 +1945,18 @@ impl<R: MailRead> Server<R> {
                 let Some(f) = self.stage_ends.remove(&stage) else {
                     panic!("staging completion for unknown {stage:?}: driver bug");
                 };
+                let body = self.unverified_bodies.remove(&stage);
                 match result {
                     Ok(()) => {
                         self.staged.insert(f.guid.into(), f.size);
+                        if let Some(b) = body {
+                            self.bodies.push_back(b);
+                        }
                     }
                     Err(e) => {
+                        if let Some((_, b)) = body {
+                            self.bodies_bytes -= b.len();
+                        }
                         // A GUID or size mismatch, or a store limit.
                         self.upload_errors.push(format!("{}: {e}", f.guid));
                     }
@@ -1823,6 +1977,7 @@ impl<R: MailRead> Server<R> {
                     "completion for another write: driver bug"
                 );
                 self.durable(&proof, batch, then);
+                self.release_locks();
             }
             Some(StoreCompletion::Failed { batch_id, error }) => {
                 let wait = std::mem::replace(&mut self.wait, Wait::Idle);
@@ -1848,6 +2003,7 @@ impl<R: MailRead> Server<R> {
                     detail: error.to_string(),
                 });
                 self.status(status);
+                self.release_locks();
             }
         }
     }
@@ -1895,6 +2051,22 @@ impl<R: MailRead> Machine for Server<R> {
                 self.wait = Wait::Idle;
                 self.event(Event::AuthFailed(String::new()));
                 self.status(Status::no("authentication failure"));
+                self.pump();
+            }
+            return;
+        }
+        if let Wait::Fetch { .. } = self.wait {
+            self.fetch_step();
+            self.pump();
+            return;
+        }
+        if let Wait::Lock { retry_at, .. } = &self.wait {
+            if now >= *retry_at {
+                let Wait::Lock { command, .. } = std::mem::replace(&mut self.wait, Wait::Idle)
+                else {
+                    unreachable!("matched above")
+                };
+                self.on_command(command);
                 self.pump();
             }
             return;
@@ -1981,6 +2153,15 @@ impl<R: MailRead> Machine for Server<R> {
         if let Wait::Pause { until } = self.wait {
             return Some(until);
         }
+        if let Wait::Lock { retry_at, .. } = &self.wait {
+            return Some(*retry_at);
+        }
+        if let Wait::Fetch { .. } = self.wait {
+            // "As soon as the driver can take more": the earliest time
+            // after now (a harness on virtual time fires only timeouts
+            // later than its clock).
+            return self.now.checked_add(Duration::from_nanos(1));
+        }
         if self.blocked() {
             return None;
         }
@@ -2020,4 +2201,61 @@ fn cyrus_order(name: &MailboxName) -> (bool, Vec<u8>) {
 #[allow(dead_code)]
 fn _assert_send<R: MailRead + Send>(s: Server<R>) -> impl Send {
     s
+}
+
+/// The users a GET/APPLY/RESTORE needs locked (see [`UserLocks`]): the
+/// owners of the mailboxes it names and the users it names, sorted and
+/// deduplicated; the empty key for shared mailboxes and server
+/// annotations. Uploads and lookups by GUID or uniqueid (`RESERVE`,
+/// `MESSAGE`, `FETCH`, `UNIQUEIDS`) need none.
+fn lock_keys(verb: &str, item: &Item) -> Vec<Bytes> {
+    let key = String::from_utf8_lossy(&item.key).to_ascii_uppercase();
+    let key = key.strip_prefix("LOCAL_").unwrap_or(&key);
+    let owner = |name: &[u8]| -> Bytes {
+        match MailboxName::new(name)
+            .ok()
+            .as_ref()
+            .and_then(wire::owner_of)
+        {
+            Some(u) => Bytes::copy_from_slice(u.as_bytes()),
+            None => Bytes::new(),
+        }
+    };
+    let mut keys = Vec::new();
+    match (verb, key) {
+        ("APPLY", "RESERVE" | "MESSAGE" | "CAPABILITIES" | "FORCE")
+        | ("GET", "FETCH" | "UNIQUEIDS" | "QUOTA") => {}
+        ("GET", "USER" | "META") | ("APPLY", "UNUSER") => {
+            if let Some(u) = item.value.as_bytes().filter(|u| !u.is_empty()) {
+                keys.push(Bytes::copy_from_slice(u));
+            }
+        }
+        ("GET", "FULLMAILBOX" | "ANNOTATION") | ("APPLY", "UNMAILBOX" | "UNQUOTA") => {
+            if let Some(n) = item.value.as_bytes() {
+                keys.push(owner(n));
+            }
+        }
+        ("GET", "MAILBOXES") => {
+            for n in item.value.as_list().into_iter().flatten() {
+                if let Some(n) = n.as_bytes() {
+                    keys.push(owner(n));
+                }
+            }
+        }
+        _ => {
+            if let Some(kv) = item.value.as_kvlist() {
+                for k in ["MBOXNAME", "OLDMBOXNAME", "NEWMBOXNAME", "ROOT"] {
+                    if let Some(n) = kv.get(k).and_then(Value::as_bytes) {
+                        keys.push(owner(n));
+                    }
+                }
+                if let Some(u) = kv.get("USERID").and_then(Value::as_bytes) {
+                    keys.push(Bytes::copy_from_slice(u));
+                }
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
 }

@@ -30,7 +30,9 @@
 //! [`Options::write_buffer_bytes_max`] unsent bytes); inflated input comes
 //! out in chunks of at most
 //! [`proto::compress::InflateOptions::output_chunk_bytes_max`]. The machine
-//! bounds its own buffers.
+//! bounds its own buffers. Timers fire only while the write buffer has room,
+//! so a machine streams a long reply chunk by chunk by asking for a timeout
+//! at `now` after each one (the csync server's `GET FETCH` does).
 //!
 //! # Backpressure on commands, and a peer that stops reading
 //! Application commands are output the peer did not ask for (a MUPDATE
@@ -638,7 +640,14 @@ where
                     }
                     self.drain()?;
                 }
-                () = tokio::time::sleep_until(deadline), if self.timeout.is_some() => {
+                // Timers wait while the write buffer is full: a machine
+                // that streams a long reply asks to be woken at once after
+                // each chunk, and gets its next turn only when the peer
+                // has taken enough (the stall timeout covers a peer that
+                // takes nothing).
+                () = tokio::time::sleep_until(deadline),
+                    if self.timeout.is_some() && self.room_for_output() =>
+                {
                     let now = self.now();
                     self.machine.handle_timeout(now);
                     self.drain()?;

@@ -76,6 +76,13 @@ impl std::fmt::Debug for Committer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(u64);
 
+impl ConnId {
+    /// The id as a number (unique among this committer's connections).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 impl Committer {
     /// Moves `store` onto a new thread.
     pub fn spawn(store: Embedded, options: CommitterOptions) -> Committer {
