@@ -63,10 +63,10 @@
 //! from the uidlist. Cyrus-only concepts (ACLs, quota roots, annotations,
 //! seen databases, Sieve, sync logs) have no Maildir form:
 //! [`Maildir::refuse`] names them as [`Error::Unsupported`]. Dovecot's
-//! `dovecot.index*`, `dovecot.list.index*` and `dovecot.mailbox.log` are
-//! never written (only dropped, above), so rename/delete history for dsync
-//! is not kept here: deletes and renames reach a peer as "mailbox gone" /
-//! "mailbox with a new name" by GUID.
+//! `dovecot.index*` and `dovecot.list.index*` are never written (only
+//! dropped, above). `dovecot.mailbox.log` ([`mailbox_log`]) is read and
+//! appended to as Dovecot does, so delete, rename and subscription
+//! history (with timestamps) is shared with Dovecot and travels in dsync.
 //!
 //! Two faces: [`Maildir`] is the Maildir-native API (names, UIDs, Dovecot
 //! GUIDs, flags as letters); [`model::UserView`] and [`model::UserStore`]
@@ -76,6 +76,7 @@
 pub mod file_name;
 pub mod keywords;
 pub mod lock;
+pub mod mailbox_log;
 pub mod model;
 pub mod name;
 pub mod subscriptions;
@@ -410,6 +411,26 @@ impl Maildir {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The root's `dovecot.mailbox.log` ([`mailbox_log`]).
+    pub fn mailbox_log(&self) -> mailbox_log::MailboxLog {
+        mailbox_log::MailboxLog::at(&self.root)
+    }
+
+    /// Append a record to `dovecot.mailbox.log`, as Dovecot does after a
+    /// delete, rename or subscription change (dsync passes the peer's
+    /// timestamp when it applies the peer's change).
+    pub fn log_change(&self, kind: mailbox_log::Kind, guid: [u8; 16], at: i64) -> Result<()> {
+        let log = self.mailbox_log();
+        log.append(&mailbox_log::Record {
+            kind,
+            guid,
+            timestamp: mailbox_log::timestamp_of(at),
+        })
+        .map_err(io_err(&self.root.join(mailbox_log::FILE_NAME)))?;
+        self.fault_point();
+        Ok(())
     }
 
     /// Refuse a Cyrus-only concept (`"ACL"`, `"quota root"`,

@@ -8,21 +8,31 @@
 //!   [`UniqueId::from_mailbox_guid`], unless corvid keeps another one in
 //!   the sidecar `corvid-uniqueid` (written when a batch asks for it); `uidvalidity`; `last_uid` = next UID
 //!   − 1; `highestmodseq` = corvid's sidecar modseq; `owner` = the user;
-//!   partition `default`; `renamed_or_created_at` = the directory's ctime
-//!   (a rename changes it; 0 for INBOX, the root).
+//!   partition `default`; `renamed_or_created_at` from the log (below).
 //! * Record: `uid`, `modseq`, `flags`/keywords from the file name,
 //!   `internaldate` = `last_updated` = the file's mtime, `size` = physical
 //!   size, `guid` = SHA-1 of the bytes (from the sidecar), `peer_guid` =
 //!   Dovecot's message GUID (uidlist `G` or base name). Maildir keeps no
 //!   expunged records: expunged messages are simply absent.
-//! * Subscriptions: the `subscriptions` file, all subscribed, dated by the
-//!   file's mtime (Maildir keeps no per-name dates or unsubscribes).
+//! * Subscriptions: the `subscriptions` file, all subscribed; a name
+//!   whose mailbox exists and whose last `dovecot.mailbox.log` record is
+//!   an unsubscribe shows as unsubscribed. `changed_at` is the newest
+//!   subscribe/unsubscribe record for the name's hash, else 0 (as Dovecot's
+//!   dsync sends it).
+//! * Renames: `renamed_or_created_at` is the newest rename record for the
+//!   mailbox's name hash, else 0 (Dovecot logs renames, not creates).
+//! * Tombstones: the log's delete-mailbox records whose GUID is not a live
+//!   mailbox (newest per GUID). The log keeps no names, so a tombstone's
+//!   `name` is its GUID in hex and its uniqueid the one the GUID gives.
+//!   Unsubscribes and directory deletes of names no mailbox here has are
+//!   only hashes: the model has no form for them, so they are not shown.
 //!
 //! No Maildir form, so always empty: seen databases (Maildir's `\Seen` is
 //! a flag), quota roots, Sieve scripts, server and mailbox annotations,
-//! tombstones (Dovecot keeps deletes in its binary `dovecot.mailbox.log`,
-//! not read here), sync logs. Writes go through [`Maildir`] itself;
-//! [`Maildir::refuse`] is the typed refusal for those concepts.
+//! sync logs. Writes go through [`Maildir`] itself (and append the log
+//! records Dovecot would: delete, rename, subscribe, unsubscribe, dated by
+//! the model's timestamps); [`Maildir::refuse`] is the typed refusal for
+//! the concepts above.
 //!
 //! Cost: lookups by uniqueid, mailbox GUID or message SHA-1 walk every
 //! mailbox (a maildir is one user's mail, not a server's).
@@ -30,7 +40,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -44,7 +53,55 @@ use engine::store::{
     Change, MailRead, Plan, StageHandle, StageHasher, StoreError, StoreWrite, UidRange, WriteBatch,
 };
 
+use super::mailbox_log::{name_hash, Kind};
 use super::{Error, Maildir, Name};
+
+/// What `dovecot.mailbox.log` says, indexed for lookups by GUID or name.
+#[derive(Debug, Default)]
+struct LogIndex {
+    /// Mailbox GUID → newest delete.
+    deleted: BTreeMap<[u8; 16], i64>,
+    /// Name hash → newest rename to it.
+    renamed: BTreeMap<[u8; 16], i64>,
+    /// Name hash → newest subscription change (subscribed?, when).
+    subscription: BTreeMap<[u8; 16], (bool, i64)>,
+}
+
+impl LogIndex {
+    fn of(md: &Maildir) -> Result<LogIndex, StoreError> {
+        let mut ix = LogIndex::default();
+        let recs = md
+            .mailbox_log()
+            .read()
+            .map_err(|e| StoreError::Io(format!("dovecot.mailbox.log: {e}")))?;
+        for r in recs {
+            let at = r.timestamp as i64;
+            // Records are not ordered by time (two writers, peers' dates):
+            // the newest wins, a tie goes to the later record.
+            let newer = |old: Option<i64>| old.is_none_or(|o| at >= o);
+            match r.kind {
+                Kind::DeleteMailbox => {
+                    if newer(ix.deleted.get(&r.guid).copied()) {
+                        ix.deleted.insert(r.guid, at);
+                    }
+                }
+                Kind::Rename => {
+                    if newer(ix.renamed.get(&r.guid).copied()) {
+                        ix.renamed.insert(r.guid, at);
+                    }
+                }
+                Kind::Subscribe | Kind::Unsubscribe => {
+                    if newer(ix.subscription.get(&r.guid).map(|s| s.1)) {
+                        ix.subscription
+                            .insert(r.guid, (r.kind == Kind::Subscribe, at));
+                    }
+                }
+                Kind::DeleteDir | Kind::CreateDir => {}
+            }
+        }
+        Ok(ix)
+    }
+}
 
 fn store_err(e: Error) -> StoreError {
     match e {
@@ -67,6 +124,11 @@ impl<'a> UserView<'a> {
     }
 
     fn mailbox_of(&self, name: &Name) -> Result<Option<Mailbox>, StoreError> {
+        let ix = LogIndex::of(self.maildir)?;
+        self.mailbox_in(name, &ix)
+    }
+
+    fn mailbox_in(&self, name: &Name, ix: &LogIndex) -> Result<Option<Mailbox>, StoreError> {
         let st = match self.maildir.status(name) {
             Ok(st) => st,
             Err(Error::NoMailbox(_)) => return Ok(None),
@@ -74,13 +136,12 @@ impl<'a> UserView<'a> {
         };
         let uidvalidity = UidValidity::new(st.uidvalidity)
             .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))?;
-        let created = if name.is_inbox() {
-            UnixTime::ZERO
-        } else {
-            std::fs::metadata(self.maildir.dir_of(name))
-                .map(|m| UnixTime(m.ctime()))
-                .unwrap_or(UnixTime::ZERO)
-        };
+        let created = UnixTime(
+            ix.renamed
+                .get(&name_hash(name.as_str()))
+                .copied()
+                .unwrap_or(0),
+        );
         let uniqueid = match self.maildir.stored_uniqueid(name).map_err(store_err)? {
             Some(id) => UniqueId::new(&id)
                 .map_err(|e| StoreError::Corrupt(format!("{name}: uniqueid {id:?}: {e}")))?,
@@ -101,9 +162,10 @@ impl<'a> UserView<'a> {
     }
 
     fn all(&self) -> Result<Vec<Mailbox>, StoreError> {
+        let ix = LogIndex::of(self.maildir)?;
         let mut out = Vec::new();
         for n in self.maildir.list().map_err(store_err)? {
-            if let Some(m) = self.mailbox_of(&n)? {
+            if let Some(m) = self.mailbox_in(&n, &ix)? {
                 out.push(m);
             }
         }
@@ -257,27 +319,40 @@ impl MailRead for UserView<'_> {
         if *user != self.user {
             return Ok(Vec::new());
         }
-        let changed_at = std::fs::metadata(self.maildir.root().join(super::SUBSCRIPTIONS))
-            .map(|m| UnixTime(m.mtime()))
-            .unwrap_or(UnixTime::ZERO);
-        let mut out: Vec<(MailboxName, Subscription)> = self
-            .maildir
-            .subscriptions()
-            .map_err(store_err)?
-            .into_iter()
-            .map(|n| {
-                (
-                    MailboxName::new(n.as_str()).expect("a valid Maildir name is a model name"),
+        let ix = LogIndex::of(self.maildir)?;
+        let model =
+            |n: &Name| MailboxName::new(n.as_str()).expect("a valid Maildir name is a model name");
+        let mut out: BTreeMap<MailboxName, Subscription> = BTreeMap::new();
+        for n in self.maildir.subscriptions().map_err(store_err)? {
+            let at = ix
+                .subscription
+                .get(&name_hash(n.as_str()))
+                .map_or(0, |s| s.1);
+            out.insert(
+                model(&n),
+                Subscription {
+                    subscribed: true,
+                    changed_at: UnixTime(at),
+                },
+            );
+        }
+        // Unsubscribed names we can name: those of existing mailboxes.
+        for n in self.maildir.list().map_err(store_err)? {
+            let m = model(&n);
+            if out.contains_key(&m) {
+                continue;
+            }
+            if let Some(&(false, at)) = ix.subscription.get(&name_hash(n.as_str())) {
+                out.insert(
+                    m,
                     Subscription {
-                        subscribed: true,
-                        changed_at,
+                        subscribed: false,
+                        changed_at: UnixTime(at),
                     },
-                )
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.dedup_by(|a, b| a.0 == b.0);
-        Ok(out)
+                );
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     fn quota(&self, _root: &MailboxName) -> Result<Option<QuotaRoot>, StoreError> {
@@ -296,12 +371,41 @@ impl MailRead for UserView<'_> {
         Ok(Annotations::new())
     }
 
-    fn tombstones_named(&self, _name: &MailboxName) -> Result<Vec<Tombstone>, StoreError> {
-        Ok(Vec::new())
+    fn tombstones_named(&self, name: &MailboxName) -> Result<Vec<Tombstone>, StoreError> {
+        Ok(self
+            .tombstones_of_user(&self.user)?
+            .into_iter()
+            .filter(|t| t.name == *name)
+            .collect())
     }
 
-    fn tombstones_of_user(&self, _user: &UserId) -> Result<Vec<Tombstone>, StoreError> {
-        Ok(Vec::new())
+    fn tombstones_of_user(&self, user: &UserId) -> Result<Vec<Tombstone>, StoreError> {
+        if *user != self.user {
+            return Ok(Vec::new());
+        }
+        let ix = LogIndex::of(self.maildir)?;
+        if ix.deleted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live: Vec<MailboxGuid> = self.all()?.into_iter().map(|m| m.guid).collect();
+        let mut out = Vec::new();
+        for (g, at) in &ix.deleted {
+            let guid = MailboxGuid::from_bytes(*g);
+            // A deleted GUID that lives again (restored) is no tombstone,
+            // as in Dovecot's dsync.
+            if guid.is_zero() || live.contains(&guid) {
+                continue;
+            }
+            out.push(Tombstone {
+                name: MailboxName::new(guid.to_hex()).expect("hex is a valid name"),
+                uniqueid: UniqueId::from_mailbox_guid(&guid),
+                guid,
+                owner: Some(self.user.clone()),
+                deleted_at: UnixTime(*at),
+                modseq: ModSeq(0),
+            });
+        }
+        Ok(out)
     }
 
     fn sync_log(
@@ -413,6 +517,13 @@ fn parse_pin_line(line: &str) -> Option<(Guid, Pin)> {
             internaldate: f[1].parse().ok()?,
         },
     ))
+}
+
+/// Wall-clock seconds, for log records whose change carries no date.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn unsupported(what: &str) -> StoreError {
@@ -560,6 +671,13 @@ impl UserStore {
                 _ => {}
             }
         }
+        let deleted_at: BTreeMap<&UniqueId, i64> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PutTombstone(t) => Some((&t.uniqueid, t.deleted_at.0)),
+                _ => None,
+            })
+            .collect();
         let mut names: BTreeMap<UniqueId, Name> = BTreeMap::new();
         for id in &removed {
             let before = self.view().mailbox_by_uniqueid(id)?;
@@ -571,6 +689,12 @@ impl UserStore {
                     );
                     if from != to {
                         md.rename_one(&from, &to).map_err(store_err)?;
+                        md.log_change(
+                            Kind::Rename,
+                            name_hash(to.as_str()),
+                            new.renamed_or_created_at.0,
+                        )
+                        .map_err(store_err)?;
                     }
                     if old.guid != new.guid {
                         md.set_guid(&to, new.guid).map_err(store_err)?;
@@ -582,6 +706,12 @@ impl UserStore {
                         return Err(unsupported("deleting INBOX"));
                     }
                     md.delete(&n).map_err(store_err)?;
+                    let at = deleted_at.get(id).copied().unwrap_or_else(now);
+                    md.log_change(Kind::DeleteMailbox, *old.guid.as_bytes(), at)
+                        .map_err(store_err)?;
+                    // Dovecot also logs the name's directory as deleted.
+                    md.log_change(Kind::DeleteDir, name_hash(n.as_str()), at)
+                        .map_err(store_err)?;
                 }
                 (None, _) => {}
             }
@@ -824,8 +954,20 @@ impl UserStore {
                     }
                 }
                 Change::PutSubscription(_, n, s) => {
-                    md.set_subscribed(&UserStore::name_of(n)?, s.subscribed)
-                        .map_err(store_err)?;
+                    let n = UserStore::name_of(n)?;
+                    let was = md.subscriptions().map_err(store_err)?.contains(&n);
+                    md.set_subscribed(&n, s.subscribed).map_err(store_err)?;
+                    // Logged when the state changes, or when a peer's
+                    // change brings a date (dsync keeps the newer one).
+                    if was != s.subscribed || s.changed_at.0 != 0 {
+                        let kind = if s.subscribed {
+                            Kind::Subscribe
+                        } else {
+                            Kind::Unsubscribe
+                        };
+                        md.log_change(kind, name_hash(n.as_str()), s.changed_at.0)
+                            .map_err(store_err)?;
+                    }
                 }
                 _ => {}
             }
