@@ -89,6 +89,9 @@ pub struct Options {
     pub upload_bytes_max: u64,
     /// Size of each read of a message from the store.
     pub chunk_bytes: usize,
+    /// Most upload bytes handed to the driver per turn (the driver's
+    /// write buffer bounds how many turns wait unsent).
+    pub upload_turn_bytes: usize,
     /// Most untagged lines in one reply (a user's mailboxes, quotas, seen).
     pub reply_items_max: usize,
     /// A reply that does not come within this closes the session
@@ -120,6 +123,7 @@ impl Options {
             upload_files_max: 1024,
             upload_bytes_max: 16 << 20,
             chunk_bytes: 64 * 1024,
+            upload_turn_bytes: 256 * 1024,
             reply_items_max: 100_000,
             reply_timeout: Some(Duration::from_secs(30 * 60)),
             frame: frame::Options::csync(),
@@ -271,6 +275,13 @@ struct Caps {
     starttls: bool,
 }
 
+/// What remains of an `APPLY MESSAGE` being streamed.
+#[derive(Debug)]
+enum UpPiece {
+    Bytes(Bytes),
+    File { guid: Guid, size: u64, off: u64 },
+}
+
 /// A file literal's pieces, from either flavour's decoder.
 enum FileEv {
     Start(FileRef),
@@ -351,6 +362,10 @@ pub struct Client<R> {
     /// IMAP flavour: the capability words seen last.
     imap_caps: Vec<Bytes>,
     tls_on: bool,
+    /// The rest of the `APPLY MESSAGE` being sent (empty: none).
+    upload: VecDeque<UpPiece>,
+    /// The latest time any input brought (for an immediate timeout).
+    clock: Time,
     out: VecDeque<Output<Effect, Event>>,
     caps: Caps,
     sasl: Option<sasl::Client>,
@@ -406,6 +421,8 @@ impl<R: MailRead> Client<R> {
             imap_next: 0,
             imap_caps: Vec::new(),
             tls_on: false,
+            upload: VecDeque::new(),
+            clock: now,
             out: VecDeque::new(),
             caps: Caps::default(),
             sasl: None,
@@ -1114,36 +1131,87 @@ impl<R: MailRead> Client<R> {
             "MESSAGE",
             Value::List(files.iter().cloned().map(Value::File).collect()),
         );
+        // Every file must be there at its size before the first byte
+        // goes out: once streaming, a failure can only cut the session.
+        for f in &files {
+            let guid: Guid = f.guid.into();
+            match self.read.message_size(&guid)? {
+                Some(n) if n == f.size => {}
+                other => {
+                    return Err(StoreError::SizeMismatch {
+                        guid,
+                        expected: f.size,
+                        actual: other.unwrap_or(0),
+                    })
+                }
+            }
+        }
         let enc = self.encode_cmd(Cmd::Apply(item));
-        let mut chunks = Vec::new();
+        let mut pieces = VecDeque::new();
         for piece in enc.pieces() {
             match piece {
-                proto::dlist::Piece::Bytes(b) => chunks.push(Bytes::copy_from_slice(b)),
-                proto::dlist::Piece::File(f) => {
-                    let guid: Guid = f.guid.into();
-                    let mut off = 0u64;
-                    while off < f.size {
-                        let want = (f.size - off).min(self.opts.chunk_bytes as u64) as usize;
-                        let b = self.read.message_bytes(&guid, off, want)?;
-                        if b.is_empty() {
-                            return Err(StoreError::SizeMismatch {
-                                guid,
-                                expected: f.size,
-                                actual: off,
-                            });
+                proto::dlist::Piece::Bytes(b) => {
+                    pieces.push_back(UpPiece::Bytes(Bytes::copy_from_slice(b)))
+                }
+                proto::dlist::Piece::File(f) => pieces.push_back(UpPiece::File {
+                    guid: f.guid.into(),
+                    size: f.size,
+                    off: 0,
+                }),
+            }
+        }
+        self.upload = pieces;
+        self.inflight = Some(Inflight::Step(step));
+        self.arm(now);
+        self.pump_upload();
+        Ok(())
+    }
+
+    /// Next part of the `APPLY MESSAGE` being sent: at most
+    /// [`Options::upload_turn_bytes`] per turn, read from the store in
+    /// [`Options::chunk_bytes`] pieces. The machine then asks for an
+    /// immediate timeout; the driver grants it only when its write buffer
+    /// has room, so no more than that buffer plus one turn is in memory
+    /// however large the batch.
+    fn pump_upload(&mut self) {
+        let mut budget = self.opts.upload_turn_bytes.max(1);
+        while budget > 0 {
+            let Some(front) = self.upload.front_mut() else {
+                return;
+            };
+            match front {
+                UpPiece::Bytes(b) => {
+                    let b = std::mem::take(b);
+                    budget = budget.saturating_sub(b.len());
+                    self.out.push_back(Output::Transmit(b));
+                    self.upload.pop_front();
+                }
+                UpPiece::File { guid, size, off } => {
+                    let want = (*size - *off).min(self.opts.chunk_bytes as u64) as usize;
+                    let guid = *guid;
+                    let at = *off;
+                    match self.read.message_bytes(&guid, at, want) {
+                        Ok(b) if !b.is_empty() => {
+                            *off += b.len() as u64;
+                            let done = *off >= *size;
+                            budget = budget.saturating_sub(b.len());
+                            self.out.push_back(Output::Transmit(b));
+                            if done {
+                                self.upload.pop_front();
+                            }
                         }
-                        off += b.len() as u64;
-                        chunks.push(b);
+                        // Half a command is on the wire: only closing
+                        // keeps the replica from reading garbage.
+                        _ => {
+                            self.upload.clear();
+                            return self.close(CloseReason::Local(
+                                "local store failed while uploading a message".into(),
+                            ));
+                        }
                     }
                 }
             }
         }
-        for c in chunks {
-            self.out.push_back(Output::Transmit(c));
-        }
-        self.inflight = Some(Inflight::Step(step));
-        self.arm(now);
-        Ok(())
     }
 
     // ---- replies --------------------------------------------------------
@@ -1622,6 +1690,7 @@ impl<R: MailRead> Machine for Client<R> {
     type Command = Command;
 
     fn handle_input(&mut self, now: Time, bytes: &[u8]) {
+        self.clock = self.clock.max(now);
         if self.closed {
             return;
         }
@@ -1655,6 +1724,10 @@ impl<R: MailRead> Machine for Client<R> {
     }
 
     fn handle_timeout(&mut self, now: Time) {
+        self.clock = self.clock.max(now);
+        if !self.upload.is_empty() {
+            return self.pump_upload();
+        }
         if let Some(d) = self.deadline {
             if now >= d && self.inflight.is_some() {
                 self.close(CloseReason::Timeout("no reply from the replica".into()));
@@ -1663,6 +1736,7 @@ impl<R: MailRead> Machine for Client<R> {
     }
 
     fn handle_completion(&mut self, now: Time, id: EffectId, completion: Self::Completion) {
+        self.clock = self.clock.max(now);
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -1683,6 +1757,7 @@ impl<R: MailRead> Machine for Client<R> {
     }
 
     fn handle_command(&mut self, now: Time, command: Self::Command) {
+        self.clock = self.clock.max(now);
         if self.closed {
             return;
         }
@@ -1697,6 +1772,9 @@ impl<R: MailRead> Machine for Client<R> {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
+        if !self.upload.is_empty() && !self.closed {
+            return Some(self.clock);
+        }
         if self.inflight.is_some() {
             self.deadline
         } else {

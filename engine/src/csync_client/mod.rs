@@ -4,13 +4,14 @@
 //! [`csync::Server`](crate::csync::Server)).
 //!
 //! ```text
-//!   banner (* SASL …, * COMPRESS DEFLATE, * SIEVE-MAILBOX, * OK …)
+//!   banner (* SASL …, [* STARTTLS], * COMPRESS DEFLATE, * SIEVE-MAILBOX, * OK …)
+//!     │ [STARTTLS ─▶ StartLayer(TlsClient) ─▶ banner again]  (Options::starttls)
 //!     │ AUTHENTICATE PLAIN|LOGIN (credentials from Options)
 //!     ▼ OK Success
 //!   [COMPRESS DEFLATE ─▶ StartLayer(Deflate)]   (-z: required)
 //!   [APPLY FORCE %()]                            (-O: no copyback)
-//!   [APPLY CAPABILITIES (SIEVE-MAILBOX)]         (only with Options::sieve_mailbox)
-//!     ▼
+//!   [APPLY CAPABILITIES (SIEVE-MAILBOX)]         (when offered; Options::sieve_mailbox)
+//!     ▼ Event::Ready(flavour)
 //!   Ready ◀────────────────────────────────────────────────┐
 //!     │ Command::User / Mailboxes / Meta / Unuser / …      │
 //!     ▼ one job: a queue of steps, one command in flight   │
@@ -34,13 +35,26 @@
 //! completion. With [`Options::no_copyback`] (`-O`) nothing local is ever
 //! written.
 //!
-//! Memory: message uploads are read from the store in
-//! [`Options::chunk_bytes`] pieces; one `APPLY MESSAGE` holds at most
-//! [`Options::upload_files_max`] files and [`Options::upload_bytes_max`]
-//! bytes (a larger single message goes alone), which is what the driver
-//! may hold unsent. Replies are bounded by the framer limits and
-//! [`Options::reply_items_max`]. Incoming `GET FETCH` bodies stream out as
-//! staging effects.
+//! Memory: an `APPLY MESSAGE` (at most [`Options::upload_files_max`]
+//! files and [`Options::upload_bytes_max`] bytes; a larger single message
+//! goes alone) is streamed, not built: each turn hands the driver at most
+//! [`Options::upload_turn_bytes`], read from the store in
+//! [`Options::chunk_bytes`] pieces, then asks for an immediate timeout
+//! that the driver grants only when its write buffer has room. Every
+//! file's size is checked before the first byte, since a store failure
+//! mid-command can only close the session. Replies are bounded by the
+//! framer limits and [`Options::reply_items_max`]. Incoming `GET FETCH`
+//! bodies stream out as staging effects.
+//!
+//! Flavours ([`Flavour`]): the csync port, or (`sync_try_imap`) an imapd
+//! advertising `X-REPLICATION`, where the same dlists travel as tagged
+//! `S<n> SYNCGET`/`SYNCAPPLY` after `A01 AUTHENTICATE`, and `EXIT` is
+//! `Q01 LOGOUT`. An IMAP attempt that meets a csync banner continues as
+//! csync on the same connection (Cyrus's client waits 10 s for a tagged
+//! answer, then reconnects); an imapd without `X-REPLICATION` ends with
+//! [`Event::NoReplication`] and the caller reconnects to the csync port.
+//! STARTTLS ([`Options::starttls`]) is csync-only here: after `OK` the
+//! driver runs the TLS handshake and the banner is read again.
 //!
 //! What it never does: open sockets, read clocks, log message bytes or
 //! the password, or decide which users to replicate (the caller's
