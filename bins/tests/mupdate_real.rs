@@ -1249,3 +1249,211 @@ fn over_the_connection_cap_a_client_gets_server_unable() {
         c2.run(mupdate::Command::Noop).1 == "Bad Please login first"
     });
 }
+
+/// A line-based IMAP client for the frontend test (no literals needed).
+struct Imap {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    n: u32,
+}
+
+impl Imap {
+    fn connect(port: u16) -> Imap {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut i = Imap {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+            n: 0,
+        };
+        let mut greeting = String::new();
+        i.r.read_line(&mut greeting).unwrap();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        i
+    }
+
+    /// Runs one command; returns every line up to and including the tagged one.
+    fn run(&mut self, cmd: &str) -> String {
+        self.n += 1;
+        let tag = format!("i{}", self.n);
+        write!(self.w, "{tag} {cmd}\r\n").unwrap();
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.r.read_line(&mut line).unwrap() > 0,
+                "imap closed: {out}"
+            );
+            out.push_str(&line);
+            if line.starts_with(&format!("{tag} ")) {
+                return out;
+            }
+        }
+    }
+}
+
+/// The whole Murder with corvid as the frontend's MUPDATE slave:
+///
+/// ```text
+///   real Cyrus mupdate -m  ◀── RESERVE/ACTIVATE ── real Cyrus backend imapd
+///          │ UPDATE stream
+///          ▼
+///   corvid mupdate (slave, under the frontend's Cyrus master(8))
+///          │ writes mailboxes.db (twoskip)      ▲ kick (mupdate.target)
+///          ▼                                     │
+///   real Cyrus frontend imapd ── proxies ──▶ backend
+/// ```
+///
+/// An unmodified frontend imapd lists alice's INBOX from corvid's
+/// mailboxes.db, proxies SELECT to the backend named there, proxies a
+/// CREATE, kicks corvid, and lists the new folder at once.
+#[test]
+fn real_cyrus_frontend_routes_with_corvid_slave() {
+    if !cyrus_available("real_cyrus_frontend_routes_with_corvid_slave") {
+        return;
+    }
+    let root = open_root();
+    let (_mupdate_master, cport) = start_cyrus_master(root.path());
+    let be_port = free_port();
+    let be_name = format!("127.0.0.1:{be_port}");
+    let sasldb = root.path().join("murder-sasldb2");
+    for realm in ["fe.test", be_name.as_str()] {
+        for (user, pass) in [
+            ("cyrus", "cyruspass"),
+            ("proxy", "proxypass"),
+            ("alice", "pass"),
+        ] {
+            let mut p = Command::new("saslpasswd2")
+                .args([
+                    "-p",
+                    "-c",
+                    "-f",
+                    sasldb.to_str().unwrap(),
+                    "-u",
+                    realm,
+                    user,
+                ])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            p.stdin.take().unwrap().write_all(pass.as_bytes()).unwrap();
+            assert!(p.wait().unwrap().success());
+        }
+    }
+    assert!(Command::new("chown")
+        .args(["cyrus:mail", sasldb.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let sasl = format!(
+        "sasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\nsasl_sasldb_path: {}\n",
+        sasldb.display()
+    );
+    let start_master = |inst: &Path| -> CyrusMaster {
+        let pidfile = inst.join("master.pid");
+        let st = Command::new("runuser")
+            .args(["-u", "cyrus", "--", &format!("{CYRUS}/master")])
+            .args(["-C", inst.join("imapd.conf").to_str().unwrap()])
+            .args(["-M", inst.join("cyrus.conf").to_str().unwrap()])
+            .args(["-p", pidfile.to_str().unwrap(), "-d"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        CyrusMaster { pidfile }
+    };
+    // The backend: pushes its mailboxes to the Cyrus MUPDATE master.
+    let be = cyrus_instance(
+        root.path(),
+        "be",
+        &format!(
+            "servername: {be_name}\nadmins: cyrus\nproxyservers: proxy\nmupdate_server: 127.0.0.1:{cport}\n\
+mupdate_authname: mupdateadmin\nmupdate_password: secret\nmupdate_config: standard\n{sasl}"
+        ),
+    );
+    std::fs::write(
+        be.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  imap cmd=\"{CYRUS}/imapd -C {c}\" listen=\"127.0.0.1:{be_port}\" prefork=0\n}}\n",
+            c = be.join("imapd.conf").display()
+        ),
+    )
+    .unwrap();
+    let _be = start_master(&be);
+    wait_port(be_port);
+    let mut admin = Imap::connect(be_port);
+    assert!(admin.run("LOGIN cyrus cyruspass").contains(" OK"));
+    let created = admin.run("CREATE user.alice");
+    assert!(created.contains(" OK"), "backend CREATE: {created}");
+    // The frontend: corvid as its MUPDATE slave under its master(8), and
+    // the real imapd proxying to the backend.
+    let passwd = root.path().join("fe-passwd");
+    let mut p = Command::new(corvid())
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    assert!(Command::new("chown")
+        .args(["cyrus:mail", passwd.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let fe = cyrus_instance(
+        root.path(),
+        "fe",
+        &format!(
+            "servername: fe.test\nadmins: cyrus\nmupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\n\
+mupdate_password: secret\nmupdate_retry_delay: 2\nmupdate_config: standard\nproxy_authname: proxy\nproxy_password: proxypass\n\
+serverlist: {be_name}\ncorvid_passwd_file: {}\n{sasl}",
+            passwd.display()
+        ),
+    );
+    let slave_port = free_port();
+    let fe_port = free_port();
+    std::fs::write(
+        fe.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  mupdate cmd=\"{exe} mupdate -C {c}\" listen=\"127.0.0.1:{slave_port}\" prefork=1\n  \
+imap cmd=\"{CYRUS}/imapd -C {c}\" listen=\"127.0.0.1:{fe_port}\" prefork=0\n}}\n",
+            exe = corvid().display(),
+            c = fe.join("imapd.conf").display()
+        ),
+    )
+    .unwrap();
+    let _fe = start_master(&fe);
+    let socket = fe.join("conf/socket/mupdate.target");
+    wait_until("corvid slave's first sync (kick socket)", 30, || {
+        socket.exists()
+    });
+    wait_port(fe_port);
+    let mut imap = Imap::connect(fe_port);
+    let login = imap.run("LOGIN alice pass");
+    assert!(login.contains(" OK"), "frontend LOGIN: {login}");
+    let list = imap.run("LIST \"\" \"*\"");
+    assert!(
+        list.contains("\"INBOX\"") || list.contains(" INBOX\r\n"),
+        "frontend LIST: {list}"
+    );
+    let select = imap.run("SELECT INBOX");
+    assert!(
+        select.contains("OK [READ-WRITE]"),
+        "frontend SELECT (proxied): {select}"
+    );
+    // CREATE through the frontend: proxied to the backend, which tells the
+    // master; the frontend then kicks corvid, and the folder is listed at
+    // once (the Cyrus master alone pushes only every ~5 s).
+    let create = imap.run("CREATE INBOX.Sent");
+    assert!(create.contains(" OK"), "frontend CREATE: {create}");
+    let list = imap.run("LIST \"\" \"*\"");
+    assert!(
+        list.contains("INBOX.Sent"),
+        "frontend LIST after CREATE: {list}"
+    );
+    let dump = dump_mboxlist(&fe);
+    assert!(
+        dump.contains(&format!("\"server\": \"{be_name}\"")),
+        "{dump}"
+    );
+}
