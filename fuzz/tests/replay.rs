@@ -1,7 +1,8 @@
 //! Replays the committed corpus through every target body: each file of
 //! `corpus/seeds/<target>/` (real captures, see `fuzz/make_seeds.py`) and
 //! `corpus/regressions/<target>/` (every crash ever found, kept after its
-//! fix). A failure names the file; reproduce it alone with
+//! fix) and `corpus/fuzz/<target>/` (minimized inputs libFuzzer found that
+//! add coverage, merged in by `scripts/fuzz.sh`). A failure names the file; reproduce it alone with
 //! `FUZZ_FILE=<path> cargo test -p fuzz --test replay one_file`.
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,11 @@ fn seeds() {
         );
     }
     assert!(n > 50, "only {n} seeds");
+}
+
+#[test]
+fn fuzz_found() {
+    replay("fuzz");
 }
 
 #[test]
