@@ -668,6 +668,7 @@ fn csync_hostile(kind: Kind) {
     }
     eprintln!("{kind:?} lying literals: VmHWM {} kB", hwm_kb(d.pid()));
     d.healthy("lying literals");
+    d.log_has("connection closed mid-literal");
     csync_canary(&d, "lying literals");
     let r = early.cmd(b"GET USER carol\r\n");
     assert!(
@@ -686,6 +687,7 @@ fn csync_hostile(kind: Kind) {
         c.send_lossy(&garbage);
         let rest = c.rest_until_eof();
         eprintln!("{kind:?} garbage after COMPRESS: {rest:?}");
+        d.log_has("corrupt deflate stream from peer");
     }
     d.healthy("garbage after COMPRESS");
 
@@ -741,6 +743,7 @@ fn csync_hostile(kind: Kind) {
         let r = c.cmd(&upload(&b, "default", Guid::of(&other), b.len()));
         assert!(r.starts_with("NO"), "GUID mismatch: {r}");
         eprintln!("{kind:?} GUID mismatch: {r}");
+        d.log_has("message bytes hash to");
         // A mailbox naming the mismatched GUID is refused too.
         let r = c.cmd(&mailbox_apply("dave", "hostile-dave-0001", &[other]));
         assert!(r.starts_with("NO"), "mailbox with a missing message: {r}");
@@ -1118,6 +1121,7 @@ fn mupdate_survives_hostile_peers() {
         c.send_lossy(&garbage);
         let rest = c.rest_until_eof();
         eprintln!("mupdate garbage after COMPRESS: {rest:?}");
+        d.log_has("corrupt deflate stream from peer");
     }
     d.healthy("garbage after COMPRESS");
 
@@ -1488,6 +1492,7 @@ fn csync_disk_full(kind: Kind) {
     let r = refused.expect("a 3 MiB disk took 8 MiB of messages");
     eprintln!("{kind:?} disk full: {r}");
     assert!(r.starts_with("NO") || r.starts_with("BAD"), "{r}");
+    d.log_has("No space left on device");
     d.healthy("disk full");
     // Reads still work on a full disk; a write either succeeds or says NO.
     let mut c2 = csync_login(&d, ADMIN, ADMIN_PASS);
@@ -1533,6 +1538,7 @@ fn mupdate_disk_full() {
     }
     let r = refused.expect("a 1 MiB disk took 64 × 60 KiB");
     eprintln!("mupdate disk full after {}: {r}", acked.len());
+    d.log_has("database or disk is full");
     d.healthy("disk full");
     let mut c2 = mupdate_admin(&d);
     let r = c2.tcmd(b"L1 LIST\r\n");
