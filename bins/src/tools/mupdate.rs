@@ -266,6 +266,9 @@ impl Drop for Decrement<'_> {
 /// Serves `<configdirectory>/socket/mupdate.target` (see the module doc).
 async fn kick_socket(shared: Arc<Shared>, master: bool) {
     let path = shared.kick_socket.clone();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
     let _ = std::fs::remove_file(&path);
     let listener = match tokio::net::UnixListener::bind(&path) {
         Ok(l) => l,
