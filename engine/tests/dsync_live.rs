@@ -558,3 +558,91 @@ fn corvid_backup_into_real_dovecot_and_back() {
     check_same(&lab, &st, "backup to Dovecot");
     assert!(!lab.fetch().join("\n").contains("stray"));
 }
+
+/// The subscription state of `name` on the corvid side (`None`: unknown).
+fn corvid_subscribed(st: &Store, name: &str) -> Option<bool> {
+    let s = st.borrow();
+    s.durable()
+        .subscriptions(&user())
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n.as_bytes() == name.as_bytes())
+        .map(|(_, s)| s.subscribed)
+}
+
+/// Dovecot's mailbox log travels to corvid and corvid's tombstones to
+/// Dovecot: a mailbox deleted and unsubscribed on one side is deleted and
+/// unsubscribed on the other (the unsubscribe of a name that no longer has
+/// a mailbox travels only as a name-hash tombstone in `D`).
+#[test]
+fn deletes_and_unsubscribes_travel_both_ways() {
+    let Some(doveadm) = doveadm_or_skip() else {
+        return;
+    };
+    let lab = Lab::new(doveadm, "tombstones");
+    lab.put(".Work", "1700000001.M1P1.vm", "", &msg("w1", "work", "w\n"));
+    lab.put(
+        ".Other",
+        "1700000002.M2P2.vm",
+        "",
+        &msg("o1", "other", "o\n"),
+    );
+    lab.doveadm(&["mailbox", "subscribe", "Work", "Other"]);
+    let st: Store = Rc::new(RefCell::new(MemStore::default()));
+    let o = lab.sync(&st, Mode::TwoWay, None);
+    assert_eq!(o.error, None);
+    assert_eq!(corvid_subscribed(&st, "Work"), Some(true));
+    assert_eq!(corvid_subscribed(&st, "Other"), Some(true));
+
+    // Dovecot deletes Work and unsubscribes it, a second after it was
+    // subscribed (the newer change wins; the log has second resolution).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.doveadm(&["mailbox", "delete", "Work"]);
+    lab.doveadm(&["mailbox", "unsubscribe", "Work"]);
+    let o = lab.sync(&st, Mode::TwoWay, None);
+    assert_eq!(o.error, None);
+    let work = MailboxName::new("Work").unwrap();
+    assert!(
+        st.borrow().durable().mailbox(&work).unwrap().is_none(),
+        "Dovecot's delete reached corvid"
+    );
+    assert_eq!(corvid_subscribed(&st, "Work"), Some(false));
+    assert!(!lab.fetch().join("\n").contains("w1"));
+
+    // corvid deletes Other and unsubscribes it (at the session's `now`,
+    // later than anything Dovecot logged).
+    let other = st
+        .borrow()
+        .durable()
+        .mailbox(&MailboxName::new("Other").unwrap())
+        .unwrap()
+        .unwrap();
+    let b = WriteBatch {
+        id: BatchId(900),
+        mutations: vec![
+            Mutation::DeleteMailbox {
+                uniqueid: other.uniqueid.clone(),
+                at: UnixTime(1_800_000_000),
+                modseq: ModSeq(other.highestmodseq.0 + 1),
+            },
+            Mutation::SetSubscription {
+                user: user(),
+                name: other.name.clone(),
+                subscription: engine::model::Subscription {
+                    subscribed: false,
+                    changed_at: UnixTime(1_800_000_000),
+                },
+            },
+        ],
+    };
+    commit(&mut *st.borrow_mut(), &b).into_proof(b.id).unwrap();
+    let _ = st.borrow_mut().sync_all();
+    let o = lab.sync(&st, Mode::TwoWay, None);
+    assert_eq!(o.error, None);
+    let listed = lab.doveadm(&["mailbox", "list"]);
+    assert!(!listed.lines().any(|l| l == "Other"), "{listed}");
+    let subscribed = lab.doveadm(&["mailbox", "list", "-s"]);
+    assert!(!subscribed.lines().any(|l| l == "Other"), "{subscribed}");
+    assert!(!subscribed.lines().any(|l| l == "Work"), "{subscribed}");
+    check_same(&lab, &st, "after deletes");
+}

@@ -620,11 +620,19 @@ fn concurrent_delivery_during_sync_is_kept_and_converges() {
     pair.resolve_a(move |_, e| resolve(&sa, e));
     pair.resolve_b(move |_, e| {
         if let engine::store::StoreEffect::Write(batch) = e {
-            let flags_only = !batch.mutations.is_empty()
+            // (Records, plus the mailbox row whose counters cover them.)
+            let flags_only = batch
+                .mutations
+                .iter()
+                .any(|m| matches!(m, Mutation::PutRecord { .. }))
                 && batch
                     .mutations
                     .iter()
-                    .all(|m| matches!(m, Mutation::PutRecord { .. }));
+                    .all(|m| matches!(m, Mutation::PutRecord { .. } | Mutation::PutMailbox(_)))
+                && !batch
+                    .mutations
+                    .iter()
+                    .any(|m| matches!(m, Mutation::PutMessage { .. }));
             if flags_only && !inj.get() {
                 deliver(&sb, "INBOX", "concurrent", 401);
                 inj.set(true);
@@ -769,4 +777,67 @@ mod props {
             prop_assert_eq!(dump(&a), before);
         }
     }
+}
+
+/// An unsubscribe of a name whose mailbox is gone travels as a name-hash
+/// tombstone (`D` unsubscribes, as Dovecot sends it) and wins over an older
+/// subscribe on the other side; an older unsubscribe loses to a newer
+/// subscribe.
+#[test]
+fn unsubscribe_tombstones_of_deleted_mailboxes() {
+    let a = populated();
+    let b = new_store();
+    ok(&run(&a, &b, Mode::TwoWay, None, 200));
+    let sent = mailbox(&a, "Sent");
+    write(
+        &a,
+        vec![
+            Mutation::DeleteMailbox {
+                uniqueid: sent.uniqueid.clone(),
+                at: UnixTime(300),
+                modseq: ModSeq(sent.highestmodseq.0 + 1),
+            },
+            Mutation::SetSubscription {
+                user: user(),
+                name: name("Sent"),
+                subscription: Subscription {
+                    subscribed: false,
+                    changed_at: UnixTime(300),
+                },
+            },
+        ],
+    );
+    ok(&run(&a, &b, Mode::TwoWay, None, 400));
+    assert_converged(&a, &b);
+    let subscribed = |st: &Store, n: &str| {
+        st.borrow()
+            .durable()
+            .subscriptions(&user())
+            .unwrap()
+            .into_iter()
+            .find(|(x, _)| *x == name(n))
+            .map(|(_, s)| (s.subscribed, s.changed_at.0))
+    };
+    assert_eq!(subscribed(&b, "Sent"), Some((false, 300)));
+    assert!(st_has_no(&b, "Sent"));
+
+    // A newer subscribe on B beats A's older unsubscribe tombstone.
+    write(
+        &b,
+        vec![Mutation::SetSubscription {
+            user: user(),
+            name: name("Sent"),
+            subscription: Subscription {
+                subscribed: true,
+                changed_at: UnixTime(500),
+            },
+        }],
+    );
+    ok(&run(&a, &b, Mode::TwoWay, None, 600));
+    assert_eq!(subscribed(&a, "Sent"), Some((true, 500)));
+    assert_eq!(subscribed(&b, "Sent"), Some((true, 500)));
+}
+
+fn st_has_no(st: &Store, n: &str) -> bool {
+    st.borrow().durable().mailbox(&name(n)).unwrap().is_none()
 }

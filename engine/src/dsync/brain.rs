@@ -42,8 +42,8 @@ use crate::store::{
 };
 
 use super::merge::{
-    flags_to_wire, guid128, keyword_entries, merge_tree, plan_mailbox, wire_guid, LocalTree,
-    MailInputs, Node, RemoteTree, Want,
+    flags_to_wire, guid128, keyword_entries, merge_tree, name_hash, plan_mailbox, wire_guid,
+    LocalTree, MailInputs, Node, RemoteTree, Want,
 };
 use super::{Event, Mode, Options, Outcome, Role, SyncState};
 
@@ -360,9 +360,19 @@ impl<S: MailRead> Brain<S> {
                 },
             );
         }
-        // Subscriptions of names without a mailbox travel as directories.
+        // Subscriptions of names without a mailbox travel as directories;
+        // unsubscribes of such names as name-hash tombstones in `D`, as
+        // Dovecot sends them.
+        let mut unsubscribes = Vec::new();
         for (n, (subscribed, at)) in &subs {
             let parts = self.split_name(n);
+            if !*subscribed && !nodes.contains_key(&parts) {
+                unsubscribes.push(WireTombstone {
+                    guid: Guid128(name_hash(n.as_bytes())),
+                    timestamp: *at,
+                });
+                continue;
+            }
             let node = nodes
                 .entry(parts.clone())
                 .or_insert_with(|| dir_node(parts));
@@ -391,7 +401,7 @@ impl<S: MailRead> Brain<S> {
             escape_char: Some(b'%'),
             mailboxes,
             dirs: Vec::new(),
-            unsubscribes: Vec::new(),
+            unsubscribes,
             extra: Vec::new(),
         }));
     }
@@ -463,6 +473,7 @@ impl<S: MailRead> Brain<S> {
             mailboxes: &mbs,
             tombstones: &tombs,
             subscriptions: &subs,
+            sep: self.opts.hierarchy_sep,
             unseen: &unseen,
         };
         let plan = merge_tree(
@@ -678,7 +689,22 @@ impl<S: MailRead> Brain<S> {
         for n in plan.notes {
             self.note(format!("{name}: {n}"));
         }
-        self.write(plan.mutations);
+        let mut muts = plan.mutations;
+        if !muts.is_empty() {
+            // The same batch moves LAST_UID and HIGHESTMODSEQ over the
+            // records it changes (at `cur.modseq`, renumbered up to
+            // `plan.last_uid`): if the session ends before the last import
+            // batch, no durable record may sit above them (found by the
+            // simulator, sim/README.md).
+            let cur = self.cur.as_ref().expect("in a mailbox");
+            let (uid, modseq) = (cur.local.uniqueid.clone(), cur.modseq);
+            if let Ok(Some(mut m)) = self.store.mailbox_by_uniqueid(&uid) {
+                m.last_uid = m.last_uid.max(plan.last_uid);
+                m.highestmodseq = ModSeq(m.highestmodseq.0.max(modseq.0));
+                muts.push(Mutation::PutMailbox(m));
+            }
+        }
+        self.write(muts);
         for (uid, guid) in reqs {
             self.send(Item::MailRequest(MailRequest {
                 guid: Some(guid),
@@ -842,7 +868,13 @@ impl<S: MailRead> Brain<S> {
         let cur = self.cur.as_mut().expect("in a mailbox");
         let mut muts = std::mem::take(&mut cur.import);
         cur.import_bytes = 0;
-        if last {
+        // Every batch, not only the last, moves LAST_UID and HIGHESTMODSEQ
+        // over the records it writes: a session cut (or a crash) after an
+        // intermediate batch must not leave records above LAST_UID (the
+        // next delivery would reuse their UIDs) or above HIGHESTMODSEQ
+        // (found by the simulator, sim/README.md).
+        let _ = last;
+        {
             let uid = cur.local.uniqueid.clone();
             let last_uid = cur.plan_last_uid;
             let modseq = cur.modseq;
@@ -1038,6 +1070,13 @@ impl<S: MailRead> Brain<S> {
             },
             Stage::Deletes => match ev {
                 W::Item(Item::MailboxDelete(d)) => {
+                    self.remote_tree.sep = Some(d.hierarchy_sep);
+                    for t in d.unsubscribes {
+                        let at = self.remote_tree.unsubscribes.entry(t.guid.0).or_insert(0);
+                        *at = (*at).max(t.timestamp);
+                    }
+                    // Directory deletes (`d.dirs`) have nothing to act on:
+                    // corvid's stores hold no directory without a mailbox.
                     for t in d.mailboxes {
                         self.remote_tree
                             .deleted

@@ -120,6 +120,29 @@ pub struct RemoteTree {
     pub deleted: BTreeMap<MailboxGuid, i64>,
     /// Subscription states by name: (subscribed, when).
     pub subscriptions: BTreeMap<MailboxName, (bool, i64)>,
+    /// Unsubscribes of names the peer no longer has (its `D`
+    /// `unsubscribes`): [`name_hash`] of the name in the peer's
+    /// separator → when.
+    pub unsubscribes: BTreeMap<[u8; 16], i64>,
+    /// The peer's hierarchy separator (from its `D`), for [`name_hash`].
+    pub sep: Option<u8>,
+}
+
+/// Dovecot's name hash (`mailbox_name_get_sha128`): the first 16 bytes of
+/// the SHA-1 of a mailbox name written with the hashing side's
+/// separator. Dovecot keys subscription changes and directory deletes by
+/// it, since names are all they have.
+pub fn name_hash(name: &[u8]) -> [u8; 16] {
+    let d = Sha1::digest(name);
+    d[..16].try_into().expect("16 bytes")
+}
+
+/// `name` (parts joined by `ours`) rewritten with the separator `theirs`.
+pub fn with_separator(name: &MailboxName, ours: u8, theirs: u8) -> Vec<u8> {
+    name.as_bytes()
+        .iter()
+        .map(|&c| if c == ours { theirs } else { c })
+        .collect()
 }
 
 /// Everything the tree merge needs from our side.
@@ -130,6 +153,8 @@ pub struct LocalTree<'a> {
     pub tombstones: &'a [Tombstone],
     /// Our subscriptions.
     pub subscriptions: &'a [(MailboxName, Subscription)],
+    /// Our hierarchy separator.
+    pub sep: u8,
     /// Live records of a mailbox that the deleting peer cannot have seen
     /// (saved after `deleted_at`, or above the saved last common UID).
     pub unseen: &'a dyn Fn(&Mailbox, i64) -> Vec<Record>,
@@ -396,6 +421,33 @@ pub fn merge_tree(
                     changed_at: UnixTime(at),
                 },
             });
+        }
+    }
+    // 5. The peer's unsubscribes of names it no longer has (Dovecot keys
+    //    them by name hash): they win over an older subscribe here.
+    if mode == Mode::TwoWay && !remote.unsubscribes.is_empty() {
+        let theirs = remote.sep.unwrap_or(local.sep);
+        for (name, s) in local.subscriptions {
+            if !s.subscribed || remote.subscriptions.contains_key(name) {
+                continue;
+            }
+            let h = name_hash(&with_separator(name, local.sep, theirs));
+            if let Some(&at) = remote.unsubscribes.get(&h) {
+                if at > s.changed_at.0 {
+                    plan.notes.push(format!(
+                        "unsubscribe {} (peer's unsubscribe)",
+                        name.to_lossy()
+                    ));
+                    plan.mutations.push(Mutation::SetSubscription {
+                        user: user.clone(),
+                        name: name.clone(),
+                        subscription: Subscription {
+                            subscribed: false,
+                            changed_at: UnixTime(at),
+                        },
+                    });
+                }
+            }
         }
     }
     if mode == Mode::BackupRecv {

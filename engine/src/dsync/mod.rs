@@ -84,14 +84,22 @@
 //! [`Options::batch_bytes_max`]. A mailbox's own records are read into
 //! memory while it is synced (bounded by the store, not the peer).
 //!
+//! Tombstones beyond mailbox deletes: an unsubscribe of a name that has
+//! no mailbox on our side travels as Dovecot sends it, a name-hash
+//! ([`merge::name_hash`], SHA-1 prefix of the name in the sender's
+//! separator) in `D` `unsubscribes`; a peer's such tombstone unsubscribes
+//! our name when it is newer than our last subscription change (rule 1's
+//! "newer change wins"). Directory deletes (`D` `dirs`) are read and have
+//! nothing to act on: corvid's stores hold no directory without a
+//! mailbox, and none are sent.
+//!
 //! Known gaps: mailbox attributes (METADATA) are not synced (an empty `A`
-//! list is sent, received ones are ignored); directory deletes and
-//! name-hash unsubscribe tombstones in `D` are not applied; header-hash
-//! matching (`hdr_hash`, for GUID-less backends) is not implemented; the
-//! state's `last_common_modseq` is the minimum of both sides' (safe:
-//! exports a superset), and flag merges use final flags with modseqs, not
-//! Dovecot's per-flag add/remove deltas (a concurrent add on one side and
-//! an unrelated add on the other resolve to the newer side's whole set).
+//! list is sent, received ones are ignored); header-hash matching
+//! (`hdr_hash`, for GUID-less backends) is not implemented; the state's
+//! `last_common_modseq` is the minimum of both sides' (safe: exports a
+//! superset), and flag merges use final flags with modseqs, not Dovecot's
+//! per-flag add/remove deltas (a concurrent add on one side and an
+//! unrelated add on the other resolve to the newer side's whole set).
 
 pub mod brain;
 pub mod merge;
