@@ -143,6 +143,8 @@ pub fn init(setup: &Setup) -> Option<String> {
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person watching; a log file gets plain text.
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_writer(io::stderr)
         .try_init();
     warning

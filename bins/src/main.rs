@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod logging;
+mod observe;
 mod tools;
 
 use std::ffi::OsString;

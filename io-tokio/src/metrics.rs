@@ -368,6 +368,18 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Writes [`Metrics::render`] to `path` atomically (a temporary file in
+    /// the same directory, then rename), for one-shot tools whose process
+    /// ends before any scrape: Prometheus node_exporter's textfile
+    /// collector reads such files.
+    pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -641,6 +653,17 @@ mod tests {
         );
         assert!(text.contains("corvid_replication_lag_seconds_count{channel=\"\"} 3\n"));
         assert!(text.contains("corvid_replication_lag_seconds_sum{channel=\"\"} 100002.03\n"));
+    }
+
+    #[test]
+    fn a_textfile_holds_the_rendered_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(Options::default());
+        m.dsync_exit(2);
+        let path = dir.path().join("corvid_dsync.prom");
+        m.write_textfile(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), m.render());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
