@@ -304,10 +304,60 @@ fn backupd_keeps_expunged_and_deleted_mail_restorable() {
 
     let (ok, out) = tool(&b.conf, &["ctl_backups", "verify"]);
     assert!(ok, "{out}");
-    assert!(out.contains("carol: OK (3 entries)"), "{out}");
+    assert!(out.contains("carol: OK (3 chunks, 1 messages)"), "{out}");
     let (ok, out) = tool(&b.conf, &["ctl_backups", "list"]);
     assert!(ok, "{out}");
     assert!(out.lines().any(|l| l.starts_with("carol\t3\t")), "{out}");
+    // The new names: `backup show` at the earlier time, `backup verify`.
+    let (ok, out) = tool(
+        &b.conf,
+        &["backup", "show", "carol", "--at", &t, "--messages"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("mailbox\tuser.carol\tbk-carol-inbox-0001\tlast_uid=1\tmessages=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("message\tuser.carol\t1\t{hex}\t")),
+        "{out}"
+    );
+    assert!(out.contains("deleted\t") == false, "{out}");
+    let (ok, out) = tool(&b.conf, &["backup", "show", "carol"]);
+    assert!(
+        ok && out.contains("deleted\tuser.carol\tbk-carol-inbox-0001"),
+        "{out}"
+    );
+    let (ok, out) = tool(&b.conf, &["backup", "verify", "carol"]);
+    assert!(ok, "{out}");
+
+    // Restore the deleted mailbox as it was before the expunge into a
+    // Maildir; the message comes back with its bytes and internaldate.
+    let md = b.dir.path().join("maildir");
+    let (ok, out) = tool(
+        &b.conf,
+        &[
+            "backup",
+            "restore",
+            "carol",
+            "--at",
+            &t,
+            "--maildir",
+            md.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let maildir = store::maildir::Maildir::open(&md, Default::default()).unwrap();
+    let inbox = maildir
+        .list()
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("a restored mailbox");
+    let msgs = maildir.messages(&inbox).unwrap();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let got = maildir.read(&inbox, msgs[0].uid, 0, 1 << 20).unwrap();
+    assert_eq!(got, body);
     let _ = &b.dir;
 }
 

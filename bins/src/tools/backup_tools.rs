@@ -1,35 +1,50 @@
-//! The tools that read what `corvid backupd` keeps, named after Cyrus's:
+//! `corvid backup …`: what an administrator does with the backups
+//! `corvid backupd` keeps ([`store::backup`], format 2).
 //!
-//! * `ctl_backups [-C conf] list` — every user with a backup: journal
-//!   entries, first and last change, mailboxes and messages now.
-//! * `ctl_backups [-C conf] verify [USER…]` — the store's own check
-//!   (every message file hashes to its GUID, index consistent) and every
-//!   journal entry readable, with every message it names present.
-//! * `cyr_backup [-C conf] -u USER [-t UNIXTIME] list mailboxes|messages`
-//!   — the user's backed-up mailboxes (or their messages: UID, GUID, size,
-//!   flags, `EXPUNGED` marks) as they were at that time (default: now).
-//! * `restore [-C conf] [-t UNIXTIME] [-M NEWNAME] [-x] HOST:PORT USER
-//!   [MBOXNAME…]` — Cyrus restore(8)'s job: a csync client that sends
-//!   `APPLY RESERVE`, then `APPLY MESSAGE` for each GUID the server reports
-//!   `* MISSING`, then `RESTORE MAILBOX` per mailbox, with the records the
-//!   mailbox had at that time (expunged ones only with `-x`). Like Cyrus's
-//!   restore without `-U`, it sends no UNIQUEID/UIDVALIDITY/HIGHESTMODSEQ,
-//!   so the server creates the mailbox or appends with new UIDs. Logs in
-//!   as `restore_authname`/`restore_password` (else `sync_*`), PLAIN over
-//!   plain TCP, no COMPRESS or TLS.
+//! * `backup list` — every user: chunks, first/last change, mailboxes,
+//!   live messages and bytes now, deleted mailboxes, journal size (from
+//!   the listing index).
+//! * `backup show USER [--at T] [--messages]` — mailboxes (and messages:
+//!   UID, GUID, size, internaldate, flags, `\Expunged`), seen state,
+//!   subscriptions, quota roots and Sieve scripts as they were at T.
+//! * `backup verify [USER…]` — every chunk's sum and operation, every
+//!   message the journal names inflated and hashed to its GUID.
+//! * `backup restore USER [--at T] [--mailbox NAME…] [--uid N…]
+//!   [--expunged] (--to HOST:PORT | --maildir DIR)` — the user (or some
+//!   mailboxes, or single messages) as they were at T, with seen state,
+//!   subscriptions, quota, annotations and Sieve scripts, sent by the
+//!   replication client machine (`engine::csync_client`, the one `corvid
+//!   sync_client` runs) to a real Cyrus sync_server or a corvid replica —
+//!   same UNIQUEIDs, UIDs, flags, internaldates and modseqs, so the
+//!   mailboxes' SYNC_CRCs equal the master's at T — or written into a
+//!   Maildir++ (mailboxes, messages, flags, subscriptions).
+//! * `backup compact [--retention-days N]` — folds history older than
+//!   the retention (`backup_retention`, default 7 days) into base chunks
+//!   and removes message files no point in retention needs.
 //!
-//! They open the backup store read-only and read the journals, so they
-//! run while backupd serves. They never change a backup.
+//! `T` is Unix seconds or `YYYY-MM-DDTHH:MM:SSZ`. Progress bars appear on
+//! long verifies and restores when stderr is a terminal.
+//!
+//! Cyrus's names stay as aliases: `ctl_backups list|verify`, `cyr_backup
+//! -u USER [-t T] list mailboxes|messages`, and `restore [-t T] [-M NEW]
+//! [-x] HOST:PORT USER [MBOX…]` (restore(8)'s job: `RESTORE MAILBOX`
+//! with new UIDs, into an existing user).
+//!
+//! They only read backups (compact excepted, under each user's lock), so
+//! they run while backupd serves.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use engine::model::{Guid, MailboxName, Uid, UserId};
 use engine::store::MailRead;
 use io_tokio::config::Config;
+use store::backup::{Backup, Snapshot};
 
-use super::backupd::{journal_file, layout, read_journal, state_at, Layout};
+use super::backupd::{layout, Layout};
 
 fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
     T::try_parse_from(args).map_err(|e| {
@@ -42,210 +57,783 @@ fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
     })
 }
 
-fn load(tool: &str, path: &PathBuf) -> Result<Layout, ExitCode> {
+fn load(tool: &str, path: &PathBuf) -> Result<(Config, Layout, Backup), ExitCode> {
     let conf = Config::load(path).map_err(|e| {
         eprintln!("{tool}: {e}");
         ExitCode::from(78)
     })?;
-    layout(&conf).map_err(|e| {
+    let l = layout(&conf).map_err(|e| {
         eprintln!("{tool}: {}: {e}", path.display());
         ExitCode::from(78)
+    })?;
+    let b = Backup::open(l.backup.clone()).map_err(|e| {
+        eprintln!("{tool}: {e}");
+        ExitCode::from(78)
+    })?;
+    for old in b.old_format_journals() {
+        eprintln!(
+            "{tool}: {}: a format-1 journal from an earlier corvid; this version reads format 2 only (back the user up again into a fresh backuppartition)",
+            old.display()
+        );
+    }
+    Ok((conf, l, b))
+}
+
+/// `T`: Unix seconds, or `YYYY-MM-DDTHH:MM:SS[Z]` (UTC).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    let bad = || format!("{s:?} is neither Unix seconds nor YYYY-MM-DDTHH:MM:SSZ");
+    let t = s.trim_end_matches('Z');
+    let (date, time) = t.split_once(['T', ' ']).ok_or_else(bad)?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let h: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if d.len() != 3 || h.len() != 3 {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m, dd) = (d[0] - (d[1] <= 2) as i64, d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2])
+}
+
+fn user_id(tool: &str, s: &str) -> Result<UserId, ExitCode> {
+    UserId::new(s).map_err(|e| {
+        eprintln!("{tool}: user {s:?}: {e}");
+        ExitCode::from(64)
     })
 }
 
-/// Users with a journal, from the journal file names (unescaped).
-fn users(l: &Layout) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(&l.journal) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".log") else {
-            continue;
-        };
-        let user = if stem == "%SHARED" {
-            stem.to_owned()
-        } else {
-            unescape(stem)
-        };
-        out.push((user, e.path()));
+fn bar(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || total < 2 {
+        return None;
     }
-    out.sort();
-    out
+    let b = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+    {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_message(what.to_owned());
+    Some(b)
 }
 
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
+/// Work with corvid backups.
+#[derive(Debug, Parser)]
+#[command(name = "backup")]
+struct Args {
+    /// imapd.conf to read (backuppartition-*, backup_retention).
+    #[arg(short = 'C', default_value = "/etc/imapd.conf", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every user with a backup, with sizes.
+    List,
+    /// One user's backup at a point in time.
+    Show {
+        /// Whose.
+        user: String,
+        /// When (Unix seconds or YYYY-MM-DDTHH:MM:SSZ; default: latest).
+        #[arg(long)]
+        at: Option<String>,
+        /// Also list every message.
+        #[arg(long)]
+        messages: bool,
+    },
+    /// Check chunks and messages (all users, or those named).
+    Verify {
+        /// Users (all if none).
+        users: Vec<String>,
+    },
+    /// Restore a user, mailboxes or messages as they were at a time.
+    Restore(RestoreArgs),
+    /// Fold history older than the retention period; drop unneeded bytes.
+    Compact {
+        /// Retention in days (default: backup_retention from the config).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Keep pack files younger than this many seconds whatever (a
+        /// running backupd stores bytes before the chunk naming them).
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// Whose backup.
+    user: String,
+    /// The point in time (default: the latest).
+    #[arg(long)]
+    at: Option<String>,
+    /// Only these mailboxes (internal names, e.g. user.alice.Work).
+    #[arg(long = "mailbox")]
+    mailboxes: Vec<String>,
+    /// Only these UIDs (of the one mailbox given with --mailbox).
+    #[arg(long = "uid")]
+    uids: Vec<u32>,
+    /// Bring back records already expunged at that time, live.
+    #[arg(long)]
+    expunged: bool,
+    /// A Cyrus sync_server (or corvid replica), HOST:PORT. Credentials:
+    /// restore_authname/restore_password, else sync_authname/sync_password.
+    #[arg(long, conflicts_with = "maildir")]
+    to: Option<String>,
+    /// A Maildir++ root to write into instead.
+    #[arg(long)]
+    maildir: Option<PathBuf>,
+}
+
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args: Args = match parse(args) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    let (conf, l, b) = match load("backup", &args.config) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match args.cmd {
+        Cmd::List => list(&b),
+        Cmd::Show { user, at, messages } => {
+            let at = match at.as_deref().map(parse_time).transpose() {
+                Ok(t) => t.unwrap_or(i64::MAX),
+                Err(e) => {
+                    eprintln!("backup show: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            let user = match user_id("backup show", &user) {
+                Ok(u) => u,
+                Err(c) => return c,
+            };
+            show(&b, &user, at, messages)
+        }
+        Cmd::Verify { users } => verify(&b, &users),
+        Cmd::Restore(r) => restore(&conf, &b, r),
+        Cmd::Compact {
+            retention_days,
+            grace_secs,
+        } => {
+            let keep_s = match retention_days {
+                Some(d) => d as i64 * 86_400,
+                None => l.retention_s,
+            };
+            if keep_s <= 0 {
+                println!("retention is 0 (keep everything): nothing to compact");
+                return ExitCode::SUCCESS;
+            }
+            let cutoff = unix_now() - keep_s;
+            match b.compact(cutoff, std::time::Duration::from_secs(grace_secs)) {
+                Ok(r) => {
+                    println!(
+                        "compacted {} user(s): {} chunk(s) folded, journals {} -> {} bytes; {} message(s) ({} bytes) removed",
+                        r.users,
+                        r.chunks_folded,
+                        r.journal_bytes_before,
+                        r.journal_bytes_after,
+                        r.messages_removed,
+                        r.message_bytes_removed
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backup compact: {e}");
+                    ExitCode::from(74)
+                }
             }
         }
-        out.push(b[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// List and verify corvid backups.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn user_text(u: &Option<UserId>) -> String {
+    u.as_ref()
+        .map(|u| u.to_lossy())
+        .unwrap_or_else(|| "%SHARED".into())
+}
+
+fn list(b: &Backup) -> ExitCode {
+    let users = match b.users() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("backup list: {e}");
+            return ExitCode::from(74);
+        }
+    };
+    println!("user\tchunks\tfirst\tlast\tmailboxes\tmessages\tbytes\tdeleted\tjournal_bytes");
+    let mut bad = false;
+    for (u, _) in users {
+        match b.summary(u.as_ref()) {
+            Ok(s) => println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                user_text(&u),
+                s.chunks,
+                s.first_at,
+                s.last_at,
+                s.mailboxes,
+                s.messages,
+                s.message_bytes,
+                s.deleted,
+                s.journal_bytes
+            ),
+            Err(e) => {
+                bad = true;
+                println!("{}\tERROR {e}", user_text(&u));
+            }
+        }
+    }
+    if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn flags_text(r: &engine::model::Record) -> String {
+    let v = engine::csync::wire::record_kv(r);
+    v.as_kvlist()
+        .and_then(|k| k.get("FLAGS"))
+        .and_then(|f| f.as_list())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| {
+            f.as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn show(b: &Backup, user: &UserId, at: i64, messages: bool) -> ExitCode {
+    let s = match b.snapshot(Some(user), at) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backup show: {e}");
+            return ExitCode::from(66);
+        }
+    };
+    let mut mbs: Vec<_> = s.mailboxes.values().collect();
+    mbs.sort_by(|a, b| a.name.cmp(&b.name));
+    for mb in &mbs {
+        let recs = s.records.get(&mb.uniqueid);
+        let live = recs.map_or(0, |r| r.values().filter(|r| !r.expunged).count());
+        let exp = recs.map_or(0, |r| r.len()) - live;
+        println!(
+            "mailbox\t{}\t{}\tlast_uid={}\tmessages={live}\texpunged={exp}",
+            mb.name,
+            mb.uniqueid.to_lossy(),
+            mb.last_uid
+        );
+        if messages {
+            for r in recs
+                .map(|r| r.values().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                println!(
+                    "message\t{}\t{}\t{}\t{}\t{}\t{}",
+                    mb.name,
+                    r.uid.get(),
+                    r.guid.to_hex(),
+                    r.size,
+                    r.internaldate.0,
+                    flags_text(r)
+                );
+            }
+        }
+    }
+    for (id, seen) in &s.seen {
+        println!("seen\t{}\t{}", id.to_lossy(), seen.seenuids.as_str());
+    }
+    for (name, sub) in &s.subs {
+        if sub.subscribed {
+            println!("subscribed\t{name}");
+        }
+    }
+    for (root, q) in &s.quotas {
+        let limits: Vec<String> = q.limits.iter().map(|(r, v)| format!("{r:?}={v}")).collect();
+        println!("quota\t{root}\t{}", limits.join(" "));
+    }
+    for script in s.sieve.values() {
+        let active = s.sieve_active.as_ref() == Some(&script.name);
+        println!(
+            "sieve\t{}\t{} bytes{}",
+            script.name,
+            script.content.len(),
+            if active { "\tactive" } else { "" }
+        );
+    }
+    for d in &s.deleted {
+        println!(
+            "deleted\t{}\t{}\tat={}",
+            d.name,
+            d.uniqueid.to_lossy(),
+            d.at
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn verify(b: &Backup, only: &[String]) -> ExitCode {
+    let users: Vec<Option<UserId>> = if only.is_empty() {
+        match b.users() {
+            Ok(u) => u.into_iter().map(|(u, _)| u).collect(),
+            Err(e) => {
+                eprintln!("backup verify: {e}");
+                return ExitCode::from(74);
+            }
+        }
+    } else {
+        let mut v = Vec::new();
+        for u in only {
+            match user_id("backup verify", u) {
+                Ok(u) => v.push(Some(u)),
+                Err(c) => return c,
+            }
+        }
+        v
+    };
+    let mut bad = 0usize;
+    for u in users {
+        let mut pb: Option<indicatif::ProgressBar> = None;
+        let name = user_text(&u);
+        let rep = b.verify(u.as_ref(), &mut |done, total| {
+            if pb.is_none() && done == 1 {
+                pb = bar(total, &format!("verify {name}"));
+            }
+            if let Some(p) = &pb {
+                p.set_position(done);
+            }
+        });
+        if let Some(p) = pb {
+            p.finish_and_clear();
+        }
+        if rep.problems.is_empty() {
+            println!(
+                "{name}: OK ({} chunks, {} messages)",
+                rep.chunks, rep.messages
+            );
+        } else {
+            bad += 1;
+            for p in &rep.problems {
+                println!("{name}: {p}");
+            }
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Narrows a snapshot to what the restore asks for.
+fn select(s: &mut Snapshot, r: &RestoreArgs) -> Result<(), String> {
+    if !r.mailboxes.is_empty() {
+        let names: Vec<MailboxName> = r
+            .mailboxes
+            .iter()
+            .map(|n| MailboxName::new(n).map_err(|e| format!("mailbox {n:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        for n in &names {
+            if s.mailbox(n).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("{n} is not in the backup at that time"));
+            }
+        }
+        s.retain_mailboxes(|mb| names.contains(&mb.name));
+    }
+    if !r.uids.is_empty() {
+        if r.mailboxes.len() != 1 {
+            return Err("--uid needs exactly one --mailbox".into());
+        }
+        let uids: Vec<Uid> = r
+            .uids
+            .iter()
+            .map(|u| Uid::new(*u).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        for recs in s.records.values_mut() {
+            recs.retain(|uid, _| uids.contains(uid));
+        }
+    }
+    for recs in s.records.values_mut() {
+        if r.expunged {
+            for rec in recs.values_mut() {
+                rec.expunged = false;
+            }
+        } else {
+            recs.retain(|_, rec| !rec.expunged);
+        }
+    }
+    Ok(())
+}
+
+fn restore(conf: &Config, b: &Backup, r: RestoreArgs) -> ExitCode {
+    let at = match r.at.as_deref().map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or(i64::MAX),
+        Err(e) => {
+            eprintln!("backup restore: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let user = match user_id("backup restore", &r.user) {
+        Ok(u) => u,
+        Err(c) => return c,
+    };
+    let mut s = match b.snapshot(Some(&user), at) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backup restore: {e}");
+            return ExitCode::from(66);
+        }
+    };
+    if s.mailboxes.is_empty() {
+        eprintln!("backup restore: {user} has no mailboxes in the backup at that time");
+        return ExitCode::from(66);
+    }
+    if let Err(e) = select(&mut s, &r) {
+        eprintln!("backup restore: {e}");
+        return ExitCode::from(64);
+    }
+    // Every message must be in the pack before anything is sent.
+    let missing: Vec<Guid> = s
+        .guids()
+        .into_iter()
+        .filter(|(g, _)| !b.pack().has(g))
+        .map(|(g, _)| g)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "backup restore: {} message(s) the backup names are not in its pack (first {}): run `corvid backup verify`",
+            missing.len(),
+            missing[0].to_hex()
+        );
+        return ExitCode::from(65);
+    }
+    let whole_user = r.mailboxes.is_empty();
+    let result = match (&r.to, &r.maildir) {
+        (Some(server), None) => csync_restore(conf, s, &user, whole_user, server),
+        (None, Some(dir)) => maildir_restore(s, &user, dir),
+        _ => {
+            eprintln!("backup restore: say where: --to HOST:PORT or --maildir DIR");
+            return ExitCode::from(64);
+        }
+    };
+    match result {
+        Ok(n) => {
+            println!("restored {n} mailbox(es) of {user}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backup restore: {e}");
+            ExitCode::from(75)
+        }
+    }
+}
+
+fn credentials(conf: &Config) -> Result<proto::sasl::Credentials, String> {
+    let key = |a: &str, b: &str| {
+        conf.get_str(a)
+            .or_else(|| conf.get_str(b))
+            .map(str::to_owned)
+    };
+    let (Some(authname), Some(password)) = (
+        key("restore_authname", "sync_authname"),
+        key("restore_password", "sync_password"),
+    ) else {
+        return Err("no restore_authname/restore_password (or sync_*) in the config".into());
+    };
+    Ok(proto::sasl::Credentials {
+        authzid: None,
+        authcid: authname,
+        password: proto::sasl::Secret::new(password.into_bytes()),
+    })
+}
+
+/// The client machine never writes locally here (`-O`): every store
+/// effect is refused.
+struct NoWrites;
+
+impl io_tokio::driver::EffectExecutor<engine::csync_client::Effect> for NoWrites {
+    type Completion = engine::csync_client::Completion;
+
+    fn execute(
+        &self,
+        effect: engine::csync_client::Effect,
+    ) -> impl std::future::Future<Output = Self::Completion> + Send {
+        let engine::csync_client::Effect::Store(e) = effect;
+        let batch_id = match &e {
+            engine::store::StoreEffect::Write(b) => b.id,
+            _ => engine::store::BatchId(0),
+        };
+        async move {
+            engine::csync_client::Completion::Store(engine::store::Completion::Failed {
+                batch_id,
+                error: engine::store::StoreError::Io("a restore never writes to the backup".into()),
+            })
+        }
+    }
+}
+
+/// Sends the snapshot with the replication client machine: `USER` for a
+/// whole user (mailboxes, quota, subscriptions, Sieve, seen), else
+/// `MAILBOXES` for the chosen ones and then `META` for seen and
+/// subscriptions.
+fn csync_restore(
+    conf: &Config,
+    s: Snapshot,
+    user: &UserId,
+    whole_user: bool,
+    server: &str,
+) -> Result<usize, String> {
+    use engine::csync_client::{Client, Command, Event, Options};
+    let mut opts = Options::new(credentials(conf)?);
+    opts.no_copyback = true;
+    let names: Vec<MailboxName> = {
+        let mut v: Vec<MailboxName> = s.mailboxes.values().map(|m| m.name.clone()).collect();
+        v.sort();
+        v
+    };
+    let n = names.len();
+    let mut jobs = if whole_user {
+        vec![Command::User(user.clone())]
+    } else {
+        vec![
+            Command::Mailboxes(names.clone()),
+            Command::Meta(user.clone()),
+        ]
+    };
+    let njobs = jobs.len();
+    jobs.push(Command::Exit);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(server)
+            .await
+            .map_err(|e| format!("connect {server}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let machine = Client::new(engine::machine::Time::ZERO, s, opts);
+        let (ctx, crx) = tokio::sync::mpsc::channel(16);
+        let (etx, mut erx) = tokio::sync::mpsc::channel(256);
+        for j in jobs {
+            ctx.send(j).await.map_err(|_| "machine gone")?;
+        }
+        let driver = io_tokio::driver::Driver::new(machine, NoWrites)
+            .epoch(tokio::time::Instant::now())
+            .peer(server)
+            .commands(crx)
+            .events(etx)
+            .run(stream);
+        let pb = bar(n as u64, "restore");
+        let watch = async {
+            let mut failed = Vec::new();
+            let mut done = 0;
+            while let Some(e) = erx.recv().await {
+                match e {
+                    Event::MailboxSynced { .. } | Event::MailboxUnchanged(_) => {
+                        if let Some(p) = &pb {
+                            p.inc(1);
+                        }
+                    }
+                    Event::JobDone { job, result } => {
+                        done += 1;
+                        if let Err(e) = result {
+                            failed.push(format!("{job}: {e}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (done, failed)
+        };
+        let (out, (done, failed)) = tokio::join!(driver, watch);
+        if let Some(p) = pb {
+            p.finish_and_clear();
+        }
+        drop(ctx);
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        if done < njobs {
+            return Err(format!(
+                "connection ended after {done} of {njobs} job(s): {:?}",
+                out.result
+            ));
+        }
+        Ok(n)
+    })
+}
+
+/// Writes the snapshot's mailboxes, messages, flags and subscriptions
+/// into a Maildir++ (seen state, quota, annotations and Sieve have no
+/// Maildir form and are reported, not written).
+fn maildir_restore(s: Snapshot, user: &UserId, dir: &std::path::Path) -> Result<usize, String> {
+    use engine::store::{BatchId, Mutation, StoreWrite, WriteBatch};
+    let md = store::maildir::Maildir::open(dir, store::maildir::Options::default())
+        .map_err(|e| e.to_string())?;
+    let mut us = store::maildir::UserStore::new(md, user.clone());
+    let mut batch = WriteBatch::new(BatchId(1));
+    let mut n = 0;
+    let guids = s.guids();
+    for (g, size) in &guids {
+        if us.has_message(g).map_err(|e| e.to_string())? {
+            continue;
+        }
+        let h = us.stage_begin(*g, *size).map_err(|e| e.to_string())?;
+        let mut off = 0u64;
+        while off < *size {
+            let chunk = s
+                .message_bytes(g, off, 1 << 20)
+                .map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                break;
+            }
+            us.stage_chunk(h, &chunk).map_err(|e| e.to_string())?;
+            off += chunk.len() as u64;
+        }
+        us.stage_end(h).map_err(|e| e.to_string())?;
+        batch.push(Mutation::LinkMessage {
+            guid: *g,
+            size: *size,
+        });
+    }
+    let mut mbs: Vec<_> = s.mailboxes.values().cloned().collect();
+    mbs.sort_by(|a, b| a.name.cmp(&b.name));
+    for mb in mbs {
+        let mut mb = mb;
+        mb.name = maildir_name(&mb.name, user)?;
+        mb.acl = Default::default();
+        mb.annotations = Default::default();
+        mb.quotaroot = None;
+        let records: Vec<_> = s
+            .records
+            .get(&mb.uniqueid)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        // Into an existing mailbox of that name: its identity, and the
+        // restored messages appended after its last UID (never over one).
+        let mut next_uid = None;
+        if let Some(have) = us.mailbox(&mb.name).map_err(|e| e.to_string())? {
+            next_uid = Some(have.last_uid + 1);
+            mb.uniqueid = have.uniqueid;
+            mb.guid = have.guid;
+            mb.uidvalidity = have.uidvalidity;
+            mb.last_uid = have.last_uid + records.len() as u32;
+            mb.highestmodseq = mb.highestmodseq.max(have.highestmodseq);
+        }
+        let id = mb.uniqueid.clone();
+        batch.push(Mutation::PutMailbox(mb));
+        for (i, mut r) in records.into_iter().enumerate() {
+            if let Some(first) = next_uid {
+                r.uid = Uid::new(first + i as u32).map_err(|e| e.to_string())?;
+            }
+            r.annotations = Default::default();
+            batch.push(Mutation::PutRecord {
+                mailbox: id.clone(),
+                record: r,
+            });
+        }
+        n += 1;
+    }
+    for (name, sub) in &s.subs {
+        let Ok(name) = maildir_name(name, user) else {
+            continue;
+        };
+        batch.push(Mutation::SetSubscription {
+            user: user.clone(),
+            name,
+            subscription: *sub,
+        });
+    }
+    us.write(&batch).map_err(|e| e.to_string())?;
+    us.sync().map_err(|e| e.to_string())?;
+    let skipped = [
+        (s.seen.len(), "seen state(s)"),
+        (s.quotas.len(), "quota root(s)"),
+        (s.sieve.len(), "Sieve script(s)"),
+    ];
+    for (k, what) in skipped {
+        if k > 0 {
+            eprintln!("backup restore: {k} {what} not written (no Maildir form)");
+        }
+    }
+    Ok(n)
+}
+
+/// A Cyrus internal name of `user`'s (`user.alice.Work`, `^` for a dot,
+/// modified UTF-7) as the Maildir++ user sees it (`Work`, `INBOX`).
+fn maildir_name(name: &MailboxName, user: &UserId) -> Result<MailboxName, String> {
+    let inbox = engine::csync::wire::inbox_of(user).ok_or("user has no INBOX name")?;
+    let n = name.as_bytes();
+    let rest = if n == inbox.as_bytes() {
+        return MailboxName::new("INBOX").map_err(|e| e.to_string());
+    } else if n.starts_with(inbox.as_bytes()) && n.get(inbox.as_bytes().len()) == Some(&b'.') {
+        &n[inbox.as_bytes().len() + 1..]
+    } else {
+        return Err(format!("{name} is not one of {user}'s mailboxes"));
+    };
+    let text = String::from_utf8_lossy(rest).replace('.', "/");
+    let utf8 = store::maildir::name::utf7_decode(&text).map_err(|e| format!("{name}: {e}"))?;
+    MailboxName::new(utf8).map_err(|e| e.to_string())
+}
+
+/// `ctl_backups list|verify [USER…]` (Cyrus's name).
 #[derive(Debug, Parser)]
 #[command(name = "ctl_backups")]
 struct CtlArgs {
     /// imapd.conf to read.
     #[arg(short = 'C', default_value = "/etc/imapd.conf")]
     config: PathBuf,
-    #[command(subcommand)]
-    cmd: CtlCmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum CtlCmd {
-    /// Every backup: user, entries, first/last change, mailboxes, messages, deleted mailboxes.
-    List,
-    /// Check the store and the journals (all users, or those named).
-    Verify {
-        /// Users to check (all if none).
-        users: Vec<String>,
-    },
+    /// `list` or `verify`.
+    action: String,
+    /// Users (verify).
+    users: Vec<String>,
 }
 
 pub fn ctl_backups_main(args: Vec<OsString>) -> ExitCode {
-    let args: CtlArgs = match parse(args) {
+    let a: CtlArgs = match parse(args) {
         Ok(a) => a,
         Err(c) => return c,
     };
-    let l = match load("ctl_backups", &args.config) {
-        Ok(l) => l,
+    let (_, _, b) = match load("ctl_backups", &a.config) {
+        Ok(x) => x,
         Err(c) => return c,
     };
-    match args.cmd {
-        CtlCmd::List => {
-            println!("user\tentries\tfirst\tlast\tmailboxes\tmessages\tdeleted");
-            for (user, path) in users(&l) {
-                match read_journal(&path) {
-                    Ok(entries) => {
-                        let now = state_at(&entries, i64::MAX);
-                        let msgs: usize = now
-                            .values()
-                            .map(|kv| {
-                                kv.get("RECORD")
-                                    .and_then(|r| r.as_list())
-                                    .map_or(0, |r| r.len())
-                            })
-                            .sum();
-                        let deleted: Vec<&str> = entries
-                            .iter()
-                            .filter_map(|e| match &e.kind {
-                                super::backupd::EntryKind::Unmailbox { name, .. } => {
-                                    Some(name.as_str())
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        println!(
-                            "{user}\t{}\t{}\t{}\t{}\t{msgs}\t{}",
-                            entries.len(),
-                            entries.first().map_or(0, |e| e.at),
-                            entries.last().map_or(0, |e| e.at),
-                            now.len(),
-                            deleted.join(" ")
-                        );
-                    }
-                    Err(e) => println!("{user}\tERROR {e}"),
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        CtlCmd::Verify { users: only } => {
-            let mut bad = 0usize;
-            let reader = match store::Embedded::open_read_only(&l.store) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("ctl_backups: store: {e}");
-                    return ExitCode::from(74);
-                }
-            };
-            match reader.verify() {
-                Ok(report) => {
-                    for p in &report.problems {
-                        println!("store: {p}");
-                        bad += 1;
-                    }
-                }
-                Err(e) => {
-                    println!("store: verify failed: {e}");
-                    bad += 1;
-                }
-            }
-            let mut list = users(&l);
-            if !only.is_empty() {
-                list = only
-                    .iter()
-                    .map(|u| (u.clone(), journal_file(&l.journal, Some(u))))
-                    .collect();
-            }
-            for (user, path) in list {
-                let entries = match read_journal(&path) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        println!("{user}: {e}");
-                        bad += 1;
-                        continue;
-                    }
-                };
-                let mut missing = 0usize;
-                for e in &entries {
-                    let super::backupd::EntryKind::Mailbox(kv) = &e.kind else {
-                        continue;
-                    };
-                    for r in kv
-                        .get("RECORD")
-                        .and_then(|r| r.as_list())
-                        .unwrap_or_default()
-                    {
-                        let Some(guid) = r
-                            .as_kvlist()
-                            .and_then(|k| k.get("GUID"))
-                            .and_then(|g| g.as_guid())
-                        else {
-                            continue;
-                        };
-                        let expunged = r
-                            .as_kvlist()
-                            .and_then(|k| k.get("FLAGS"))
-                            .and_then(|f| f.as_list())
-                            .is_some_and(|f| f.iter().any(|x| x.as_bytes() == Some(b"\\Expunged")));
-                        let g = engine::model::Guid::from_bytes(*guid.as_bytes());
-                        let have = reader.has_message(&g).unwrap_or(false);
-                        // An expunged record may name bytes never sent (Cyrus appends them unlinked).
-                        if !have && !expunged {
-                            missing += 1;
-                        }
-                    }
-                }
-                if missing > 0 {
-                    println!("{user}: {missing} record(s) name messages the store lacks");
-                    bad += 1;
-                } else {
-                    println!("{user}: OK ({} entries)", entries.len());
-                }
-            }
-            if bad == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    match a.action.as_str() {
+        "list" => list(&b),
+        "verify" => verify(&b, &a.users),
+        other => {
+            eprintln!("ctl_backups: unknown action {other:?} (list|verify)");
+            ExitCode::from(64)
         }
     }
 }
 
-/// Inspect one user's corvid backup.
+/// `cyr_backup -u USER [-t T] list mailboxes|messages` (Cyrus's name).
 #[derive(Debug, Parser)]
 #[command(name = "cyr_backup")]
 struct CyrArgs {
@@ -255,9 +843,9 @@ struct CyrArgs {
     /// The user whose backup to read.
     #[arg(short = 'u')]
     user: String,
-    /// The point in time (Unix seconds; default: the latest).
+    /// The point in time (default: the latest).
     #[arg(short = 't')]
-    at: Option<i64>,
+    at: Option<String>,
     /// `list`.
     action: String,
     /// `mailboxes` or `messages`.
@@ -265,74 +853,65 @@ struct CyrArgs {
 }
 
 pub fn cyr_backup_main(args: Vec<OsString>) -> ExitCode {
-    let args: CyrArgs = match parse(args) {
+    let a: CyrArgs = match parse(args) {
         Ok(a) => a,
         Err(c) => return c,
     };
-    let l = match load("cyr_backup", &args.config) {
-        Ok(l) => l,
+    let (_, _, b) = match load("cyr_backup", &a.config) {
+        Ok(x) => x,
         Err(c) => return c,
     };
-    if args.action != "list" {
-        eprintln!("cyr_backup: unknown action {:?} (list)", args.action);
+    if a.action != "list" {
+        eprintln!("cyr_backup: unknown action {:?} (list)", a.action);
         return ExitCode::from(64);
     }
-    let entries = match read_journal(&journal_file(&l.journal, Some(&args.user))) {
-        Ok(e) => e,
+    let at = match a.at.as_deref().map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or(i64::MAX),
+        Err(e) => {
+            eprintln!("cyr_backup: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let user = match user_id("cyr_backup", &a.user) {
+        Ok(u) => u,
+        Err(c) => return c,
+    };
+    let s = match b.snapshot(Some(&user), at) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("cyr_backup: {e}");
             return ExitCode::from(66);
         }
     };
-    let state = state_at(&entries, args.at.unwrap_or(i64::MAX));
-    let str_of = |kv: &proto::dlist::KvList, k: &str| -> String {
-        kv.get(k)
-            .and_then(|v| v.as_bytes())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
-    };
-    let mut by_name: Vec<_> = state.values().collect();
-    by_name.sort_by_key(|kv| str_of(kv, "MBOXNAME"));
-    match args.what.as_str() {
+    let mut mbs: Vec<_> = s.mailboxes.values().collect();
+    mbs.sort_by(|a, b| a.name.cmp(&b.name));
+    match a.what.as_str() {
         "mailboxes" => {
-            for kv in by_name {
-                let n = kv
-                    .get("RECORD")
-                    .and_then(|r| r.as_list())
-                    .map_or(0, |r| r.len());
+            for mb in mbs {
+                let n = s.records.get(&mb.uniqueid).map_or(0, |r| r.len());
                 println!(
                     "{}\t{}\t{}\t{n}",
-                    str_of(kv, "UNIQUEID"),
-                    str_of(kv, "MBOXNAME"),
-                    str_of(kv, "LAST_UID"),
+                    mb.uniqueid.to_lossy(),
+                    mb.name,
+                    mb.last_uid
                 );
             }
         }
         "messages" => {
-            for kv in by_name {
-                let name = str_of(kv, "MBOXNAME");
-                for r in kv
-                    .get("RECORD")
-                    .and_then(|r| r.as_list())
+            for mb in mbs {
+                for r in s
+                    .records
+                    .get(&mb.uniqueid)
+                    .map(|r| r.values().collect::<Vec<_>>())
                     .unwrap_or_default()
                 {
-                    let Some(r) = r.as_kvlist() else { continue };
-                    let flags: Vec<String> = r
-                        .get("FLAGS")
-                        .and_then(|f| f.as_list())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|f| {
-                            f.as_bytes()
-                                .map(|b| String::from_utf8_lossy(b).into_owned())
-                        })
-                        .collect();
                     println!(
-                        "{name}\t{}\t{}\t{}\t{}",
-                        str_of(r, "UID"),
-                        str_of(r, "GUID"),
-                        str_of(r, "SIZE"),
-                        flags.join(" ")
+                        "{}\t{}\t{}\t{}\t{}",
+                        mb.name,
+                        r.uid.get(),
+                        r.guid.to_hex(),
+                        r.size,
+                        flags_text(r)
                     );
                 }
             }
@@ -347,17 +926,17 @@ pub fn cyr_backup_main(args: Vec<OsString>) -> ExitCode {
 
 /// Restore mailboxes from a corvid backup into a Cyrus (or corvid)
 /// sync_server, as Cyrus's restore(8) does: `APPLY RESERVE`, the missing
-/// messages as `APPLY MESSAGE`, then `RESTORE MAILBOX` for each mailbox.
+/// messages as `APPLY MESSAGE`, then `RESTORE MAILBOX` for each mailbox
+/// (new UIDs; the user must exist there).
 #[derive(Debug, Parser)]
 #[command(name = "restore")]
-struct RestoreArgs {
-    /// imapd.conf of the backup (backuppartition-*, restore_authname,
-    /// restore_password; else sync_authname, sync_password).
+struct Restore8Args {
+    /// imapd.conf of the backup.
     #[arg(short = 'C', default_value = "/etc/imapd.conf")]
     config: PathBuf,
-    /// The point in time to restore (Unix seconds; default: the latest).
+    /// The point in time to restore (default: the latest).
     #[arg(short = 't')]
-    at: Option<i64>,
+    at: Option<String>,
     /// Restore into this mailbox name (one mailbox only).
     #[arg(short = 'M')]
     rename: Option<String>,
@@ -368,11 +947,11 @@ struct RestoreArgs {
     server: String,
     /// Whose backup.
     user: String,
-    /// Mailboxes to restore (internal names, e.g. user.alice.Work); all if none.
+    /// Mailboxes to restore (internal names); all if none.
     mailboxes: Vec<String>,
 }
 
-/// A minimal blocking csync client: enough for restore's three commands.
+/// A minimal blocking csync client: enough for restore(8)'s commands.
 struct Wire {
     s: std::net::TcpStream,
     buf: Vec<u8>,
@@ -430,178 +1009,132 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-fn is_expunged(r: &proto::dlist::KvList) -> bool {
-    r.get("FLAGS")
-        .and_then(|f| f.as_list())
-        .is_some_and(|f| f.iter().any(|x| x.as_bytes() == Some(b"\\Expunged")))
-}
-
 pub fn restore_main(args: Vec<OsString>) -> ExitCode {
+    use bytes::Bytes;
     use proto::dlist::{Item, KvList, Value};
-    let args: RestoreArgs = match parse(args) {
+    let a: Restore8Args = match parse(args) {
         Ok(a) => a,
         Err(c) => return c,
     };
-    let conf = match Config::load(&args.config) {
+    let (conf, _, b) = match load("restore", &a.config) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let creds = match credentials(&conf) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("restore: {e}");
             return ExitCode::from(78);
         }
     };
-    let l = match layout(&conf) {
-        Ok(l) => l,
+    let at = match a.at.as_deref().map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or(i64::MAX),
         Err(e) => {
-            eprintln!("restore: {}: {e}", args.config.display());
-            return ExitCode::from(78);
+            eprintln!("restore: {e}");
+            return ExitCode::from(64);
         }
     };
-    let key = |a: &str, b: &str| {
-        conf.get_str(a)
-            .or_else(|| conf.get_str(b))
-            .map(str::to_owned)
+    let user = match user_id("restore", &a.user) {
+        Ok(u) => u,
+        Err(c) => return c,
     };
-    let (Some(authname), Some(password)) = (
-        key("restore_authname", "sync_authname"),
-        key("restore_password", "sync_password"),
-    ) else {
-        eprintln!("restore: no restore_authname/restore_password (or sync_*) in the config");
-        return ExitCode::from(78);
-    };
-    let entries = match read_journal(&journal_file(&l.journal, Some(&args.user))) {
-        Ok(e) => e,
+    let mut s = match b.snapshot(Some(&user), at) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("restore: {e}");
             return ExitCode::from(66);
         }
     };
-    let state = state_at(&entries, args.at.unwrap_or(i64::MAX));
-    let name_of = |kv: &KvList| {
-        kv.get("MBOXNAME")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
+    let sel = RestoreArgs {
+        user: a.user.clone(),
+        at: None,
+        mailboxes: a.mailboxes.clone(),
+        uids: Vec::new(),
+        expunged: a.expunged,
+        to: None,
+        maildir: None,
     };
-    let mut chosen: Vec<KvList> = state
-        .into_values()
-        .filter(|kv| args.mailboxes.is_empty() || args.mailboxes.contains(&name_of(kv)))
-        .collect();
-    chosen.sort_by_key(|kv| name_of(kv));
-    if chosen.is_empty() {
-        eprintln!("restore: nothing in {}'s backup matches", args.user);
+    if let Err(e) = select(&mut s, &sel) {
+        eprintln!("restore: {e}");
         return ExitCode::from(66);
     }
-    if args.rename.is_some() && chosen.len() != 1 {
+    let mut chosen: Vec<_> = s.mailboxes.values().cloned().collect();
+    chosen.sort_by(|x, y| x.name.cmp(&y.name));
+    if chosen.is_empty() {
+        eprintln!("restore: nothing in {user}'s backup matches");
+        return ExitCode::from(66);
+    }
+    if a.rename.is_some() && chosen.len() != 1 {
         eprintln!(
             "restore: -M needs exactly one mailbox ({} match)",
             chosen.len()
         );
         return ExitCode::from(64);
     }
-    let reader = match store::Embedded::open_read_only(&l.store) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("restore: store: {e}");
-            return ExitCode::from(74);
-        }
-    };
-    // What each mailbox becomes: new name, records kept, Cyrus restore's
-    // "not -U" form (no UNIQUEID/UIDVALIDITY/HIGHESTMODSEQ: the server
-    // allocates; existing mailboxes get the messages appended).
+    // Cyrus restore's "not -U" form: no UNIQUEID/UIDVALIDITY/
+    // HIGHESTMODSEQ, so the server allocates and appends with new UIDs.
     let mut plans = Vec::new();
-    let mut guids: Vec<(proto::dlist::Guid, u64)> = Vec::new();
-    for kv in chosen {
+    for mb in &chosen {
+        let full = engine::csync::wire::mailbox_kv(mb, Default::default(), None);
         let mut out = KvList::new();
-        let mut records = Vec::new();
-        for r in kv
-            .get("RECORD")
-            .and_then(|r| r.as_list())
-            .unwrap_or_default()
-        {
-            let Some(rk) = r.as_kvlist() else { continue };
-            if is_expunged(rk) && !args.expunged {
-                continue;
-            }
-            let mut nr = KvList::new();
-            for (k, v) in rk.iter() {
-                if &k[..] == b"FLAGS" {
-                    let kept: Vec<Value> = v
-                        .as_list()
-                        .unwrap_or_default()
-                        .iter()
-                        .filter(|f| f.as_bytes() != Some(b"\\Expunged"))
-                        .cloned()
-                        .collect();
-                    nr.push(k.clone(), Value::List(kept));
-                } else {
-                    nr.push(k.clone(), v.clone());
-                }
-            }
-            if let (Some(g), Some(sz)) = (
-                rk.get("GUID").and_then(|g| g.as_guid()),
-                rk.get("SIZE").and_then(|s| s.as_u64()),
-            ) {
-                if !guids.iter().any(|(x, _)| *x == g) {
-                    guids.push((g, sz));
-                }
-            }
-            records.push(Value::KvList(nr));
-        }
-        for (k, v) in kv.iter() {
+        for (k, v) in full.iter() {
             let v = match &k[..] {
                 b"UNIQUEID" | b"MBOXTYPE" | b"QUOTAROOT" => Value::Nil,
-                b"UIDVALIDITY" | b"HIGHESTMODSEQ" => Value::Atom(bytes::Bytes::from_static(b"0")),
-                b"MBOXNAME" => match &args.rename {
-                    Some(n) => Value::Atom(bytes::Bytes::from(n.clone())),
+                b"UIDVALIDITY" | b"HIGHESTMODSEQ" => Value::Atom(Bytes::from_static(b"0")),
+                b"MBOXNAME" => match &a.rename {
+                    Some(n) => Value::Atom(Bytes::from(n.clone())),
                     None => v.clone(),
                 },
-                // The kept records are not the backed-up set: let the
-                // server compute its own checksums.
-                b"SYNC_CRC" | b"SYNC_CRC_ANNOT" | b"RECORD" | b"CREATEDMODSEQ"
-                | b"FOLDERMODSEQ" => continue,
+                b"SYNC_CRC" | b"SYNC_CRC_ANNOT" | b"CREATEDMODSEQ" | b"FOLDERMODSEQ" => continue,
                 _ => v.clone(),
             };
             out.push(k.clone(), v);
         }
+        let records: Vec<Value> = s
+            .records
+            .get(&mb.uniqueid)
+            .map(|r| r.values().map(engine::csync::wire::record_kv).collect())
+            .unwrap_or_default();
         out.push("RECORD", Value::List(records));
-        plans.push(out);
+        plans.push((mb.name.to_lossy(), mb.partition.to_lossy(), out));
     }
+    let guids = s.guids();
     let run = || -> Result<(), String> {
-        let s = std::net::TcpStream::connect(&args.server)
-            .map_err(|e| format!("connect {}: {e}", args.server))?;
-        let mut w = Wire { s, buf: Vec::new() };
         let io = |e: std::io::Error| e.to_string();
+        let st = std::net::TcpStream::connect(&a.server)
+            .map_err(|e| format!("connect {}: {e}", a.server))?;
+        let mut w = Wire {
+            s: st,
+            buf: Vec::new(),
+        };
         let (_, greeting) = w.status().map_err(io)?;
         if !greeting.starts_with("* OK") {
             return Err(format!("server greeting: {greeting}"));
         }
         let mut ir = vec![0u8];
-        ir.extend_from_slice(authname.as_bytes());
+        ir.extend_from_slice(creds.authcid.as_bytes());
         ir.push(0);
-        ir.extend_from_slice(password.as_bytes());
+        ir.extend_from_slice(creds.password.expose());
         let (_, st) = w
             .send(format!("AUTHENTICATE PLAIN {}\r\n", base64(&ir)).as_bytes())
             .map_err(io)?;
         if !st.starts_with("OK") {
             return Err(format!("AUTHENTICATE: {st}"));
         }
+        let part = plans[0].1.clone();
         let names: Vec<Value> = plans
             .iter()
-            .map(|p| p.get("MBOXNAME").cloned().unwrap_or(Value::Nil))
+            .map(|p| p.2.get("MBOXNAME").cloned().unwrap_or(Value::Nil))
             .collect();
-        let part = plans[0]
-            .get("PARTITION")
-            .cloned()
-            .unwrap_or(Value::Atom(bytes::Bytes::from_static(b"default")));
         let reserve = KvList::new()
-            .with("PARTITION", part.clone())
+            .with("PARTITION", Value::string(Bytes::from(part.clone())))
             .with("MBOXNAME", Value::List(names))
             .with(
                 "GUID",
                 Value::List(
                     guids
                         .iter()
-                        .map(|(g, _)| Value::Atom(bytes::Bytes::from(g.to_string())))
+                        .map(|(g, _)| Value::Atom(Bytes::from(g.to_hex())))
                         .collect(),
                 ),
             );
@@ -621,30 +1154,24 @@ pub fn restore_main(args: Vec<OsString>) -> ExitCode {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let pname = part.as_str().unwrap_or("default").to_owned();
-        for (g, size) in guids
-            .iter()
-            .filter(|(g, _)| missing.contains(&g.to_string()))
-        {
-            let mg = engine::model::Guid::from_bytes(*g.as_bytes());
-            let bytes = reader
-                .message_bytes(&mg, 0, *size as usize)
-                .map_err(|e| format!("message {g}: {e}"))?;
-            let mut line =
-                format!("APPLY MESSAGE (%{{{pname} {g} {}}}\r\n", bytes.len()).into_bytes();
+        for (g, size) in guids.iter().filter(|(g, _)| missing.contains(&g.to_hex())) {
+            let bytes = s
+                .message_bytes(g, 0, *size as usize)
+                .map_err(|e| format!("message {}: {e}", g.to_hex()))?;
+            let mut line = format!(
+                "APPLY MESSAGE (%{{{part} {} {}}}\r\n",
+                g.to_hex(),
+                bytes.len()
+            )
+            .into_bytes();
             line.extend_from_slice(&bytes);
             line.extend_from_slice(b")\r\n");
             let (_, st) = w.send(&line).map_err(io)?;
             if !st.starts_with("OK") {
-                return Err(format!("APPLY MESSAGE {g}: {st}"));
+                return Err(format!("APPLY MESSAGE {}: {st}", g.to_hex()));
             }
         }
-        for p in plans {
-            let name = p
-                .get("MBOXNAME")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned();
+        for (name, _, p) in plans {
             let enc =
                 proto::csync::Command::Restore(Item::new("MAILBOX", Value::KvList(p))).encode();
             let (_, st) = w.send(enc.text()).map_err(io)?;
@@ -662,5 +1189,19 @@ pub fn restore_main(args: Vec<OsString>) -> ExitCode {
             eprintln!("restore: {e}");
             ExitCode::from(75)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse_as_unix_seconds_or_utc() {
+        assert_eq!(parse_time("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(parse_time("2000-03-01 00:00:00"), Ok(951_868_800));
+        assert!(parse_time("yesterday").is_err());
     }
 }

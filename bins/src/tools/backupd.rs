@@ -10,55 +10,46 @@
 //!   not implemented`). So sync_client sees a server that answers `GET
 //!   USER` truthfully and sends only what changed — the same machine
 //!   decides everything, as for `corvid sync_server`.
-//! * The *current* state lives in an embedded store whose index sits in
-//!   the first `backuppartition-NAME` directory and whose message files
-//!   are spread over all of them. The embedded store never deletes message
-//!   files, so every message ever backed up stays restorable by GUID.
-//! * The *history* is an append-only journal per user,
-//!   `<index dir>/journal/<user>.log`: after every durable batch, each
-//!   mailbox the batch touched is appended as one entry
-//!   `APPLY MAILBOX %(… RECORD (…))` (its full state, records included,
-//!   in Cyrus's own dlist form), and a deleted mailbox as
-//!   `APPLY UNMAILBOX %(UNIQUEID … MBOXNAME …)`. Each entry is framed as
-//!   `<unix-time> <length> CRLF <csync command bytes>`, so a reader never
-//!   has to guess where a literal ends. Expunges and deletes are thus
-//!   *recorded*, never destructive for the backup: the state at any time
-//!   T is, per mailbox, its last entry at or before T ([`state_at`]), and
-//!   the bytes are in the store. Entries are fsynced before the daemon
-//!   answers the APPLY that caused them; at startup a torn last entry (a
-//!   crash mid-append) is cut off ([`repair_journals`]).
+//! * The *current* state (what `GET` answers from) lives in a working
+//!   embedded store whose index sits in the first `backuppartition-NAME`
+//!   directory.
+//! * The *backup* is [`store::backup`] (format 2): after every durable
+//!   batch, [`store::backup::ops::ops_of_batch`] splits what the batch did
+//!   by user, the bytes of every live record go to the shared zstd pack
+//!   (deduplicated by GUID), and one chunk of deltas is appended to each
+//!   touched user's journal and fsynced — all before the daemon answers
+//!   the APPLY that caused it. Expunges and deletes are recorded, never
+//!   destructive for the backup. At startup a torn last chunk (a crash
+//!   mid-append) is cut off.
 //!
-//! Cost, said plainly: a mailbox's line carries all of its records, so a
-//! big mailbox changed often makes a big journal (Cyrus's backupd wrote
-//! only the APPLY it received and needed a SQLite index to read it back;
-//! we trade space for a journal that reads alone).
+//! Cost, said plainly: the working store keeps the newest bytes
+//! uncompressed beside the pack (the replica machine reads it); a
+//! backup-native `MailRead` would remove that copy.
 //!
-//! What it never does: serve mail back over csync `GET FETCH` for copyback
-//! (`corvid restore` reads the backup instead), or forget a journal line.
+//! What it never does: serve mail back over csync `GET FETCH` for
+//! copyback (`corvid backup restore` reads the backup instead), or change
+//! a journal other than by appending.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use clap::Parser;
 
 use super::csync_common;
 use engine::csync::{Completion, Effect, Event, Options as MachineOptions, Server};
 use engine::machine::Time;
-use engine::model::{UniqueId, UnixTime};
-use engine::store::{MailRead, Mutation, StoreEffect, UidRange};
+use engine::model::{MailboxName, UniqueId, UnixTime, UserId};
+use engine::store::{MailRead, Mutation, StoreEffect, WriteBatch};
 use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
-use proto::csync::{ClientLine, Command, Event as DecodeEvent, ServerDecoder};
-use proto::dlist::{Item, KvList, Value};
+use store::backup::Backup;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
@@ -83,10 +74,12 @@ struct Args {
 
 /// Where a backup store lives, from imapd.conf.
 pub struct Layout {
-    /// The embedded store's options (index dir = first backup partition).
+    /// The working store's options (index dir = first backup partition).
     pub store: StoreOptions,
-    /// `<index dir>/journal`.
-    pub journal: PathBuf,
+    /// The backup itself (journals, pack, index).
+    pub backup: store::backup::Options,
+    /// `backup_retention` (`backup_retention_days`), seconds; 0 = keep all.
+    pub retention_s: i64,
 }
 
 /// The backup layout of `conf`: `backuppartition-NAME` keys, the first by
@@ -102,6 +95,11 @@ pub fn layout(conf: &Config) -> Result<Layout, String> {
         .next()
         .map(|(n, p)| (n.clone(), p.clone()))
         .ok_or("no backuppartition-NAME configured")?;
+    let backup = store::backup::Options::new(
+        std::iter::once(first.clone())
+            .chain(parts.values().filter(|p| **p != first).cloned())
+            .collect(),
+    );
     let mut store = StoreOptions::new(first.clone(), parts);
     store.default_partition = Some(
         conf.get_str("defaultpartition")
@@ -109,265 +107,14 @@ pub fn layout(conf: &Config) -> Result<Layout, String> {
             .map(str::to_owned)
             .unwrap_or(first_name),
     );
+    let retention_s = conf
+        .get_duration_s("backup_retention", io_tokio::config::DurationUnit::Days)
+        .map_err(|e| e.to_string())?;
     Ok(Layout {
         store,
-        journal: first.join("journal"),
+        backup,
+        retention_s,
     })
-}
-
-/// The journal file of `owner` (`None`: shared mailboxes). User ids become
-/// file names only through this escaping: anything outside
-/// `[A-Za-z0-9._@-]` (and a leading dot) is `%XX`.
-pub fn journal_file(dir: &Path, owner: Option<&str>) -> PathBuf {
-    let Some(owner) = owner else {
-        return dir.join("%SHARED.log");
-    };
-    let mut name = String::new();
-    for (i, b) in owner.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric() || b"_@-".contains(&b) || (b == b'.' && i > 0);
-        if plain {
-            name.push(b as char);
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
-    dir.join(format!("{name}.log"))
-}
-
-/// Appends to the per-user journals.
-struct Journal {
-    dir: PathBuf,
-    lock: Mutex<()>,
-}
-
-impl Journal {
-    fn append(&self, owner: Option<&str>, line: &[u8]) -> std::io::Result<()> {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        std::fs::create_dir_all(&self.dir)?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(journal_file(&self.dir, owner))?;
-        f.write_all(line)?;
-        f.sync_data()
-    }
-
-    /// Appends one framed entry: `<now> <len> CRLF <cmd>`.
-    fn entry(
-        &self,
-        owner: Option<&str>,
-        now: i64,
-        cmd: &proto::csync::Command,
-    ) -> std::io::Result<()> {
-        let enc = cmd.encode();
-        let body = enc.text();
-        let mut line = format!("{now} {}\r\n", body.len()).into_bytes();
-        line.extend_from_slice(body);
-        self.append(owner, &line)
-    }
-
-    /// Records the state of `id` after a durable batch.
-    fn snapshot(&self, reader: &Reader, id: &UniqueId, now: i64) -> Result<(), String> {
-        let Some(mb) = reader.mailbox_by_uniqueid(id).map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        let records = reader
-            .records(id, UidRange::ALL, usize::MAX)
-            .map_err(|e| e.to_string())?;
-        let crcs = reader.sync_crcs(id).map_err(|e| e.to_string())?;
-        let kv = engine::csync::wire::mailbox_kv(
-            &mb,
-            crcs,
-            Some(records.iter().map(engine::csync::wire::record_kv).collect()),
-        );
-        let cmd = Command::Apply(Item::new("MAILBOX", Value::KvList(kv)));
-        let owner = mb.owner.as_ref().map(|o| o.to_lossy());
-        self.entry(owner.as_deref(), now, &cmd)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Records that `id` (named `name`) was deleted.
-    fn unmailbox(
-        &self,
-        owner: Option<&str>,
-        id: &UniqueId,
-        name: &str,
-        now: i64,
-    ) -> Result<(), String> {
-        let kv = KvList::new()
-            .with(
-                "UNIQUEID",
-                Value::Atom(Bytes::copy_from_slice(id.as_bytes())),
-            )
-            .with(
-                "MBOXNAME",
-                Value::Quoted(Bytes::copy_from_slice(name.as_bytes())),
-            );
-        let cmd = Command::Apply(Item::new("UNMAILBOX", Value::KvList(kv)));
-        self.entry(owner, now, &cmd).map_err(|e| e.to_string())
-    }
-}
-
-/// One journal entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// When it was recorded (Unix seconds).
-    pub at: i64,
-    /// What it says.
-    pub kind: EntryKind,
-}
-
-/// What a journal entry says.
-#[derive(Debug, Clone)]
-pub enum EntryKind {
-    /// The full state of a mailbox (the `APPLY MAILBOX` dlist, records included).
-    Mailbox(KvList),
-    /// The mailbox with this UNIQUEID and name was deleted.
-    Unmailbox {
-        /// Its UNIQUEID.
-        uniqueid: String,
-        /// Its name then.
-        name: String,
-    },
-}
-
-/// Why a journal could not be read: the file's fault (truncated or
-/// foreign bytes) or the disk's.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum JournalError {
-    /// The file could not be read (disk, permissions).
-    #[error("read {0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    /// An entry's frame or command is malformed (a torn last write or a foreign file).
-    #[error("{path}: entry at byte {offset}: {what}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// Where the bad entry starts.
-        offset: usize,
-        /// What is wrong.
-        what: String,
-    },
-}
-
-/// Reads every entry of a journal file, in order.
-pub fn read_journal(path: &Path) -> Result<Vec<Entry>, JournalError> {
-    let data = std::fs::read(path).map_err(|e| JournalError::Io(path.to_owned(), e))?;
-    let bad = |offset: usize, what: &str| JournalError::Malformed {
-        path: path.to_owned(),
-        offset,
-        what: what.to_owned(),
-    };
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let nl = data[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad(pos, TORN_HEADER))?;
-        let header =
-            std::str::from_utf8(&data[pos..pos + nl]).map_err(|_| bad(pos, "header not text"))?;
-        let (at, len) = header
-            .split_once(' ')
-            .ok_or_else(|| bad(pos, "header is not `time length`"))?;
-        let at: i64 = at.parse().map_err(|_| bad(pos, "bad time"))?;
-        let len: usize = len.parse().map_err(|_| bad(pos, "bad length"))?;
-        let start = pos + nl + 2;
-        let end = start
-            .checked_add(len)
-            .filter(|e| *e <= data.len())
-            .ok_or_else(|| bad(pos, TORN_BODY))?;
-        let mut dec = ServerDecoder::new();
-        dec.handle_input(&data[start..end]);
-        let item = match dec.poll_event() {
-            Ok(Some(DecodeEvent::Decoded(ClientLine::Command(Command::Apply(item))))) => item,
-            _ => return Err(bad(pos, "not an APPLY command")),
-        };
-        let kv = item
-            .value
-            .as_kvlist()
-            .cloned()
-            .ok_or_else(|| bad(pos, "APPLY without a dlist"))?;
-        let kind = match &item.key[..] {
-            b"MAILBOX" => EntryKind::Mailbox(kv),
-            b"UNMAILBOX" => EntryKind::Unmailbox {
-                uniqueid: kv
-                    .get("UNIQUEID")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-                name: kv
-                    .get("MBOXNAME")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-            },
-            _ => return Err(bad(pos, "unknown APPLY kind")),
-        };
-        out.push(Entry { at, kind });
-        pos = end;
-    }
-    Ok(out)
-}
-
-/// Cuts a torn last entry (a crash during its append: no complete header
-/// line, or fewer bytes than announced) off every journal in `dir`, so
-/// later entries are not appended behind bytes no reader gets past. Any
-/// other damage is left alone and reported: it is not a torn append, and
-/// only an operator should decide what to drop. Returns what it did.
-pub fn repair_journals(dir: &Path) -> Vec<String> {
-    let mut notes = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return notes;
-    };
-    for e in rd.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("log") {
-            continue;
-        }
-        match read_journal(&path) {
-            Ok(_) => {}
-            Err(JournalError::Malformed { offset, what, .. })
-                if what == TORN_HEADER || what == TORN_BODY =>
-            {
-                let cut = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(offset as u64).and_then(|_| f.sync_all()));
-                notes.push(match cut {
-                    Ok(()) => format!("{}: torn last entry cut at byte {offset}", path.display()),
-                    Err(e) => format!("{}: torn last entry, cut failed: {e}", path.display()),
-                });
-            }
-            Err(e) => notes.push(format!("{e} (left as is)")),
-        }
-    }
-    notes
-}
-
-const TORN_HEADER: &str = "no entry header line";
-const TORN_BODY: &str = "truncated entry";
-
-/// The backed-up mailboxes as they were at time `at` (Unix seconds;
-/// `i64::MAX` for the latest), by UNIQUEID: for each mailbox, its last
-/// `MAILBOX` entry at or before `at`, unless a later `UNMAILBOX` (still at
-/// or before `at`) deleted it.
-pub fn state_at(entries: &[Entry], at: i64) -> BTreeMap<String, KvList> {
-    let mut state = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.at <= at) {
-        match &e.kind {
-            EntryKind::Mailbox(kv) => {
-                if let Some(id) = kv.get("UNIQUEID").and_then(|v| v.as_str()) {
-                    state.insert(id.to_owned(), kv.clone());
-                }
-            }
-            EntryKind::Unmailbox { uniqueid, .. } => {
-                state.remove(uniqueid);
-            }
-        }
-    }
-    state
 }
 
 struct Shared {
@@ -377,7 +124,37 @@ struct Shared {
     access: Access,
     machine: MachineOptions,
     realm: Option<String>,
-    journal: Journal,
+    backup: Backup,
+}
+
+/// Puts what `batch` did into the backup: message bytes into the pack
+/// first, then one chunk per touched user, each durable on return.
+pub fn journal_batch(
+    backup: &Backup,
+    reader: &Reader,
+    batch: &WriteBatch,
+    deleted: &BTreeMap<UniqueId, (Option<UserId>, MailboxName)>,
+    now: i64,
+) -> Result<(), String> {
+    let (per_user, guids) =
+        store::backup::ops::ops_of_batch(batch, deleted, reader).map_err(|e| e.to_string())?;
+    for (g, size) in &guids {
+        if backup.pack().has(g) {
+            continue;
+        }
+        backup
+            .pack()
+            .put_from(g, *size, |off, n| {
+                reader.message_bytes(g, off, n).map_err(|e| e.to_string())
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    for (user, ops) in &per_user {
+        backup
+            .append(user.as_ref(), now, ops)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 struct Exec {
@@ -399,37 +176,25 @@ impl EffectExecutor<Effect> for Exec {
         let shared = self.shared.clone();
         let mut pending_store = None;
         let mut creds = None;
-        // Mailboxes this batch touches, and deletes (owner, uniqueid, name
-        // read before the batch removes them).
-        let mut touched: Vec<UniqueId> = Vec::new();
-        let mut deleted: Vec<(Option<String>, UniqueId, String)> = Vec::new();
+        // The batch (to journal once durable) and the owner and name of
+        // every mailbox it deletes, read before the batch removes them.
+        let mut written: Option<WriteBatch> = None;
+        let mut deleted: BTreeMap<UniqueId, (Option<UserId>, MailboxName)> = BTreeMap::new();
         match effect {
             Effect::Store(e) => {
                 if let StoreEffect::Write(batch) = &e {
                     for m in &batch.mutations {
-                        match m {
-                            Mutation::PutMailbox(mb) => touched.push(mb.uniqueid.clone()),
-                            Mutation::RenameMailbox { uniqueid, .. } => {
-                                touched.push(uniqueid.clone())
+                        if let Mutation::DeleteMailbox { uniqueid, .. } = m {
+                            if let Ok(Some(mb)) = shared.reader.mailbox_by_uniqueid(uniqueid) {
+                                let owner = mb
+                                    .owner
+                                    .clone()
+                                    .or_else(|| engine::csync::wire::owner_of(&mb.name));
+                                deleted.insert(uniqueid.clone(), (owner, mb.name.clone()));
                             }
-                            Mutation::PutRecord { mailbox, .. }
-                            | Mutation::PurgeRecords { mailbox, .. } => {
-                                touched.push(mailbox.clone())
-                            }
-                            Mutation::DeleteMailbox { uniqueid, .. } => {
-                                if let Ok(Some(mb)) = shared.reader.mailbox_by_uniqueid(uniqueid) {
-                                    deleted.push((
-                                        mb.owner.as_ref().map(|o| o.to_lossy()),
-                                        uniqueid.clone(),
-                                        mb.name.to_lossy(),
-                                    ));
-                                }
-                            }
-                            _ => {}
                         }
                     }
-                    touched.sort();
-                    touched.dedup();
+                    written = Some(batch.clone());
                 }
                 let wants = matches!(e, StoreEffect::StageEnd { .. } | StoreEffect::Write(_));
                 if wants {
@@ -447,26 +212,24 @@ impl EffectExecutor<Effect> for Exec {
         async move {
             if let Some(rx) = pending_store {
                 let c = rx.await.ok();
-                if let Some(engine::store::Completion::Durable { .. }) = &c {
-                    let now = unix_now();
+                if let (Some(engine::store::Completion::Durable { batch_id, .. }), Some(batch)) =
+                    (&c, written)
+                {
+                    let batch_id = *batch_id;
                     let s = shared.clone();
                     let journaled = tokio::task::spawn_blocking(move || {
-                        for id in &touched {
-                            s.journal.snapshot(&s.reader, id, now)?;
-                        }
-                        for (owner, id, name) in &deleted {
-                            s.journal.unmailbox(owner.as_deref(), id, name, now)?;
-                        }
-                        Ok::<(), String>(())
+                        journal_batch(&s.backup, &s.reader, &batch, &deleted, unix_now())
                     })
-                    .await;
-                    match journaled {
-                        Ok(Ok(())) => {}
-                        // The store has the change but the history does not:
-                        // the next snapshot of the mailbox carries it, so
-                        // only the in-between point in time is lost. Say so.
-                        Ok(Err(e)) => error!(error = %e, "journal append failed"),
-                        Err(e) => error!(error = %e, "journal task failed"),
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                    if let Err(e) = journaled {
+                        // The working store has the change but the backup
+                        // does not: never say "stored" for it.
+                        error!(error = %e, "backup append failed; answering NO");
+                        return Completion::Store(Some(engine::store::Completion::Failed {
+                            batch_id,
+                            error: engine::store::StoreError::Io(format!("backup: {e}")),
+                        }));
                     }
                 }
                 return Completion::Store(c);
@@ -557,7 +320,20 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    for note in repair_journals(&layout.journal) {
+    let backup = match Backup::open(layout.backup.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("backupd: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    for old in backup.old_format_journals() {
+        eprintln!(
+            "backupd: {}: a format-1 journal from an earlier corvid is ignored (this version writes format 2 under users/)",
+            old.display()
+        );
+    }
+    for note in backup.repair() {
         eprintln!("backupd: journal: {note}");
     }
     let pwcheck = match PwCheck::from_config(&conf) {
@@ -596,10 +372,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             access: Access::from_config(&conf),
             machine,
             realm: conf.get_str("sync_realm").map(str::to_owned),
-            journal: Journal {
-                dir: layout.journal,
-                lock: Mutex::new(()),
-            },
+            backup,
         });
         let shutdown = async {
             let mut term =
@@ -651,79 +424,4 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     });
     drop(rt);
     code
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_ids_never_leave_the_journal_dir() {
-        let d = Path::new("/j");
-        assert_eq!(journal_file(d, Some("alice")), Path::new("/j/alice.log"));
-        assert_eq!(
-            journal_file(d, Some("../etc/x")),
-            Path::new("/j/%2E.%2Fetc%2Fx.log")
-        );
-        assert_eq!(
-            journal_file(d, Some("bob@example.org")),
-            Path::new("/j/bob@example.org.log")
-        );
-        assert_eq!(journal_file(d, None), Path::new("/j/%SHARED.log"));
-    }
-
-    fn entry(at: i64, cmd: &str) -> Vec<u8> {
-        let mut v = format!("{at} {}\r\n", cmd.len()).into_bytes();
-        v.extend_from_slice(cmd.as_bytes());
-        v
-    }
-
-    #[test]
-    fn state_at_replays_snapshots_and_deletes_in_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("u.log");
-        let mut data = entry(
-            10,
-            "APPLY MAILBOX %(UNIQUEID a1 MBOXNAME user.u LAST_UID 1)\r\n",
-        );
-        data.extend(entry(
-            20,
-            "APPLY MAILBOX %(UNIQUEID a1 MBOXNAME user.u LAST_UID 2)\r\n",
-        ));
-        data.extend(entry(
-            30,
-            "APPLY UNMAILBOX %(UNIQUEID a1 MBOXNAME user.u)\r\n",
-        ));
-        std::fs::write(&p, &data).unwrap();
-        let es = read_journal(&p).unwrap();
-        assert_eq!(es.len(), 3);
-        let last_uid = |t| {
-            state_at(&es, t)
-                .get("a1")
-                .and_then(|kv| kv.get("LAST_UID").and_then(|v| v.as_u64()))
-        };
-        assert_eq!(last_uid(5), None);
-        assert_eq!(last_uid(10), Some(1));
-        assert_eq!(last_uid(29), Some(2));
-        assert_eq!(last_uid(30), None);
-        // A torn last entry is reported, with where it starts, and
-        // repair cuts exactly it.
-        let whole = data.len();
-        data.truncate(whole - 3);
-        std::fs::write(&p, &data).unwrap();
-        match read_journal(&p) {
-            Err(JournalError::Malformed { offset, .. }) => assert!(offset > 0),
-            other => panic!("{other:?}"),
-        }
-        let notes = repair_journals(dir.path());
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        assert_eq!(read_journal(&p).unwrap().len(), 2);
-        // Damage that is not a torn append is left alone.
-        let mut bad = std::fs::read(&p).unwrap();
-        bad.splice(0..2, *b"xx");
-        std::fs::write(&p, &bad).unwrap();
-        let notes = repair_journals(dir.path());
-        assert!(notes[0].ends_with("(left as is)"), "{notes:?}");
-        assert_eq!(std::fs::read(&p).unwrap(), bad);
-    }
 }

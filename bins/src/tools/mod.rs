@@ -47,6 +47,10 @@ const TABLE: &[(&str, &str)] = &[
     ("sync_server", "Cyrus replication replica (csync)"),
     ("sync_client", "Cyrus replication client"),
     ("backupd", "csync target that keeps restorable backups"),
+    (
+        "backup",
+        "corvid backups: list, show, verify, restore, compact",
+    ),
     ("ctl_backups", "list and verify corvid backupd backups"),
     (
         "cyr_backup",
@@ -77,6 +81,7 @@ pub fn find(name: &str) -> Option<Tool> {
     }
     Some(match name {
         "backupd" => Tool::Ready(backupd::main),
+        "backup" => Tool::Ready(backup_tools::main),
         "ctl_backups" => Tool::Ready(backup_tools::ctl_backups_main),
         "cyr_backup" => Tool::Ready(backup_tools::cyr_backup_main),
         "restore" => Tool::Ready(backup_tools::restore_main),
