@@ -10,7 +10,7 @@
 //!
 //! The local location is `-o mail_location=LOC` (or `mail_location` in the
 //! `-c` file, `key = value` lines). Locations: `maildir:PATH` (a Dovecot
-//! Maildir++, `store::maildir`) and `corvid:PATH` (the embedded store, with
+//! Maildir++ through `store::maildir::UserStore`, the one Maildir writer) and `corvid:PATH` (the embedded store, with
 //! its index and messages under PATH). LOCATION2 is a location (both brains
 //! run here), a command line run as a child whose stdin/stdout carry the
 //! stream (`corvid dsync-server …`, `doveadm dsync-server -u user`), or
@@ -36,17 +36,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
 use std::sync::mpsc;
 
-use bytes::Bytes;
 use engine::dsync::{Brain, Event, Mode, Options, Outcome, Role, SyncState};
 use engine::machine::{EffectId, Machine, Output, Time};
-use engine::model::{
-    Annotations, Guid, Mailbox, MailboxGuid, MailboxName, QuotaRoot, Record, Seen, SieveName,
-    SieveScript, Subscription, SyncCrcs, SyncLogLine, Tombstone, Uid, UniqueId, UnixTime, UserId,
-};
-use engine::store::{
-    commit, Completion, MailRead, Mutation, StageHandle, StoreEffect, StoreError, StoreWrite,
-    UidRange, WriteBatch,
-};
+use engine::model::{MailboxName, UnixTime, UserId};
+use engine::store::{commit, Completion, StoreEffect, StoreWrite};
 
 /// Parsed command line.
 #[derive(Debug, Default)]
@@ -310,7 +303,7 @@ impl Progress {
 /// An opened local store.
 enum Opened {
     Corvid(Box<store::embedded::Embedded>),
-    Maildir(MaildirStore),
+    Maildir(Box<store::maildir::UserStore>),
 }
 
 fn open(loc: &str, user: &UserId) -> Result<Opened, String> {
@@ -327,11 +320,10 @@ fn open(loc: &str, user: &UserId) -> Result<Opened, String> {
         let p = p.split(':').next().unwrap_or(p);
         let md = store::maildir::Maildir::open(PathBuf::from(p), Default::default())
             .map_err(|e| format!("{loc}: {e}"))?;
-        return Ok(Opened::Maildir(MaildirStore {
+        return Ok(Opened::Maildir(Box::new(store::maildir::UserStore::new(
             md,
-            user: user.clone(),
-            staged: BTreeMap::new(),
-        }));
+            user.clone(),
+        ))));
     }
     Err(format!(
         "{loc}: unknown location (maildir:PATH or corvid:PATH)"
@@ -345,7 +337,7 @@ impl<T: StoreWrite> Store for T {}
 fn with_store<R>(o: Opened, f: impl FnOnce(Rc<RefCell<Box<dyn Store>>>) -> R) -> Result<R, String> {
     let b: Box<dyn Store> = match o {
         Opened::Corvid(e) => e,
-        Opened::Maildir(m) => Box::new(m),
+        Opened::Maildir(m) => m,
     };
     Ok(f(Rc::new(RefCell::new(b))))
 }
@@ -469,7 +461,7 @@ fn run_local_pair(mo: Options, a: Opened, so: Options, b: Opened, progress: &Pro
     let boxed = |o: Opened| -> Shared {
         let b: Box<dyn Store> = match o {
             Opened::Corvid(e) => e,
-            Opened::Maildir(m) => Box::new(m),
+            Opened::Maildir(m) => m,
         };
         Rc::new(RefCell::new(b))
     };
@@ -544,218 +536,4 @@ fn run_local_pair(mo: Options, a: Opened, so: Options, b: Opened, progress: &Pro
         o.error = Some(format!("location2: {e}"));
     }
     o
-}
-
-// ----- the Maildir adapter -----
-
-/// A Dovecot maildir as a corvid store for one user. Reads go through
-/// `store::maildir::UserView`; a batch is applied mutation by mutation,
-/// each durable when it returns (Maildir has no transactions: a crash
-/// mid-batch leaves a prefix applied, which the next sync completes).
-struct MaildirStore {
-    md: store::maildir::Maildir,
-    user: UserId,
-    staged: BTreeMap<Guid, Bytes>,
-}
-
-impl MaildirStore {
-    fn view(&self) -> store::maildir::UserView<'_> {
-        store::maildir::UserView::new(&self.md, self.user.clone())
-    }
-
-    fn name(n: &MailboxName) -> Result<store::maildir::Name, StoreError> {
-        let s = std::str::from_utf8(n.as_bytes())
-            .map_err(|_| StoreError::Io("mailbox name is not UTF-8".into()))?;
-        store::maildir::Name::new(s).map_err(|e| StoreError::Io(e.to_string()))
-    }
-
-    fn io(e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io(e.to_string())
-    }
-
-    fn by_uniqueid(&self, id: &UniqueId) -> Result<Mailbox, StoreError> {
-        self.view()
-            .mailbox_by_uniqueid(id)?
-            .ok_or_else(|| StoreError::UnknownMailbox(id.clone()))
-    }
-
-    /// Give an existing mailbox another GUID and UIDVALIDITY (dsync's merge
-    /// of two independently created mailboxes, or a backup destination
-    /// taking the source's identity; Dovecot does the same on its side):
-    /// `G` and `V` of the uidlist header, replaced under Dovecot's dot-lock.
-    fn set_identity(
-        &self,
-        n: &store::maildir::Name,
-        g: &MailboxGuid,
-        uidvalidity: u32,
-    ) -> Result<(), StoreError> {
-        use store::maildir::lock::{write_atomic, DotLock};
-        let dir = match n.dir_name() {
-            None => self.md.root().to_path_buf(),
-            Some(d) => self.md.root().join(d),
-        };
-        let list = dir.join("dovecot-uidlist");
-        let _lock = DotLock::acquire(
-            &list,
-            "corvid",
-            std::time::Duration::from_secs(122),
-            std::time::Duration::from_secs(120),
-        )
-        .map_err(Self::io)?;
-        let text = std::fs::read_to_string(&list).map_err(Self::io)?;
-        let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
-        let mut fields: Vec<String> = head
-            .split(' ')
-            .filter(|f| !f.starts_with('G') && !f.starts_with('V'))
-            .map(str::to_string)
-            .collect();
-        fields.insert(1.min(fields.len()), format!("V{uidvalidity}"));
-        fields.push(format!("G{}", g.to_hex()));
-        let new = format!("{}\n{rest}", fields.join(" "));
-        write_atomic(
-            &dir,
-            "dovecot-uidlist",
-            "dovecot-uidlist.corvid-tmp",
-            new.as_bytes(),
-        )
-        .map_err(Self::io)
-    }
-
-    fn apply_one(&mut self, m: &Mutation) -> Result<(), StoreError> {
-        match m {
-            Mutation::PutMessage { guid, bytes } => {
-                self.staged.insert(*guid, bytes.clone());
-            }
-            Mutation::PutMailbox(mb) => {
-                let n = Self::name(&mb.name)?;
-                if self.md.exists(&n) {
-                    let st = self.md.status(&n).map_err(Self::io)?;
-                    if st.guid != mb.guid || st.uidvalidity != mb.uidvalidity.get() {
-                        self.set_identity(&n, &mb.guid, mb.uidvalidity.get())?;
-                    }
-                } else {
-                    self.md
-                        .create(
-                            &n,
-                            store::maildir::Create {
-                                guid: Some(mb.guid),
-                                uidvalidity: Some(mb.uidvalidity.get()),
-                            },
-                        )
-                        .map_err(Self::io)?;
-                }
-            }
-            Mutation::RenameMailbox {
-                uniqueid, new_name, ..
-            } => {
-                let mb = self.by_uniqueid(uniqueid)?;
-                self.md
-                    .rename(&Self::name(&mb.name)?, &Self::name(new_name)?)
-                    .map_err(Self::io)?;
-            }
-            Mutation::DeleteMailbox { uniqueid, .. } => {
-                let mb = self.by_uniqueid(uniqueid)?;
-                self.md.delete(&Self::name(&mb.name)?).map_err(Self::io)?;
-            }
-            Mutation::SetSubscription {
-                name, subscription, ..
-            } => {
-                self.md
-                    .set_subscribed(&Self::name(name)?, subscription.subscribed)
-                    .map_err(Self::io)?;
-            }
-            Mutation::PutRecord { mailbox, record } => {
-                let mb = self.by_uniqueid(mailbox)?;
-                let n = Self::name(&mb.name)?;
-                let uid = record.uid.get();
-                match self.md.message(&n, uid) {
-                    Ok(_) if record.expunged => self.md.expunge(&n, &[uid]).map_err(Self::io)?,
-                    Ok(_) => {
-                        self.md
-                            .set_flags(&n, uid, &record.flags)
-                            .map_err(Self::io)?;
-                    }
-                    Err(_) if record.expunged => {}
-                    Err(_) => {
-                        let body = match self.staged.get(&record.guid) {
-                            Some(b) => b.clone(),
-                            None => self.view().message_bytes(&record.guid, 0, usize::MAX)?,
-                        };
-                        let how = store::maildir::Append {
-                            uid: Some(uid),
-                            guid: Some(match &record.peer_guid {
-                                Some(g) => g.to_lossy(),
-                                None => record.guid.to_hex(),
-                            }),
-                            flags: record.flags.system,
-                            keywords: record.flags.keywords().to_vec(),
-                            internaldate: Some(record.internaldate.0),
-                        };
-                        self.md.append(&n, &mut &body[..], &how).map_err(Self::io)?;
-                    }
-                }
-            }
-            other => return Err(StoreError::Io(format!("maildir has no form for {other:?}"))),
-        }
-        Ok(())
-    }
-}
-
-impl StoreWrite for MaildirStore {
-    fn stage_begin(&mut self, _guid: Guid, _size: u64) -> Result<StageHandle, StoreError> {
-        Err(StoreError::Io(
-            "maildir adapter takes inline messages only".into(),
-        ))
-    }
-    fn stage_chunk(&mut self, h: StageHandle, _chunk: &[u8]) -> Result<(), StoreError> {
-        Err(StoreError::UnknownStage(h))
-    }
-    fn stage_end(&mut self, h: StageHandle) -> Result<(), StoreError> {
-        Err(StoreError::UnknownStage(h))
-    }
-    fn stage_abort(&mut self, _h: StageHandle) {}
-    fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let r = batch.mutations.iter().try_for_each(|m| self.apply_one(m));
-        self.staged.clear();
-        r
-    }
-    fn sync(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-macro_rules! via_view {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        impl MailRead for MaildirStore {
-            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
-                self.view().$name($($arg),*)
-            })*
-        }
-    };
-}
-
-via_view! {
-    mailbox(name: &MailboxName) -> Option<Mailbox>;
-    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
-    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
-    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
-    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
-    users() -> Vec<UserId>;
-    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
-    record(mailbox: &UniqueId, uid: Uid) -> Option<Record>;
-    sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
-    has_message(guid: &Guid) -> bool;
-    message_size(guid: &Guid) -> Option<u64>;
-    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
-    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
-    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
-    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
-    quota(root: &MailboxName) -> Option<QuotaRoot>;
-    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
-    sieve_active(user: &UserId) -> Option<SieveName>;
-    server_annotations() -> Annotations;
-    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
-    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
-    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
-    sync_log_last(channel: &str) -> u64;
 }
