@@ -27,6 +27,12 @@ pub(crate) struct Links {
     pub(crate) staged: Vec<Guid>,
     /// Inline messages this batch stores (each once).
     pub(crate) inline: Vec<(Guid, bytes::Bytes)>,
+    /// New messages of this batch (staged or inline) whose first record
+    /// lives in a mailbox on another partition: they go there instead
+    /// (Cyrus keeps a message in its mailbox's partition).
+    pub(crate) placed: Vec<(Guid, String)>,
+    /// New messages of this batch not yet placed by a record.
+    unplaced: std::collections::HashMap<Guid, String>,
 }
 
 /// Applies mutations on `c`. `staged` says whether (and how big) bytes
@@ -35,6 +41,9 @@ pub(crate) struct Apply<'a> {
     pub(crate) c: &'a Connection,
     pub(crate) staged: &'a dyn Fn(&Guid) -> Option<(u64, String)>,
     pub(crate) inline_partition: &'a str,
+    /// Whether a partition name is configured (a message is only moved
+    /// to a partition the store has).
+    pub(crate) has_partition: &'a dyn Fn(&str) -> bool,
     pub(crate) links: Links,
 }
 
@@ -67,6 +76,7 @@ impl Apply<'_> {
                 }
                 insert_message(c, guid, &partition, *size)?;
                 self.links.staged.push(*guid);
+                self.links.unplaced.insert(*guid, partition);
             }
             Mutation::PutMessage { guid, bytes } => {
                 let actual = Guid::of(bytes);
@@ -79,6 +89,9 @@ impl Apply<'_> {
                 if self.read().message_size(guid)?.is_none() {
                     insert_message(c, guid, self.inline_partition, bytes.len() as u64)?;
                     self.links.inline.push((*guid, bytes.clone()));
+                    self.links
+                        .unplaced
+                        .insert(*guid, self.inline_partition.to_owned());
                 }
             }
             Mutation::PutMailbox(mb) => self.put_mailbox(mb)?,
@@ -131,6 +144,9 @@ impl Apply<'_> {
                 crcs.toggle(record);
                 put_record(c, id, record)?;
                 set_crcs(c, id, crcs)?;
+                if let Some(from) = self.links.unplaced.remove(&record.guid) {
+                    self.place(id, &record.guid, &from)?;
+                }
             }
             Mutation::PurgeRecords { mailbox, uids } => {
                 let id = self
@@ -328,6 +344,30 @@ impl Apply<'_> {
                     "mutation {other:?} is not known to this store"
                 )))
             }
+        }
+        Ok(())
+    }
+
+    /// A new message's first record is in mailbox `id`: store its bytes
+    /// in that mailbox's partition if it is another configured one.
+    fn place(&mut self, id: i64, guid: &Guid, from: &str) -> Result<(), StoreError> {
+        let to: Vec<u8> = self
+            .c
+            .prepare_cached("SELECT partition FROM mailboxes WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+            .map_err(db)?;
+        // Partition names are validated atoms; one that is not UTF-8 is
+        // not a configured one either.
+        let Ok(to) = String::from_utf8(to) else {
+            return Ok(());
+        };
+        if to != from && (self.has_partition)(&to) {
+            exec(
+                self.c,
+                "UPDATE messages SET partition = ?2 WHERE guid = ?1",
+                params![&guid.as_bytes()[..], to],
+            )?;
+            self.links.placed.push((*guid, to));
         }
         Ok(())
     }

@@ -319,6 +319,47 @@ impl StagedMessage {
         &self.partition
     }
 
+    /// Moves the (not yet published) bytes into `partition`'s staging
+    /// directory: a rename on one filesystem, else a copy (whose bytes are
+    /// then fsynced at the group commit like any other).
+    pub(crate) fn move_to(
+        &mut self,
+        partitions: &Partitions,
+        partition: &str,
+    ) -> std::result::Result<(), StoreError> {
+        let Some(tmp) = self.tmp_path.clone() else {
+            return Ok(());
+        };
+        let root = partitions.root(partition).map_err(StoreError::from)?;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let new_tmp = root
+            .join(TMP_DIR)
+            .join(format!("{}-m{n}.part", std::process::id()));
+        let final_path = partitions
+            .message_path(partition, &self.guid)
+            .map_err(StoreError::from)?;
+        if fs::rename(&tmp, &new_tmp).is_err() {
+            // EXDEV (another filesystem): copy, then let go of the old one.
+            let copied = fs::copy(&tmp, &new_tmp).and_then(|_| File::open(&new_tmp));
+            match copied {
+                Ok(f) => {
+                    let _ = fs::remove_file(&tmp);
+                    self.file = Some(f);
+                    self.synced = false;
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&new_tmp);
+                    return Err(Error::io(&new_tmp, e).into());
+                }
+            }
+        }
+        self.tmp_path = Some(new_tmp);
+        self.final_path = final_path;
+        self.partition = partition.to_owned();
+        Ok(())
+    }
+
     /// fsyncs the bytes now, on the caller's thread, so the group commit
     /// that links them only has to rename and fsync directories.
     pub(crate) fn sync_now(&mut self) -> std::result::Result<(), StoreError> {

@@ -60,14 +60,16 @@
 //!
 //! # What this module never does
 //!
-//! It never decides protocol outcomes, never deletes message files (a
-//! message no record refers to stays until an operator's cleanup), and never
+//! It never decides protocol outcomes, never deletes message files while
+//! serving (a message no record refers to stays until an operator runs
+//! [`Embedded::gc`], `corvid store gc`), and never
 //! serves bytes that fail their hash: see [`Reader`]'s `message_bytes`.
 
 mod apply;
 pub mod blobs;
 mod committer;
 mod error;
+mod gc;
 mod rows;
 mod schema;
 mod staging;
@@ -77,6 +79,7 @@ mod verify;
 pub use blobs::{GroupSync, MessageReader, MessageWriter, StagedMessage};
 pub use committer::{Committer, CommitterOptions, ConnId, Done};
 pub use error::{Error, Result};
+pub use gc::GcReport;
 pub use verify::{Problem, Report};
 
 use apply::{Apply, Links};
@@ -699,10 +702,13 @@ impl StoreWrite for Embedded {
         self.conn.execute_batch("SAVEPOINT batch").map_err(db)?;
         let area = &self.area;
         let lookup = |g: &Guid| area.lookup(g);
+        let partitions = &self.options.partitions;
+        let has_partition = |p: &str| partitions.contains_key(p);
         let mut a = Apply {
             c: &self.conn,
             staged: &lookup,
             inline_partition: &self.default_partition,
+            has_partition: &has_partition,
             links: Links::default(),
         };
         let mut result = batch.mutations.iter().try_for_each(|m| a.apply(m));
@@ -710,12 +716,15 @@ impl StoreWrite for Embedded {
         // Inline bytes become staged files now, so sync treats both alike
         // (unless the same bytes are already staged).
         let mut put_inline = Vec::new();
+        let placed: HashMap<Guid, &str> =
+            links.placed.iter().map(|(g, p)| (*g, p.as_str())).collect();
         if result.is_ok() {
             for (guid, bytes) in &links.inline {
                 if self.area.lookup(guid).is_some() {
                     continue;
                 }
-                match self.area.stage_bytes(*guid, bytes) {
+                let partition = placed.get(guid).copied().unwrap_or(&self.default_partition);
+                match self.area.stage_bytes(partition, *guid, bytes) {
                     Ok(m) => {
                         self.area.put(m);
                         put_inline.push(*guid);
@@ -724,6 +733,17 @@ impl StoreWrite for Embedded {
                         result = Err(e);
                         break;
                     }
+                }
+            }
+        }
+        if result.is_ok() {
+            // Staged bytes whose mailbox is on another partition move
+            // there before anything refers to them (a rename within one
+            // filesystem, a copy across two).
+            for (guid, partition) in &links.placed {
+                if let Err(e) = self.area.relocate(guid, partition) {
+                    result = Err(e);
+                    break;
                 }
             }
         }

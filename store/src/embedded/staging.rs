@@ -167,13 +167,32 @@ impl StagingArea {
         }
     }
 
-    /// Writes inline bytes as a staged file (not yet in the area).
+    /// Writes inline bytes as a staged file in `partition` (not yet in the area).
     pub(crate) fn stage_bytes(
         &self,
+        partition: &str,
         guid: Guid,
         bytes: &[u8],
     ) -> Result<StagedMessage, StoreError> {
-        self.partitions.stage_bytes(&self.partition, guid, bytes)
+        self.partitions.stage_bytes(partition, guid, bytes)
+    }
+
+    /// Moves the finished staging of `guid` (if still here and elsewhere)
+    /// into `partition`. Bytes are staged in the default partition because
+    /// an upload does not say which mailbox it is for; the batch that
+    /// links it does.
+    pub(crate) fn relocate(&self, guid: &Guid, partition: &str) -> Result<(), StoreError> {
+        let Some(mut m) = self.lock().finished.remove(guid) else {
+            return Ok(());
+        };
+        // Outside the lock: a copy across filesystems may take a while.
+        let moved = if m.partition == partition {
+            Ok(())
+        } else {
+            m.move_to(&self.partitions, partition)
+        };
+        self.lock().finished.insert(*guid, m);
+        moved
     }
 }
 
