@@ -38,8 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use engine::csync_client::{jobs_from_log, Client, Command, Completion, Effect, Event, Options};
-use engine::machine::{CloseReason, Time};
+use engine::csync_client::{
+    jobs_from_log, Client, Command, Completion, Effect, Event, Flavour, Options,
+};
+use engine::machine::{CloseReason, Layer, Time};
 use engine::model::{MailboxName, SyncLogLine, UserId};
 use engine::store::{MailRead, Mutation, StoreEffect, WriteBatch};
 use io_tokio::config::{Config, DurationUnit};
@@ -126,13 +128,107 @@ struct Args {
 
 struct Settings {
     host: String,
+    /// Where the csync flavour connects (`sync_port`, a port in
+    /// `sync_host`, else 2005).
     port: u16,
+    /// Where `sync_try_imap` tries the IMAP flavour first (the same port
+    /// when one is configured, else 143 — Cyrus's `imap` service).
+    imap_port: u16,
+    try_imap: bool,
+    /// `sync_host` ended in `/tls`: TLS right after connecting.
+    implicit_tls: bool,
+    tls: io_tokio::tls::TlsConfigs,
     machine: Options,
     store: StoreOptions,
     channel: String,
     delay: Duration,
     restart: Duration,
     shutdown_file: Option<PathBuf>,
+    /// Per-user locks toward this replica (`-N` skips busy users).
+    locks: UserLocks,
+    skip_locked: bool,
+}
+
+/// Per-user sync locks: one flock'd file per (replica host, user) under
+/// `configdirectory/sync/locks/`, so two corvid sync_client processes
+/// never replicate one user to one replica at the same time (Cyrus's
+/// `sync_lock`). Without `-N` a busy user is waited for; with `-N` it is
+/// skipped (sync_client(8)). File names are hex, never the names
+/// themselves.
+struct UserLocks {
+    dir: PathBuf,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl UserLocks {
+    /// The lock of `user`, waiting for it unless `skip`; `None` when
+    /// skipped because another process holds it.
+    fn take(&self, user: &UserId, skip: bool) -> std::io::Result<Option<std::fs::File>> {
+        std::fs::create_dir_all(&self.dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(hex(user.as_bytes())))?;
+        if !skip {
+            f.lock()?;
+            return Ok(Some(f));
+        }
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// Takes the locks of the users `jobs` touch; with `-N` the jobs of busy
+/// users are dropped (and logged). The guards hold the locks until
+/// dropped.
+async fn lock_jobs(
+    s: &Settings,
+    jobs: Vec<Command>,
+) -> Result<(Vec<Command>, Vec<std::fs::File>), String> {
+    let mut kept = Vec::new();
+    let mut guards = Vec::new();
+    let mut held: std::collections::BTreeSet<UserId> = Default::default();
+    for j in jobs {
+        let users: Vec<UserId> = match &j {
+            Command::User(u) | Command::Meta(u) | Command::Unuser(u) => vec![u.clone()],
+            Command::Mailboxes(n) => n.iter().filter_map(engine::csync::wire::owner_of).collect(),
+            _ => Vec::new(),
+        };
+        let mut busy = false;
+        for u in users {
+            if held.contains(&u) {
+                continue;
+            }
+            let dir = s.locks.dir.clone();
+            let skip = s.skip_locked;
+            let u2 = u.clone();
+            let got = tokio::task::spawn_blocking(move || UserLocks { dir }.take(&u2, skip))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("sync lock: {e}"))?;
+            match got {
+                Some(f) => {
+                    guards.push(f);
+                    held.insert(u);
+                }
+                None => {
+                    warn!(user = %String::from_utf8_lossy(u.as_bytes()), "busy in another sync_client (-N): skipped");
+                    busy = true;
+                }
+            }
+        }
+        if !busy {
+            kept.push(j);
+        }
+    }
+    Ok((kept, guards))
 }
 
 fn settings(conf: &Config, args: &Args) -> Result<Settings, String> {
@@ -142,19 +238,49 @@ fn settings(conf: &Config, args: &Args) -> Result<Settings, String> {
         .clone()
         .or_else(|| conf.channel_str(ch, "sync_host").map(str::to_owned))
         .ok_or("sync_host is not set")?;
+    // `host[:port][/tls|/noauth…]` (Cyrus backend_connect's syntax).
+    let (host, flags) = match host.split_once('/') {
+        Some((h, f)) => (h.to_owned(), f.to_ascii_lowercase()),
+        None => (host.clone(), String::new()),
+    };
+    let implicit_tls = flags.split('/').any(|f| f == "tls");
     let (host, port_in_host) = match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (
             h.to_owned(),
-            p.split('/').next().and_then(|p| p.parse().ok()),
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("sync_host port {p:?} is not a port"))?,
+            ),
         ),
         _ => (host.clone(), None),
     };
-    let port = match conf.channel_str(ch, "sync_port") {
-        Some(p) => p
-            .parse()
-            .map_err(|_| format!("sync_port {p:?} is not a port"))?,
-        None => port_in_host.unwrap_or(2005),
+    let configured = match conf.channel_str(ch, "sync_port") {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .map_err(|_| format!("sync_port {p:?} is not a port"))?,
+        ),
+        None => port_in_host,
     };
+    let port = configured.unwrap_or(2005);
+    let imap_port = configured.unwrap_or(143);
+    let try_imap = conf.channel_bool(ch, "sync_try_imap").unwrap_or(true);
+    let tls_files =
+        io_tokio::tls::TlsFiles::from_lookup(|k| conf.channel_str(ch, k).map(str::to_owned))
+            .map_err(|e| e.to_string())?;
+    // STARTTLS when the server offers it and this side has TLS client
+    // settings of its own (trust anchors or a client certificate), as
+    // Cyrus's sync_client does with tls_* configured.
+    let tls_wanted = tls_files.server_ca_file.is_some()
+        || tls_files.server_ca_dir.is_some()
+        || tls_files.client_cert.is_some();
+    let tls = if tls_wanted || implicit_tls {
+        io_tokio::tls::TlsConfigs::from_files(&tls_files).map_err(|e| e.to_string())?
+    } else {
+        io_tokio::tls::TlsConfigs::default()
+    };
+    if (tls_wanted || implicit_tls) && tls.client.is_none() {
+        return Err("TLS wanted but no trust anchors (tls_server_ca_file)".into());
+    }
     let authname = conf
         .channel_str(ch, "sync_authname")
         .ok_or("sync_authname is not set")?
@@ -162,11 +288,19 @@ fn settings(conf: &Config, args: &Args) -> Result<Settings, String> {
     let password = conf
         .channel_str(ch, "sync_password")
         .ok_or("sync_password is not set")?;
+    // sync_realm: Cyrus hands it to SASL's realm callback, which only
+    // realm-using mechanisms (DIGEST-MD5, GSSAPI) ask for; PLAIN and
+    // LOGIN — the ones corvid speaks, having no security layer — send
+    // the authname as given, so a realm changes nothing on their wire.
+    let _realm = conf.channel_str(ch, "sync_realm");
     let mut m = Options::new(Credentials {
         authzid: None,
         authcid: authname,
         password: Secret::new(password.as_bytes().to_vec()),
     });
+    if tls_wanted && !implicit_tls {
+        m.starttls = Some(host.clone());
+    }
     m.require_compress = args.require_compress;
     m.no_copyback = args.no_copyback;
     m.local_only = args.local_only;
@@ -187,16 +321,28 @@ fn settings(conf: &Config, args: &Args) -> Result<Settings, String> {
     if partitions.is_empty() {
         return Err("no partition-NAME configured".into());
     }
-    let mut store = StoreOptions::new(configdir, partitions);
+    let mut store = StoreOptions::new(configdir.clone(), partitions);
     store.default_partition = conf.get_str("defaultpartition").map(str::to_owned);
     let delay = args.delay.map(Duration::from_secs).unwrap_or_else(|| {
         conf.channel_duration_s(ch, "sync_repeat_interval", DurationUnit::Seconds)
             .map(|s| Duration::from_secs(s.max(0) as u64))
             .unwrap_or(Duration::from_secs(1))
     });
+    let locks = UserLocks {
+        dir: configdir
+            .join("sync")
+            .join("locks")
+            .join(hex(format!("{host}:{port}").as_bytes())),
+    };
     Ok(Settings {
+        locks,
+        skip_locked: args.skip_locked,
         host,
         port,
+        imap_port,
+        try_imap,
+        implicit_tls,
+        tls,
         machine: m,
         store,
         channel: args.channel.clone().unwrap_or_default(),
@@ -259,36 +405,108 @@ struct Session {
     task: tokio::task::JoinHandle<Result<CloseReason, String>>,
 }
 
+/// Why a connection attempt gave no session.
+enum ConnectError {
+    /// An IMAP server without `X-REPLICATION`: try the csync port.
+    NoReplication,
+    Other(String),
+}
+
 impl Session {
-    async fn connect(s: &Settings, committer: &Arc<Committer>) -> Result<Session, String> {
-        let stream = tokio::net::TcpStream::connect((s.host.as_str(), s.port))
+    /// One connection attempt that ends logged in and ready, or not.
+    async fn connect_one(
+        s: &Settings,
+        committer: &Arc<Committer>,
+        flavour: Flavour,
+    ) -> Result<Session, ConnectError> {
+        let port = match flavour {
+            Flavour::Imap => s.imap_port,
+            Flavour::Csync => s.port,
+        };
+        let stream = tokio::net::TcpStream::connect((s.host.as_str(), port))
             .await
-            .map_err(|e| format!("connect {}:{}: {e}", s.host, s.port))?;
+            .map_err(|e| ConnectError::Other(format!("connect {}:{port}: {e}", s.host)))?;
         let _ = stream.set_nodelay(true);
         let epoch = tokio::time::Instant::now();
-        let machine = Client::new(Time::ZERO, committer.reader(), s.machine.clone());
+        let mut opts = s.machine.clone();
+        opts.flavour = flavour;
+        let machine = Client::new(Time::ZERO, committer.reader(), opts);
         let (ctx, crx) = mpsc::channel(64);
         let (etx, erx) = mpsc::channel(256);
         let exec = Exec {
             committer: committer.clone(),
             conn: committer.connection(),
         };
-        let peer = format!("{}:{}", s.host, s.port);
+        let peer = format!("{}:{port}", s.host);
+        let tls = s.tls.clone();
+        let first = s.implicit_tls.then(|| Layer::TlsClient {
+            server_name: s.host.clone(),
+        });
         let task = tokio::spawn(async move {
-            let out = Driver::new(machine, exec)
+            let mut d = Driver::new(machine, exec)
                 .epoch(epoch)
                 .peer(&peer)
+                .tls(tls)
                 .commands(crx)
-                .events(etx)
-                .run(stream)
-                .await;
+                .events(etx);
+            if let Some(l) = first {
+                d = d.start_layer(l);
+            }
+            let out = d.run(stream).await;
             out.result.map_err(|e| e.to_string())
         });
-        Ok(Session {
+        let mut session = Session {
             commands: ctx,
             events: erx,
             task,
-        })
+        };
+        // Login, STARTTLS, COMPRESS, capabilities: until Ready.
+        let mut no_replication = false;
+        loop {
+            match session.events.recv().await {
+                Some(Event::Ready(f)) => {
+                    info!(flavour = ?f, "ready");
+                    return Ok(session);
+                }
+                Some(Event::NoReplication) => no_replication = true,
+                Some(e) => log_event(&e),
+                None => {
+                    let why = match session.task.await {
+                        Ok(Ok(r)) => r.to_string(),
+                        Ok(Err(e)) => e,
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(if no_replication {
+                        ConnectError::NoReplication
+                    } else {
+                        ConnectError::Other(format!("{}:{port}: {why}", s.host))
+                    });
+                }
+            }
+        }
+    }
+
+    /// Cyrus's `sync_connect`: with `sync_try_imap`, the IMAP flavour
+    /// first (an imapd with X-REPLICATION; a csync banner there is taken
+    /// as it is), then the csync port.
+    async fn connect(s: &Settings, committer: &Arc<Committer>) -> Result<Session, String> {
+        if s.try_imap {
+            match Session::connect_one(s, committer, Flavour::Imap).await {
+                Ok(x) => return Ok(x),
+                Err(ConnectError::NoReplication) => {
+                    info!("IMAP server without X-REPLICATION; using the csync port")
+                }
+                Err(ConnectError::Other(e)) => {
+                    info!(error = %e, "IMAP attempt failed; using the csync port")
+                }
+            }
+        }
+        Session::connect_one(s, committer, Flavour::Csync)
+            .await
+            .map_err(|e| match e {
+                ConnectError::NoReplication => "no replication service".to_string(),
+                ConnectError::Other(e) => e,
+            })
     }
 
     /// Runs `jobs` and waits until the machine is idle; the failed job
@@ -346,6 +564,9 @@ fn log_event(e: &Event) {
         Event::Greeting(g) => info!(greeting = %String::from_utf8_lossy(g), "connected"),
         Event::Authenticated(m) => info!(mechanism = m, "authenticated"),
         Event::Compressed => info!("COMPRESS DEFLATE on"),
+        Event::Tls => info!("TLS on"),
+        Event::Ready(f) => info!(flavour = ?f, "ready"),
+        Event::NoReplication => info!("no X-REPLICATION"),
         Event::MailboxSynced {
             name,
             uploaded,
@@ -539,7 +760,6 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         // A replayed file is processed once, whatever -r says.
         args.rolling = false;
     }
-    let _ = args.skip_locked;
     let conf = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -629,6 +849,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(e) => {
                 eprintln!("sync_client: {e}");
                 return ExitCode::from(75);
+            }
+        };
+        let (jobs, _locks) = match lock_jobs(&s, jobs).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("sync_client: {e}");
+                return ExitCode::from(74);
             }
         };
         let failed = match session.run(jobs).await {
@@ -761,7 +988,14 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
                 }
             };
             if let Some((last, _)) = lines.last() {
-                let mut jobs = jobs_from_log(lines.iter().map(|(_, l)| l));
+                let jobs = jobs_from_log(lines.iter().map(|(_, l)| l));
+                let (mut jobs, _locks) = match lock_jobs(s, jobs).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("sync_client: {e}");
+                        return ExitCode::from(74);
+                    }
+                };
                 jobs.push(Command::Restart);
                 match session.run(jobs).await {
                     Ok(failed) if failed.is_empty() => {
