@@ -45,6 +45,18 @@ pub(crate) struct Apply<'a> {
     /// to a partition the store has).
     pub(crate) has_partition: &'a dyn Fn(&str) -> bool,
     pub(crate) links: Links,
+    /// Runs of `PutRecord`s (a whole mailbox's records in one `APPLY
+    /// MAILBOX`) look their mailbox up once and write its CRCs once: the
+    /// last mailbox's id and its CRCs not yet written. Flushed before any
+    /// other mutation and at the end of the batch ([`Apply::finish`]).
+    pub(crate) run: Option<RecordRun>,
+}
+
+/// See [`Apply::run`].
+pub(crate) struct RecordRun {
+    mailbox: UniqueId,
+    id: i64,
+    crcs: SyncCrcs,
 }
 
 impl Apply<'_> {
@@ -58,8 +70,21 @@ impl Apply<'_> {
             .ok_or_else(|| StoreError::UnknownMailbox(id.clone()))
     }
 
+    /// Writes what a run of `PutRecord`s left pending. Call after the
+    /// last mutation of a batch.
+    pub(crate) fn finish(&mut self) -> Result<(), StoreError> {
+        if let Some(run) = self.run.take() {
+            set_crcs(self.c, run.id, run.crcs)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn apply(&mut self, m: &Mutation) -> Result<(), StoreError> {
         let c = self.c;
+        if !matches!(m, Mutation::PutRecord { .. }) {
+            // Every other mutation may read or change what a run caches.
+            self.finish()?;
+        }
         match m {
             Mutation::LinkMessage { guid, size } => {
                 if self.read().message_size(guid)?.is_some() {
@@ -130,20 +155,38 @@ impl Apply<'_> {
                 modseq,
             } => self.delete_mailbox(uniqueid, *at, *modseq)?,
             Mutation::PutRecord { mailbox, record } => {
-                let id = self
-                    .read()
-                    .mailbox_id(mailbox)?
-                    .ok_or_else(|| StoreError::UnknownMailbox(mailbox.clone()))?;
-                if !record.expunged && self.read().message_size(&record.guid)?.is_none() {
+                if self.run.as_ref().is_some_and(|r| r.mailbox != *mailbox) {
+                    self.finish()?;
+                }
+                let id = match &self.run {
+                    Some(r) => r.id,
+                    None => self
+                        .read()
+                        .mailbox_id(mailbox)?
+                        .ok_or_else(|| StoreError::UnknownMailbox(mailbox.clone()))?,
+                };
+                let new_here = self.links.unplaced.contains_key(&record.guid);
+                if !record.expunged
+                    && !new_here
+                    && self.read().message_size(&record.guid)?.is_none()
+                {
                     return Err(StoreError::MissingMessage(record.guid));
                 }
-                let mut crcs = rows::stored_crcs(c, id).map_err(db)?;
-                if let Some(old) = self.read().record_of(id, record.uid)? {
+                let mut crcs = match self.run.take() {
+                    Some(r) => r.crcs,
+                    None => rows::stored_crcs(c, id).map_err(db)?,
+                };
+                let old = self.read().record_of(id, record.uid)?;
+                put_record(c, id, record)?;
+                if let Some(old) = old {
                     crcs.toggle(&old);
                 }
                 crcs.toggle(record);
-                put_record(c, id, record)?;
-                set_crcs(c, id, crcs)?;
+                self.run = Some(RecordRun {
+                    mailbox: mailbox.clone(),
+                    id,
+                    crcs,
+                });
                 if let Some(from) = self.links.unplaced.remove(&record.guid) {
                     self.place(id, &record.guid, &from)?;
                 }

@@ -710,8 +710,13 @@ impl StoreWrite for Embedded {
             inline_partition: &self.default_partition,
             has_partition: &has_partition,
             links: Links::default(),
+            run: None,
         };
-        let mut result = batch.mutations.iter().try_for_each(|m| a.apply(m));
+        let mut result = batch
+            .mutations
+            .iter()
+            .try_for_each(|m| a.apply(m))
+            .and_then(|()| a.finish());
         let links = std::mem::take(&mut a.links);
         // Inline bytes become staged files now, so sync treats both alike
         // (unless the same bytes are already staged).
