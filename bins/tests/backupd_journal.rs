@@ -678,3 +678,343 @@ fn b64(input: &[u8]) -> String {
     }
     out
 }
+
+/// Logs in to a csync server and returns the untagged lines of `GET USER`.
+fn csync_get_user(server: &str, auth: (&str, &str), user: &str) -> Vec<String> {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let _ = until_status(&mut s, &mut buf);
+    let ir = format!("\0{}\0{}", auth.0, auth.1);
+    let st = cmd(
+        &mut s,
+        &mut buf,
+        format!("AUTHENTICATE PLAIN {}\r\n", b64(ir.as_bytes())).as_bytes(),
+    );
+    assert!(st.starts_with("OK"), "{st}");
+    s.write_all(format!("GET USER {user}\r\n").as_bytes())
+        .unwrap();
+    let (lines, st) = until_status(&mut s, &mut buf);
+    assert!(st.starts_with("OK"), "{st} {lines:?}");
+    let _ = cmd(&mut s, &mut buf, b"EXIT\r\n");
+    lines
+}
+
+/// The value of `KEY` in a printed dlist line (atom or quoted), if any.
+fn field(line: &str, key: &str) -> Option<String> {
+    let at = line
+        .find(&format!(" {key} "))
+        .or_else(|| line.find(&format!("({key} ")))?;
+    let rest = &line[at + key.len() + 2..];
+    let v = if let Some(q) = rest.strip_prefix('"') {
+        q.split('"').next().unwrap_or_default()
+    } else {
+        rest.split([' ', ')']).next().unwrap_or_default()
+    };
+    Some(v.to_owned())
+}
+
+/// What GET USER says about a user, in the fields a restore must bring
+/// back exactly: per mailbox (by name) its identity, counters and CRCs;
+/// subscriptions; Sieve scripts (name, GUID, active); quota roots.
+fn restorable_state(lines: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in lines {
+        if l.starts_with("* MAILBOX ") {
+            let mut v = Vec::new();
+            for k in [
+                "MBOXNAME",
+                "UNIQUEID",
+                "UIDVALIDITY",
+                "LAST_UID",
+                "HIGHESTMODSEQ",
+                "SYNC_CRC",
+                "SYNC_CRC_ANNOT",
+            ] {
+                v.push(format!("{k}={}", field(l, k).unwrap_or_default()));
+            }
+            let ann = l.find("ANNOTATIONS").map(|i| &l[i..]).unwrap_or("");
+            v.push(format!("ANNOTATIONS={}", ann.contains("restore-me")));
+            out.push(format!("mailbox {}", v.join(" ")));
+        } else if l.starts_with("* LSUB ") {
+            out.push(l.clone());
+        } else if l.starts_with("* SIEVE ") {
+            out.push(format!(
+                "sieve {} {} {}",
+                field(l, "FILENAME").unwrap_or_default(),
+                field(l, "GUID").unwrap_or_default(),
+                field(l, "ISACTIVE").unwrap_or_default()
+            ));
+        } else if l.starts_with("* QUOTA ") {
+            out.push(format!(
+                "quota {} {}",
+                field(l, "ROOT").unwrap_or_default(),
+                field(l, "STORAGE").unwrap_or_default()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every folder of `user` over IMAP: name, then per message UID, FLAGS
+/// (without \Recent), INTERNALDATE and RFC822.SIZE; and LSUB.
+fn imap_dump(port: &str, user: &str, pass: &str) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let mut n = 0;
+    let mut run = |s: &mut TcpStream, buf: &mut Vec<u8>, c: &str| -> Vec<String> {
+        n += 1;
+        let tag = format!("t{n}");
+        s.write_all(format!("{tag} {c}\r\n").as_bytes()).unwrap();
+        let mut lines = Vec::new();
+        loop {
+            while let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..p]).into_owned();
+                buf.drain(..p + 2);
+                if let Some(st) = line.strip_prefix(&format!("{tag} ")) {
+                    assert!(st.starts_with("OK"), "{c}: {st}");
+                    return lines;
+                }
+                lines.push(line);
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).unwrap();
+            assert!(k > 0, "imap closed");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    };
+    // Banner.
+    while !buf.windows(2).any(|w| w == b"\r\n") {
+        let mut chunk = [0u8; 4096];
+        let k = s.read(&mut chunk).unwrap();
+        assert!(k > 0);
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    let p = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+    buf.drain(..p + 2);
+    run(&mut s, &mut buf, &format!("LOGIN {user} {pass}"));
+    let mut out = Vec::new();
+    let mut folders: Vec<String> = run(&mut s, &mut buf, "LIST \"\" \"*\"")
+        .iter()
+        .filter_map(|l| {
+            l.rsplit(" \"/\" ")
+                .next()
+                .map(|f| f.trim_matches('"').to_owned())
+        })
+        .collect();
+    folders.sort();
+    for f in folders {
+        out.push(format!("folder {f}"));
+        run(&mut s, &mut buf, &format!("EXAMINE \"{f}\""));
+        let mut msgs: Vec<String> = run(
+            &mut s,
+            &mut buf,
+            "UID FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE)",
+        )
+        .into_iter()
+        .filter(|l| l.contains("FETCH"))
+        .map(|l| {
+            let uid = l
+                .split("UID ")
+                .nth(1)
+                .and_then(|r| r.split([' ', ')']).next())
+                .unwrap_or("")
+                .to_owned();
+            let flags = l
+                .split("FLAGS (")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .unwrap_or("")
+                .split(' ')
+                .filter(|f| *f != "\\Recent" && !f.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let date = l
+                .split("INTERNALDATE \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned();
+            let size = l
+                .split("RFC822.SIZE ")
+                .nth(1)
+                .and_then(|r| r.split([' ', ')']).next())
+                .unwrap_or("")
+                .to_owned();
+            format!("  uid={uid} flags=[{flags}] date={date} size={size}")
+        })
+        .collect();
+        msgs.sort();
+        out.extend(msgs);
+    }
+    let mut subs: Vec<String> = run(&mut s, &mut buf, "LSUB \"\" \"*\"")
+        .into_iter()
+        .map(|l| format!("lsub {}", l.rsplit(' ').next().unwrap_or("")))
+        .collect();
+    subs.sort();
+    out.extend(subs);
+    let _ = run(&mut s, &mut buf, "LOGOUT");
+    out
+}
+
+/// THE ISSUE'S PROOF: real Cyrus 3.6 sync_client backs a user up into
+/// corvid backupd; the master then expunges mail and deletes a folder and
+/// replicates that too; `corvid backup restore --at <before>` into a real
+/// Cyrus server where the user does not exist brings back every message
+/// with flags and internaldate, the Sieve script, seen state (\Seen),
+/// subscriptions, quota and a folder annotation — compared by IMAP with
+/// the master as it was, and by SYNC_CRC (GET USER) with what the master
+/// replicated at that time.
+#[test]
+fn restore_at_an_earlier_time_into_a_fresh_real_cyrus() {
+    let Some((env_path, env)) = peers_env() else {
+        return;
+    };
+    let b = start(&env["REPL_USER"], &env["REPL_PASS"]);
+    let mut conf = std::fs::read_to_string(&b.conf).unwrap();
+    conf.push_str(&format!(
+        "restore_authname: {}\nrestore_password: {}\n",
+        env["REPL_USER"], env["REPL_PASS"]
+    ));
+    std::fs::write(&b.conf, conf).unwrap();
+    let user = format!("rs{}", std::process::id() % 100000);
+    let run = |program: &str, args: &[&str]| {
+        let mut c = Command::new(program);
+        c.current_dir(repo())
+            .env("CORVID_PEERS_ENV", &env_path)
+            .env("CORVID_PEERS_RUN", &env["CORVID_PEERS_RUN"]);
+        let out = c.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let db = Path::new(&env["CORVID_PEERS_RUN"]).join("sasldb2");
+    for realm in [&env["MASTER_NAME"], &env["REPLICA_NAME"]] {
+        let mut c = Command::new("saslpasswd2")
+            .args(["-p", "-c", "-f"])
+            .arg(&db)
+            .args(["-u", realm, &user])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(env["USER_PASS"].as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "saslpasswd2 {user}");
+    }
+    let _ = Command::new("chown").arg("cyrus:mail").arg(&db).status();
+    let mail = repo().join("scripts/peers/mail.py");
+    let mail = mail.to_str().unwrap();
+    let sieve = b.dir.path().join("main.sieve");
+    std::fs::write(
+        &sieve,
+        "require \"fileinto\";\r\nif header :contains \"subject\" \"x\" { fileinto \"Work\"; }\r\n",
+    )
+    .unwrap();
+    run("python3", &[mail, "mkuser", &user, "Work"]);
+    run("python3", &[mail, "lmtp", &user, "4"]);
+    run("python3", &[mail, "append", &user, "Work", "3"]);
+    run(
+        "python3",
+        &[mail, "flag", &user, "INBOX", "1", "+", "\\Flagged"],
+    );
+    run(
+        "python3",
+        &[mail, "flag", &user, "INBOX", "2", "+", "\\Seen"],
+    );
+    run(
+        "python3",
+        &[mail, "flag", &user, "Work", "1:2", "+", "\\Seen $Label1"],
+    );
+    run(
+        "python3",
+        &[mail, "sieve", &user, "main", sieve.to_str().unwrap()],
+    );
+    run("python3", &[mail, "quota", &user, "50000"]);
+    run(
+        "python3",
+        &[
+            mail,
+            "annotate",
+            &user,
+            "Work",
+            "/private/comment",
+            "restore-me",
+        ],
+    );
+    let sc = repo().join("scripts/peers/sync-client.sh");
+    let sc = sc.to_str().unwrap();
+    let port = b.port.to_string();
+    run(
+        "bash",
+        &[sc, "--port", &port, "--", "-n", "backup", "-u", &user],
+    );
+    let backupd = format!("127.0.0.1:{port}");
+    let repl = (env["REPL_USER"].as_str(), env["REPL_PASS"].as_str());
+    let before_state = restorable_state(&csync_get_user(&backupd, repl, &user));
+    assert_eq!(
+        before_state
+            .iter()
+            .filter(|l| l.starts_with("mailbox "))
+            .count(),
+        2,
+        "{before_state:?}"
+    );
+    assert!(
+        before_state
+            .iter()
+            .any(|l| l.starts_with("sieve main.script ")),
+        "{before_state:?}"
+    );
+    let before_imap = imap_dump(&env["MASTER_IMAP_PORT"], &user, &env["USER_PASS"]);
+    assert!(before_imap.len() >= 2 + 7 + 2, "{before_imap:?}");
+    let t = unix_now();
+    wait_next_second(t);
+
+    // The master expunges and deletes a folder; backupd records it.
+    run("python3", &[mail, "expunge", &user, "INBOX", "1:3"]);
+    run("python3", &[mail, "delete", &user, "Work"]);
+    run(
+        "bash",
+        &[sc, "--port", &port, "--", "-n", "backup", "-u", &user],
+    );
+    let (ok, now) = tool(&b.conf, &["backup", "show", &user]);
+    assert!(ok, "{now}");
+    // Cyrus's delayed delete renames the folder into DELETED.*; either
+    // way it is no longer user.X.Work.
+    assert!(
+        !now.contains(&format!("mailbox\tuser.{user}.Work\t")),
+        "{now}"
+    );
+    assert!(now.contains("messages=1\texpunged=3"), "{now}");
+
+    // Restore as it was at t into the real replica, where the user does
+    // not exist (this test's user is never replicated there otherwise).
+    let server = format!("{}:{}", env["PEERS_HOST"], env["REPLICA_CSYNC_PORT"]);
+    let (ok, out) = tool(
+        &b.conf,
+        &[
+            "backup",
+            "restore",
+            &user,
+            "--at",
+            &t.to_string(),
+            "--to",
+            &server,
+        ],
+    );
+    assert!(ok, "restore into the real replica failed: {out}");
+    let after_state = restorable_state(&csync_get_user(&server, repl, &user));
+    assert_eq!(after_state, before_state, "GET USER (SYNC_CRC …) differs");
+    let after_imap = imap_dump(&env["REPLICA_IMAP_PORT"], &user, &env["USER_PASS"]);
+    assert_eq!(after_imap, before_imap, "IMAP view differs");
+    let (ok, v) = tool(&b.conf, &["backup", "verify"]);
+    assert!(ok, "{v}");
+}
