@@ -10,8 +10,9 @@
 //!   `CORVID_LOG_TARGET=syslog`; stderr otherwise (or with
 //!   `CORVID_LOG_TARGET=stderr`). Syslog lines go to `/dev/log` as
 //!   `<PRI>IDENT[PID]: message`, the facility from imapd.conf's
-//!   `syslog_facility` (Cyrus's default `LOCAL6`), the ident the program
-//!   name (argv[0]), prefixed `syslog_prefix/` when that is set, as Cyrus
+//!   `syslog_facility` (Cyrus's default `LOCAL6`), the ident the service
+//!   name master passes (`CYRUS_SERVICE`, e.g. `syncserver`) or else the
+//!   tool's name, prefixed `syslog_prefix/` when that is set, as Cyrus
 //!   does. If `/dev/log` cannot be reached, lines go to stderr and one
 //!   warning says so.
 //!
@@ -57,8 +58,14 @@ impl Setup {
             Ok("stderr") => false,
             _ => io_tokio::listen::master::is_under_master(),
         };
+        // Under master(8), Cyrus logs as the SERVICES name master passes in
+        // CYRUS_SERVICE (`syncserver`); elsewhere as the program.
+        let ident = std::env::var("CYRUS_SERVICE")
+            .ok()
+            .filter(|s| !s.is_empty() && io_tokio::listen::master::is_under_master())
+            .unwrap_or_else(|| ident.to_owned());
         Setup {
-            ident: ident.to_owned(),
+            ident,
             default_level,
             verbose: 0,
             verbose_logging: false,
