@@ -43,6 +43,10 @@ fn exe() -> &'static str {
 }
 
 fn start(user: &str, pass: &str) -> Backupd {
+    start_with(user, pass, &[])
+}
+
+fn start_with(user: &str, pass: &str, extra: &[&str]) -> Backupd {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("passwd");
     let mut c = Command::new(exe())
@@ -80,6 +84,7 @@ fn start(user: &str, pass: &str) -> Backupd {
         .args(["backupd", "-C"])
         .arg(&conf)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stderr(log)
         .spawn()
         .unwrap();
@@ -574,6 +579,18 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
             .any(|l| l.split('\t').next() == Some(&user) && l.split('\t').nth(4) == Some("2")),
         "{list}"
     );
+    // Each user's backup holds that user's mail only (Cyrus 3.6.1 filed
+    // every user's mail into every backup open on the connection).
+    assert!(list.lines().count() > 2, "-A backed up more users: {list}");
+    let (ok, shown) = tool(&b.conf, &["backup", "show", &user]);
+    assert!(ok, "{shown}");
+    let own = format!("mailbox\tuser.{user}");
+    for l in shown.lines().filter(|l| l.starts_with("mailbox\t")) {
+        assert!(
+            l.starts_with(&own),
+            "another user's mailbox in {user}'s backup: {l}"
+        );
+    }
 
     // Rolling replication's path: the master's sync_client replays a
     // sync log (`-r -f FILE`: MAILBOXES lookups, then per-mailbox syncs)
@@ -1017,4 +1034,38 @@ fn restore_at_an_earlier_time_into_a_fresh_real_cyrus() {
     assert_eq!(after_imap, before_imap, "IMAP view differs");
     let (ok, v) = tool(&b.conf, &["backup", "verify"]);
     assert!(ok, "{v}");
+}
+
+/// Waits (bounded, as a hang guard only) for the daemon to exit by itself.
+fn exits_by_itself(b: &mut Backupd) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = b.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "backupd did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn uses_and_idle_timeout_end_the_daemon_as_cyrus_master_expects() {
+    // -U 2: start_with's readiness probe is the first use, ours the
+    // second; served to its end, then exit 0.
+    let mut b = start_with("repl", "replpass", &["-U", "2", "-s", "-N", "-p", "0"]);
+    let mut s = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let (_, greeting) = until_status(&mut s, &mut buf);
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    assert_eq!(cmd(&mut s, &mut buf, b"NOOP\r\n"), "OK Noop completed");
+    assert!(
+        b.child.try_wait().unwrap().is_none(),
+        "exited mid-connection"
+    );
+    assert_eq!(cmd(&mut s, &mut buf, b"EXIT\r\n"), "OK Finished");
+    assert!(exits_by_itself(&mut b).success());
+    // -T 1: no connection at all, exit 0.
+    let mut b = start_with("repl", "replpass", &["-T", "1"]);
+    assert!(exits_by_itself(&mut b).success());
 }

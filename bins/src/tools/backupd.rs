@@ -61,12 +61,28 @@ struct Args {
     /// imapd.conf to read.
     #[arg(short = 'C', default_value = "/etc/imapd.conf")]
     config: PathBuf,
-    /// Cyrus master's reuse count (ignored).
+    /// Serve this many connections, then exit once they end (Cyrus
+    /// master's `-U uses`; unlimited when not given).
     #[arg(short = 'U')]
-    reuse: Option<u32>,
-    /// Cyrus master's idle timeout (ignored).
+    uses: Option<u32>,
+    /// Exit after this many seconds without a connection (Cyrus master's
+    /// `-T timeout`; 0 or not given: never).
     #[arg(short = 'T')]
-    idle: Option<u32>,
+    idle: Option<u64>,
+    /// Run the external debugger (`debug_command`): not supported, said
+    /// so at startup, otherwise ignored.
+    #[arg(short = 'D')]
+    debug: bool,
+    /// Accepted for Cyrus service command lines; no effect.
+    #[arg(short = 's')]
+    s_flag: bool,
+    /// Accepted for Cyrus service command lines; no effect.
+    #[arg(short = 'N')]
+    n_flag: bool,
+    /// An external security layer of this strength exists (logged; corvid
+    /// offers the same mechanisms either way).
+    #[arg(short = 'p')]
+    ssf: Option<u32>,
     /// Listen on HOST:PORT instead of master's socket or stdin/stdout.
     #[arg(long)]
     listen: Option<String>,
@@ -278,6 +294,61 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     info!(%peer, result = ?outcome.result, read = outcome.bytes_read, written = outcome.bytes_written, "session ended");
 }
 
+/// Connections served and live, for `-U` and `-T`.
+#[derive(Default)]
+struct Life {
+    started: std::sync::atomic::AtomicU64,
+    live: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Life {
+    /// Runs one connection, counted.
+    async fn track(self: Arc<Self>, conn: impl std::future::Future<Output = ()>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.started.fetch_add(1, SeqCst);
+        self.live.fetch_add(1, SeqCst);
+        self.changed.notify_waiters();
+        conn.await;
+        self.live.fetch_sub(1, SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when the daemon should stop: `uses` connections started
+    /// and all ended, or no connection for `idle` seconds; never if
+    /// neither is given. Only ever stops with no connection live, so a
+    /// stop never cuts a sync.
+    async fn ends(self: Arc<Self>, uses: Option<u32>, idle: Option<u64>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if uses.is_none() && idle.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let live = self.live.load(SeqCst);
+            if live == 0 && uses.is_some_and(|u| self.started.load(SeqCst) >= u as u64) {
+                return;
+            }
+            match idle {
+                Some(t) if live == 0 => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(t)) => {
+                            if self.live.load(SeqCst) == 0 {
+                                info!(idle_s = t, "no connection for the -T timeout; exiting");
+                                return;
+                            }
+                        }
+                    }
+                }
+                _ => changed.await,
+            }
+        }
+    }
+}
+
 fn machine_options(conf: &Config) -> MachineOptions {
     let mut m = csync_common::machine_options(conf);
     m.backupd = true;
@@ -305,7 +376,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let _ = (args.reuse, args.idle);
+    if args.debug {
+        eprintln!("backupd: -D (debug_command) is not supported by corvid; ignored");
+    }
+    let _ = (args.s_flag, args.n_flag);
+    if let Some(ssf) = args.ssf {
+        info!(ssf, "external security layer announced (-p)");
+    }
     let conf = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -374,11 +451,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             realm: conf.get_str("sync_realm").map(str::to_owned),
             backup,
         });
+        let life = Arc::new(Life::default());
+        let lifetime = life.clone().ends(args.uses, args.idle.filter(|t| *t > 0));
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
+                _ = lifetime => {},
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
             }
             info!("shutting down");
@@ -396,7 +476,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             let s = shared.clone();
             listen::serve(
                 listener,
-                move |stream, peer: SocketAddr| run_connection(s.clone(), epoch, stream, peer.to_string()),
+                {
+                    let life = life.clone();
+                    move |stream, peer: SocketAddr| {
+                        life.clone().track(run_connection(s.clone(), epoch, stream, peer.to_string()))
+                    }
+                },
                 shutdown,
                 serve_opts,
             )
@@ -412,7 +497,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             let s = shared.clone();
             listen::serve(
                 listener,
-                move |stream, peer: SocketAddr| run_connection(s.clone(), epoch, stream, peer.to_string()),
+                {
+                    let life = life.clone();
+                    move |stream, peer: SocketAddr| {
+                        life.clone().track(run_connection(s.clone(), epoch, stream, peer.to_string()))
+                    }
+                },
                 shutdown,
                 serve_opts,
             )
