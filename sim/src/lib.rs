@@ -37,7 +37,9 @@
 //! that replays it.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod csync;
+pub mod dsync;
 
 pub mod mupdate;
 

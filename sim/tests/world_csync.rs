@@ -4,7 +4,7 @@
 
 /// Seeds per test when no `SIM_SEED(S)` is given. A debug build runs this
 /// many in well under a minute; CI runs 10,000 in release (scripts/sim.sh).
-const DEFAULT_SEEDS: std::ops::Range<u64> = 0..300;
+const DEFAULT_SEEDS: std::ops::Range<u64> = 0..150;
 
 #[test]
 fn csync_rolling_with_failover() {
@@ -15,7 +15,7 @@ fn csync_rolling_with_failover() {
         10,
         |seed, trace, cov| sim::csync::run(seed, false, trace, cov),
     );
-    if r.seeds >= 100 {
+    if r.seeds >= 1000 {
         r.coverage.require(&[
             "crash mid-APPLY",
             "partition during rename",
@@ -37,7 +37,7 @@ fn csync_backupd_interrupted_streams() {
         10,
         |seed, trace, cov| sim::csync::run(seed, true, trace, cov),
     );
-    if r.seeds >= 100 {
+    if r.seeds >= 1000 {
         r.coverage.require(&[
             "crash mid-APPLY",
             "cut mid-upload",
