@@ -9,12 +9,12 @@
 //! - `replicated_messages_total{channel}`, `replicated_bytes_total{channel}`;
 //! - `replication_lag_seconds{channel}` (histogram): from a change at the
 //!   source to its OK on the replica. Cyrus has no such measure;
-//! - `sync_log_backlog{channel}`: entries of the rolling log not yet
-//!   replicated;
+//! - `sync_log_backlog_bytes{channel}`: bytes of the rolling sync log
+//!   (`log` plus a `log-run` being worked on) not yet replicated;
 //! - `mupdate_mailboxes`: the MUPDATE database size;
 //!   `mupdate_slave_lag_seconds` (histogram): from the master's change to
 //!   the slave's commit of it;
-//! - `backup_bytes{partition}`, `backup_users{partition}`;
+//! - `backup_bytes{partition}`: bytes under a backup partition;
 //! - `dsync_exits_total{code}`.
 //!
 //! Why hand-written and not a client crate: the set is small and fixed, the
@@ -139,11 +139,10 @@ struct State {
     replicated_messages: Family<u64>,
     replicated_bytes: Family<u64>,
     replication_lag: Family<Histogram>,
-    sync_log_backlog: Family<u64>,
+    sync_log_backlog_bytes: Family<u64>,
     mupdate_mailboxes: Option<u64>,
     mupdate_slave_lag: Option<Histogram>,
     backup_bytes: Family<u64>,
-    backup_users: Family<u64>,
     dsync_exits: Family<u64>,
 }
 
@@ -232,10 +231,13 @@ impl Metrics {
             .observe(lag.as_secs_f64());
     }
 
-    /// `entries` of `channel`'s rolling log wait to be replicated.
-    pub fn set_sync_log_backlog(&self, channel: &str, entries: u64) {
+    /// `bytes` of `channel`'s rolling sync log wait to be replicated.
+    pub fn set_sync_log_backlog_bytes(&self, channel: &str, bytes: u64) {
         let max = self.options.series_max;
-        *self.lock().sync_log_backlog.get(&[channel], max, || 0) = entries;
+        *self
+            .lock()
+            .sync_log_backlog_bytes
+            .get(&[channel], max, || 0) = bytes;
     }
 
     /// The MUPDATE database holds `mailboxes` entries.
@@ -251,12 +253,10 @@ impl Metrics {
             .observe(lag.as_secs_f64());
     }
 
-    /// Backups on `partition` hold `users` users in `bytes` bytes.
-    pub fn set_backup_size(&self, partition: &str, users: u64, bytes: u64) {
+    /// The backup partition `partition` holds `bytes` bytes.
+    pub fn set_backup_bytes(&self, partition: &str, bytes: u64) {
         let max = self.options.series_max;
-        let mut s = self.lock();
-        *s.backup_bytes.get(&[partition], max, || 0) = bytes;
-        *s.backup_users.get(&[partition], max, || 0) = users;
+        *self.lock().backup_bytes.get(&[partition], max, || 0) = bytes;
     }
 
     /// A dsync run ended with exit `code`.
@@ -320,10 +320,10 @@ impl Metrics {
         );
         gauge(
             &mut out,
-            "corvid_sync_log_backlog",
-            "Rolling sync log entries waiting to be replicated.",
+            "corvid_sync_log_backlog_bytes",
+            "Bytes of the rolling sync log waiting to be replicated.",
             chan,
-            &s.sync_log_backlog,
+            &s.sync_log_backlog_bytes,
         );
         if let Some(n) = s.mupdate_mailboxes {
             header(
@@ -346,16 +346,9 @@ impl Metrics {
         gauge(
             &mut out,
             "corvid_backup_bytes",
-            "Bytes held by backups.",
+            "Bytes under each backup partition.",
             part,
             &s.backup_bytes,
-        );
-        gauge(
-            &mut out,
-            "corvid_backup_users",
-            "Users with a backup.",
-            part,
-            &s.backup_users,
         );
         counter(
             &mut out,

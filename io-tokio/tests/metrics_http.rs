@@ -34,10 +34,10 @@ async fn a_scrape_returns_every_family_recorded() {
     m.command("sync_server", "GET USER", "IMAP_MAILBOX_NONEXISTENT");
     m.replicated("", 25, 51_200);
     m.replication_lag("replica", Duration::from_millis(400));
-    m.set_sync_log_backlog("replica", 7);
+    m.set_sync_log_backlog_bytes("replica", 7);
     m.set_mupdate_mailboxes(2000);
     m.mupdate_slave_lag(Duration::from_millis(3));
-    m.set_backup_size("b1", 3, 1 << 20);
+    m.set_backup_bytes("b1", 1 << 20);
     m.dsync_exit(0);
     m.dsync_exit(2);
     let addr = start(m.clone()).await;
@@ -57,11 +57,10 @@ async fn a_scrape_returns_every_family_recorded() {
         "# TYPE corvid_replication_lag_seconds histogram",
         "corvid_replication_lag_seconds_bucket{channel=\"replica\",le=\"0.25\"} 0",
         "corvid_replication_lag_seconds_bucket{channel=\"replica\",le=\"0.5\"} 1",
-        "corvid_sync_log_backlog{channel=\"replica\"} 7",
+        "corvid_sync_log_backlog_bytes{channel=\"replica\"} 7",
         "corvid_mupdate_mailboxes 2000",
         "corvid_mupdate_slave_lag_seconds_bucket{le=\"0.005\"} 1",
         "corvid_backup_bytes{partition=\"b1\"} 1048576",
-        "corvid_backup_users{partition=\"b1\"} 3",
         "corvid_dsync_exits_total{code=\"2\"} 1",
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");

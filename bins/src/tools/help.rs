@@ -65,7 +65,8 @@ SIGNALS
        SIGTERM, SIGINT
               Stop accepting; live connections end after the command in
               flight; then exit 0.
-       SIGHUP Under master(8): as SIGTERM (master starts a fresh child).
+       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
+              SIGTERM (master starts a fresh child).
 
 FILES
        /etc/imapd.conf, <configdirectory>/mupdate.corvid.sqlite3
@@ -122,6 +123,8 @@ SIGNALS
        SIGTERM, SIGINT
               Stop accepting; every live session ends after the command in
               flight has been applied and answered; exit 0.
+       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
+              SIGTERM (master starts a fresh child).
 
 FILES
        /etc/imapd.conf
@@ -219,7 +222,8 @@ NAME
        backupd - Cyrus Backups server process (corvid)
 
 SYNOPSIS
-       backupd [ -C config-file ] [ -U uses ] [ -T timeout ] [ --listen HOST:PORT ]
+       backupd [ -C config-file ] [ -U uses ] [ -T timeout ] [ -D ] [ -s ] [ -N ]
+               [ -p ssf ] [ --listen HOST:PORT ]
 
 DESCRIPTION
        backupd is a replication target (sync_client -n CHANNEL) that keeps
@@ -236,10 +240,18 @@ OPTIONS
               Use the specified configuration file rather than /etc/imapd.conf.
 
        -U uses
-              master(8)'s reuse count (accepted, ignored).
+              Serve this many connections, then exit once they end (as
+              master(8)'s reuse count).
 
        -T timeout
-              master(8)'s idle timeout (accepted, ignored).
+              Exit after timeout seconds without a connection (0: never).
+
+       -D     Run the external debugger (debug_command): not supported;
+              said so at startup, otherwise ignored.
+
+       -s, -N Accepted for Cyrus service command lines; no effect.
+
+       -p ssf An external security layer of this strength exists (logged).
 
        --listen HOST:PORT
               corvid: listen here instead of master's socket or stdin/stdout.
@@ -247,9 +259,11 @@ OPTIONS
 SIGNALS
        SIGTERM, SIGINT
               Stop accepting; live sessions end after the command in flight.
+       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
+              SIGTERM (master starts a fresh child).
 
 SEE ALSO
-       ctl_backups(8), cyr_backup(8), restore(8), sync_client(8), imapd.conf(5)
+       corvid backup --help, ctl_backups(8), cyr_backup(8), restore(8), sync_client(8), imapd.conf(5)
 ";
 
 const DSYNC: &str = "\
