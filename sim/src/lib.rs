@@ -62,11 +62,19 @@ pub const SEED_ENV: &str = "CORVID_SIM_SEED";
 /// If `CORVID_SIM_SEED` is set but not a `u64`: a typo must not silently
 /// run the default list.
 pub fn seeds(defaults: &[u64]) -> Vec<u64> {
-    match std::env::var(SEED_ENV) {
+    // Tier-2 (turmoil) tests run fixed lists; `SIM_SEEDS` ranges are for
+    // the tier-1 world (a turmoil seed costs far more). `SIM_SEED` replays
+    // one seed here too.
+    let var = if std::env::var_os(SEED_ENV).is_none() && std::env::var_os("SIM_SEED").is_some() {
+        "SIM_SEED"
+    } else {
+        SEED_ENV
+    };
+    match std::env::var(var) {
         Ok(s) => vec![s
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={s:?} is not a u64"))],
+            .unwrap_or_else(|_| panic!("{var}={s:?} is not a u64"))],
         Err(_) => defaults.to_vec(),
     }
 }

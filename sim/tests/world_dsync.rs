@@ -4,7 +4,7 @@
 
 /// Seeds per test in a debug `cargo test` (kept small: CI's release run,
 /// scripts/sim.sh, does 10,000 per scenario and enforces coverage).
-const DEFAULT_SEEDS: std::ops::Range<u64> = 0..60;
+const DEFAULT_SEEDS: std::ops::Range<u64> = 0..40;
 
 const COVERAGE: &[&str] = &[
     "crash mid-apply",
