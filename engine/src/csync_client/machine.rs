@@ -1249,7 +1249,12 @@ impl<R: MailRead> Client<R> {
                     input_after_switch: rest,
                 });
                 self.out.push_back(Output::Event(Event::Tls));
-                // The server sends its banner again over TLS.
+                // The server sends its banner again over TLS: a fresh
+                // decoder reads it as a banner.
+                self.dec = Dec::Csync(
+                    ClientDecoder::with_options(self.opts.frame.clone())
+                        .unwrap_or_else(|_| ClientDecoder::new()),
+                );
                 self.tls_on = true;
                 self.caps = Caps::default();
                 self.inflight = Some(Inflight::Banner);
