@@ -188,10 +188,10 @@ for r in $(seq "$ROUNDS"); do
   for u in "${round_users[@]}"; do echo "APPEND user.$u"; done >"$log.corvid"
   corvid -f "$log.corvid"; echo "$WALL" >>"$WORK/lag.corvid"
 done
-printf '%-40s %9.1f %9.1f %7.2fx\n' "T4 rolling round lag p50 ms ($ROUND_USERS msgs)" \
+printf '%-40s %9.1f %9.1f %7.2fx\n' "T4 rolling round lag p50 ms (${#round_users[@]} msgs)" \
   "$(pct 50 "$WORK/lag.cyrus")" "$(pct 50 "$WORK/lag.corvid")" \
   "$(echo "$(pct 50 "$WORK/lag.corvid") / ($(pct 50 "$WORK/lag.cyrus") + 0.0001)" | bc -l)"
-printf '%-40s %9.1f %9.1f %7.2fx\n' "T4 rolling round lag p99 ms ($ROUND_USERS msgs)" \
+printf '%-40s %9.1f %9.1f %7.2fx\n' "T4 rolling round lag p99 ms (${#round_users[@]} msgs)" \
   "$(pct 99 "$WORK/lag.cyrus")" "$(pct 99 "$WORK/lag.corvid")" \
   "$(echo "$(pct 99 "$WORK/lag.corvid") / ($(pct 99 "$WORK/lag.cyrus") + 0.0001)" | bc -l)"
 rm -f "$CORVID_PEERS_RUN/master/conf/sync/log"

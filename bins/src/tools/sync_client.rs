@@ -11,13 +11,23 @@
 //! `-S servername`, `-p partition`, `-L` local-only, `-O` no copyback,
 //! `-z` require compression, `-o` a single connection attempt (otherwise
 //! retried with back-off for up to 1000 s), `-w secs` wait before
-//! starting, `-N` (accepted: one corvid process never races itself), `-v`,
-//! `-l` verbose.
+//! starting, `-N` (skip users another sync_client is replicating to the
+//! same replica: a non-blocking per-user lock; without it the lock is
+//! waited for), `-v`, `-l` verbose.
+//!
+//! Transport (Cyrus's `sync_connect`): with `sync_try_imap` (default yes)
+//! the IMAP-embedded flavour first — on `sync_port`, or on 143 when no
+//! port is configured — then the csync port (`sync_port`, else 2005); a
+//! csync banner met by the IMAP attempt is used in place, without the
+//! reconnect Cyrus makes. `sync_host` takes `host:port` and `/tls`
+//! (implicit TLS). With TLS client settings (`tls_server_ca_file`/`_dir`
+//! or `tls_client_cert`, channel-prefixable) the csync flavour does
+//! STARTTLS when offered, checking the certificate against the host name.
 //!
 //! What it wires together: imapd.conf (`configdirectory`, `partition-*`,
 //! `[<channel>_]sync_host`, `sync_port`, `sync_authname`, `sync_password`,
-//! `sync_realm`, `sync_timeout`, `sync_repeat_interval`,
-//! `sync_shutdown_file`), the embedded store (reads; copyback writes go
+//! `sync_realm`, `sync_try_imap`, `sync_timeout`, `sync_repeat_interval`,
+//! `sync_shutdown_file`, `tls_*`), the embedded store (reads; copyback writes go
 //! through its committer), and one `engine::csync_client::Client` per
 //! connection run by the tokio driver. Every protocol decision is the
 //! machine's; this file only picks jobs and counts failures.
@@ -25,8 +35,9 @@
 //! Deliberate differences from the seed man page: `-A` also syncs shared
 //! mailboxes one by one (as 3.6.1's code does; the page calls their
 //! absence a bug); `-d` defaults to `sync_repeat_interval` (1 s in 3.6.1,
-//! the page says 3 s); `-N` is accepted and does nothing, since one corvid
-//! process runs one job at a time.
+//! the page says 3 s); `sync_realm` is read but PLAIN and LOGIN (the
+//! layer-less mechanisms corvid speaks) carry no realm, as with Cyrus SASL.
+//! Not done: STARTTLS inside the IMAP flavour, SASL security layers.
 //!
 //! Exit codes: 0 all jobs succeeded; 1 a job failed; 64 usage; 74 store;
 //! 75 the replica could not be reached or dropped us; 78 configuration.
