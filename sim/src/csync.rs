@@ -51,6 +51,7 @@ use proto::sasl::{Credentials, Secret};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::check::{diff, NodeChecker};
 use crate::world::{Conn, Disk, DiskOptions, NetOptions, Owner, SimMachine, Stepped, Store};
 use crate::{Coverage, Trace};
 
@@ -175,11 +176,8 @@ struct World {
     expunges_tried: BTreeSet<(UniqueId, Guid)>,
     keywords_tried: BTreeSet<(Guid, Vec<u8>)>,
     deletes_tried: BTreeSet<UniqueId>,
-    /// Per node: (uniqueid, uidvalidity, uid) → GUID ever durable.
-    uid_history: [BTreeMap<(UniqueId, u32, u32), Guid>; 2],
-    /// Per node: (uniqueid, uidvalidity) → highest modseq seen durable.
-    modseq_history: [BTreeMap<(UniqueId, u32), u64>; 2],
-    verified: [BTreeSet<Guid>; 2],
+    /// Per node: the invariants' history.
+    checkers: [NodeChecker; 2],
     checked_changes: [u64; 2],
     /// Last flag edit per GUID: node and time.
     last_flag: BTreeMap<Guid, (usize, Time)>,
@@ -238,9 +236,7 @@ impl World {
             expunges_tried: BTreeSet::new(),
             keywords_tried: BTreeSet::new(),
             deletes_tried: BTreeSet::new(),
-            uid_history: Default::default(),
-            modseq_history: Default::default(),
-            verified: Default::default(),
+            checkers: Default::default(),
             checked_changes: [0; 2],
             last_flag: BTreeMap::new(),
             last_sync_ok: Time::ZERO,
@@ -802,64 +798,8 @@ impl World {
             self.checked_changes[n] = self.disks[n].durable_changes;
             let store = self.disks[n].store.clone();
             let s = store.borrow();
-            let d = s.durable();
-            for mb in d.mailboxes(None, usize::MAX).expect("reads") {
-                let key = (mb.uniqueid.clone(), mb.uidvalidity.get());
-                let hms = mb.highestmodseq.get();
-                let before = self.modseq_history[n].insert(key.clone(), hms).unwrap_or(0);
-                if hms < before {
-                    self.violation(format!(
-                        "n{n} {}: HIGHESTMODSEQ went back from {before} to {hms}",
-                        mb.name.to_lossy()
-                    ));
-                }
-                for r in d
-                    .records(&mb.uniqueid, UidRange::ALL, usize::MAX)
-                    .expect("reads")
-                {
-                    if r.modseq.get() > hms {
-                        self.violation(format!(
-                            "n{n} {} uid {}: modseq {} above HIGHESTMODSEQ {hms}",
-                            mb.name.to_lossy(),
-                            r.uid.get(),
-                            r.modseq.get()
-                        ));
-                    }
-                    if r.uid.get() > mb.last_uid {
-                        self.violation(format!(
-                            "n{n} {} uid {} above last_uid {}",
-                            mb.name.to_lossy(),
-                            r.uid.get(),
-                            mb.last_uid
-                        ));
-                    }
-                    let k = (mb.uniqueid.clone(), mb.uidvalidity.get(), r.uid.get());
-                    if let Some(g) = self.uid_history[n].insert(k, r.guid) {
-                        if g != r.guid {
-                            self.violation(format!(
-                                "n{n} {} UIDVALIDITY {} uid {}: reused for another message",
-                                mb.name.to_lossy(),
-                                mb.uidvalidity.get(),
-                                r.uid.get()
-                            ));
-                        }
-                    }
-                    if !r.expunged && !self.verified[n].contains(&r.guid) {
-                        let size = d.message_size(&r.guid).expect("reads");
-                        let bytes = d.message_bytes(&r.guid, 0, usize::MAX).expect("reads");
-                        match self.generated.get(&r.guid) {
-                            None => {
-                                self.violation(format!("n{n}: a message nobody wrote ({})", r.guid))
-                            }
-                            Some(b) if *b != bytes || size != Some(b.len() as u64) => {
-                                self.violation(format!("n{n}: GUID {} holds other bytes", r.guid))
-                            }
-                            Some(_) => {
-                                self.verified[n].insert(r.guid);
-                            }
-                        }
-                    }
-                }
+            if let Err(e) = self.checkers[n].check(n, s.durable(), &self.generated) {
+                self.violation(e);
             }
         }
     }
@@ -1048,19 +988,6 @@ impl World {
         }
         self.cov.hit("converged");
     }
-}
-
-fn diff(a: &[String], b: &[String]) -> String {
-    let sa: BTreeSet<&String> = a.iter().collect();
-    let sb: BTreeSet<&String> = b.iter().collect();
-    let mut out = String::new();
-    for x in sa.difference(&sb).take(12) {
-        out.push_str(&format!("- {x}\n"));
-    }
-    for x in sb.difference(&sa).take(12) {
-        out.push_str(&format!("+ {x}\n"));
-    }
-    out
 }
 
 /// Runs one seed: rolling replication (or backupd) under faults, then heal
