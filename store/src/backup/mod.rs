@@ -61,6 +61,9 @@ pub use ops::{Op, OpError};
 pub use pack::{Pack, PackError};
 pub use snapshot::{Deleted, Snapshot};
 
+/// A journal read back: each chunk's time and operations, in order.
+pub type Chunks = Vec<(i64, Vec<Op>)>;
+
 /// Where backups live and how they are written.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -333,7 +336,7 @@ impl Backup {
 
     /// Every chunk of `user`'s journal, decoded, and how the file ends (a
     /// torn tail is skipped: a writer died mid-append, or is appending).
-    pub fn read(&self, user: Option<&UserId>) -> Result<(Vec<(i64, Vec<Op>)>, Tail), BackupError> {
+    pub fn read(&self, user: Option<&UserId>) -> Result<(Chunks, Tail), BackupError> {
         let path = self.journal_path(user);
         if !path.exists() {
             return Ok((Vec::new(), Tail::Clean));
@@ -341,11 +344,7 @@ impl Backup {
         self.read_path(&path, user)
     }
 
-    fn read_path(
-        &self,
-        path: &Path,
-        user: Option<&UserId>,
-    ) -> Result<(Vec<(i64, Vec<Op>)>, Tail), BackupError> {
+    fn read_path(&self, path: &Path, user: Option<&UserId>) -> Result<(Chunks, Tail), BackupError> {
         let (chunks, tail) = chunk::read(path, self.opts.chunk_bytes_max, false)?;
         let mut out = Vec::with_capacity(chunks.len());
         for c in chunks {

@@ -384,6 +384,10 @@ fn owner_key(mb: &Mailbox) -> Option<UserId> {
     mb.owner.clone().or_else(|| owner_of(&mb.name))
 }
 
+/// Per user (`None`: shared), the operations of one batch; and the GUIDs
+/// (with sizes) of the live records it names.
+pub type BatchOps = (BTreeMap<Option<UserId>, Vec<Op>>, Vec<(Guid, u64)>);
+
 /// What a batch did, per user (`None`: shared mailboxes), as journal
 /// operations; and the GUIDs of live records whose bytes the backup must
 /// hold. `deleted` names the owner and name of every mailbox the batch
@@ -392,7 +396,7 @@ pub fn ops_of_batch(
     batch: &WriteBatch,
     deleted: &BTreeMap<UniqueId, (Option<UserId>, MailboxName)>,
     after: &impl MailRead,
-) -> Result<(BTreeMap<Option<UserId>, Vec<Op>>, Vec<(Guid, u64)>), StoreError> {
+) -> Result<BatchOps, StoreError> {
     let mut per: BTreeMap<Option<UserId>, Vec<Op>> = BTreeMap::new();
     let mut guids = Vec::new();
     let mut headed: BTreeMap<UniqueId, Option<UserId>> = BTreeMap::new();

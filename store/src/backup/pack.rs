@@ -226,7 +226,7 @@ impl Pack {
                 out.push((g, md.len(), md.modified().unwrap_or(std::time::UNIX_EPOCH)));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|a| a.0);
         Ok(out)
     }
 
