@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# corvid dsync vs Dovecot 2.3 doveadm, side by side on the same Maildir corpus.
+# corvid dsync vs Dovecot 2.3 doveadm, side by side on the same Maildir
+# corpus, ratio printed (corvid/doveadm: below 1 = corvid faster).
 #
-#   scripts/bench/dsync.sh [MESSAGES]        (default 2000)
+#   scripts/bench/dsync.sh [MESSAGES] [FOLDERS]     (default 10000 20)
 #
-# Steps, each timed for doveadm and for corvid, then the ratio
-# corvid/doveadm (below 1 = corvid faster):
-#   1. initial backup of the corpus into an empty Maildir
-#   2. a no-change re-sync (two-way)
-#   3. a re-sync after 50 new messages and 200 flag changes on the source
-# Both tools read and write Dovecot Maildirs (maildir:PATH on both sides),
-# in-process (no pipe), as `doveadm sync maildir:…` does. Dovecot runs
-# privately (own config, no daemon) like the lab. Set CORVID=path to pick a
-# binary (default: target/release/corvid, built if missing; build it with
-# `cargo build --release -p bins` when the machine is quiet).
-# Times are wall-clock seconds of one run each on a shared machine: compare
-# within one run of this script only.
+# The issue's corpus: 10,000 messages, about 91.6 MB, 20 folders. Each tool
+# gets its own copy of the source and its own destination, so two-way
+# syncs never feed one tool's writes to the other. Steps, each once locally
+# (both locations in one process, `doveadm sync maildir:DST` /
+# `corvid dsync mirror maildir:DST`) and once over a pipe (the destination
+# served by `doveadm dsync-server` / `corvid dsync-server` as a child):
+#   1. first backup into an empty maildir
+#   2. no-change re-sync (two-way)
+#   3. re-sync after 100 new messages and 500 flag changes on EACH side
+# After each phase the two tools' sources and destinations are compared
+# (mailbox, flags, Message-ID per message).
+# CORVID=path picks the binary (default: a release build under
+# $CARGO_TARGET_DIR or target/, built if missing). Wall-clock seconds of
+# one run each on a shared machine: compare within one run only.
 set -euo pipefail
 
-N=${1:-2000}
+N=${1:-10000}
+FOLDERS=${2:-20}
 ROOT=$(mktemp -d /tmp/corvid-bench-dsync.XXXXXX)
 trap 'rm -rf "$ROOT"' EXIT
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-CORVID=${CORVID:-$HERE/target/release/corvid}
+CORVID=${CORVID:-${CARGO_TARGET_DIR:-$HERE/target}/release/corvid}
 if [ ! -x "$CORVID" ]; then
   (cd "$HERE" && cargo build --release -p bins >&2)
 fi
@@ -49,69 +53,117 @@ first_valid_uid = $(( MAILUID < 1000 ? MAILUID : 1000 ))
 first_valid_gid = $(( MAILUID < 1000 ? MAILUID : 1000 ))
 EOF
 
-# The corpus: N messages over 5 folders, sizes 1-40 KB, a third flagged \Seen.
-python3 - "$ROOT/src" "$N" <<'EOF'
+# The corpus: N messages over FOLDERS folders, ~9 KB on average (a few up
+# to ~200 KB), a third \Seen.
+python3 - "$ROOT/src" "$N" "$FOLDERS" <<'EOF'
 import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, nf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(1)
-folders = ["", ".Sent", ".Work", ".Archive.2024", ".Lists"]
+folders = [""] + [f".F{k:02d}" for k in range(1, nf)]
 for f in folders:
     for sub in ("cur", "new", "tmp"):
         os.makedirs(os.path.join(root, f, sub), exist_ok=True)
     if f:
         open(os.path.join(root, f, "maildirfolder"), "w").close()
 words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do".split()
+total = 0
 for i in range(n):
     f = folders[i % len(folders)]
-    body = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randint(10, 600)))
+    lines = rng.randint(10, 240) if i % 500 else 2800
+    body = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(lines))
     msg = f"From: a@example.com\nTo: b@example.com\nSubject: m{i}\nMessage-ID: <m{i}@bench>\nDate: Mon, 01 Jan 2024 12:00:00 +0000\n\n{body}\n"
+    total += len(msg)
     flags = "S" if i % 3 == 0 else ""
     with open(os.path.join(root, f, "cur", f"{1700000000+i}.M{i}P1.bench:2,{flags}"), "w") as fh:
         fh.write(msg)
+print(f"corpus: {n} messages, {total/1e6:.1f} MB, {len(folders)} folders", file=sys.stderr)
 EOF
-[ "$(id -u)" = 0 ] && chown -R "$MAILUID:$MAILUID" "$ROOT"
+
+# Changes on one maildir: 100 new INBOX messages and a flag added to 500
+# existing messages chosen by Message-ID (file names differ between tools).
+change() { # maildir tag letter offset
+python3 - "$@" <<'EOF'
+import os, sys, re
+root, tag, letter, off = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(100):
+    with open(os.path.join(root, "new", f"1800000000.M{i}P9.{tag}"), "w") as fh:
+        fh.write(f"From: a@example.com\nSubject: {tag}{i}\nMessage-ID: <{tag}{i}@bench>\n\n{tag} mail {i}\n")
+want = set(range(off, 10**9, 20))
+done = 0
+for d, _, files in sorted(os.walk(root)):
+    if os.path.basename(d) not in ("cur", "new"):
+        continue
+    for name in sorted(files):
+        if done >= 500:
+            break
+        p = os.path.join(d, name)
+        with open(p, "rb") as fh:
+            m = re.search(rb"Message-ID: <m(\d+)@bench>", fh.read(400))
+        if not m or int(m.group(1)) not in want:
+            continue
+        base, _, flags = name.partition(":2,")
+        flags = "".join(sorted(set(flags + letter)))
+        os.rename(p, os.path.join(os.path.dirname(d), "cur", base + ":2," + flags))
+        done += 1
+EOF
+}
+
+fix() { [ "$(id -u)" = 0 ] && chown -R "$MAILUID:$MAILUID" "$ROOT" || true; }
+for x in dove corvid; do cp -a "$ROOT/src" "$ROOT/src-$x"; done
+fix
 
 dv() { env -i PATH=/usr/bin:/bin HOME="$ROOT/home" USER=bench "$DOVEADM" -c "$ROOT/dovecot.conf" "$@"; }
-cv() { "$CORVID" dsync -u bench -o "mail_location=maildir:$ROOT/src" "$@"; }
+dvs() { dv -o "mail_location=maildir:$ROOT/src-dove" "$@"; }
+cvs() { "$CORVID" dsync -u bench -o "mail_location=maildir:$ROOT/src-corvid" "$@"; }
 t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>"$ROOT/err" || { cat "$ROOT/err" >&2; echo "FAILED: $*" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
-fix() { [ "$(id -u)" = 0 ] && chown -R "$MAILUID:$MAILUID" "$ROOT" || true; }
-
-# Warm the source's indexes/sidecars once for both tools (not timed).
-dv mailbox status all '*' >/dev/null; fix
-cv backup "maildir:$ROOT/warm" >/dev/null 2>&1 || true; rm -rf "$ROOT/warm"; fix
-
-printf '%-34s %10s %10s %8s\n' step doveadm_s corvid_s ratio
-row() { printf '%-34s %10.3f %10.3f %8.2f\n' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
-
-fix; d1=$(t dv backup "maildir:$ROOT/dst-dove"); fix
-c1=$(t cv backup "maildir:$ROOT/dst-corvid"); fix
-row "1. initial backup ($N msgs)" "$d1" "$c1"
-
-d2=$(t dv sync "maildir:$ROOT/dst-dove"); fix
-c2=$(t cv mirror "maildir:$ROOT/dst-corvid"); fix
-row "2. no-change re-sync" "$d2" "$c2"
-
-python3 - "$ROOT/src" "$N" <<'EOF'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-cur = os.path.join(root, "cur")
-for i in range(50):
-    with open(os.path.join(root, "new", f"1800000000.M{i}P2.bench"), "w") as fh:
-        fh.write(f"From: a@example.com\nSubject: new{i}\nMessage-ID: <new{i}@bench>\n\nnew mail {i}\n")
-names = sorted(os.listdir(cur))[:200]
-for name in names:
-    base, _, flags = name.partition(":2,")
-    os.rename(os.path.join(cur, name), os.path.join(cur, base + ":2," + ("F" + flags if "F" not in flags else flags)))
-EOF
-fix
-d3=$(t dv sync "maildir:$ROOT/dst-dove"); fix
-c3=$(t cv mirror "maildir:$ROOT/dst-corvid"); fix
-row "3. re-sync after changes" "$d3" "$c3"
-
-# Same content on both destinations?
 listing() { dv -o "mail_location=maildir:$1" -f tab fetch 'mailbox flags hdr.message-id' all | sed 's/ *\\Recent//' | sort; }
-if diff <(listing "$ROOT/dst-dove") <(listing "$ROOT/dst-corvid") > "$ROOT/diff"; then
-  echo "destinations identical (mailbox, flags, Message-ID)"
-else
-  echo "DESTINATIONS DIFFER:" >&2; head -20 "$ROOT/diff" >&2
-fi
+same() { # what dst-suffix
+  for pair in "src-dove src-corvid" "dst-dove$2 dst-corvid$2"; do
+    set -- "$1" "$2" $pair
+    if ! diff <(listing "$ROOT/$3") <(listing "$ROOT/$4") > "$ROOT/diff"; then
+      echo "$1: $3 and $4 DIFFER:" >&2; head -20 "$ROOT/diff" >&2
+    else
+      echo "$1: $3 = $4 (mailbox, flags, Message-ID)"
+    fi
+  done
+}
+row() { printf '%-44s %10.3f %10.3f %8.2f\n' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
+
+# Warm both sources' indexes/sidecars once (not timed).
+dvs mailbox status all '*' >/dev/null; fix
+cvs backup "maildir:$ROOT/warm" >/dev/null 2>&1 || true; rm -rf "$ROOT/warm"; fix
+
+printf '%-44s %10s %10s %8s\n' step doveadm_s corvid_s ratio
+for via in local pipe; do
+  sfx=$([ $via = local ] && echo "" || echo "-p")
+  D="$ROOT/dst-dove$sfx"; C="$ROOT/dst-corvid$sfx"
+  if [ $via = local ]; then
+    dtarget=("maildir:$D"); ctarget=("maildir:$C")
+  else
+    cat > "$ROOT/dove-server.sh" <<EOF
+#!/bin/sh
+exec env -i PATH=/usr/bin:/bin HOME="$ROOT/home" USER=bench "$DOVEADM" -c "$ROOT/dovecot.conf" -o "mail_location=maildir:$D" "\$@"
+EOF
+    cat > "$ROOT/corvid-server.sh" <<EOF
+#!/bin/sh
+exec "$CORVID" dsync-server -u bench -o "mail_location=maildir:$C"
+EOF
+    chmod +x "$ROOT/dove-server.sh" "$ROOT/corvid-server.sh"
+    dtarget=("$ROOT/dove-server.sh"); ctarget=("$ROOT/corvid-server.sh")
+  fi
+  fix; d1=$(t dvs backup "${dtarget[@]}"); fix
+  c1=$(t cvs backup "${ctarget[@]}"); fix
+  row "1. first backup, $via ($N msgs)" "$d1" "$c1"
+  d2=$(t dvs sync "${dtarget[@]}"); fix
+  c2=$(t cvs mirror "${ctarget[@]}"); fix
+  row "2. no-change re-sync, $via" "$d2" "$c2"
+  same "after step 2 ($via)" "$sfx"
+  tag=$([ $via = local ] && echo l || echo p)
+  change "$ROOT/src-dove" "s$tag" F 0; change "$ROOT/src-corvid" "s$tag" F 0
+  change "$D" "d$tag" A 10; change "$C" "d$tag" A 10
+  fix
+  d3=$(t dvs sync "${dtarget[@]}"); fix
+  c3=$(t cvs mirror "${ctarget[@]}"); fix
+  row "3. re-sync, 100 new + 500 flags each side, $via" "$d3" "$c3"
+  same "after step 3 ($via)" "$sfx"
+done

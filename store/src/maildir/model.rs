@@ -174,12 +174,78 @@ impl<'a> UserView<'a> {
         Ok(out)
     }
 
+    /// A mailbox's identity (GUID, uniqueid) from the uidlist header and
+    /// the uniqueid sidecar only: no directory scan. `None` when the
+    /// uidlist has no GUID yet (a full read creates one).
+    fn identity(&self, name: &Name) -> Result<Option<(MailboxGuid, UniqueId)>, StoreError> {
+        let dir = self.maildir.dir_of(name);
+        let Some(text) = self
+            .maildir
+            .read_control(&dir.join(super::UIDLIST))
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let header = text.split('\n').next().unwrap_or("");
+        let Ok(l) = super::uidlist::Uidlist::parse(&format!("{header}\n")) else {
+            return Ok(None);
+        };
+        let Some(guid) = l.guid else { return Ok(None) };
+        let uniqueid = match self.maildir.stored_uniqueid(name).map_err(store_err)? {
+            Some(id) => match UniqueId::new(&id) {
+                Ok(u) => u,
+                Err(_) => return Ok(None),
+            },
+            None => UniqueId::from_mailbox_guid(&guid),
+        };
+        Ok(Some((guid, uniqueid)))
+    }
+
+    /// The mailbox whose identity matches, by cheap identity reads first
+    /// (the common case), else by full reads.
+    fn find_mailbox(
+        &self,
+        matches: &dyn Fn(&MailboxGuid, &UniqueId) -> bool,
+    ) -> Result<Option<Mailbox>, StoreError> {
+        let mut unknown = Vec::new();
+        for n in self.maildir.list().map_err(store_err)? {
+            match self.identity(&n)? {
+                Some((g, u)) if matches(&g, &u) => {
+                    if let Some(m) = self.mailbox_of(&n)? {
+                        if matches(&m.guid, &m.uniqueid) {
+                            return Ok(Some(m));
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => unknown.push(n),
+            }
+        }
+        for n in unknown {
+            if let Some(m) = self.mailbox_of(&n)? {
+                if matches(&m.guid, &m.uniqueid) {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn name_of_uniqueid(&self, id: &UniqueId) -> Result<Option<Name>, StoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .find(|m| m.uniqueid == *id)
-            .and_then(|m| Name::new(&m.name.to_lossy()).ok()))
+        let mut unknown = Vec::new();
+        for n in self.maildir.list().map_err(store_err)? {
+            match self.identity(&n)? {
+                Some((_, u)) if u == *id => return Ok(Some(n)),
+                Some(_) => {}
+                None => unknown.push(n),
+            }
+        }
+        for n in unknown {
+            if self.mailbox_of(&n)?.is_some_and(|m| m.uniqueid == *id) {
+                return Ok(Some(n));
+            }
+        }
+        Ok(None)
     }
 
     /// The mailbox and UID holding bytes with this SHA-1.
@@ -211,14 +277,14 @@ impl MailRead for UserView<'_> {
     }
 
     fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
-        Ok(self.all()?.into_iter().find(|m| m.uniqueid == *id))
+        self.find_mailbox(&|_, u| u == id)
     }
 
     fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
         if guid.is_zero() {
             return Ok(None);
         }
-        Ok(self.all()?.into_iter().find(|m| m.guid == *guid))
+        self.find_mailbox(&|g, _| g == guid)
     }
 
     fn mailboxes_of_user(&self, user: &UserId) -> Result<Vec<Mailbox>, StoreError> {
@@ -473,6 +539,12 @@ impl std::fmt::Debug for UserStore {
             .field("staged", &self.staged.len())
             .finish()
     }
+}
+
+/// What one batch has read, kept current while it applies.
+struct BatchCache {
+    names: BTreeMap<UniqueId, Option<Name>>,
+    msgs: BTreeMap<Name, BTreeMap<u32, super::Message>>,
 }
 
 /// Intent files of batches in progress: `ROOT/corvid-batch.<pid>`.
@@ -927,10 +999,21 @@ impl UserStore {
         pinned: &BTreeMap<Guid, Pin>,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
+        // Per batch: each uniqueid is resolved once and each mailbox's
+        // messages are read once, then kept up to date as records are
+        // applied (a batch holds thousands of records of one mailbox).
+        let mut cache = BatchCache {
+            names: names
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            msgs: BTreeMap::new(),
+        };
         for c in changes {
             match c {
                 Change::ClearRecords(id) => {
-                    if let Some(n) = self.name_for(id, names)? {
+                    if let Some(n) = self.name_for(id, &mut cache)? {
+                        cache.msgs.remove(&n);
                         if md.exists(&n) {
                             let uids: Vec<u32> = md
                                 .messages(&n)
@@ -944,13 +1027,27 @@ impl UserStore {
                 }
                 Change::PutRecord(id, r) => {
                     let n = self
-                        .name_for(id, names)?
+                        .name_for(id, &mut cache)?
                         .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?;
-                    self.put_record(&n, r, inline, pinned)?;
+                    if !cache.msgs.contains_key(&n) {
+                        let have = match md.messages(&n) {
+                            Ok(v) => v,
+                            Err(Error::NoMailbox(_)) => Vec::new(),
+                            Err(e) => return Err(store_err(e)),
+                        };
+                        cache
+                            .msgs
+                            .insert(n.clone(), have.into_iter().map(|m| (m.uid, m)).collect());
+                    }
+                    let msgs = cache.msgs.get_mut(&n).expect("just loaded");
+                    self.put_record(&n, r, inline, pinned, msgs)?;
                 }
                 Change::RemoveRecord(id, uid) => {
-                    if let Some(n) = self.name_for(id, names)? {
+                    if let Some(n) = self.name_for(id, &mut cache)? {
                         md.expunge(&n, &[uid.get()]).map_err(store_err)?;
+                        if let Some(m) = cache.msgs.get_mut(&n) {
+                            m.remove(&uid.get());
+                        }
                     }
                 }
                 Change::PutSubscription(_, n, s) => {
@@ -975,18 +1072,13 @@ impl UserStore {
         Ok(())
     }
 
-    fn name_for(
-        &self,
-        id: &UniqueId,
-        names: &BTreeMap<UniqueId, Name>,
-    ) -> Result<Option<Name>, StoreError> {
-        if let Some(n) = names.get(id) {
-            return Ok(Some(n.clone()));
+    fn name_for(&self, id: &UniqueId, cache: &mut BatchCache) -> Result<Option<Name>, StoreError> {
+        if let Some(n) = cache.names.get(id) {
+            return Ok(n.clone());
         }
-        Ok(match self.view().mailbox_by_uniqueid(id)? {
-            Some(m) => Some(UserStore::name_of(&m.name)?),
-            None => None,
-        })
+        let n = self.view().name_of_uniqueid(id)?;
+        cache.names.insert(id.clone(), n.clone());
+        Ok(n)
     }
 
     fn put_record(
@@ -995,21 +1087,26 @@ impl UserStore {
         r: &ModelRecord,
         inline: &BTreeMap<Guid, &Bytes>,
         pinned: &BTreeMap<Guid, Pin>,
+        msgs: &mut BTreeMap<u32, super::Message>,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
-        match md.message(n, r.uid.get()) {
-            Ok(have) => {
+        let uid = r.uid.get();
+        match msgs.get(&uid) {
+            Some(have) => {
                 if r.expunged {
-                    return md.expunge(n, &[r.uid.get()]).map_err(store_err);
+                    md.expunge(n, &[uid]).map_err(store_err)?;
+                    msgs.remove(&uid);
+                    return Ok(());
                 }
                 if have.model_flags() != r.flags {
-                    md.set_flags(n, r.uid.get(), &r.flags).map_err(store_err)?;
+                    let now = md.set_flags(n, uid, &r.flags).map_err(store_err)?;
+                    msgs.insert(uid, now);
                 }
                 Ok(())
             }
             // Maildir keeps no expunged records.
-            Err(Error::NoMessage { .. }) if r.expunged => Ok(()),
-            Err(Error::NoMessage { .. }) => {
+            None if r.expunged => Ok(()),
+            None => {
                 let how = super::Append {
                     uid: Some(r.uid.get()),
                     // Without a peer GUID the message's dsync identity is
@@ -1046,9 +1143,10 @@ impl UserStore {
                         .map_err(|e| StoreError::Io(e.to_string()))?;
                     md.append_reusing_uid(n, &mut f, &how)
                 };
-                res.map(|_| ()).map_err(store_err)
+                let m = res.map_err(store_err)?;
+                msgs.insert(m.uid, m);
+                Ok(())
             }
-            Err(e) => Err(store_err(e)),
         }
     }
 }
