@@ -91,9 +91,15 @@ impl Snapshot {
     pub fn apply(&mut self, at: i64, op: &Op) {
         match op {
             Op::Mailbox(mb) => {
-                // A rename may move the name of an older mailbox record
-                // with the same uniqueid: keyed by uniqueid, so replace.
-                self.mailboxes.insert(mb.uniqueid.clone(), (**mb).clone());
+                // Keyed by uniqueid, so a rename replaces. Two connections
+                // may append chunks out of commit order: a header never
+                // replaces one with a higher HIGHESTMODSEQ.
+                match self.mailboxes.get(&mb.uniqueid) {
+                    Some(have) if have.highestmodseq > mb.highestmodseq => {}
+                    _ => {
+                        self.mailboxes.insert(mb.uniqueid.clone(), (**mb).clone());
+                    }
+                }
             }
             Op::Records { mailbox, records } => {
                 if !self.mailboxes.contains_key(mailbox) {
@@ -102,7 +108,14 @@ impl Snapshot {
                 let recs = self.records.entry(mailbox.clone()).or_default();
                 for r in records {
                     self.sizes.insert(r.guid, r.size);
-                    recs.insert(r.uid, r.clone());
+                    // Same reason: an older state of a record (lower
+                    // MODSEQ) never replaces a newer one.
+                    match recs.get(&r.uid) {
+                        Some(have) if have.modseq > r.modseq => {}
+                        _ => {
+                            recs.insert(r.uid, r.clone());
+                        }
+                    }
                 }
             }
             Op::Purge { mailbox, uids } => {

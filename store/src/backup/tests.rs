@@ -442,3 +442,47 @@ fn a_killed_writer_loses_nothing_acknowledged() {
     let rep = b.verify(u.as_ref(), &mut |_, _| {});
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
 }
+
+#[test]
+fn chunks_appended_out_of_commit_order_replay_to_the_newer_state() {
+    let d = tempfile::tempdir().unwrap();
+    let b = backup(d.path());
+    let u = Some(alice());
+    let mut inbox = mailbox("inbox1", "user.alice");
+    inbox.highestmodseq = ModSeq(5);
+    let mut newer = record(1, 1, false);
+    newer.modseq = ModSeq(5);
+    newer.expunged = true;
+    let older = record(1, 1, false);
+    // The newer batch's chunk lands first (another connection's journal
+    // task was faster), then the older one's.
+    b.append(
+        u.as_ref(),
+        10,
+        &[
+            Op::Mailbox(Box::new(inbox.clone())),
+            Op::Records {
+                mailbox: inbox.uniqueid.clone(),
+                records: vec![newer],
+            },
+        ],
+    )
+    .unwrap();
+    let mut old_inbox = inbox.clone();
+    old_inbox.highestmodseq = ModSeq(1);
+    b.append(
+        u.as_ref(),
+        10,
+        &[
+            Op::Mailbox(Box::new(old_inbox)),
+            Op::Records {
+                mailbox: inbox.uniqueid.clone(),
+                records: vec![older],
+            },
+        ],
+    )
+    .unwrap();
+    let s = b.snapshot(u.as_ref(), i64::MAX).unwrap();
+    assert_eq!(s.mailboxes[&inbox.uniqueid].highestmodseq, ModSeq(5));
+    assert_eq!(live_uids(&s, "inbox1"), vec![(1, true)]);
+}
