@@ -27,8 +27,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use super::{AuthError, Authenticator, CheckContext, Secret, Verdict};
 
@@ -123,8 +123,76 @@ pub(crate) fn hash_password(password: &[u8]) -> Result<String, PasswdError> {
         .map_err(|e| PasswdError::Hash(e.to_string()))
 }
 
+/// Checks `password` against a PHC argon2 string, as
+/// `PasswordVerifier::verify_password` does, but in block memory taken from
+/// [`BLOCK_POOL`]: argon2id needs 19 MiB per check, and allocating and
+/// freeing that on every login left it resident (glibc raises its mmap
+/// threshold after the first free, then keeps the freed chunk in each
+/// thread's arena: RSS grew ~19.5 MiB per login up to ~330 MiB, ~1 GB for
+/// a burst of concurrent logins; bins/tests/hostile_daemons.rs). With the
+/// pool and [`VERIFY_SLOTS`] the memory is at most
+/// `VERIFY_CONCURRENT_MAX` buffers, allocated once.
 fn verify(password: &[u8], hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&h) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(h.algorithm) else {
+        return false;
+    };
+    let version = match h.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let n = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut blocks = pool_take(n);
+    let computed = Output::init_with(expected.len(), |out| {
+        argon
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..n])
+            .map_err(|_| argon2::password_hash::Error::Password)
+    });
+    pool_give(blocks);
+    // `Output`'s equality is constant-time.
+    computed.is_ok_and(|c| c == expected)
+}
+
+/// Password checks that may run at once, process-wide: bounds argon2's
+/// memory to this many 19 MiB buffers whatever peers send.
+pub const VERIFY_CONCURRENT_MAX: usize = 2;
+
+/// Queue for [`verify`] (never closed, so acquiring cannot fail).
+static VERIFY_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(VERIFY_CONCURRENT_MAX);
+
+/// argon2 block memory kept between checks (at most
+/// [`VERIFY_CONCURRENT_MAX`] buffers).
+static BLOCK_POOL: std::sync::Mutex<Vec<Vec<Block>>> = std::sync::Mutex::new(Vec::new());
+
+fn pool_take(n: usize) -> Vec<Block> {
+    let mut pool = BLOCK_POOL.lock().unwrap_or_else(|p| p.into_inner());
+    match pool.iter().position(|b| b.len() >= n) {
+        Some(i) => pool.swap_remove(i),
+        None => vec![Block::default(); n],
+    }
+}
+
+fn pool_give(mut blocks: Vec<Block>) {
+    // The blocks hold state derived from a password: wipe before keeping.
+    blocks.fill(Block::default());
+    let mut pool = BLOCK_POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < VERIFY_CONCURRENT_MAX {
+        pool.push(blocks);
+    }
 }
 
 /// A hash no password matches in practice, verified against for unknown
@@ -387,6 +455,8 @@ impl Authenticator for PasswdFile {
         let this = self.clone();
         let user = authcid.to_owned();
         let password = password.clone();
+        // One of VERIFY_CONCURRENT_MAX checks at a time (see `verify`).
+        let _slot = VERIFY_SLOTS.acquire().await.ok();
         let verdict = tokio::task::spawn_blocking(move || -> Result<Verdict, PasswdError> {
             match this.lookup_sync(&user)? {
                 Some(hash) if verify(password.expose(), &hash) => Ok(Verdict::Accepted),
