@@ -6,11 +6,14 @@
 //! corvid store -C /etc/imapd.conf cat GUID
 //! corvid store -C /etc/imapd.conf digest
 //! corvid store -C /etc/imapd.conf verify
+//! corvid store -C /etc/imapd.conf gc
 //! ```
 //!
 //! The store is found through imapd.conf (`configdirectory`,
 //! `partition-NAME`, `defaultpartition`) and opened read-only, so this runs
-//! beside a live server. This module only parses flags and prints; the
+//! beside a live server — except `gc`, which removes message files no
+//! record refers to and so takes the store's write lock (it refuses while
+//! a server has the store open). This module only parses flags and prints; the
 //! store's library does the work. `verify` and `cat` exit non-zero on
 //! damage: `cat` fails rather than ends when the bytes no longer hash to
 //! the GUID.
@@ -55,6 +58,9 @@ enum What {
     Digest,
     /// Rehash every message and check the index; exit 1 on any problem.
     Verify,
+    /// Remove message files no record refers to, and files the index does
+    /// not know (needs the store closed: stop the server first).
+    Gc,
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -103,6 +109,21 @@ pub fn options_from_config(path: &std::path::Path) -> Result<Options, String> {
 
 fn run(args: Args) -> Result<ExitCode, String> {
     let options = options_from_config(&args.config)?;
+    if let What::Gc = args.what {
+        let mut store = Embedded::open(options).map_err(|e| match e {
+            store::embedded::Error::Locked(p) => format!(
+                "the store is in use ({} is locked): stop the server before gc",
+                p.display()
+            ),
+            e => e.to_string(),
+        })?;
+        let r = store.gc().map_err(|e| e.to_string())?;
+        println!(
+            "removed {} unreferenced messages ({} bytes) and {} stray files; kept {} staged",
+            r.messages_removed, r.message_bytes_removed, r.stray_files_removed, r.kept_staged
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let reader = Embedded::open_read_only(&options).map_err(|e| e.to_string())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -121,6 +142,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             std::io::copy(&mut src, &mut out).map_err(e)?;
         }
         What::Digest => reader.digest(&mut out).map_err(|x| x.to_string())?,
+        What::Gc => unreachable!("handled above"),
         What::Verify => {
             let report = reader.verify().map_err(|x| x.to_string())?;
             for p in &report.problems {

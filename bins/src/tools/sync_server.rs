@@ -77,9 +77,40 @@ struct Shared {
     committer: Committer,
     reader: Reader,
     pwcheck: PwCheck,
+    logins: csync_common::LoginCache,
+    locks: Arc<UserLockTable>,
     access: Access,
     machine: MachineOptions,
     realm: Option<String>,
+}
+
+/// The per-user locks of this daemon's sessions ([`engine::csync::UserLocks`]):
+/// who holds each user id. Taken all-or-none under one mutex, held only for
+/// the map update, never across an await.
+#[derive(Default)]
+struct UserLockTable {
+    held: std::sync::Mutex<std::collections::HashMap<bytes::Bytes, u64>>,
+}
+
+impl engine::csync::UserLocks for UserLockTable {
+    fn try_lock(&self, session: u64, users: &[bytes::Bytes]) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if users
+            .iter()
+            .any(|u| held.get(u).is_some_and(|&s| s != session))
+        {
+            return false;
+        }
+        for u in users {
+            held.insert(u.clone(), session);
+        }
+        true
+    }
+
+    fn unlock(&self, session: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|_, s| *s != session);
+    }
 }
 
 /// Performs one connection's effects: store effects through the committer
@@ -119,7 +150,8 @@ impl EffectExecutor<Effect> for Exec {
             let Some(creds) = creds else {
                 return Completion::Store(None);
             };
-            csync_common::login(
+            csync_common::login_cached(
+                &shared.logins,
                 &shared.pwcheck,
                 &shared.access,
                 shared.realm.as_deref(),
@@ -165,6 +197,8 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
     let mut opts = shared.machine.clone();
     opts.flavour = flavour;
+    opts.session = conn.get();
+    opts.user_locks = Some(engine::csync::Locks(shared.locks.clone()));
     let machine = Server::new(now, shared.reader.clone(), opts);
     let (etx, mut erx) = mpsc::channel::<Event>(256);
     let logger = tokio::spawn(async move {
@@ -184,6 +218,9 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .run(stream)
         .await;
     shared.committer.close(conn);
+    // The machine releases its locks when it closes; a session that ended
+    // without closing (a connection error) must not keep them.
+    engine::csync::UserLocks::unlock(&*shared.locks, conn.get());
     let _ = logger.await;
     info!(%peer, result = ?outcome.result, read = outcome.bytes_read, written = outcome.bytes_written, "session ended");
 }
@@ -270,6 +307,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         let shared = Arc::new(Shared {
             reader: committer.reader(),
             committer,
+            logins: csync_common::LoginCache::new(&pwcheck),
+            locks: Arc::new(UserLockTable::default()),
             pwcheck,
             access: Access::from_config(&conf),
             machine,
