@@ -38,6 +38,15 @@
 //! recovers the speed: one WAL fsync and one round of parallel file fsyncs
 //! cover every batch in the group.
 //!
+//! # Partitions
+//!
+//! Uploads are staged in the default partition (an `APPLY MESSAGE` file
+//! does not say which mailbox it is for); the batch whose first record
+//! uses a new message moves it to that mailbox's partition before it is
+//! published (a rename, or a copy across filesystems), and inline bytes
+//! are written there directly. A message shared by mailboxes on several
+//! partitions is stored once, in the first one's.
+//!
 //! # Names never become paths
 //!
 //! Mailbox names, user ids and annotation entries are only SQLite keys.
