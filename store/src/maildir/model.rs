@@ -248,6 +248,26 @@ impl<'a> UserView<'a> {
         Ok(None)
     }
 
+    /// Where every message's bytes are: SHA-1 → (file, size). One pass
+    /// over every mailbox.
+    fn locate_all(&self) -> Result<BTreeMap<Guid, (PathBuf, u64)>, StoreError> {
+        let mut out = BTreeMap::new();
+        for n in self.maildir.list().map_err(store_err)? {
+            let msgs = match self.maildir.messages(&n) {
+                Ok(m) => m,
+                Err(Error::NoMailbox(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            };
+            let dir = self.maildir.dir_of(&n);
+            for m in msgs {
+                if let Some(g) = m.sha1 {
+                    out.entry(g).or_insert((dir.join(&m.file), m.size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The mailbox and UID holding bytes with this SHA-1.
     fn find_bytes(&self, guid: &Guid) -> Result<Option<(Name, u32, u64)>, StoreError> {
         for n in self.maildir.list().map_err(store_err)? {
@@ -528,6 +548,12 @@ pub struct UserStore {
     staging: BTreeMap<StageHandle, (StageHasher, File, PathBuf)>,
     staged: BTreeMap<Guid, (PathBuf, u64)>,
     next_handle: u64,
+    /// Where message bytes were last seen (SHA-1 → file, size): a dsync
+    /// source reads every body by SHA-1, and finding one means reading
+    /// every mailbox. Maildir files never change content, so an entry is
+    /// right as long as its file exists; a missing file (expunged, or
+    /// renamed by a flag change) refreshes the whole map.
+    located: std::sync::Mutex<BTreeMap<Guid, (PathBuf, u64)>>,
 }
 
 impl std::fmt::Debug for UserStore {
@@ -611,6 +637,7 @@ impl UserStore {
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
             next_handle: 1,
+            located: std::sync::Mutex::new(BTreeMap::new()),
         };
         if let Err(e) = st.recover() {
             tracing::warn!(root = %st.maildir.root().display(), error = %e, "maildir batch recovery failed; retried at the next open");
@@ -1153,35 +1180,76 @@ impl UserStore {
 
 macro_rules! view_reads {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        impl MailRead for UserStore {
-            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
-                self.view().$name($($arg),*)
-            })*
-        }
+        $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+            self.view().$name($($arg),*)
+        })*
     };
 }
 
-view_reads! {
-    mailbox(name: &MailboxName) -> Option<Mailbox>;
-    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
-    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
-    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
-    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
-    users() -> Vec<UserId>;
-    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<ModelRecord>;
-    message_size(guid: &Guid) -> Option<u64>;
-    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
-    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
-    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
-    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
-    quota(root: &MailboxName) -> Option<QuotaRoot>;
-    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
-    sieve_active(user: &UserId) -> Option<SieveName>;
-    server_annotations() -> Annotations;
-    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
-    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
-    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
-    sync_log_last(channel: &str) -> u64;
+impl MailRead for UserStore {
+    fn message_size(&self, guid: &Guid) -> Result<Option<u64>, StoreError> {
+        Ok(self.read_located(guid, 0, 0)?.map(|(_, size)| size))
+    }
+
+    fn message_bytes(&self, guid: &Guid, offset: u64, max_len: usize) -> Result<Bytes, StoreError> {
+        self.read_located(guid, offset, max_len)?
+            .map(|(b, _)| b)
+            .ok_or(StoreError::MissingMessage(*guid))
+    }
+
+    view_reads! {
+        mailbox(name: &MailboxName) -> Option<Mailbox>;
+        mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
+        mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
+        mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
+        mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
+        users() -> Vec<UserId>;
+        records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<ModelRecord>;
+        seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
+        seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
+        subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
+        quota(root: &MailboxName) -> Option<QuotaRoot>;
+        sieve_scripts(user: &UserId) -> Vec<SieveScript>;
+        sieve_active(user: &UserId) -> Option<SieveName>;
+        server_annotations() -> Annotations;
+        tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
+        tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
+        sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
+        sync_log_last(channel: &str) -> u64;
+    }
+}
+
+impl UserStore {
+    /// Bytes of a message by SHA-1 through the location map (see
+    /// `located`); `None` when no mailbox holds them.
+    fn read_located(
+        &self,
+        guid: &Guid,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Option<(Bytes, u64)>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e: std::io::Error| StoreError::Io(e.to_string());
+        let mut located = self.located.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if attempt == 1 || !located.contains_key(guid) {
+                *located = self.view().locate_all()?;
+            }
+            let Some((path, size)) = located.get(guid).cloned() else {
+                return Ok(None);
+            };
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let mut buf = Vec::new();
+            f.take(max_len as u64).read_to_end(&mut buf).map_err(io)?;
+            return Ok(Some((Bytes::from(buf), size)));
+        }
+        Ok(None)
+    }
 }
 
 impl StoreWrite for UserStore {
