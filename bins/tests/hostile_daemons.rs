@@ -1710,3 +1710,29 @@ fn csync_dribbling_peer_is_cut_off() {
         t.elapsed()
     );
 }
+
+/// FINDING W5 (engine::model / engine::csync, not fixed here): names Cyrus's
+/// `mboxname_policycheck` refuses (`..`, `/`, bytes that are not UTF-8)
+/// are accepted by the csync daemons as new mailboxes. Harmless to the
+/// embedded store (names are never paths), but such names cannot be
+/// replicated onward to Cyrus or exported to a Maildir.
+#[test]
+#[ignore = "finding W5: csync accepts mailbox names Cyrus refuses (see SECURITY.md)"]
+fn csync_refuses_names_cyrus_refuses() {
+    let d = Daemon::start(Kind::SyncServer, None);
+    let mut c = csync_login(&d, ADMIN, ADMIN_PASS);
+    for (i, bad) in [&b"user/../../etc"[..], b"user.carol..", b"user.\xff\xfe"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut lit = format!("{{{}+}}\r\n", bad.len()).into_bytes();
+        lit.extend_from_slice(bad);
+        let fresh = mailbox_apply("carol", &format!("hostile-policy-{i:04}"), &[]);
+        let r = c.cmd(&replace(&fresh, b"user.carol", &lit));
+        assert!(
+            r.starts_with("NO"),
+            "{:?} accepted: {r}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
