@@ -49,6 +49,7 @@ use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
+use tracing::Instrument;
 use store::backup::Backup;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
@@ -189,6 +190,7 @@ impl EffectExecutor<Effect> for Exec {
     type Completion = Completion;
 
     fn execute(&self, effect: Effect) -> impl std::future::Future<Output = Completion> + Send {
+        crate::observe::csync_effect(&effect);
         let shared = self.shared.clone();
         let mut pending_store = None;
         let mut creds = None;
@@ -274,11 +276,18 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
     let machine = Server::new(now, shared.reader.clone(), shared.machine.clone());
     let (etx, mut erx) = mpsc::channel::<Event>(256);
-    let logger = tokio::spawn(async move {
-        while let Some(e) = erx.recv().await {
-            csync_common::log_event(e);
+    let span = crate::observe::connection_span("backupd", &peer);
+    let _active = io_tokio::metrics::global().connection_opened("backupd");
+    let logger_span = span.clone();
+    let logger = tokio::spawn(
+        async move {
+            while let Some(e) = erx.recv().await {
+                crate::observe::csync_event("backupd", &logger_span, &e);
+                csync_common::log_event(e);
+            }
         }
-    });
+        .instrument(span.clone()),
+    );
     let exec = Exec {
         shared: shared.clone(),
         conn,
@@ -288,6 +297,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .peer(&peer)
         .events(etx)
         .run(stream)
+        .instrument(span)
         .await;
     shared.committer.close(conn);
     let _ = logger.await;
@@ -369,13 +379,6 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     if args.debug {
         eprintln!("backupd: -D (debug_command) is not supported by corvid; ignored");
     }
@@ -390,6 +393,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    // operator: logs to syslog or stderr (crate::logging), config findings.
+    let log = crate::logging::Setup::new("backupd", "info", Some(&conf));
+    if let Some(w) = crate::logging::init(&log) {
+        eprintln!("backupd: {w}");
+    }
+    for f in io_tokio::config::lint::check(&conf) {
+        tracing::warn!("{f}");
+    }
     let layout = match layout(&conf) {
         Ok(l) => l,
         Err(e) => {
@@ -454,16 +465,20 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         let life = Arc::new(Life::default());
         let lifetime = life.clone().ends(args.uses, args.idle.filter(|t| *t > 0));
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
+                _ = listen::shutdown_signal(listen::master::is_under_master()) => {},
                 _ = lifetime => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
             }
             info!("shutting down");
         };
+        crate::observe::watch_hangup(args.config.clone(), None);
+        if let Err(e) = crate::observe::start_metrics(&conf).await {
+            eprintln!("backupd: {e}");
+            return ExitCode::from(78);
+        }
+        crate::observe::spawn_backup_bytes(&conf);
         let serve_opts = ServeOptions::default();
+        let drain = serve_opts.drain.clone();
         if let Some(addr) = &args.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -479,7 +494,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 {
                     let life = life.clone();
                     move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(s.clone(), epoch, stream, peer.to_string()))
+                        life.clone().track(run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string()))
                     }
                 },
                 shutdown,
@@ -500,7 +515,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 {
                     let life = life.clone();
                     move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(s.clone(), epoch, stream, peer.to_string()))
+                        life.clone().track(run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string()))
                     }
                 },
                 shutdown,

@@ -119,13 +119,23 @@ impl Args {
 
 /// `corvid dsync`.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    match run_master(args) {
+    let code = match run_master(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dsync: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // operator: corvid_dsync_exits_total to $CORVID_METRICS_TEXTFILE if set.
+    let n = if code == ExitCode::SUCCESS {
+        0
+    } else if code == ExitCode::from(2) {
+        2
+    } else {
+        1
+    };
+    crate::observe::finish_cli(Some(n));
+    code
 }
 
 /// `corvid dsync-server`.

@@ -65,6 +65,7 @@ use io_tokio::auth::{Access, CheckContext, PwCheck};
 use io_tokio::config::{Config, LoadOptions};
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
+use tracing::Instrument;
 use io_tokio::tls::{TlsConfigs, TlsFiles};
 use store::mupdate::{Delivery, MupdateDb, Subscriber};
 use tokio::sync::mpsc;
@@ -310,10 +311,11 @@ async fn kick_socket(shared: Arc<Shared>, master: bool) {
 async fn connection(
     shared: Arc<Shared>,
     tls: TlsConfigs,
-    stream: tokio::net::TcpStream,
+    stream: listen::Draining<tokio::net::TcpStream>,
     peer: SocketAddr,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.get_ref().set_nodelay(true);
+    let _active = io_tokio::metrics::global().connection_opened("mupdate");
     // Cyrus counts connections itself and refuses the one over
     // mupdate_connections_max with this line (its write also sends the
     // string's NUL; we do not).
@@ -338,6 +340,7 @@ async fn connection(
         .tls(tls)
         .peer(peer)
         .run(stream)
+        .instrument(crate::observe::connection_span("mupdate", &peer.to_string()))
         .await;
     tracing::debug!(?outcome, "mupdate connection ended");
 }
@@ -550,6 +553,7 @@ async fn follow(
                     while let Some(e) = ev_rx.recv().await {
                         match e {
                             follower::Event::Synced { entries } => {
+                                io_tokio::metrics::global().set_mupdate_mailboxes(entries as u64);
                                 tracing::info!(entries, "mupdate slave synced with its master");
                                 synced = true;
                                 first.notify_one();
@@ -623,10 +627,29 @@ async fn serve(args: Args) -> Result<(), Error> {
     }
     // Like Cyrus: the kick socket opens once the database is current.
     tokio::spawn(kick_socket(shared.clone(), shared.upstream.is_none()));
+    // operator: /metrics, SIGHUP re-reads the config when standalone, and
+    // connections drain between commands on shutdown.
+    if let Ok(conf) = Config::load_with(
+        &args.config,
+        &LoadOptions {
+            ident: Some(args.service.clone()),
+            ..LoadOptions::default()
+        },
+    ) {
+        for f in io_tokio::config::lint::check(&conf) {
+            tracing::warn!("{f}");
+        }
+        if let Err(e) = crate::observe::start_metrics(&conf).await {
+            tracing::error!("{e}");
+        }
+    }
+    io_tokio::metrics::global().set_mupdate_mailboxes(shared.db.len() as u64);
+    crate::observe::watch_hangup(args.config.clone(), Some(args.service.clone()));
+    let drain = serve_opts.drain.clone();
     let handler = {
         let shared = shared.clone();
         move |stream: tokio::net::TcpStream, peer: SocketAddr| {
-            connection(shared.clone(), tls.clone(), stream, peer)
+            connection(shared.clone(), tls.clone(), drain.wrap(stream), peer)
         }
     };
     let report = match socket {
@@ -651,13 +674,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // operator: syslog under master(8), else stderr (crate::logging).
+    let log = crate::logging::Setup::new("mupdate", "info", None);
+    if let Some(w) = crate::logging::init(&log) {
+        eprintln!("mupdate: {w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -719,18 +719,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    let level = match (args.verbose, args.log) {
-        (0, false) => "warn",
-        (0, true) | (1, _) => "info",
-        _ => "debug",
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // operator: -v/-l as sync_client(8); syslog under master(8), else stderr.
+    let log =
+        crate::logging::Setup::new("sync_client", "warn", None).verbosity(args.verbose, args.log);
+    if let Some(w) = crate::logging::init(&log) {
+        eprintln!("sync_client: {w}");
+    }
     // -f is a list of names with -u/-m/-s, a log file to replay (then
     // exit) alone or with -r/-1 (sync_client(8)).
     let modes = [
@@ -809,6 +803,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             tokio::time::sleep(Duration::from_secs(w)).await;
         }
         if args.rolling {
+            // operator: /metrics and the sync log backlog gauge while rolling.
+            crate::observe::start_rolling(&args.config, args.channel.clone()).await;
             return rolling(&s, &committer, args.once_connect).await;
         }
         let reader = committer.reader();

@@ -32,6 +32,7 @@ use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
+use tracing::Instrument;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -128,6 +129,7 @@ impl EffectExecutor<Effect> for Exec {
         let shared = self.shared.clone();
         let mut pending_store: Option<oneshot::Receiver<engine::store::Completion>> = None;
         let mut creds = None;
+        crate::observe::csync_effect(&effect);
         match effect {
             Effect::Store(e) => {
                 let wants = matches!(e, StoreEffect::StageEnd { .. } | StoreEffect::Write(_));
@@ -201,11 +203,18 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     opts.user_locks = Some(engine::csync::Locks(shared.locks.clone()));
     let machine = Server::new(now, shared.reader.clone(), opts);
     let (etx, mut erx) = mpsc::channel::<Event>(256);
-    let logger = tokio::spawn(async move {
-        while let Some(e) = erx.recv().await {
-            csync_common::log_event(e);
+    let span = crate::observe::connection_span("sync_server", &peer);
+    let _active = io_tokio::metrics::global().connection_opened("sync_server");
+    let logger_span = span.clone();
+    let logger = tokio::spawn(
+        async move {
+            while let Some(e) = erx.recv().await {
+                crate::observe::csync_event("sync_server", &logger_span, &e);
+                csync_common::log_event(e);
+            }
         }
-    });
+        .instrument(span.clone()),
+    );
     let exec = Exec {
         shared: shared.clone(),
         conn,
@@ -216,6 +225,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .tls(tls)
         .events(etx)
         .run(stream)
+        .instrument(span)
         .await;
     shared.committer.close(conn);
     // The machine releases its locks when it closes; a session that ended
@@ -237,13 +247,6 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     let _ = (args.ssf, args.reuse, args.idle, args.debug);
     let conf = match Config::load(&args.config) {
         Ok(c) => c,
@@ -252,6 +255,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    // operator: logs to syslog or stderr (crate::logging), config findings, metrics.
+    let log = crate::logging::Setup::new("sync_server", "info", Some(&conf));
+    if let Some(w) = crate::logging::init(&log) {
+        eprintln!("sync_server: {w}");
+    }
+    for f in io_tokio::config::lint::check(&conf) {
+        tracing::warn!("{f}");
+    }
     let (mut machine, store_opts) = match settings(&conf, &args) {
         Ok(s) => s,
         Err(e) => {
@@ -315,15 +326,16 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             realm: conf.get_str("sync_realm").map(str::to_owned),
         });
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-            }
+            listen::shutdown_signal(listen::master::is_under_master()).await;
             info!("shutting down");
         };
+        crate::observe::watch_hangup(args.config.clone(), None);
+        if let Err(e) = crate::observe::start_metrics(&conf).await {
+            eprintln!("sync_server: {e}");
+            return ExitCode::from(78);
+        }
         let serve_opts = ServeOptions::default();
+        let drain = serve_opts.drain.clone();
         let main_flavour = if args.imap { Flavour::Imap } else { Flavour::Csync };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shutdown = async move {
@@ -344,10 +356,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             let tls = tls.clone();
             let mut stop = stop_rx.clone();
             let opts = serve_opts.clone();
+            let drain = drain.clone();
             imap_task = Some(tokio::spawn(listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), Flavour::Imap)
+                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), Flavour::Imap)
                 },
                 async move {
                     let _ = stop.wait_for(|v| *v).await;
@@ -368,7 +381,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), main_flavour)
+                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), main_flavour)
                 },
                 shutdown,
                 serve_opts,
@@ -386,7 +399,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, stream, peer.to_string(), tls.clone(), main_flavour)
+                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), main_flavour)
                 },
                 shutdown,
                 serve_opts,

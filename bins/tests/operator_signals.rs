@@ -1,0 +1,192 @@
+//! Signals, on the real binary: `corvid sync_server --listen` is started,
+//! clients connect, and the test sends SIGTERM / SIGHUP with kill(1).
+//!
+//! - SIGTERM: a command whose first bytes arrived before the signal is still
+//!   read whole and answered, then the connection is closed; an idle
+//!   connection is closed; the process exits 0.
+//! - SIGHUP (standalone, not under master): the process keeps serving and
+//!   re-reads imapd.conf; a broken file is reported and the running
+//!   configuration kept.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn corvid() -> &'static str {
+    env!("CARGO_BIN_EXE_corvid")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects, retrying while the daemon starts (bounded: 30 s).
+fn connect(port: u16) -> TcpStream {
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("corvid sync_server never listened on {port}");
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(dir: &Path) -> String {
+    format!(
+        "configdirectory: {d}/conf\npartition-default: {d}/spool\nadmins: repl\nsasl_mech_list: PLAIN\ncorvid_passwd_file: {d}/passwd\n",
+        d = dir.display()
+    )
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+    std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+    let conf = dir.path().join("imapd.conf");
+    std::fs::write(&conf, config_text(dir.path())).unwrap();
+    let mut p = Command::new(corvid())
+        .args(["passwd"])
+        .arg(dir.path().join("passwd"))
+        .arg("repl")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let port = free_port();
+    let log = dir.path().join("log");
+    let child = Command::new(corvid())
+        .args(["sync_server", "-C"])
+        .arg(&conf)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("CORVID_LOG_TARGET", "stderr")
+        .env("CORVID_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon {
+        child,
+        port,
+        log,
+        conf,
+        _dir: dir,
+    }
+}
+
+/// Reads the csync banner up to its `* OK` line.
+fn banner(r: &mut BufReader<TcpStream>) {
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed during banner");
+        if line.starts_with("* OK") {
+            return;
+        }
+    }
+}
+
+fn signal(d: &Daemon, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &d.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits (bounded: 30 s) until the daemon's log holds `needle`.
+fn wait_log(d: &Daemon, needle: &str, occurrences: usize) {
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&d.log).unwrap_or_default();
+        if text.matches(needle).count() >= occurrences {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "no {needle:?} in the log:\n{}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_command_in_flight_then_exits_0() {
+    let mut d = start();
+    let mut busy = BufReader::new(connect(d.port));
+    banner(&mut busy);
+    let mut idle = BufReader::new(connect(d.port));
+    banner(&mut idle);
+    // Half a command is in flight when the signal comes.
+    busy.get_mut().write_all(b"NOO").unwrap();
+    busy.get_mut().flush().unwrap();
+    signal(&d, "-TERM");
+    wait_log(&d, "no longer accepting", 1);
+    // Longer than the drain's idle time: a connection cut mid-command would
+    // have been cut by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    busy.get_mut().write_all(b"P\r\n").unwrap();
+    let mut answer = String::new();
+    busy.read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("OK "), "{answer:?}");
+    // Then the server ends the session (no EXIT was sent).
+    let mut rest = Vec::new();
+    busy.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The idle connection was closed too.
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Both ended by the drain, not cut when the shutdown grace ran out.
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(!log.contains("aborting connections"), "{log}");
+    // No new connection is taken after the signal.
+    assert!(TcpStream::connect(("127.0.0.1", d.port)).is_err());
+}
+
+#[test]
+fn sighup_rereads_the_config_and_keeps_serving() {
+    let d = start();
+    let mut c = BufReader::new(connect(d.port));
+    banner(&mut c);
+    signal(&d, "-HUP");
+    wait_log(&d, "configuration re-read", 1);
+    // A broken file is reported; the daemon keeps the running one.
+    let mut text = std::fs::read_to_string(&d.conf).unwrap();
+    text.push_str("sync_log: perhaps\n");
+    std::fs::write(&d.conf, &text).unwrap();
+    signal(&d, "-HUP");
+    wait_log(&d, "keeping the running one", 1);
+    // Still serving, on the old connection and on a new one.
+    c.get_mut().write_all(b"NOOP\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("OK "), "{answer:?}");
+    let mut n = BufReader::new(connect(d.port));
+    banner(&mut n);
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains(":6: invalid value"), "{log}");
+}
