@@ -646,3 +646,43 @@ fn deletes_and_unsubscribes_travel_both_ways() {
     assert!(!subscribed.lines().any(|l| l == "Work"), "{subscribed}");
     check_same(&lab, &st, "after deletes");
 }
+
+/// Per-flag merge with Dovecot's deltas: after a stateful sync, Dovecot
+/// adds `\Seen` to a message while corvid (with the newer modseq) adds
+/// `\Flagged`. Dovecot exports its change as a delta (`add_flags`); corvid
+/// wins on modseq but keeps the peer's explicit `+\Seen`, and Dovecot's own
+/// merge keeps its delta too: both sides end with both flags in one run,
+/// and the next run changes nothing. (Comparing whole flag sets, corvid
+/// ended with `\Flagged` only while Dovecot kept both, for good.)
+#[test]
+fn concurrent_changes_of_different_flags_both_survive() {
+    let Some(doveadm) = doveadm_or_skip() else {
+        return;
+    };
+    let lab = Lab::new(doveadm, "perflag");
+    lab.put("", "1700000001.M1P1.vm", "", &msg("p1", "one", "x\n"));
+    let st: Store = Rc::new(RefCell::new(MemStore::default()));
+    let o = lab.sync(&st, Mode::TwoWay, Some(SyncState::default()));
+    assert_eq!(o.error, None);
+    let state = o.state.expect("a state");
+    lab.doveadm(&["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "1"]);
+    // Several changes on corvid's side: its modseq is the newer one.
+    for f in [
+        SystemFlags::ANSWERED,
+        SystemFlags::FLAGGED | SystemFlags::ANSWERED,
+        SystemFlags::DRAFT,
+        SystemFlags::FLAGGED,
+        SystemFlags::FLAGGED,
+        SystemFlags::FLAGGED,
+    ] {
+        set_flags(&st, "INBOX", 1, f);
+    }
+    let o = lab.sync(&st, Mode::TwoWay, Some(state));
+    assert_eq!(o.error, None);
+    let want = ["INBOX 1 \\Flagged,\\Seen <p1@corvid>".to_string()];
+    assert_eq!(corvid_fetch(&st), want, "corvid side");
+    assert_eq!(lab.fetch(), want, "Dovecot side");
+    let o = lab.sync(&st, Mode::TwoWay, o.state);
+    assert_eq!(o.error, None);
+    check_same(&lab, &st, "next run");
+}

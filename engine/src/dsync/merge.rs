@@ -726,7 +726,58 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
     plan
 }
 
-/// The flags a message both sides have should end with, if ours lose.
+/// The peer's explicit per-flag deltas in a change (`add_flags`,
+/// `remove_flags`, `+kw`/`&kw`, `-kw`): what it changed since the last
+/// sync, as Dovecot exports from its transaction log. `None` when it sent
+/// only final flags (corvid, or a full sync).
+pub fn change_deltas(c: &MailChange) -> Option<(Flags, Flags)> {
+    let mut add = Flags::with(flags_from_wire(c.add_flags), []);
+    let mut remove = Flags::with(flags_from_wire(c.remove_flags), []);
+    for e in &c.keyword_changes {
+        let Some((kind, kw)) = KeywordChangeKind::parse(e) else {
+            continue;
+        };
+        let Ok(k) = Keyword::new(kw) else { continue };
+        match kind {
+            KeywordChangeKind::Add | KeywordChangeKind::AddAndFinal => {
+                add.insert_keyword(k);
+            }
+            KeywordChangeKind::Remove => {
+                remove.insert_keyword(k);
+            }
+            KeywordChangeKind::Final => {}
+        }
+    }
+    let empty = Flags::new();
+    (add != empty || remove != empty).then_some((add, remove))
+}
+
+/// `base` with the peer's deltas applied flag by flag.
+fn apply_deltas(base: &Flags, add: &Flags, remove: &Flags) -> Flags {
+    let mut out = base.clone();
+    out.system.insert(add.system);
+    out.system.remove(remove.system);
+    for k in add.keywords() {
+        out.insert_keyword(k.clone());
+    }
+    for k in remove.keywords() {
+        out.remove_keyword(k);
+    }
+    out
+}
+
+/// The flags a message both sides have should end with here, when they
+/// differ from ours.
+///
+/// Per flag, as Dovecot's importer merges (`merge_flags`): the side that
+/// wins (rule 5: with a state the side that changed since; else the higher
+/// modseq; tie: the master) decides every flag, except the flags the
+/// losing peer explicitly added or removed since the last sync (its
+/// deltas), which stay changed. corvid keeps no per-flag history of its
+/// own, so only the peer's deltas count; corvid sends final flags only,
+/// and Dovecot's merge then keeps its own deltas in the same way, so both
+/// sides end equal in one run. (A flag both sides changed in opposite
+/// directions ends as the peer's delta says.)
 fn winner_flags(inp: &MailInputs<'_>, r: &Record, c: &MailChange) -> Option<Flags> {
     let theirs = change_flags(c);
     if theirs == r.flags {
@@ -746,7 +797,17 @@ fn winner_flags(inp: &MailInputs<'_>, r: &Record, c: &MailChange) -> Option<Flag
             }
         }
     };
-    remote_wins.then_some(theirs)
+    if remote_wins {
+        return Some(theirs);
+    }
+    // Ours win, but not over the peer's own explicit changes (two-way
+    // only: a backup source never takes anything).
+    if inp.mode != Mode::TwoWay {
+        return None;
+    }
+    let (add, remove) = change_deltas(c)?;
+    let merged = apply_deltas(&r.flags, &add, &remove);
+    (merged != r.flags).then_some(merged)
 }
 
 fn merge_flags(plan: &mut MailPlan, inp: &MailInputs<'_>, r: &Record, c: &MailChange) {

@@ -54,6 +54,12 @@
 //!    (sent with Dovecot's 128-bit GUID hash) beats a concurrent flag
 //!    change. Flags: with a state, the side that changed since it wins; if
 //!    both did, or without a state, the higher modseq wins, tie: master.
+//!    Per flag, as Dovecot's importer merges: flags the losing peer
+//!    explicitly added or removed since the last sync (its `add_flags`,
+//!    `remove_flags`, `+kw`/`-kw` deltas) stay changed
+//!    ([`merge::change_deltas`]); corvid keeps no per-flag history, so it
+//!    sends final flags, and Dovecot's merge keeps its own deltas the same
+//!    way: both sides end equal in one run.
 //!    Bodies travel only on request (`R`), in bounded chunks.
 //! 6. **Backup** (`-R` reverses direction): the source is never written.
 //!    The destination ends identical to the source: mailboxes and messages
@@ -97,9 +103,9 @@
 //! list is sent, received ones are ignored); header-hash matching
 //! (`hdr_hash`, for GUID-less backends) is not implemented; the state's
 //! `last_common_modseq` is the minimum of both sides' (safe: exports a
-//! superset), and flag merges use final flags with modseqs, not Dovecot's
-//! per-flag add/remove deltas (a concurrent add on one side and an
-//! unrelated add on the other resolve to the newer side's whole set).
+//! superset); corvid sends no flag deltas of its own (it keeps no per-flag
+//! history), so between two corvid brains concurrent changes of different
+//! flags of one message still resolve to the winning side's whole set.
 
 pub mod brain;
 pub mod merge;
