@@ -346,3 +346,37 @@ fn a_slow_but_live_dump_is_not_cut() {
         assert!(!f.is_closed(), "cut off after {i} slow dump lines");
     }
 }
+
+/// `Synced` means the dump is stored: it is reported when the Replace
+/// effect completes, not when it is issued (a daemon opens to clients, and
+/// a frontend routes, on Synced).
+#[test]
+fn synced_waits_for_the_dump_to_be_stored() {
+    let banner = "* AUTH \"PLAIN\"\r\n* OK MUPDATE \"m\" \"Cyrus IMAP\" \"3.6.1\" \"(master)\"\r\n";
+    let mut f = Follower::new(Time::ZERO, opts("fe1", "secret"));
+    let mut events = Vec::new();
+    let mut effects = Vec::new();
+    let drain = |f: &mut Follower, events: &mut Vec<FEvent>, effects: &mut Vec<_>| {
+        machine::drain(f, |o| match o {
+            Output::Effect { id, .. } => effects.push(id),
+            Output::Event(e) => events.push(e),
+            _ => {}
+        })
+    };
+    f.handle_input(Time::ZERO, banner.as_bytes());
+    drain(&mut f, &mut events, &mut effects);
+    f.handle_input(Time::ZERO, b"A01 OK \"Authenticated\"\r\n");
+    f.handle_input(
+        Time::ZERO,
+        b"U01 RESERVE {8+}\r\nuser.zed {4+}\r\nbe!p\r\nU01 OK \"streaming starts\"\r\n",
+    );
+    drain(&mut f, &mut events, &mut effects);
+    assert_eq!(events, vec![FEvent::Authenticated]);
+    assert_eq!(effects.len(), 1, "the Replace");
+    f.handle_completion(Time::ZERO, effects[0], FCompletion::Done);
+    drain(&mut f, &mut events, &mut effects);
+    assert_eq!(
+        events,
+        vec![FEvent::Authenticated, FEvent::Synced { entries: 1 }]
+    );
+}

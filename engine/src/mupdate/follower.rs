@@ -141,6 +141,8 @@ pub struct Follower {
     dump: Vec<Entry>,
     ids: EffectIds,
     in_flight: usize,
+    /// The dump's Replace effect and its size, until it completes.
+    replace_pending: Option<(EffectId, usize)>,
     outputs: VecDeque<Output<Effect, Event>>,
     out: Vec<u8>,
     noop_seq: u64,
@@ -175,6 +177,7 @@ impl Follower {
             dump: Vec::new(),
             ids: EffectIds::default(),
             in_flight: 0,
+            replace_pending: None,
             outputs: VecDeque::new(),
             out: Vec::new(),
             noop_seq: 0,
@@ -285,9 +288,12 @@ impl Follower {
                 if r.status == Status::Ok {
                     let dump = std::mem::take(&mut self.dump);
                     let n = dump.len();
-                    self.effect(Effect::Replace(dump));
+                    // Synced is reported when the Replace completes: a
+                    // daemon that opens to clients (and a frontend that
+                    // routes) on Synced must find the dump stored.
+                    let id = self.effect(Effect::Replace(dump));
+                    self.replace_pending = Some((id, n));
                     self.phase = Phase::Streaming;
-                    self.push(Output::Event(Event::Synced { entries: n }));
                     if self.kick_wanted > 0 {
                         {
                             let k = std::mem::take(&mut self.kick_wanted);
@@ -469,11 +475,17 @@ impl Machine for Follower {
         self.last_traffic = now;
     }
 
-    fn handle_completion(&mut self, _now: Time, _id: EffectId, completion: Completion) {
+    fn handle_completion(&mut self, _now: Time, id: EffectId, completion: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Completion::Failed(e) = completion {
             self.close(CloseReason::EffectFailed(e));
             return;
+        }
+        if let Some((want, entries)) = self.replace_pending {
+            if want == id {
+                self.replace_pending = None;
+                self.push(Output::Event(Event::Synced { entries }));
+            }
         }
         self.report_kicks();
     }
