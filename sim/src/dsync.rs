@@ -145,6 +145,11 @@ struct World {
     generated: BTreeMap<Guid, Bytes>,
     expunges_tried: BTreeSet<Guid>,
     deletes_tried: BTreeSet<MailboxGuid>,
+    deleted_guids: BTreeSet<Guid>,
+    /// Where and when each message was appended.
+    append_names: BTreeMap<Guid, (MailboxName, Time)>,
+    /// Deletes attempted: name and time.
+    deleted_names: Vec<(MailboxName, Time)>,
     keywords_tried: BTreeSet<(Guid, Vec<u8>)>,
     checkers: Vec<NodeChecker>,
     checked_changes: Vec<u64>,
@@ -199,6 +204,9 @@ impl World {
             generated: BTreeMap::new(),
             expunges_tried: BTreeSet::new(),
             deletes_tried: BTreeSet::new(),
+            deleted_guids: BTreeSet::new(),
+            append_names: BTreeMap::new(),
+            deleted_names: Vec::new(),
             keywords_tried: BTreeSet::new(),
             checkers: (0..n).map(|_| NodeChecker::default()).collect(),
             checked_changes: vec![0; n],
@@ -329,6 +337,7 @@ impl World {
                 );
                 r.savedate = at;
                 append = Some((mb.guid, guid));
+                self.append_names.insert(guid, (mb.name.clone(), self.now));
                 what = format!(
                     "append {} uid {} {}",
                     mb.name.to_lossy(),
@@ -403,6 +412,12 @@ impl World {
                 });
             } else if roll < 96 && mb.name.as_bytes() != b"INBOX" {
                 self.deletes_tried.insert(mb.guid);
+                // The messages the user saw in it go with it (rule 3
+                // rescues only those the deleting node never saw); the
+                // mailbox's GUID may have changed since an append (rule 2),
+                // so the ledger goes by message.
+                self.deleted_guids.extend(live.iter().map(|r| r.guid));
+                self.deleted_names.push((mb.name.clone(), self.now));
                 what = format!("delete {}", mb.name.to_lossy());
                 muts.push(Mutation::DeleteMailbox {
                     uniqueid: mb.uniqueid.clone(),
@@ -821,10 +836,19 @@ impl World {
                 }
             }
             for (at, m, g) in &self.acked_appends {
-                if self.expunges_tried.contains(g) || self.deletes_tried.contains(m) {
+                if self.expunges_tried.contains(g)
+                    || self.deletes_tried.contains(m)
+                    || self.deleted_guids.contains(g)
+                {
                     continue;
                 }
-                if !present.contains(g) {
+                // corvid's rule 3: a delete beats mail saved before it
+                // that the deleting node had not seen (only newer mail is
+                // rescued); a stateless sync cannot tell unseen from seen.
+                let beaten = self.append_names.get(g).is_some_and(|(name, at)| {
+                    self.deleted_names.iter().any(|(d, t)| d == name && t >= at)
+                });
+                if !present.contains(g) && !beaten {
                     self.violation(format!("n{n}: acknowledged append {g} (on n{at}) is lost"));
                 }
             }
