@@ -15,6 +15,6 @@ if [ -z "${SIM_SEED:-}" ]; then
   export SIM_SEEDS="${SIM_SEEDS:-0..10000}"
 fi
 start=$(date +%s)
-cargo test --release -p sim --test world_csync --test world_dsync -- --test-threads="${SIM_THREADS:-2}" --nocapture 2>&1 \
+cargo test --release --no-fail-fast -p sim --test world_csync --test world_dsync -- --test-threads="${SIM_THREADS:-2}" --nocapture 2>&1 \
   | grep -v '^\s*$'
 echo "sim.sh: seeds ${SIM_SEED:-$SIM_SEEDS} done in $(( $(date +%s) - start )) s (including the build)"
