@@ -18,6 +18,20 @@
 # CORVID=path picks the binary (default: a release build under
 # $CARGO_TARGET_DIR or target/, built if missing). Wall-clock seconds of
 # one run each on a shared machine: compare within one run only.
+#
+# Last run (session 2, release build, loaded 2-core machine, N=1000 with 20
+# folders; the 10,000-message run was stopped: corvid copies ~25 msg/s):
+#   1. first backup     local 3.79 s vs 23.6 s (6.2x)   pipe 13.5 s vs 52.0 s (3.9x)
+#   2. no-change        local 0.15 s vs 0.47 s (3.0x)   pipe 0.11 s vs 0.76 s (6.8x)
+#   3. after changes    local 0.64 s vs 39.6 s (62x)
+# Both tools' results identical after every step. corvid is far from the
+# goal (<=0.3x / <=0.5x): its maildir writer makes every message and every
+# flag change durable on its own (about six fsyncs, a whole-uidlist and
+# sidecar rewrite each), where Dovecot commits about every 100 messages.
+# The fix is a batch append/flag API in store::maildir (one lock, one
+# uidlist and sidecar write, one directory fsync per batch).
+# The untimed warm-up runs one corvid backup of the source (builds its
+# sidecars); at 10,000 messages it alone takes minutes.
 set -euo pipefail
 
 N=${1:-10000}
