@@ -207,8 +207,19 @@ pub(crate) fn plan_user<R: MailRead + ?Sized>(
     }
     steps.extend(reserve_steps(read, ctx, &local, replica, available)?);
     let local_ids: BTreeSet<&UniqueId> = local.iter().map(|m| &m.uniqueid).collect();
+    // A replica mailbox we deleted may carry an older name than our
+    // tombstone (renamed here, then deleted, before a sync): match the
+    // tombstone by uniqueid too, or the replica keeps it forever (found by
+    // the simulator, sim/README.md).
+    let buried: BTreeSet<UniqueId> = read
+        .tombstones_of_user(user)?
+        .into_iter()
+        .map(|t| t.uniqueid)
+        .collect();
     for (id, rm) in &replica.mailboxes {
-        if !local_ids.contains(id) && !read.tombstones_named(&rm.name)?.is_empty() {
+        if !local_ids.contains(id)
+            && (buried.contains(id) || !read.tombstones_named(&rm.name)?.is_empty())
+        {
             steps.push(unmailbox(ctx, &rm.name));
         }
     }
