@@ -891,13 +891,11 @@ fn sync_server_oversized_line() {
     csync_oversized_line(Kind::SyncServer, 512 * 1024);
 }
 
-/// FINDING (issue #10, engine/src/csync/server.rs, not fixed here): before
-/// authentication the csync framer still allows 128 MiB lines, so 1,024
-/// unauthenticated connections could make the daemon hold 128 GiB. Cyrus
-/// limits what an unauthenticated client may send; the machine should
-/// frame with a small line limit (e.g. 64 KiB) until AUTHENTICATE succeeds.
+/// W1 (fixed): before authentication the csync framer allowed 128 MiB
+/// lines, so 1,024 unauthenticated connections could make the daemon hold
+/// 128 GiB. The machine now frames with a small line limit (64 KiB) until
+/// AUTHENTICATE succeeds.
 #[test]
-#[ignore = "finding: pre-auth csync lines may be 128 MiB (see SECURITY.md)"]
 fn sync_server_preauth_line_is_small() {
     csync_oversized_line(Kind::SyncServer, RSS_MAX_KB);
 }

@@ -438,6 +438,14 @@ impl Framer {
         &self.opts
     }
 
+    /// Changes the line limit from now on; the line being read counts
+    /// against the new limit. Servers read an unauthenticated peer with a
+    /// small limit and raise it after login, so that a stranger cannot make
+    /// them buffer a 128 MiB line.
+    pub fn set_line_bytes_max(&mut self, line_bytes_max: usize) {
+        self.opts.line_bytes_max = line_bytes_max;
+    }
+
     /// Hands received bytes to the framer (copied). Follow with
     /// [`Framer::poll_event`] until `Ok(None)`.
     pub fn handle_input(&mut self, input: &[u8]) {

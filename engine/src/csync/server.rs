@@ -107,8 +107,13 @@ pub struct Options {
     pub failed_login_pause: Duration,
     /// A session silent this long is closed (Cyrus `sync_timeout`, 30 min).
     pub idle_timeout: Option<Duration>,
-    /// Framer limits.
+    /// Framer limits (after login).
     pub frame: frame::Options,
+    /// Longest line taken from a peer that has not logged in yet: before
+    /// login only short commands (AUTHENTICATE, STARTTLS, COMPRESS,
+    /// CAPABILITY, EXIT) make sense, and a stranger must not make the server
+    /// buffer `frame.line_bytes_max` (128 MiB) per connection.
+    pub preauth_line_bytes_max: usize,
     /// SASL limits.
     pub sasl: sasl::Options,
     /// Partitions this replica has; a file literal or mailbox naming
@@ -205,6 +210,7 @@ impl Default for Options {
             failed_login_pause: Duration::from_secs(3),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             frame: frame::Options::csync(),
+            preauth_line_bytes_max: 64 * 1024,
             sasl: sasl::Options::default(),
             partitions: Vec::new(),
             epoch_unix: UnixTime::ZERO,
@@ -366,6 +372,12 @@ impl Decoder {
             Decoder::Csync(d) => d.handle_eof(),
             Decoder::Imap(d) => d.handle_eof(),
         };
+    }
+    fn set_line_bytes_max(&mut self, line_bytes_max: usize) {
+        match self {
+            Decoder::Csync(d) => d.set_line_bytes_max(line_bytes_max),
+            Decoder::Imap(d) => d.set_line_bytes_max(line_bytes_max),
+        }
     }
     fn take_unconsumed(&mut self) -> BytesMut {
         match self {
@@ -545,6 +557,8 @@ impl<R: MailRead> Server<R> {
             ),
             Flavour::Imap => Decoder::Imap(ImapServerDecoder::new()),
         };
+        let mut decoder = decoder;
+        decoder.set_line_bytes_max(opts.preauth_line_bytes_max.min(opts.frame.line_bytes_max));
         let mut s = Server {
             read,
             decoder,
@@ -2094,6 +2108,8 @@ impl<R: MailRead> Machine for Server<R> {
                 match result {
                     Some(ok) => {
                         self.phase = Phase::Auth { admin: ok.admin };
+                        self.decoder
+                            .set_line_bytes_max(self.opts.frame.line_bytes_max);
                         let ssf = if self.tls_active {
                             "tls protection"
                         } else {

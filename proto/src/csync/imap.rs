@@ -260,6 +260,13 @@ impl ImapServerDecoder {
         })
     }
 
+    /// Changes the line limit from now on (see
+    /// [`crate::frame::Framer::set_line_bytes_max`]): servers keep it small
+    /// until the peer has logged in.
+    pub fn set_line_bytes_max(&mut self, line_bytes_max: usize) {
+        self.stream.framer().set_line_bytes_max(line_bytes_max);
+    }
+
     /// Received bytes.
     pub fn handle_input(&mut self, input: &[u8]) {
         self.stream.framer().handle_input(input);
