@@ -11,8 +11,8 @@
 //! group commit.
 #![forbid(unsafe_code)]
 
-pub mod cyrusdb;
 pub mod backup;
+pub mod cyrusdb;
 pub mod embedded;
 pub mod maildir;
 pub mod mupdate;

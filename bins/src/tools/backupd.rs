@@ -49,10 +49,10 @@ use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
-use tracing::Instrument;
 use store::backup::Backup;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use tracing::{error, info};
 
 /// Cyrus backup server (csync target keeping restorable backups).
@@ -494,7 +494,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 {
                     let life = life.clone();
                     move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string()))
+                        life.clone().track(run_connection(
+                            s.clone(),
+                            epoch,
+                            drain.wrap(stream),
+                            peer.to_string(),
+                        ))
                     }
                 },
                 shutdown,
@@ -515,7 +520,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 {
                     let life = life.clone();
                     move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string()))
+                        life.clone().track(run_connection(
+                            s.clone(),
+                            epoch,
+                            drain.wrap(stream),
+                            peer.to_string(),
+                        ))
                     }
                 },
                 shutdown,
@@ -523,7 +533,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             )
             .await;
         } else {
-            run_connection(shared.clone(), epoch, io_tokio::driver::stdio(), "stdin".into()).await;
+            run_connection(
+                shared.clone(),
+                epoch,
+                io_tokio::driver::stdio(),
+                "stdin".into(),
+            )
+            .await;
         }
         ExitCode::SUCCESS
     });

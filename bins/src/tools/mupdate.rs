@@ -65,10 +65,10 @@ use io_tokio::auth::{Access, CheckContext, PwCheck};
 use io_tokio::config::{Config, LoadOptions};
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
-use tracing::Instrument;
 use io_tokio::tls::{TlsConfigs, TlsFiles};
 use store::mupdate::{Delivery, MupdateDb, Subscriber};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// MUPDATE server (Cyrus Murder): master (-m) or slave.
 #[derive(Debug, Parser)]
@@ -340,7 +340,10 @@ async fn connection(
         .tls(tls)
         .peer(peer)
         .run(stream)
-        .instrument(crate::observe::connection_span("mupdate", &peer.to_string()))
+        .instrument(crate::observe::connection_span(
+            "mupdate",
+            &peer.to_string(),
+        ))
         .await;
     tracing::debug!(?outcome, "mupdate connection ended");
 }

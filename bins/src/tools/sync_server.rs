@@ -32,10 +32,10 @@ use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
-use tracing::Instrument;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
+use tracing::Instrument;
 
 /// Cyrus replication replica (csync).
 #[derive(Debug, Parser)]
@@ -336,7 +336,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
         let serve_opts = ServeOptions::default();
         let drain = serve_opts.drain.clone();
-        let main_flavour = if args.imap { Flavour::Imap } else { Flavour::Csync };
+        let main_flavour = if args.imap {
+            Flavour::Imap
+        } else {
+            Flavour::Csync
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
@@ -360,7 +364,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             imap_task = Some(tokio::spawn(listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), Flavour::Imap)
+                    run_connection(
+                        s.clone(),
+                        epoch,
+                        drain.wrap(stream),
+                        peer.to_string(),
+                        tls.clone(),
+                        Flavour::Imap,
+                    )
                 },
                 async move {
                     let _ = stop.wait_for(|v| *v).await;
@@ -381,7 +392,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), main_flavour)
+                    run_connection(
+                        s.clone(),
+                        epoch,
+                        drain.wrap(stream),
+                        peer.to_string(),
+                        tls.clone(),
+                        main_flavour,
+                    )
                 },
                 shutdown,
                 serve_opts,
@@ -399,7 +417,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             listen::serve(
                 listener,
                 move |stream, peer: SocketAddr| {
-                    run_connection(s.clone(), epoch, drain.wrap(stream), peer.to_string(), tls.clone(), main_flavour)
+                    run_connection(
+                        s.clone(),
+                        epoch,
+                        drain.wrap(stream),
+                        peer.to_string(),
+                        tls.clone(),
+                        main_flavour,
+                    )
                 },
                 shutdown,
                 serve_opts,
