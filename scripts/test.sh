@@ -28,4 +28,9 @@ if [ $peers = 1 ]; then
   trap 'bash scripts/peers/stop.sh' EXIT
   bash scripts/peers/start.sh
 fi
-cargo test --workspace --no-fail-fast
+status=0
+cargo test --workspace --no-fail-fast || status=$?
+# The tier-1 simulator: 10,000 seeds per scenario in a release build
+# (sim/README.md); runs even when a test above failed, so one run shows both.
+bash scripts/sim.sh || status=$?
+exit $status
