@@ -430,22 +430,27 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
         }
         c.args(args).output().unwrap()
     };
-    // A fresh mail user of this test's own, able to log in (sasldb).
+    // Fresh mail users of this test's own, able to log in (sasldb): `user`,
+    // and `other`, so that `-A` below has a second user with mail whatever
+    // other tests did (or did not yet do) on the shared peers.
+    let other = format!("{user}x");
     let db = Path::new(&env["CORVID_PEERS_RUN"]).join("sasldb2");
-    for realm in [&env["MASTER_NAME"], &env["REPLICA_NAME"]] {
-        let mut c = Command::new("saslpasswd2")
-            .args(["-p", "-c", "-f"])
-            .arg(&db)
-            .args(["-u", realm, &user])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("saslpasswd2");
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(env["USER_PASS"].as_bytes())
-            .unwrap();
-        assert!(c.wait().unwrap().success(), "saslpasswd2 {user}");
+    for who in [&user, &other] {
+        for realm in [&env["MASTER_NAME"], &env["REPLICA_NAME"]] {
+            let mut c = Command::new("saslpasswd2")
+                .args(["-p", "-c", "-f"])
+                .arg(&db)
+                .args(["-u", realm, who.as_str()])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("saslpasswd2");
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(env["USER_PASS"].as_bytes())
+                .unwrap();
+            assert!(c.wait().unwrap().success(), "saslpasswd2 {who}");
+        }
     }
     let _ = Command::new("chown").arg("cyrus:mail").arg(&db).status();
     let mail = repo().join("scripts/peers/mail.py");
@@ -558,6 +563,17 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
     std::fs::write(&b.conf, conf).unwrap();
     // -A (every user of the master) into the same backupd: exit 0 and the
     // user is still listed, with its two mailboxes.
+    for args in [
+        vec![mail, "mkuser", &other],
+        vec![mail, "lmtp", &other, "2"],
+    ] {
+        let out = run("python3", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = run(
         "bash",
         &[
@@ -584,7 +600,11 @@ fn real_sync_client_backs_up_into_corvid_backupd() {
     );
     // Each user's backup holds that user's mail only (Cyrus 3.6.1 filed
     // every user's mail into every backup open on the connection).
-    assert!(list.lines().count() > 2, "-A backed up more users: {list}");
+    assert!(
+        list.lines()
+            .any(|l| l.split('\t').next() == Some(other.as_str())),
+        "-A backed up the second user too: {list}"
+    );
     let (ok, shown) = tool(&b.conf, &["backup", "show", &user]);
     assert!(ok, "{shown}");
     let own = format!("mailbox\tuser.{user}");
