@@ -1057,6 +1057,12 @@ fn restore_at_an_earlier_time_into_a_fresh_real_cyrus() {
     assert_eq!(after_imap, before_imap, "IMAP view differs");
     let (ok, v) = tool(&b.conf, &["backup", "verify"]);
     assert!(ok, "{v}");
+    // The restored user now lives on the shared replica with mailboxes the
+    // master's own replication never created (its #sieve has another
+    // uniqueid): a later `sync_client -A` of another test would stop on it
+    // with IMAP_MAILBOX_MOVED. Remove the user from both.
+    run("python3", &[mail, "deluser", &user]);
+    run("python3", &[mail, "--inst", "replica", "deluser", &user]);
 }
 
 /// Waits (bounded, as a hang guard only) for the daemon to exit by itself.

@@ -119,8 +119,13 @@ START {
   recover cmd="ctl_cyrusdb -C $P/imapd.conf -r"
 }
 SERVICES {
+  # -U 1: one connection per sync_server process. Cyrus 3.6.1 keeps APPLY
+  # FORCE's mode (opt_force) for the life of a reused process, so a client
+  # that sent it (sync_client -O, corvid restore) made every later session
+  # forced too: it then accepted a lower LAST_UID and died on an assertion
+  # (mailbox.c:4528), seen in a CI run.
   imap       cmd="imapd -C $P/imapd.conf"       listen="$PEERS_HOST:$REPLICA_IMAP_PORT"  prefork=0 maxchild=20
-  syncserver cmd="sync_server -C $P/imapd.conf" listen="$PEERS_HOST:$REPLICA_CSYNC_PORT" prefork=0 maxchild=10
+  syncserver cmd="sync_server -U 1 -C $P/imapd.conf" listen="$PEERS_HOST:$REPLICA_CSYNC_PORT" prefork=0 maxchild=10
 }
 EVENTS {
   checkpoint cmd="ctl_cyrusdb -C $P/imapd.conf -c" period=30
@@ -145,7 +150,7 @@ START {
 }
 SERVICES {
   imap       cmd="imapd -C $P2/imapd.conf"       listen="$PEERS_HOST:$REPLICA2_IMAP_PORT"  prefork=0 maxchild=20
-  syncserver cmd="sync_server -C $P2/imapd.conf" listen="$PEERS_HOST:$REPLICA2_CSYNC_PORT" prefork=0 maxchild=10
+  syncserver cmd="sync_server -U 1 -C $P2/imapd.conf" listen="$PEERS_HOST:$REPLICA2_CSYNC_PORT" prefork=0 maxchild=10
 }
 EVENTS {
   checkpoint cmd="ctl_cyrusdb -C $P2/imapd.conf -c" period=30
