@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 use super::csync_common;
-use engine::csync::{Completion, Effect, Event, Options as MachineOptions, Server};
+use engine::csync::{Completion, Effect, Options as MachineOptions, Server};
 use engine::machine::Time;
 use engine::model::{MailboxName, UniqueId, UnixTime, UserId};
 use engine::store::{MailRead, Mutation, StoreEffect, WriteBatch};
@@ -51,7 +51,7 @@ use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
 use store::backup::Backup;
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 use tracing::{error, info};
 
@@ -275,19 +275,9 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let conn = shared.committer.connection();
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
     let machine = Server::new(now, shared.reader.clone(), shared.machine.clone());
-    let (etx, mut erx) = mpsc::channel::<Event>(256);
     let span = crate::observe::connection_span("backupd", &peer);
     let _active = io_tokio::metrics::global().connection_opened("backupd");
-    let logger_span = span.clone();
-    let logger = tokio::spawn(
-        async move {
-            while let Some(e) = erx.recv().await {
-                crate::observe::csync_event("backupd", &logger_span, &e);
-                csync_common::log_event(e);
-            }
-        }
-        .instrument(span.clone()),
-    );
+    let (etx, logger) = csync_common::spawn_event_logger("backupd", &span);
     let exec = Exec {
         shared: shared.clone(),
         conn,

@@ -227,6 +227,32 @@ async fn login_with(
     }
 }
 
+/// Spawns the task that logs one session's machine events and counts them
+/// in the metrics (`service`: "sync_server" or "backupd"), inside the
+/// connection's span. The driver sends on the returned channel; await the
+/// handle after the driver ends so the last events are logged.
+pub fn spawn_event_logger(
+    service: &'static str,
+    span: &tracing::Span,
+) -> (
+    tokio::sync::mpsc::Sender<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tracing::Instrument;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+    let logger_span = span.clone();
+    let handle = tokio::spawn(
+        async move {
+            while let Some(e) = rx.recv().await {
+                crate::observe::csync_event(service, &logger_span, &e);
+                log_event(e);
+            }
+        }
+        .instrument(span.clone()),
+    );
+    (tx, handle)
+}
+
 /// One log line per machine event.
 pub fn log_event(e: Event) {
     match e {

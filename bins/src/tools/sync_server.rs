@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 use super::csync_common;
-use engine::csync::{Completion, Effect, Event, Flavour, Options as MachineOptions, Server};
+use engine::csync::{Completion, Effect, Flavour, Options as MachineOptions, Server};
 use engine::machine::Time;
 use engine::model::UnixTime;
 use engine::store::StoreEffect;
@@ -33,7 +33,7 @@ use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::info;
 use tracing::Instrument;
 
@@ -202,19 +202,9 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     opts.session = conn.get();
     opts.user_locks = Some(engine::csync::Locks(shared.locks.clone()));
     let machine = Server::new(now, shared.reader.clone(), opts);
-    let (etx, mut erx) = mpsc::channel::<Event>(256);
     let span = crate::observe::connection_span("sync_server", &peer);
     let _active = io_tokio::metrics::global().connection_opened("sync_server");
-    let logger_span = span.clone();
-    let logger = tokio::spawn(
-        async move {
-            while let Some(e) = erx.recv().await {
-                crate::observe::csync_event("sync_server", &logger_span, &e);
-                csync_common::log_event(e);
-            }
-        }
-        .instrument(span.clone()),
-    );
+    let (etx, logger) = csync_common::spawn_event_logger("sync_server", &span);
     let exec = Exec {
         shared: shared.clone(),
         conn,
