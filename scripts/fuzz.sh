@@ -9,7 +9,7 @@
 # One target runs at a time (the machine has 2 shared cores), under
 # `nice -n 19`. Each run appends one line to $CARGO_TARGET_DIR/fuzz-stats.tsv:
 # date, target, wall seconds, executions, coverage, features, corpus size,
-# crashes — fuzz/README.md's table is summed from it (`--stats`).
+# crashes, CPU seconds — fuzz/README.md's table is summed from it (`--stats`).
 #
 # Works on the stable toolchain: cargo-fuzz (`cargo install cargo-fuzz`) is
 # run with RUSTC_BOOTSTRAP=1 and `--sanitizer none` (corvid has no unsafe
@@ -53,9 +53,16 @@ run() {
     before=$(ls "$art" | wc -l)
     start=$(date +%s)
     echo "== $t: ${secs}s (log $log)"
-    nice -n 19 "$bin/$t" "$work" "corpus/seeds/$t" "corpus/fuzz/$t" "corpus/regressions/$t" \
+    # CPU seconds (user+sys) of the fuzzer: at nice 19 on a shared machine
+    # wall time overstates the work done, so the table counts CPU time too.
+    local cpu_file
+    cpu_file=$(mktemp)
+    { TIMEFORMAT='%U %S'; time nice -n 19 "$bin/$t" "$work" "corpus/seeds/$t" "corpus/fuzz/$t" "corpus/regressions/$t" \
         "${dict[@]}" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -timeout=30 \
-        -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+        -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1 || rc=$?; } 2>"$cpu_file"
+    local cpu
+    cpu=$(awk '{printf "%d", $1 + $2}' "$cpu_file")
+    rm -f "$cpu_file"
     end=$(date +%s)
     after=$(ls "$art" | wc -l)
     local execs cov ft corp
@@ -63,8 +70,8 @@ run() {
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
     corp=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$((end - start))" \
-        "${execs:-0}" "${cov:-0}" "${ft:-0}" "${corp:-0}" "$((after - before))" >>"$stats"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$((end - start))" \
+        "${execs:-0}" "${cov:-0}" "${ft:-0}" "${corp:-0}" "$((after - before))" "${cpu:-0}" >>"$stats"
     tail -n 8 "$log"
     if [ "$after" -gt "$before" ] || [ "$rc" -ne 0 ]; then
         echo "!! $t: exit $rc, crash artifacts in $art"
@@ -116,8 +123,8 @@ case "${1:-}" in
     ;;
 --stats)
     # Per target: runs, wall hours, executions, last coverage, crashes.
-    awk -F'\t' '{r[$2]++; w[$2]+=$3; e[$2]+=$4; c[$2]=$5; x[$2]+=$8}
-        END {for (t in r) printf "%s\t%d runs\t%.2f h\t%d execs\tcov %s\t%d crashes\n", t, r[t], w[t]/3600, e[t], c[t], x[t]}' \
+    awk -F'\t' '{r[$2]++; w[$2]+=$3; e[$2]+=$4; c[$2]=$5; x[$2]+=$8; u[$2]+=$9}
+        END {for (t in r) printf "%s\t%d runs\t%.2f h wall\t%.2f h cpu\t%d execs\tcov %s\t%d crashes\n", t, r[t], w[t]/3600, u[t]/3600, e[t], c[t], x[t]}' \
         "$stats" | sort
     ;;
 *)
