@@ -453,3 +453,70 @@ fn a_slave_answers_noop_only_after_kicking_its_master() {
         "N1 OK \"Noop done\"\r\nF1 OK \"Search completed\"\r\n"
     );
 }
+
+/// W6: with Cyrus's default `allowplaintext: no` the daemon gives an empty
+/// clear-text list: the banner says a bare `* AUTH` (what Cyrus sends with
+/// no mechanism), PLAIN is refused in the clear, and after STARTTLS the
+/// re-sent banner offers it and it works.
+#[test]
+fn plain_is_offered_and_accepted_only_under_tls_when_the_clear_list_is_empty() {
+    let opts = Options {
+        starttls: true,
+        mechanisms: Vec::new(),
+        failed_login_pause: Duration::ZERO,
+        ..Options::default()
+    };
+    let mut s = Server::new(Time::ZERO, Shared::default(), opts.clone());
+    let mut banner = Vec::new();
+    machine::drain(&mut s, |o| {
+        if let Output::Transmit(b) = o {
+            banner.extend_from_slice(&b)
+        }
+    });
+    let banner = String::from_utf8(banner).unwrap();
+    assert!(banner.starts_with("* AUTH\r\n* STARTTLS\r\n"), "{banner}");
+    assert!(!banner.contains("PLAIN"), "{banner}");
+
+    let mut t = T::new(opts);
+    assert_eq!(
+        t.send(b"A1 AUTHENTICATE \"PLAIN\" \"AGFkbWluAHB3\"\r\n"),
+        ""
+    );
+    t.s.handle_timeout(t.now);
+    t.drain();
+    assert_eq!(t.take(), "A1 NO \"undefined error!\"\r\n");
+    let out = t.send(b"S1 STARTTLS\r\n");
+    assert!(
+        out.starts_with("S1 OK Begin TLS negotiation now\r\n* AUTH \"PLAIN\"\r\n"),
+        "{out}"
+    );
+    t.login();
+}
+
+/// W4: the idle clock measures whole commands. A peer dribbling a command
+/// one byte at a time does not restart it; a completed command does.
+#[test]
+fn idle_clock_restarts_on_whole_commands_not_on_bytes() {
+    let mut t = T::new(Options {
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..Options::default()
+    });
+    t.login();
+    assert_eq!(t.s.poll_timeout(), Some(Time::from_millis(60_000)));
+    for (i, byte) in b"N1 NOO".iter().enumerate() {
+        t.now = Time::from_millis(9_000 * (i as u64 + 1));
+        assert_eq!(t.send(&[*byte]), "");
+        assert_eq!(t.s.poll_timeout(), Some(Time::from_millis(60_000)));
+    }
+    t.now = Time::from_millis(59_000);
+    assert_eq!(t.send(b"P\r\n"), "N1 OK \"Noop done\"\r\n");
+    assert_eq!(t.s.poll_timeout(), Some(Time::from_millis(119_000)));
+    // Dribble again: the deadline stays where the last command put it.
+    t.now = Time::from_millis(100_000);
+    assert_eq!(t.send(b"N2 NO"), "");
+    t.now = Time::from_millis(119_000);
+    t.s.handle_timeout(t.now);
+    t.drain();
+    assert_eq!(t.take(), "* BYE \"idle for too long\"\r\n");
+    assert!(matches!(t.closed, Some(CloseReason::Timeout(_))));
+}

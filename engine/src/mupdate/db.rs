@@ -23,6 +23,18 @@
 //! | DELETE n | present | absent |
 //! | DELETE n | absent | `NO "mailbox does not exist"` (Cyrus: segfault) |
 //!
+//! Other topologies (`mupdate_config`, [`Topology`]): in `unified` and
+//! `replicated` murders Cyrus's master skips the three "standard" checks,
+//! because replicated backends sharing a servername send each write twice
+//! (mupdate.c `cmd_set`). [`Database::decide_in`] follows it:
+//!
+//! | command | current | standard | unified / replicated |
+//! |---|---|---|---|
+//! | RESERVE n l | at another location | `NO "mailbox already exists"` | reserved at l |
+//! | DEACTIVATE n l | reserved at another location | `NO "mailbox not currently active"` | reserved at l |
+//! | DEACTIVATE n l | absent | `NO "mailbox does not exist"` | reserved at l (Cyrus: `abort()`) |
+//! | DELETE n | absent | `NO "mailbox does not exist"` | OK, nothing changes |
+//!
 //! Deliberately *not* copied: Cyrus drops the ACL of a location without
 //! `!` when it stores it (a twoskip record quirk); and it truncates names
 //! over 490 bytes in LIST/UPDATE. Here what was stored is what is shown.
@@ -165,6 +177,33 @@ pub enum Refusal {
     Missing,
 }
 
+/// A Murder's topology, Cyrus's `mupdate_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// `standard`: frontends and backends are separate machines.
+    #[default]
+    Standard,
+    /// `unified`: every server is frontend and backend at once; a slave
+    /// keeps the server's own mailboxes local (Cyrus's master refuses to
+    /// run in this mode).
+    Unified,
+    /// `replicated`: backends share a spool and each keeps its own
+    /// mailboxes.db; locations are partitions only.
+    Replicated,
+}
+
+impl Topology {
+    /// Cyrus's option value (`standard`, `unified`, `replicated`).
+    pub fn from_config(value: &str) -> Option<Topology> {
+        match value {
+            "standard" => Some(Topology::Standard),
+            "unified" => Some(Topology::Unified),
+            "replicated" => Some(Topology::Replicated),
+            _ => None,
+        }
+    }
+}
+
 /// The whole MUPDATE database in memory, ordered by name (LIST order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Database {
@@ -238,8 +277,19 @@ impl Database {
             .collect()
     }
 
-    /// Decides `write` against the current contents (see the module table).
+    /// Decides `write` against the current contents with the `standard`
+    /// rules (see the module table).
     pub fn decide(&self, write: &Write) -> Result<Change, Refusal> {
+        self.decide_in(write, Topology::Standard)
+    }
+
+    /// Decides `write` with the rules of `topology` (see the module
+    /// tables). A write that changes nothing (a repeated DELETE in a
+    /// replicated murder) still comes back as a [`Change`], `before` equal
+    /// to `after`: its OK must wait for the commit of whatever identical
+    /// change may still be pending, and Cyrus pushes it too.
+    pub fn decide_in(&self, write: &Write, topology: Topology) -> Result<Change, Refusal> {
+        let strict = topology == Topology::Standard;
         let name = write.name().clone();
         let before = self.map.get(&name[..]).cloned();
         let after = match (write, &before) {
@@ -248,7 +298,7 @@ impl Database {
                 location: location.clone(),
             }),
             (Write::Reserve { location, .. }, Some(cur)) => {
-                if cur.location != *location {
+                if strict && cur.location != *location {
                     return Err(Refusal::Exists);
                 }
                 Some(Record {
@@ -260,15 +310,19 @@ impl Database {
                 state: State::Active { acl: acl.clone() },
                 location: location.clone(),
             }),
-            (Write::Deactivate { .. }, None) => return Err(Refusal::Missing),
-            (Write::Deactivate { location, .. }, Some(cur)) => match cur.state {
-                State::Reserved if cur.location != *location => return Err(Refusal::NotActive),
+            (Write::Deactivate { .. }, None) if strict => return Err(Refusal::Missing),
+            (Write::Deactivate { location, .. }, cur) => match cur {
+                Some(Record {
+                    state: State::Reserved,
+                    location: at,
+                }) if strict && at != location => return Err(Refusal::NotActive),
                 _ => Some(Record {
                     state: State::Reserved,
                     location: location.clone(),
                 }),
             },
-            (Write::Delete { .. }, None) => return Err(Refusal::Missing),
+            (Write::Delete { .. }, None) if strict => return Err(Refusal::Missing),
+            (Write::Delete { .. }, None) => None,
             (Write::Delete { .. }, Some(_)) => None,
         };
         Ok(Change {
@@ -298,5 +352,80 @@ impl Database {
     /// Iterates in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Record)> {
         self.map.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn with(name: &str, record: Record) -> Database {
+        let mut db = Database::new();
+        db.load(b(name), record);
+        db
+    }
+
+    fn reserved(loc: &str) -> Record {
+        Record {
+            state: State::Reserved,
+            location: b(loc),
+        }
+    }
+
+    /// The second table of the module doc, row by row, in both modes.
+    #[test]
+    fn replicated_and_unified_skip_the_standard_checks() {
+        let reserve = Write::Reserve {
+            name: b("m"),
+            location: b("be2!p"),
+        };
+        let deactivate = Write::Deactivate {
+            name: b("m"),
+            location: b("be2!p"),
+        };
+        let delete = Write::Delete { name: b("m") };
+        let held = with("m", reserved("be1!p"));
+        let empty = Database::new();
+        for t in [Topology::Unified, Topology::Replicated] {
+            assert_eq!(
+                held.decide_in(&reserve, Topology::Standard),
+                Err(Refusal::Exists)
+            );
+            assert_eq!(
+                held.decide_in(&reserve, t).unwrap().after,
+                Some(reserved("be2!p"))
+            );
+            assert_eq!(
+                held.decide_in(&deactivate, Topology::Standard),
+                Err(Refusal::NotActive)
+            );
+            assert_eq!(
+                held.decide_in(&deactivate, t).unwrap().after,
+                Some(reserved("be2!p"))
+            );
+            assert_eq!(
+                empty.decide_in(&deactivate, Topology::Standard),
+                Err(Refusal::Missing)
+            );
+            assert_eq!(
+                empty.decide_in(&deactivate, t).unwrap().after,
+                Some(reserved("be2!p"))
+            );
+            assert_eq!(
+                empty.decide_in(&delete, Topology::Standard),
+                Err(Refusal::Missing)
+            );
+            let c = empty.decide_in(&delete, t).unwrap();
+            assert_eq!((c.before, c.after), (None, None));
+        }
+        assert_eq!(
+            Topology::from_config("replicated"),
+            Some(Topology::Replicated)
+        );
+        assert_eq!(Topology::from_config("Unified"), None);
     }
 }

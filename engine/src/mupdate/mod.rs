@@ -37,7 +37,7 @@ pub mod db;
 pub mod follower;
 pub mod server;
 
-pub use db::{Change, Database, Entry, Record, Refusal, State, Write};
+pub use db::{Change, Database, Entry, Record, Refusal, State, Topology, Write};
 pub use server::{
     AuthOk, Command, Committed, Completion, Effect, Event, Options, Read, Role, Server,
 };

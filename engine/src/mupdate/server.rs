@@ -98,8 +98,15 @@ pub struct Options {
     pub version: String,
     /// Master or slave.
     pub role: Role,
-    /// SASL mechanisms offered in `* AUTH` (in that order).
+    /// SASL mechanisms offered in `* AUTH` (in that order) and accepted
+    /// while the connection is in the clear. With Cyrus's default
+    /// `allowplaintext: no` this is empty (libsasl withholds PLAIN/LOGIN
+    /// without a security layer), which is what makes a Cyrus client start
+    /// TLS: the daemon computes it with `io_tokio::auth::offered_mechanisms`.
     pub mechanisms: Vec<Mechanism>,
+    /// The same once the connection is under TLS (after STARTTLS, or
+    /// [`Options::tls_active`] from the start).
+    pub mechanisms_tls: Vec<Mechanism>,
     /// Offer and accept STARTTLS (the driver must have a server TLS config).
     pub starttls: bool,
     /// Offer and accept `COMPRESS "DEFLATE"`.
@@ -108,7 +115,10 @@ pub struct Options {
     pub tls_active: bool,
     /// Delay before every failed-login `NO` (Cyrus `failedloginpause`, 3 s).
     pub failed_login_pause: Duration,
-    /// A session silent this long is closed (Cyrus: 3 h). `None`: never.
+    /// A session that completes no command for this long is closed (Cyrus:
+    /// 3 h). The clock restarts on a whole command, never on a partial one,
+    /// so a peer dribbling one byte at a time cannot hold its slot forever
+    /// (SECURITY.md W4). `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Framer limits (line, literal sizes).
     pub frame: frame::Options,
@@ -135,6 +145,7 @@ impl Default for Options {
             version: env!("CARGO_PKG_VERSION").into(),
             role: Role::Master,
             mechanisms: vec![Mechanism::Plain],
+            mechanisms_tls: vec![Mechanism::Plain],
             starttls: false,
             compress: true,
             tls_active: false,
@@ -295,7 +306,9 @@ pub struct Server<R> {
     tls_active: bool,
     compress_active: bool,
     closed: bool,
-    last_input: Time,
+    /// When the last whole command arrived (or the session began, or a
+    /// pending effect ended): the idle clock's origin.
+    last_command: Time,
 }
 
 const NO_AUTH: &str = "undefined error!";
@@ -315,16 +328,24 @@ impl<R: Read> Server<R> {
             outputs: VecDeque::new(),
             compress_active: false,
             closed: false,
-            last_input: now,
+            last_command: now,
         };
         s.banner();
         s
     }
 
+    /// The mechanisms on offer now: libsasl re-evaluates them under TLS.
+    fn mechanisms(&self) -> &[Mechanism] {
+        if self.tls_active {
+            &self.opts.mechanisms_tls
+        } else {
+            &self.opts.mechanisms
+        }
+    }
+
     fn banner(&mut self) {
         let mechs = self
-            .opts
-            .mechanisms
+            .mechanisms()
             .iter()
             .map(|m| Str::with_form(m.name(), Form::Quoted).expect("mechanism names are plain"))
             .collect();
@@ -455,7 +476,7 @@ impl<R: Read> Server<R> {
                     self.out.extend_from_slice(b"+ go ahead\r\n")
                 }
                 Ok(Some(FrameEvent::Message(m))) => self.on_message(now, m),
-                Ok(Some(FrameEvent::Refused(r))) => self.on_refused(r),
+                Ok(Some(FrameEvent::Refused(r))) => self.on_refused(now, r),
                 // Literal bodies are inline with our options; a streamed one
                 // would be refused by its message anyway.
                 Ok(Some(
@@ -471,7 +492,9 @@ impl<R: Read> Server<R> {
         }
     }
 
-    fn on_refused(&mut self, r: frame::Refusal) {
+    fn on_refused(&mut self, now: Time, r: frame::Refusal) {
+        // A refused message was still framed whole: it counts as a command.
+        self.last_command = now;
         let tag = match r.head.iter().position(|&b| b == b' ') {
             Some(i) if i > 0 => r.head.slice(..i),
             _ => Bytes::from_static(b"*"),
@@ -492,6 +515,7 @@ impl<R: Read> Server<R> {
     }
 
     fn on_message(&mut self, now: Time, msg: frame::Message) {
+        self.last_command = now;
         if let Phase::Sasl { .. } = self.phase {
             return self.on_sasl_line(now, msg);
         }
@@ -653,7 +677,7 @@ impl<R: Read> Server<R> {
         let mech = std::str::from_utf8(mechanism)
             .ok()
             .and_then(Mechanism::from_name)
-            .filter(|m| self.opts.mechanisms.contains(m));
+            .filter(|m| self.mechanisms().contains(m));
         let Some(mech) = mech else {
             return self.start_pause(now, tag);
         };
@@ -713,7 +737,7 @@ impl<R: Read> Server<R> {
 
     fn sasl_failed(&mut self, tag: Bytes) {
         self.phase = Phase::NotAuth;
-        let now = self.last_input;
+        let now = self.last_command;
         self.start_pause(now, tag);
     }
 
@@ -752,7 +776,6 @@ impl<R: Read> Machine for Server<R> {
         if self.closed {
             return;
         }
-        self.last_input = now;
         self.framer.handle_input(bytes);
         self.pump(now);
     }
@@ -772,12 +795,13 @@ impl<R: Read> Machine for Server<R> {
                     unreachable!()
                 };
                 self.reply(&tag, "NO", NO_AUTH);
+                self.last_command = now;
                 self.pump(now);
                 return;
             }
         }
         if let Some(idle) = self.opts.idle_timeout {
-            if !self.blocked() && now.saturating_since(self.last_input) >= idle {
+            if !self.blocked() && now.saturating_since(self.last_command) >= idle {
                 self.out
                     .extend_from_slice(b"* BYE \"idle for too long\"\r\n");
                 self.close(CloseReason::Timeout("idle".into()));
@@ -790,6 +814,8 @@ impl<R: Read> Machine for Server<R> {
             return;
         }
         let wait = std::mem::replace(&mut self.wait, Wait::Idle);
+        // The idle clock was stopped while the effect ran.
+        self.last_command = now;
         match (wait, completion) {
             (Wait::Auth { id: w, tag }, c) if w == id => match c {
                 Completion::Auth(Some(ok)) if ok.admin => {
@@ -904,7 +930,7 @@ impl<R: Read> Machine for Server<R> {
         }
         self.opts
             .idle_timeout
-            .and_then(|d| self.last_input.checked_add(d))
+            .and_then(|d| self.last_command.checked_add(d))
     }
 
     fn wants_input(&self) -> bool {

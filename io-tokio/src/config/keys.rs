@@ -82,6 +82,9 @@ pub(crate) const KEYS: &[Key] = &[
     k("configdirectory", Str, None),
     // corvid's own: where `/metrics` is served (HOST:PORT); unset, nowhere.
     k("corvid_metrics_listen", Str, None),
+    // corvid's own: a MUPDATE session completing no command this long is
+    // closed (Cyrus hard-codes 3 h); 0 = never. Bare numbers are seconds.
+    k("corvid_mupdate_idle_timeout", Duration, Some("3h")),
     // corvid's own: the password file of `sasl_pwcheck_method: corvid`.
     k("corvid_passwd_file", Str, None),
     k("debug", Switch, Some("0")),
