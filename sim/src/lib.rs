@@ -42,6 +42,7 @@ pub mod csync;
 pub mod dsync;
 
 pub mod mupdate;
+pub mod mupdate_t1;
 
 pub mod world;
 

@@ -20,6 +20,10 @@
 //!   after the bytes in flight). Reordering and duplication across
 //!   connections come from the scenarios: a retried session re-sends
 //!   commands whose first copy may or may not have been applied.
+//!   A connection can also be **stalled** ([`Conn::stall`]): a silent
+//!   partition, during which nothing arrives and both machines learn of it
+//!   only through their own timers; afterwards the bytes arrive in order,
+//!   as TCP retransmits them.
 //! - **Disks**: a [`Disk`] wraps a node's `MemStore`. A store write is
 //!   applied to the pending layer at once and completed only when a seeded
 //!   "fsync" fires later (slow writes), which makes every pending batch
@@ -77,6 +81,14 @@ pub trait SimMachine: Machine {
     /// effect has no completion, e.g. a staging chunk). Return `None` for
     /// results a machine does not expect.
     fn store_completion(result: Option<StoreCompletion>) -> Option<Self::Completion>;
+    /// `true` for an effect the scenario performs itself (a MUPDATE write
+    /// decided under the daemon's lock, a subscription): it is parked in
+    /// [`End::external`] and answered later with [`Conn::complete_a`] /
+    /// [`Conn::complete_b`]. Default: none.
+    fn is_external(effect: &Self::Effect) -> bool {
+        let _ = effect;
+        false
+    }
 }
 
 /// Seeded fault knobs of one disk.
@@ -218,6 +230,9 @@ pub struct End<M: SimMachine> {
     pub events: Vec<(Time, M::Event)>,
     /// Why it closed, once it has.
     pub closed: Option<CloseReason>,
+    /// Effects the scenario performs itself ([`SimMachine::is_external`]),
+    /// in emission order; the scenario takes them after every step.
+    pub external: VecDeque<(EffectId, M::Effect)>,
     /// Bytes of the peer's arrivals (so later bytes never overtake).
     last_arrival: Time,
 }
@@ -233,6 +248,7 @@ impl<M: SimMachine> End<M> {
             ready: VecDeque::new(),
             events: Vec::new(),
             closed: None,
+            external: VecDeque::new(),
             last_arrival: now,
         }
     }
@@ -287,6 +303,10 @@ pub struct Conn<A: SimMachine, B: SimMachine> {
     /// With `SIM_WIRE=1`: the first line of every transmit, for debugging
     /// a replay (never on by default: it costs and holds payload text).
     pub wire: Option<Vec<String>>,
+    /// While the network between the two ends is partitioned, nothing
+    /// arrives before this (TCP retransmits once it heals; bytes are
+    /// delayed, never lost or reordered). See [`Conn::stall`].
+    stalled_until: Time,
 }
 
 /// Immediate store effect results a step produced, to be queued by the
@@ -318,6 +338,7 @@ where
             b: End::new(b, node_b, now),
             net,
             wire: std::env::var_os("SIM_WIRE").map(|_| Vec::new()),
+            stalled_until: now,
         };
         c.drain(Side::A, now, disks, rng);
         c.drain(Side::B, now, disks, rng);
@@ -355,6 +376,60 @@ where
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
         }
+    }
+
+    /// A completion of an external effect of end A (see
+    /// [`SimMachine::is_external`]), delivered at `at`.
+    pub fn complete_a(&mut self, at: Time, id: EffectId, c: A::Completion) {
+        self.a.ready.push_back((at, id, c));
+    }
+
+    /// The same for end B.
+    pub fn complete_b(&mut self, at: Time, id: EffectId, c: B::Completion) {
+        self.b.ready.push_back((at, id, c));
+    }
+
+    /// A silent partition until `until`: bytes in flight and bytes sent
+    /// meanwhile arrive no earlier than that, in order (TCP retransmits
+    /// once the path is back). The machines notice only through their own
+    /// timers, as over a real partitioned link.
+    pub fn stall(&mut self, until: Time) {
+        self.stalled_until = self.stalled_until.max(until);
+        for end_inbox in [&mut self.a.inbox, &mut self.b.inbox] {
+            for (t, _) in end_inbox.iter_mut() {
+                *t = (*t).max(until);
+            }
+        }
+        for eof in [&mut self.a.eof_at, &mut self.b.eof_at] {
+            if let Some(t) = eof.as_mut() {
+                *t = (*t).max(until);
+            }
+        }
+        self.a.last_arrival = self.a.last_arrival.max(until);
+        self.b.last_arrival = self.b.last_arrival.max(until);
+    }
+
+    /// Whether the connection is stalled by a partition at `now`.
+    pub fn stalled(&self, now: Time) -> bool {
+        self.stalled_until > now
+    }
+
+    /// Bytes or an EOF on their way to end A, to end B.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (
+            self.a.inbox.len() + usize::from(self.a.eof_at.is_some()),
+            self.b.inbox.len() + usize::from(self.b.eof_at.is_some()),
+        )
+    }
+
+    /// Nothing in flight, no completion waiting, no external effect
+    /// untaken: only timers can move this connection now.
+    pub fn quiet(&self) -> bool {
+        self.in_flight() == (0, 0)
+            && self.a.ready.is_empty()
+            && self.b.ready.is_empty()
+            && self.a.external.is_empty()
+            && self.b.external.is_empty()
     }
 
     /// A store completion for one of this connection's machines.
@@ -447,10 +522,24 @@ where
         }
     }
 
+    /// An application command for end B.
+    pub fn command_b(
+        &mut self,
+        now: Time,
+        cmd: B::Command,
+        disks: &mut [Disk],
+        rng: &mut ChaCha8Rng,
+    ) {
+        if self.b.closed.is_none() {
+            handle(&mut self.b.m, now, Input::Command(cmd));
+            self.drain(Side::B, now, disks, rng);
+        }
+    }
+
     /// Drains one end's outputs: transmits go to the peer's inbox, store
     /// effects to its node's disk, events to its list.
     fn drain(&mut self, side: Side, now: Time, disks: &mut [Disk], rng: &mut ChaCha8Rng) {
-        let (conn, net) = (self.id, self.net.clone());
+        let (conn, net, stalled) = (self.id, self.net.clone(), self.stalled_until);
         let wire = &mut self.wire;
         macro_rules! pump {
             ($me:expr, $peer:expr, $S:ty) => {{
@@ -473,13 +562,18 @@ where
                                 ));
                             }
                             let lat = rng.gen_range(0..=net.latency_max.as_micros() as u64);
-                            let at = (now + Duration::from_micros(lat)).max(peer.last_arrival);
+                            let at = (now + Duration::from_micros(lat))
+                                .max(peer.last_arrival)
+                                .max(stalled);
                             peer.last_arrival = at;
                             let mut rest = bytes;
                             while !rest.is_empty() {
                                 let n = rng.gen_range(1..=net.chunk_bytes_max).min(rest.len());
                                 peer.inbox.push_back((at, rest.split_to(n)));
                             }
+                        }
+                        Output::Effect { id, effect } if <$S>::is_external(&effect) => {
+                            me.external.push_back((id, effect));
                         }
                         Output::Effect { id, effect } => match <$S>::store_effect(effect) {
                             Err(answer) => me.ready.push_back((now, id, answer)),
@@ -506,8 +600,9 @@ where
                                 me.closed = Some(reason);
                                 if peer.closed.is_none() {
                                     let lat = rng.gen_range(0..=net.latency_max.as_micros() as u64);
-                                    let at =
-                                        (now + Duration::from_micros(lat)).max(peer.last_arrival);
+                                    let at = (now + Duration::from_micros(lat))
+                                        .max(peer.last_arrival)
+                                        .max(stalled);
                                     peer.eof_at = Some(at);
                                 }
                                 me.inbox.clear();
@@ -532,7 +627,10 @@ where
     /// already on the disk still become durable (or are lost in a crash).
     pub fn cut(&mut self, disks: &mut [Disk]) {
         for (node, side) in [(self.a.node, Side::A), (self.b.node, Side::B)] {
-            disks[node].forget(self.id, side);
+            // A scenario without mail stores (MUPDATE) passes no disks.
+            if let Some(d) = disks.get_mut(node) {
+                d.forget(self.id, side);
+            }
         }
         let cut = || Some(CloseReason::Local("cut".into()));
         if self.a.closed.is_none() {
@@ -545,6 +643,8 @@ where
         self.b.inbox.clear();
         self.a.ready.clear();
         self.b.ready.clear();
+        self.a.external.clear();
+        self.b.external.clear();
     }
 }
 
