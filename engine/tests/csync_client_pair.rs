@@ -641,3 +641,82 @@ fn user_sync_over_the_imap_flavour() {
         "{ev:?}"
     );
 }
+
+/// Both sides reach the same HIGHESTMODSEQ by different histories (a crash
+/// failover) and the replica has nothing live: its SYNC_CRC is 0, which
+/// Cyrus's `mailbox_crceq` takes as "unknown", so neither the client's
+/// unchanged check nor the server's CRC check after APPLY MAILBOX sees the
+/// difference. The client must go to the full update (simulator seeds
+/// 3841, 6599, 7884).
+#[test]
+fn equal_modseq_split_brain_with_an_empty_replica_is_repaired() {
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+    let inbox = mbs[0].clone();
+    // The replica expunges all five (modseq 6..=10).
+    let mut rmb = r
+        .borrow()
+        .mailbox_by_uniqueid(&inbox.uniqueid)
+        .unwrap()
+        .unwrap();
+    let mut muts = Vec::new();
+    for mut rec in records(&r, &inbox.uniqueid) {
+        rmb.highestmodseq = ModSeq(rmb.highestmodseq.get() + 1);
+        rec.modseq = rmb.highestmodseq;
+        rec.expunged = true;
+        muts.push(Mutation::PutRecord {
+            mailbox: inbox.uniqueid.clone(),
+            record: rec,
+        });
+    }
+    muts.push(Mutation::PutMailbox(rmb.clone()));
+    write(&r, muts);
+    // The master appends five more (UIDs 6..=10, modseq 6..=10).
+    let mut mmb = m
+        .borrow()
+        .mailbox_by_uniqueid(&inbox.uniqueid)
+        .unwrap()
+        .unwrap();
+    write(&m, fill(&mut mmb, 6..=10));
+    assert_eq!(mmb.highestmodseq, rmb.highestmodseq);
+    assert_eq!(
+        r.borrow().sync_crcs(&inbox.uniqueid).unwrap().basic,
+        0,
+        "nothing live on the replica"
+    );
+    let ev = run(
+        &m,
+        &r,
+        opts(),
+        vec![Command::Mailboxes(vec![inbox.name.clone()])],
+    );
+    assert_eq!(job_ok(&ev), 1);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::FullUpdate(_))),
+        "{ev:?}"
+    );
+    let mine = records(&m, &inbox.uniqueid);
+    // Live records equal; an expunged record's modseq may differ (the
+    // replica keeps its own expunge).
+    let live_of =
+        |v: &[Record]| -> Vec<Record> { v.iter().filter(|x| !x.expunged).cloned().collect() };
+    same_records(&live_of(&mine), &live_of(&records(&r, &inbox.uniqueid)));
+    let live: Vec<u32> = mine
+        .iter()
+        .filter(|x| !x.expunged)
+        .map(|x| x.uid.get())
+        .collect();
+    assert_eq!(live, vec![6, 7, 8, 9, 10]);
+    assert_eq!(
+        m.borrow().sync_crcs(&inbox.uniqueid).unwrap(),
+        r.borrow().sync_crcs(&inbox.uniqueid).unwrap()
+    );
+    // And the next sync is quiet.
+    let ev = run(&m, &r, opts(), vec![Command::Mailboxes(vec![inbox.name])]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::MailboxUnchanged(_))),
+        "{ev:?}"
+    );
+}

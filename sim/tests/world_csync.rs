@@ -6,14 +6,20 @@
 /// many in well under a minute; CI runs 10,000 in release (scripts/sim.sh).
 const DEFAULT_SEEDS: std::ops::Range<u64> = 0..150;
 
-/// Seeds of the 10,000-seed release run that fail and are not fixed yet
-/// (found at the end of the session that built the world; see
-/// sim/README.md): 4748 and 6998 reuse a UID on the replica within one
-/// UIDVALIDITY after a failover; 3841, 6599 and 7884 end with the replica
-/// lacking live records the primary has, while every session says OK.
-/// They are skipped in the range and replayed by the ignored
-/// `regression_quarantined_csync_seeds`; remove a seed once it passes.
-const QUARANTINED: &[u64] = &[3841, 4748, 6599, 6998, 7884];
+/// Seeds of the 10,000-seed release run that fail and are not fixed yet;
+/// skipped in the range. Empty: the five found when the world was built
+/// are fixed and replayed by `regression_fixed_csync_seeds`.
+const QUARANTINED: &[u64] = &[];
+
+/// Seeds that failed once and are fixed, replayed in every `cargo test`:
+/// 4748 and 6998 reused a UID after a failover (a copyback planned from the
+/// store before its GET FETCHes overwrote a user append that landed
+/// meanwhile; `csync_client` now plans the write again when it makes it);
+/// 3841, 6599 and 7884 left the replica without live records while every
+/// session said OK (both sides at the same HIGHESTMODSEQ after a failover,
+/// one with nothing live: a 0 SYNC_CRC is a wildcard to Cyrus's
+/// comparison; `csync_client` now takes the full update then).
+const FIXED: &[u64] = &[3841, 4748, 6599, 6998, 7884];
 
 #[test]
 fn csync_rolling_with_failover() {
@@ -104,14 +110,13 @@ fn regression_seed_68_failover_strands_seen_state() {
     );
 }
 
-/// The quarantined seeds above, each replayed in full.
+/// The fixed seeds above, each replayed in full.
 #[test]
-#[ignore = "open csync findings (sim/README.md): UID reuse after failover, replica missing records"]
-fn regression_quarantined_csync_seeds() {
-    for &seed in QUARANTINED {
+fn regression_fixed_csync_seeds() {
+    for &seed in FIXED {
         sim::run_range(
-            "csync-quarantined",
-            "regression_quarantined_csync_seeds",
+            "csync-fixed",
+            "regression_fixed_csync_seeds",
             seed..seed + 1,
             0,
             |s, t, c| sim::csync::run(s, false, t, c),

@@ -19,6 +19,7 @@ use proto::sasl::{self, Credentials, Mechanism};
 
 use super::full::{self, Copyback};
 use super::plan::{self, Attempt, PlanCtx, Replica, Step, Update};
+use crate::csync::wire::MailboxHeader;
 use crate::csync::wire::{self, owner_of};
 use crate::machine::{CloseReason, EffectId, EffectIds, Layer, Machine, Output, Time};
 use crate::model::{Guid, MailboxName, UniqueId, UserId};
@@ -1018,31 +1019,74 @@ impl<R: MailRead> Client<R> {
             Step::Update { uniqueid, attempt } => {
                 return self.update(uniqueid.clone(), *attempt);
             }
-            Step::LocalWrite { plan } => {
+            Step::LocalWrite {
+                uniqueid,
+                replica,
+                theirs,
+                staged,
+            } => {
                 if self.opts.no_copyback {
                     self.fail(JobError::Local("copyback needed but -O given".into()));
                     return Ok(());
                 }
+                let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
+                    // Deleted here meanwhile: the tombstone decides later.
+                    return Ok(());
+                };
+                let ours = plan::all_records(&self.read, uniqueid)?;
+                let dest = self.ctx().dest_partition(&mb);
+                let plan = full::plan(&mb, &ours, replica, theirs, &dest);
+                // A local change since the first plan can turn a replica
+                // record we meant to keep at its UID into one that moves:
+                // still the same file, but fetch whatever is not staged.
+                let missing: Vec<&full::Fetch> = plan
+                    .fetches
+                    .iter()
+                    .filter(|f| !staged.contains(&f.record.guid))
+                    .collect();
+                if !missing.is_empty() {
+                    let mut staged = staged.clone();
+                    let mut steps: Vec<Step> = Vec::new();
+                    for f in missing {
+                        if staged.insert(f.record.guid) {
+                            steps.push(Step::Fetch { kv: f.kv.clone() });
+                        }
+                    }
+                    steps.push(Step::LocalWrite {
+                        uniqueid: uniqueid.clone(),
+                        replica: replica.clone(),
+                        theirs: theirs.clone(),
+                        staged,
+                    });
+                    self.push_front(steps);
+                    return Ok(());
+                }
+                self.out.push_back(Output::Event(Event::Copyback {
+                    name: mb.name.clone(),
+                    fetched: plan.fetches.len(),
+                    renumbered: plan.renumbered,
+                }));
+                if !plan.expunge.is_empty() {
+                    // After the local write is durable (advance waits).
+                    self.push_front(vec![expunge_step(replica, &plan.expunge)]);
+                }
+                if plan.mutations.is_empty() && plan.fetches.is_empty() {
+                    return Ok(());
+                }
                 let id = self.effects.next_id();
                 let mut batch = WriteBatch::new(BatchId(id.0));
-                let mb = plan.mutations.iter().find_map(|m| match m {
-                    Mutation::PutMailbox(mb) => Some(mb.uniqueid.clone()),
-                    _ => None,
-                });
                 for f in &plan.fetches {
                     batch.push(Mutation::LinkMessage {
                         guid: f.record.guid,
                         size: f.record.size,
                     });
-                    if let Some(id) = &mb {
-                        batch.push(Mutation::PutRecord {
-                            mailbox: id.clone(),
-                            record: f.record.clone(),
-                        });
-                    }
+                    batch.push(Mutation::PutRecord {
+                        mailbox: uniqueid.clone(),
+                        record: f.record.clone(),
+                    });
                 }
-                for m in &plan.mutations {
-                    batch.push(m.clone());
+                for m in plan.mutations {
+                    batch.push(m);
                 }
                 self.pending.insert(id, Pending::Write);
                 self.out.push_back(Output::Effect {
@@ -1457,59 +1501,36 @@ impl<R: MailRead> Client<R> {
                     Ok(x) => x,
                     Err(e) => return self.fail(Self::bad(&step, e)),
                 };
-                let res = (|| -> Result<Option<(MailboxName, Copyback)>, StoreError> {
+                let res = (|| -> Result<Option<Copyback>, StoreError> {
                     let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
                         return Ok(None);
                     };
                     let ours = plan::all_records(&self.read, uniqueid)?;
                     let dest = self.ctx().dest_partition(&mb);
-                    Ok(Some((
-                        mb.name.clone(),
-                        full::plan(&mb, &ours, &rm, &theirs, &dest),
-                    )))
+                    Ok(Some(full::plan(&mb, &ours, &rm, &theirs, &dest)))
                 })();
-                let (name, cb) = match res {
+                let cb = match res {
                     Ok(Some(x)) => x,
                     Ok(None) => return,
                     Err(e) => return self.fail(JobError::Store(e)),
                 };
-                self.out.push_back(Output::Event(Event::Copyback {
-                    name,
-                    fetched: cb.fetches.len(),
-                    renumbered: cb.renumbered,
-                }));
                 self.job()
                     .replica
                     .mailboxes
                     .insert(uniqueid.clone(), rm.clone());
+                // Fetch what this plan needs; the write re-plans against
+                // the store as it is then (Step::LocalWrite).
                 let mut steps: Vec<Step> = cb
                     .fetches
                     .iter()
                     .map(|f| Step::Fetch { kv: f.kv.clone() })
                     .collect();
-                if !cb.mutations.is_empty() || !cb.fetches.is_empty() {
-                    steps.push(Step::LocalWrite { plan: cb.clone() });
-                }
-                if !cb.expunge.is_empty() {
-                    steps.push(Step::Simple {
-                        item: Item::new(
-                            "EXPUNGE",
-                            Value::KvList(
-                                KvList::new()
-                                    .with("MBOXNAME", plan::text(rm.name.as_bytes()))
-                                    .with("UNIQUEID", plan::text(rm.uniqueid.as_bytes()))
-                                    .with(
-                                        "UID",
-                                        Value::List(
-                                            cb.expunge
-                                                .iter()
-                                                .map(|u| Value::num((*u).into()))
-                                                .collect(),
-                                        ),
-                                    ),
-                            ),
-                        ),
-                        nonexistent_ok: false,
+                if !cb.is_empty() {
+                    steps.push(Step::LocalWrite {
+                        uniqueid: uniqueid.clone(),
+                        replica: Box::new(rm.clone()),
+                        theirs,
+                        staged: cb.fetches.iter().map(|f| f.record.guid).collect(),
                     });
                 }
                 // The replica changed under EXPUNGE: read it again, then a
@@ -1793,5 +1814,24 @@ impl<R: MailRead> Machine for Client<R> {
 
     fn is_closed(&self) -> bool {
         self.closed
+    }
+}
+
+/// `APPLY EXPUNGE` of replica UIDs after a full update.
+fn expunge_step(rm: &MailboxHeader, uids: &[u32]) -> Step {
+    Step::Simple {
+        item: Item::new(
+            "EXPUNGE",
+            Value::KvList(
+                KvList::new()
+                    .with("MBOXNAME", plan::text(rm.name.as_bytes()))
+                    .with("UNIQUEID", plan::text(rm.uniqueid.as_bytes()))
+                    .with(
+                        "UID",
+                        Value::List(uids.iter().map(|u| Value::num((*u).into())).collect()),
+                    ),
+            ),
+        ),
+        nonexistent_ok: false,
     }
 }

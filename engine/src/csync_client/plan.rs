@@ -87,8 +87,16 @@ pub(crate) enum Step {
         kv: KvList,
     },
     /// Local: the copyback batch (waits for fetched files to be staged).
+    /// The repair is planned again here, from the local store as it is
+    /// now: user edits that landed while the files were fetched must not
+    /// be overwritten (the simulator's UID reuse, seeds 4748 and 6998).
     LocalWrite {
-        plan: super::full::Copyback,
+        uniqueid: UniqueId,
+        /// The replica's `GET FULLMAILBOX` answer.
+        replica: Box<MailboxHeader>,
+        theirs: Vec<crate::model::Record>,
+        /// GUIDs fetched (staged) so far for this repair.
+        staged: BTreeSet<Guid>,
     },
     /// Any other `APPLY`, answered by a status only.
     Simple {
@@ -476,6 +484,47 @@ fn crc_eq(a: SyncCrcs, b: SyncCrcs) -> bool {
     half(a.basic, b.basic) && half(a.annot, b.annot)
 }
 
+/// Whether Cyrus's CRC comparison cannot see a split brain here.
+///
+/// `mailbox_crceq` (and so Cyrus's `is_unchanged` and a replica's check
+/// of `SYNC_CRC` after APPLY MAILBOX, corvid's server included) treats a
+/// 0 CRC as "unknown", but 0 is also the CRC of a mailbox with no live
+/// record. After a crash failover both sides can reach the same
+/// HIGHESTMODSEQ by different histories; when one of them has nothing
+/// live, every check passes and the difference stays for ever (the
+/// simulator's seeds 3841, 6599, 7884). corvid differs from Cyrus here:
+/// when exactly one side's basic CRC is 0 and the records this update
+/// would send cannot bring the replica to our state, go straight to the
+/// full update, which compares record by record. In a consistent pair
+/// this never fires: a replica with nothing live whose HIGHESTMODSEQ
+/// covers a live record of ours, or a replica with live records while we
+/// send no expunge, is a split brain.
+fn zero_crc_blind_spot<R: MailRead + ?Sized>(
+    read: &R,
+    mb: &Mailbox,
+    rm: &MailboxHeader,
+    crcs: SyncCrcs,
+) -> Result<bool, StoreError> {
+    let (ours, theirs) = (crcs.basic, rm.crcs.basic);
+    if (ours == 0) == (theirs == 0) {
+        return Ok(false);
+    }
+    let r_hms = rm.highestmodseq.get();
+    let records = all_records(read, &mb.uniqueid)?;
+    Ok(if theirs == 0 {
+        // The replica holds nothing live: a live record of ours that the
+        // update would not send (it is at or below the replica's
+        // HIGHESTMODSEQ) would stay missing there.
+        records
+            .iter()
+            .any(|r| !r.expunged && r.modseq.get() <= r_hms)
+    } else {
+        // The replica holds live records and we hold none: only expunges
+        // we send can empty it.
+        !records.iter().any(|r| r.expunged && r.modseq.get() > r_hms)
+    })
+}
+
 /// `update_mailbox_once` up to the send: compare, select records, list
 /// uploads.
 pub(crate) fn plan_update<R: MailRead + ?Sized>(
@@ -490,6 +539,9 @@ pub(crate) fn plan_update<R: MailRead + ?Sized>(
     let dest = ctx.dest_partition(mb);
     if let Some(rm) = rm {
         if attempt == Attempt::First && mb.deletedmodseq > rm.highestmodseq {
+            return Ok(Update::NeedsFull);
+        }
+        if attempt == Attempt::First && zero_crc_blind_spot(read, mb, rm, crcs)? {
             return Ok(Update::NeedsFull);
         }
         let unchanged = rm.mbtype == mb.mbtype
