@@ -126,6 +126,11 @@ pub struct Options {
     /// For crash tests only: abort the process at the n-th durability step
     /// (0-based) to simulate a crash at exactly that point.
     pub fault_abort_at: Option<u64>,
+    /// Most messages [`Maildir::append_many`] links under one lock with
+    /// one uidlist write (each holds an open file until its fsync).
+    pub batch_messages_max: usize,
+    /// Threads that fsync a group's files at once.
+    pub fsync_threads: usize,
 }
 
 impl Default for Options {
@@ -137,6 +142,8 @@ impl Default for Options {
             control_file_bytes_max: 64 << 20,
             mailboxes_max: 100_000,
             fault_abort_at: None,
+            batch_messages_max: 512,
+            fsync_threads: 16,
         }
     }
 }
@@ -287,6 +294,48 @@ pub struct Append {
     pub internaldate: Option<i64>,
 }
 
+/// Where the bytes of a message given to [`Maildir::append_many`] come
+/// from.
+pub enum Body<'a> {
+    /// In memory.
+    Bytes(&'a [u8]),
+    /// A file, opened only while it is copied, so a group of thousands
+    /// holds no descriptor per message.
+    File(&'a Path),
+    /// Any reader.
+    Reader(&'a mut dyn Read),
+}
+
+impl std::fmt::Debug for Body<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Body::File(p) => write!(f, "File({})", p.display()),
+            Body::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// One message of [`Maildir::append_many`].
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    /// Its bytes.
+    pub body: Body<'a>,
+    /// Its UID, GUID, flags and date.
+    pub how: Append,
+}
+
+/// A message written to `tmp/` and not yet linked.
+struct Written {
+    path: PathBuf,
+    prefix: String,
+    size: u64,
+    vsize: u64,
+    sha1: Guid,
+    /// Open until the group's fsync.
+    file: Option<File>,
+}
+
 /// What to give a new mailbox.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Create {
@@ -322,6 +371,9 @@ struct Snapshot {
     files: BTreeMap<String, Found>,
     keywords: Keywords,
     modseqs: Modseqs,
+    /// SHA-1s of files this process just wrote (base → SHA-1), so their
+    /// modseq lines need no second read.
+    fresh_sha1: BTreeMap<String, Guid>,
 }
 
 /// The `corvid-modseqs` sidecar: `1 H<highest>` then per live UID
@@ -790,7 +842,7 @@ impl Maildir {
     /// Deliver a message the Maildir way (see the module doc for the
     /// durability order). Returns it as now stored.
     pub fn append(&self, name: &Name, body: &mut dyn Read, how: &Append) -> Result<Message> {
-        self.append_inner(name, body, how, false)
+        self.append_one(name, body, how, false)
     }
 
     /// [`Maildir::append`] that may also take a `uid` below the next UID
@@ -805,109 +857,222 @@ impl Maildir {
         body: &mut dyn Read,
         how: &Append,
     ) -> Result<Message> {
-        self.append_inner(name, body, how, true)
+        self.append_one(name, body, how, true)
     }
 
-    fn append_inner(
+    fn append_one(
         &self,
         name: &Name,
         body: &mut dyn Read,
         how: &Append,
         below_next_uid: bool,
     ) -> Result<Message> {
-        let dir = self.existing_dir(name)?;
-        if let Some(g) = &how.guid {
-            if g.is_empty() || g.contains([' ', '\r', '\n', '\0', '\t']) {
-                return Err(Error::BadGuid(g.clone()));
-            }
-        }
-        let prefix = self.new_base_prefix();
-        let tmp_path = dir.join("tmp").join(&prefix);
-        let (size, vsize) = self.write_tmp(&tmp_path, body, how.internaldate)?;
-        let result = self.append_tmp(
+        let mut v = self.append_many_inner(
             name,
-            &dir,
-            &tmp_path,
-            &prefix,
-            (size, vsize),
-            how,
+            vec![NewMessage {
+                body: Body::Reader(body),
+                how: how.clone(),
+            }],
             below_next_uid,
-        );
-        // Linked or failed, the tmp name goes.
-        let _ = fs::remove_file(&tmp_path);
-        result
+        )?;
+        Ok(v.pop().expect("one message appended"))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn append_tmp(
+    /// Deliver many messages to one mailbox at once, in order, with the
+    /// durability order of [`Maildir::append`] kept for the whole group:
+    /// every file is written to `tmp/` and fsynced (in parallel), then
+    /// under ONE uidlist lock they are linked into `new/`/`cur/`, each of
+    /// those directories is fsynced once, and the uidlist and the modseq
+    /// sidecar are each replaced once. Groups larger than
+    /// [`Options::batch_messages_max`] are cut into several such rounds.
+    ///
+    /// A round is checked whole before any link (UIDs, GUIDs, keyword
+    /// room), so a refused round links nothing; a crash within a round
+    /// leaves at worst linked but unlisted files, which any reader gives
+    /// the next UIDs, never a uidlist line without its file. Returns the
+    /// messages as stored, in the order given.
+    pub fn append_many(&self, name: &Name, msgs: Vec<NewMessage<'_>>) -> Result<Vec<Message>> {
+        self.append_many_inner(name, msgs, false)
+    }
+
+    /// [`Maildir::append_many`] with the UID rule of
+    /// [`Maildir::append_reusing_uid`].
+    pub fn append_many_reusing_uids(
+        &self,
+        name: &Name,
+        msgs: Vec<NewMessage<'_>>,
+    ) -> Result<Vec<Message>> {
+        self.append_many_inner(name, msgs, true)
+    }
+
+    fn append_many_inner(
+        &self,
+        name: &Name,
+        msgs: Vec<NewMessage<'_>>,
+        below_next_uid: bool,
+    ) -> Result<Vec<Message>> {
+        let dir = self.existing_dir(name)?;
+        for m in &msgs {
+            if let Some(g) = &m.how.guid {
+                if g.is_empty() || g.contains([' ', '\r', '\n', '\0', '\t']) {
+                    return Err(Error::BadGuid(g.clone()));
+                }
+            }
+        }
+        let round = self.options.batch_messages_max.max(1);
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk: Vec<NewMessage<'_>> = msgs.by_ref().take(round).collect();
+            let mut written: Vec<Written> = Vec::with_capacity(chunk.len());
+            let mut hows = Vec::with_capacity(chunk.len());
+            let mut r = Ok(());
+            for m in chunk {
+                let prefix = self.new_base_prefix();
+                let path = dir.join("tmp").join(&prefix);
+                match self.write_tmp(&path, m.body, m.how.internaldate) {
+                    Ok(w) => written.push(Written { prefix, ..w }),
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                hows.push(m.how);
+            }
+            let r = r
+                .and_then(|()| self.sync_written(&mut written))
+                .and_then(|()| self.link_written(name, &dir, &written, &hows, below_next_uid));
+            // Linked or failed, the tmp names go.
+            for w in &written {
+                let _ = fs::remove_file(&w.path);
+            }
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    /// fsync the group's tmp files, several at once: the filesystem folds
+    /// concurrent flushes into fewer journal commits.
+    fn sync_written(&self, written: &mut [Written]) -> Result<()> {
+        let files: Vec<(&Path, File)> = written
+            .iter_mut()
+            .filter_map(|w| w.file.take().map(|f| (w.path.as_path(), f)))
+            .collect();
+        let threads = self.options.fsync_threads.clamp(1, files.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((p, f)) = files.get(i) else { return };
+            if let Err(e) = f.sync_all() {
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(io_err(p)(e));
+                return;
+            }
+        };
+        if threads == 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(work);
+                }
+            });
+        }
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        self.fault_point();
+        Ok(())
+    }
+
+    /// Under the uidlist lock: check the whole round, write new keywords,
+    /// link every file, fsync the directories, then one uidlist and one
+    /// modseq write.
+    fn link_written(
         &self,
         name: &Name,
         dir: &Path,
-        tmp_path: &Path,
-        prefix: &str,
-        (size, vsize): (u64, u64),
-        how: &Append,
+        written: &[Written],
+        hows: &[Append],
         below_next_uid: bool,
-    ) -> Result<Message> {
+    ) -> Result<Vec<Message>> {
         let _l = self.lock(&dir.join(UIDLIST))?;
         let mut s = self.snapshot_locked(name, dir)?;
-        let next = s.uidlist.next_uid();
-        let uid = how.uid.unwrap_or(next);
-        let below = uid < next;
-        if below && (!below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
-            return Err(Error::UidTooLow { wanted: uid, next });
-        }
-        let generated = format!("{prefix},S={size},W={vsize}");
-        let mut ext = Vec::new();
-        let base = match &how.guid {
-            Some(g)
-                if usable_as_base(g, size, vsize)
-                    && s.uidlist.by_base(g).is_none()
-                    && !s.files.contains_key(g) =>
-            {
-                g.clone()
+        let next_before = s.uidlist.next_uid();
+        let mut any_below = false;
+        let kw_before = s.keywords.clone();
+        let mut links: Vec<(&Path, PathBuf)> = Vec::with_capacity(written.len());
+        let mut bases = Vec::with_capacity(written.len());
+        for (w, how) in written.iter().zip(hows) {
+            let next = s.uidlist.next_uid();
+            let uid = how.uid.unwrap_or(next);
+            let below = uid < next;
+            if below && (!below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
+                return Err(Error::UidTooLow { wanted: uid, next });
             }
-            Some(g) => {
-                ext.push(('G', g.clone()));
-                generated
+            any_below |= below;
+            let generated = format!("{},S={},W={}", w.prefix, w.size, w.vsize);
+            let mut ext = Vec::new();
+            let base = match &how.guid {
+                Some(g)
+                    if usable_as_base(g, w.size, w.vsize)
+                        && s.uidlist.by_base(g).is_none()
+                        && !s.files.contains_key(g) =>
+                {
+                    g.clone()
+                }
+                Some(g) => {
+                    ext.push(('G', g.clone()));
+                    generated
+                }
+                None => generated,
+            };
+            let mut kw_idx = Vec::new();
+            for k in &how.keywords {
+                kw_idx.push(
+                    s.keywords
+                        .intern(k)
+                        .ok_or_else(|| Error::KeywordsFull(name.clone()))?,
+                );
             }
-            None => generated,
-        };
-        let mut kw_idx = Vec::new();
-        let mut kw_changed = false;
-        for k in &how.keywords {
-            let had = s.keywords.index_of(k).is_some();
-            let i = s
-                .keywords
-                .intern(k)
-                .ok_or_else(|| Error::KeywordsFull(name.clone()))?;
-            kw_changed |= !had;
-            kw_idx.push(i);
+            let fname = FileName {
+                base: base.clone(),
+                info: String::new(),
+            }
+            .with_flags(how.flags, &kw_idx);
+            let sub = if fname.info.is_empty() { "new" } else { "cur" };
+            links.push((&w.path, dir.join(sub).join(fname.to_entry())));
+            let at = s.uidlist.entries.partition_point(|e| e.uid < uid);
+            s.uidlist.entries.insert(
+                at,
+                Entry {
+                    uid,
+                    ext,
+                    base: base.clone(),
+                },
+            );
+            s.files.insert(base.clone(), Found { sub, name: fname });
+            s.fresh_sha1.insert(base.clone(), w.sha1);
+            bases.push(base);
         }
-        if kw_changed {
+        // Checked whole: from here on the round is applied.
+        if s.keywords != kw_before {
             self.write_keywords(dir, &s.keywords)?;
         }
-        let fname = FileName {
-            base: base.clone(),
-            info: String::new(),
+        let mut subs = std::collections::BTreeSet::new();
+        for (from, to) in &links {
+            fs::hard_link(from, to).map_err(io_err(to))?;
+            subs.insert(to.parent().expect("in new/ or cur/").to_path_buf());
         }
-        .with_flags(how.flags, &kw_idx);
-        let sub = if fname.info.is_empty() { "new" } else { "cur" };
-        let dest = dir.join(sub).join(fname.to_entry());
-        fs::hard_link(tmp_path, &dest).map_err(io_err(&dest))?;
-        sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
+        for d in &subs {
+            sync_dir(d).map_err(io_err(dir))?;
+        }
         self.fault_point();
-        let at = s.uidlist.entries.partition_point(|e| e.uid < uid);
-        s.uidlist.entries.insert(
-            at,
-            Entry {
-                uid,
-                ext,
-                base: base.clone(),
-            },
-        );
-        if below {
-            s.uidlist.header_next_uid = next;
+        if any_below {
+            s.uidlist.header_next_uid = next_before;
             for f in [
                 "dovecot.index",
                 "dovecot.index.log",
@@ -922,69 +1087,100 @@ impl Maildir {
                 }
             }
         }
-        s.files.insert(
-            base.clone(),
-            Found {
-                sub,
-                name: fname.clone(),
-            },
-        );
         self.write_uidlist(dir, &s.uidlist)?;
         self.update_modseqs(&mut s)?;
-        let e = s.uidlist.by_base(&base).expect("just added").clone();
-        let f = s.files.get(&base).expect("just added").clone();
-        self.message_of(&s, &e, &f)
+        bases
+            .iter()
+            .map(|base| {
+                let e = s.uidlist.by_base(base).expect("just added");
+                let f = s.files.get(base).expect("just added");
+                self.message_of(&s, e, f)
+            })
+            .collect()
     }
 
     /// Replace a message's flags and keywords (a rename in place).
     pub fn set_flags(&self, name: &Name, uid: u32, flags: &Flags) -> Result<Message> {
+        let mut v = self.set_flags_many(name, &[(uid, flags.clone())])?;
+        Ok(v.pop().expect("one message changed"))
+    }
+
+    /// Replace the flags and keywords of many messages of one mailbox
+    /// under one uidlist lock: every rename, then one fsync per directory
+    /// and one modseq write. Every UID must exist (checked before any
+    /// rename, [`Error::NoMessage`]), and the keywords must fit. Returns
+    /// the messages as they now are, in the order given.
+    pub fn set_flags_many(&self, name: &Name, changes: &[(u32, Flags)]) -> Result<Vec<Message>> {
         let dir = self.existing_dir(name)?;
         let _l = self.lock(&dir.join(UIDLIST))?;
         for _ in 0..5 {
             let mut s = self.snapshot_locked(name, &dir)?;
-            let (e, f) = self.find(&s, name, uid)?;
-            let (e, f) = (e.clone(), f.clone());
-            let mut idx = Vec::new();
-            let mut changed = false;
-            for k in flags.keywords() {
-                let had = s.keywords.index_of(k).is_some();
-                idx.push(
-                    s.keywords
-                        .intern(k)
-                        .ok_or_else(|| Error::KeywordsFull(name.clone()))?,
-                );
-                changed |= !had;
+            let kw_before = s.keywords.clone();
+            let mut renames = Vec::new();
+            for (uid, flags) in changes {
+                let (e, f) = self.find(&s, name, *uid)?;
+                let (base, f) = (e.base.clone(), f.clone());
+                let mut idx = Vec::new();
+                for k in flags.keywords() {
+                    idx.push(
+                        s.keywords
+                            .intern(k)
+                            .ok_or_else(|| Error::KeywordsFull(name.clone()))?,
+                    );
+                }
+                let new = f.name.with_flags(flags.system, &idx);
+                if new != f.name {
+                    renames.push((base, f, new));
+                }
             }
-            if changed {
+            if s.keywords != kw_before {
                 self.write_keywords(&dir, &s.keywords)?;
             }
-            let new = f.name.with_flags(flags.system, &idx);
-            if new != f.name {
+            let mut moved_away = false;
+            let mut subs = std::collections::BTreeSet::new();
+            for (base, f, new) in renames {
                 let from = dir.join(f.sub).join(f.name.to_entry());
                 let to = dir.join(f.sub).join(new.to_entry());
                 match fs::rename(&from, &to) {
                     Ok(()) => {}
                     // Dovecot renamed it meanwhile (flags, new→cur): rescan.
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        moved_away = true;
+                        continue;
+                    }
                     Err(err) => return Err(io_err(&from)(err)),
                 }
-                sync_dir(&dir.join(f.sub)).map_err(io_err(&dir))?;
-                self.fault_point();
+                subs.insert(f.sub);
                 s.files.insert(
-                    e.base.clone(),
+                    base,
                     Found {
                         sub: f.sub,
                         name: new,
                     },
                 );
             }
+            for sub in &subs {
+                sync_dir(&dir.join(sub)).map_err(io_err(&dir))?;
+            }
+            if !subs.is_empty() {
+                self.fault_point();
+            }
             self.update_modseqs(&mut s)?;
-            let f = s.files.get(&e.base).expect("present").clone();
-            return self.message_of(&s, &e, &f);
+            if moved_away {
+                // Already renamed ones are no-ops on the next round.
+                continue;
+            }
+            return changes
+                .iter()
+                .map(|(uid, _)| {
+                    let (e, f) = self.find(&s, name, *uid)?;
+                    self.message_of(&s, e, f)
+                })
+                .collect();
         }
-        Err(Error::NoMessage {
-            mailbox: name.clone(),
-            uid,
+        Err(Error::Io {
+            path: dir,
+            source: io::Error::other("message files keep moving during a flag change"),
         })
     }
 
@@ -1220,6 +1416,7 @@ impl Maildir {
             files,
             keywords,
             modseqs,
+            fresh_sha1: BTreeMap::new(),
         }))
     }
 
@@ -1243,6 +1440,7 @@ impl Maildir {
                             .read_control(&dir.join(MODSEQS))?
                             .and_then(|t| Modseqs::parse(&t))
                             .unwrap_or_default(),
+                        fresh_sha1: BTreeMap::new(),
                     },
                     true,
                 )
@@ -1359,6 +1557,7 @@ impl Maildir {
             let sha1 = match m.per_uid.get(&uid) {
                 Some(x) if x.letters == letters => continue,
                 Some(x) => x.sha1,
+                None if s.fresh_sha1.contains_key(&f.name.base) => s.fresh_sha1[&f.name.base],
                 None => {
                     let path = s.dir.join(f.sub).join(f.name.to_entry());
                     match sha1_of(&path) {
@@ -1511,12 +1710,23 @@ impl Maildir {
         Ok(next)
     }
 
-    fn write_tmp(
-        &self,
-        path: &Path,
-        body: &mut dyn Read,
-        internaldate: Option<i64>,
-    ) -> Result<(u64, u64)> {
+    /// Write one message to `tmp/` (not yet fsynced: the caller syncs a
+    /// group at once), hashing it on the way so its modseq line needs no
+    /// second read.
+    fn write_tmp(&self, path: &Path, body: Body<'_>, internaldate: Option<i64>) -> Result<Written> {
+        let mut opened;
+        let mut slice;
+        let body: &mut dyn Read = match body {
+            Body::Bytes(b) => {
+                slice = b;
+                &mut slice
+            }
+            Body::File(p) => {
+                opened = File::open(p).map_err(io_err(p))?;
+                &mut opened
+            }
+            Body::Reader(r) => r,
+        };
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -1525,6 +1735,7 @@ impl Maildir {
         let max = self.options.message_bytes_max;
         let mut buf = vec![0u8; 64 * 1024];
         let (mut size, mut vsize, mut prev_cr) = (0u64, 0u64, false);
+        let mut hash = <sha1::Sha1 as sha1::Digest>::new();
         let r: Result<()> = (|| {
             loop {
                 let n = body.read(&mut buf).map_err(io_err(path))?;
@@ -1542,6 +1753,7 @@ impl Maildir {
                     vsize += if b == b'\n' && !prev_cr { 2 } else { 1 };
                     prev_cr = b == b'\r';
                 }
+                sha1::Digest::update(&mut hash, &buf[..n]);
                 f.write_all(&buf[..n]).map_err(io_err(path))?;
             }
             let mailbox_dir = path.parent().and_then(Path::parent).unwrap_or(path);
@@ -1551,15 +1763,20 @@ impl Maildir {
                 f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when))
                     .map_err(io_err(path))?;
             }
-            f.sync_all().map_err(io_err(path))?;
             Ok(())
         })();
         if let Err(e) = r {
             let _ = fs::remove_file(path);
             return Err(e);
         }
-        self.fault_point();
-        Ok((size, vsize))
+        Ok(Written {
+            path: path.to_path_buf(),
+            prefix: String::new(),
+            size,
+            vsize,
+            sha1: Guid::from_bytes(sha1::Digest::finalize(hash).into()),
+            file: Some(f),
+        })
     }
 }
 

@@ -248,6 +248,53 @@ impl<'a> UserView<'a> {
         Ok(None)
     }
 
+    /// [`MailRead::records`], with the messages read and their directory
+    /// (for [`UserStore`]'s location map).
+    #[allow(clippy::type_complexity)]
+    fn records_of(
+        &self,
+        mailbox: &UniqueId,
+        range: UidRange,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<(PathBuf, Vec<super::Message>)>), StoreError> {
+        let Some(name) = self.name_of_uniqueid(mailbox)? else {
+            return Ok((Vec::new(), None));
+        };
+        let msgs = match self.maildir.messages(&name) {
+            Ok(m) => m,
+            Err(Error::NoMailbox(_)) => return Ok((Vec::new(), None)),
+            Err(e) => return Err(store_err(e)),
+        };
+        let mut out = Vec::new();
+        for m in &msgs {
+            let Ok(uid) = engine::model::Uid::new(m.uid) else {
+                continue;
+            };
+            if !range.contains(uid) {
+                continue;
+            }
+            // A file that vanished while being hashed has no SHA-1 yet.
+            let Some(sha1) = m.sha1 else { continue };
+            let mut r = Record::new(
+                uid,
+                ModSeq(m.modseq),
+                sha1,
+                m.size,
+                UnixTime(m.internaldate),
+            );
+            r.flags = m.model_flags();
+            // A GUID that is the SHA-1 hex is the model's own identity.
+            if m.guid != sha1.to_hex() {
+                r.peer_guid = PeerMailGuid::new(&m.guid).ok();
+            }
+            out.push(r);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok((out, Some((self.maildir.dir_of(&name), msgs))))
+    }
+
     /// Where every message's bytes are: SHA-1 → (file, size). One pass
     /// over every mailbox.
     fn locate_all(&self) -> Result<BTreeMap<Guid, (PathBuf, u64)>, StoreError> {
@@ -341,42 +388,7 @@ impl MailRead for UserView<'_> {
         range: UidRange,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let Some(name) = self.name_of_uniqueid(mailbox)? else {
-            return Ok(Vec::new());
-        };
-        let msgs = match self.maildir.messages(&name) {
-            Ok(m) => m,
-            Err(Error::NoMailbox(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(store_err(e)),
-        };
-        let mut out = Vec::new();
-        for m in msgs {
-            let Ok(uid) = engine::model::Uid::new(m.uid) else {
-                continue;
-            };
-            if !range.contains(uid) {
-                continue;
-            }
-            // A file that vanished while being hashed has no SHA-1 yet.
-            let Some(sha1) = m.sha1 else { continue };
-            let mut r = Record::new(
-                uid,
-                ModSeq(m.modseq),
-                sha1,
-                m.size,
-                UnixTime(m.internaldate),
-            );
-            r.flags = m.model_flags();
-            // A GUID that is the SHA-1 hex is the model's own identity.
-            if m.guid != sha1.to_hex() {
-                r.peer_guid = PeerMailGuid::new(&m.guid).ok();
-            }
-            out.push(r);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(self.records_of(mailbox, range, limit)?.0)
     }
 
     fn message_size(&self, guid: &Guid) -> Result<Option<u64>, StoreError> {
@@ -548,12 +560,8 @@ pub struct UserStore {
     staging: BTreeMap<StageHandle, (StageHasher, File, PathBuf)>,
     staged: BTreeMap<Guid, (PathBuf, u64)>,
     next_handle: u64,
-    /// Where message bytes were last seen (SHA-1 → file, size): a dsync
-    /// source reads every body by SHA-1, and finding one means reading
-    /// every mailbox. Maildir files never change content, so an entry is
-    /// right as long as its file exists; a missing file (expunged, or
-    /// renamed by a flag change) refreshes the whole map.
-    located: std::sync::Mutex<BTreeMap<Guid, (PathBuf, u64)>>,
+    /// Where message bytes were last seen (see [`Located`]).
+    located: std::sync::Mutex<Located>,
 }
 
 impl std::fmt::Debug for UserStore {
@@ -567,10 +575,44 @@ impl std::fmt::Debug for UserStore {
     }
 }
 
+/// Where message bytes are (SHA-1 → file, size). A dsync source reads
+/// every body by SHA-1, and a dsync destination asks for every incoming
+/// message whether it already has its bytes; answering either by reading
+/// every mailbox made a sync quadratic. Maildir files never change
+/// content, so an entry is right as long as its file exists; a missing
+/// file (expunged, or renamed by someone else's flag change) refreshes the
+/// whole map. Once `complete` (built by a full pass), the map is kept
+/// current with everything this process writes and every record it reads,
+/// so a miss is answered "absent" without another pass: the only thing a
+/// miss can then overlook is a message another process delivered that
+/// this process never read, and the cost of that is one redundant copy
+/// (the peer sends the bytes), never a wrong answer about a record.
+#[derive(Debug, Default)]
+struct Located {
+    map: BTreeMap<Guid, (PathBuf, u64)>,
+    complete: bool,
+}
+
 /// What one batch has read, kept current while it applies.
 struct BatchCache {
     names: BTreeMap<UniqueId, Option<Name>>,
     msgs: BTreeMap<Name, BTreeMap<u32, super::Message>>,
+}
+
+/// One record change of a mailbox's group (see `apply_records`).
+#[derive(Debug, Clone, Copy)]
+enum GroupItem<'a> {
+    Put(&'a ModelRecord),
+    Remove(u32),
+}
+
+impl GroupItem<'_> {
+    fn uid(&self) -> u32 {
+        match self {
+            GroupItem::Put(r) => r.uid.get(),
+            GroupItem::Remove(uid) => *uid,
+        }
+    }
 }
 
 /// Intent files of batches in progress: `ROOT/corvid-batch.<pid>`.
@@ -637,7 +679,7 @@ impl UserStore {
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
             next_handle: 1,
-            located: std::sync::Mutex::new(BTreeMap::new()),
+            located: std::sync::Mutex::new(Located::default()),
         };
         if let Err(e) = st.recover() {
             tracing::warn!(root = %st.maildir.root().display(), error = %e, "maildir batch recovery failed; retried at the next open");
@@ -869,20 +911,58 @@ impl UserStore {
         inline: &BTreeMap<Guid, &Bytes>,
         pins: &mut BTreeMap<Guid, Pin>,
     ) -> Result<(), StoreError> {
-        for c in changes {
-            let Change::PutRecord(_, r) = c else { continue };
-            if r.expunged
-                || inline.contains_key(&r.guid)
-                || self.staged.contains_key(&r.guid)
-                || pins.contains_key(&r.guid)
+        let wanted: Vec<(&UniqueId, &ModelRecord)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PutRecord(id, r)
+                    if !r.expunged
+                        && !inline.contains_key(&r.guid)
+                        && !self.staged.contains_key(&r.guid) =>
+                {
+                    Some((*id, *r))
+                }
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // One pass over the maildir for the whole batch: where each
+        // message's bytes are now.
+        let mut at: BTreeMap<Guid, Vec<(Name, super::Message)>> = BTreeMap::new();
+        for n in self.maildir.list().map_err(store_err)? {
+            let msgs = match self.maildir.messages(&n) {
+                Ok(m) => m,
+                Err(Error::NoMailbox(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            };
+            for m in msgs {
+                if let Some(g) = m.sha1 {
+                    at.entry(g).or_default().push((n.clone(), m));
+                }
+            }
+        }
+        let mut names: BTreeMap<&UniqueId, Option<Name>> = BTreeMap::new();
+        for (id, r) in wanted {
+            if pins.contains_key(&r.guid) {
+                continue;
+            }
+            let Some(places) = at.get(&r.guid) else {
+                continue; // apply_group reports it if it is really needed
+            };
+            if !names.contains_key(id) {
+                names.insert(id, self.view().name_of_uniqueid(id)?);
+            }
+            // A record already where it is (a flag change) moves nothing.
+            let here = names[id].as_ref();
+            if places
+                .iter()
+                .any(|(n, m)| Some(n) == here && m.uid == r.uid.get())
             {
                 continue;
             }
-            let Some((src, uid, _)) = self.view().find_bytes(&r.guid)? else {
-                continue; // put_record reports it if it is really needed
-            };
-            let m = self.maildir.message(&src, uid).map_err(store_err)?;
-            let from = self.maildir.dir_of(&src).join(&m.file);
+            let (src, m) = &places[0];
+            let from = self.maildir.dir_of(src).join(&m.file);
             let to = self.maildir.root().join("tmp").join(format!(
                 "{PIN_PREFIX}{}.{}",
                 std::process::id(),
@@ -894,7 +974,7 @@ impl UserStore {
                 r.guid,
                 Pin {
                     path: to,
-                    mailbox: src,
+                    mailbox: src.clone(),
                     dovecot_guid: m.guid.clone(),
                     flags: m.flags,
                     keywords: m.keywords.clone(),
@@ -1036,7 +1116,40 @@ impl UserStore {
                 .collect(),
             msgs: BTreeMap::new(),
         };
+        // A run of record changes for one mailbox is applied as one group
+        // (one expunge, one flag round, one append round: one lock and one
+        // uidlist write each), not one durable step per record: that is
+        // what makes a dsync import cost a few fsyncs per batch instead of
+        // several per message.
+        let mut group: Option<(Name, Vec<GroupItem<'_>>)> = None;
         for c in changes {
+            let item = match c {
+                Change::PutRecord(id, r) => Some((
+                    self.name_for(id, &mut cache)?
+                        .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?,
+                    GroupItem::Put(r),
+                )),
+                Change::RemoveRecord(id, uid) => self
+                    .name_for(id, &mut cache)?
+                    .map(|n| (n, GroupItem::Remove(uid.get()))),
+                _ => None,
+            };
+            if let Some((n, item)) = item {
+                let same = group.as_ref().is_some_and(|(g, items)| {
+                    *g == n && !items.iter().any(|i| i.uid() == item.uid())
+                });
+                if !same {
+                    if let Some((g, items)) = group.take() {
+                        self.apply_group(&g, &items, inline, pinned, &mut cache)?;
+                    }
+                    group = Some((n, Vec::new()));
+                }
+                group.as_mut().expect("just set").1.push(item);
+                continue;
+            }
+            if let Some((g, items)) = group.take() {
+                self.apply_group(&g, &items, inline, pinned, &mut cache)?;
+            }
             match c {
                 Change::ClearRecords(id) => {
                     if let Some(n) = self.name_for(id, &mut cache)? {
@@ -1049,31 +1162,6 @@ impl UserStore {
                                 .map(|m| m.uid)
                                 .collect();
                             md.expunge(&n, &uids).map_err(store_err)?;
-                        }
-                    }
-                }
-                Change::PutRecord(id, r) => {
-                    let n = self
-                        .name_for(id, &mut cache)?
-                        .ok_or_else(|| StoreError::UnknownMailbox((*id).clone()))?;
-                    if !cache.msgs.contains_key(&n) {
-                        let have = match md.messages(&n) {
-                            Ok(v) => v,
-                            Err(Error::NoMailbox(_)) => Vec::new(),
-                            Err(e) => return Err(store_err(e)),
-                        };
-                        cache
-                            .msgs
-                            .insert(n.clone(), have.into_iter().map(|m| (m.uid, m)).collect());
-                    }
-                    let msgs = cache.msgs.get_mut(&n).expect("just loaded");
-                    self.put_record(&n, r, inline, pinned, msgs)?;
-                }
-                Change::RemoveRecord(id, uid) => {
-                    if let Some(n) = self.name_for(id, &mut cache)? {
-                        md.expunge(&n, &[uid.get()]).map_err(store_err)?;
-                        if let Some(m) = cache.msgs.get_mut(&n) {
-                            m.remove(&uid.get());
                         }
                     }
                 }
@@ -1096,6 +1184,9 @@ impl UserStore {
                 _ => {}
             }
         }
+        if let Some((g, items)) = group.take() {
+            self.apply_group(&g, &items, inline, pinned, &mut cache)?;
+        }
         Ok(())
     }
 
@@ -1108,73 +1199,116 @@ impl UserStore {
         Ok(n)
     }
 
-    fn put_record(
+    /// Apply one mailbox's run of record changes: expunges, then flag
+    /// changes, then new messages, each as one [`Maildir`] call.
+    fn apply_group(
         &self,
         n: &Name,
-        r: &ModelRecord,
+        items: &[GroupItem<'_>],
         inline: &BTreeMap<Guid, &Bytes>,
         pinned: &BTreeMap<Guid, Pin>,
-        msgs: &mut BTreeMap<u32, super::Message>,
+        cache: &mut BatchCache,
     ) -> Result<(), StoreError> {
         let md = &self.maildir;
-        let uid = r.uid.get();
-        match msgs.get(&uid) {
-            Some(have) => {
-                if r.expunged {
-                    md.expunge(n, &[uid]).map_err(store_err)?;
-                    msgs.remove(&uid);
-                    return Ok(());
+        if !cache.msgs.contains_key(n) {
+            let have = match md.messages(n) {
+                Ok(v) => v,
+                Err(Error::NoMailbox(_)) => Vec::new(),
+                Err(e) => return Err(store_err(e)),
+            };
+            cache
+                .msgs
+                .insert(n.clone(), have.into_iter().map(|m| (m.uid, m)).collect());
+        }
+        let msgs = cache.msgs.get_mut(n).expect("just loaded");
+        let mut expunge = Vec::new();
+        let mut flags = Vec::new();
+        let mut appends = Vec::new();
+        for item in items {
+            match (item, msgs.get(&item.uid())) {
+                (GroupItem::Remove(uid), Some(_)) => expunge.push(*uid),
+                (GroupItem::Put(r), Some(_)) if r.expunged => expunge.push(r.uid.get()),
+                (GroupItem::Put(r), Some(have)) if have.model_flags() != r.flags => {
+                    flags.push((r.uid.get(), r.flags.clone()))
                 }
-                if have.model_flags() != r.flags {
-                    let now = md.set_flags(n, uid, &r.flags).map_err(store_err)?;
-                    msgs.insert(uid, now);
-                }
-                Ok(())
-            }
-            // Maildir keeps no expunged records.
-            None if r.expunged => Ok(()),
-            None => {
-                let how = super::Append {
-                    uid: Some(r.uid.get()),
-                    // Without a peer GUID the message's dsync identity is
-                    // its SHA-1 hex: keep exactly that (uidlist `G`), or a
-                    // later sync would see a different message.
-                    guid: Some(
-                        r.peer_guid
-                            .as_ref()
-                            .map_or_else(|| r.guid.to_hex(), |g| g.to_lossy()),
-                    ),
-                    flags: r.flags.system,
-                    keywords: r.flags.keywords().to_vec(),
-                    internaldate: Some(r.internaldate.0),
-                };
-                // The model may reuse UIDs after a UIDVALIDITY change.
-                let res = if let Some(b) = inline.get(&r.guid) {
-                    md.append_reusing_uid(n, &mut &b[..], &how)
-                } else if let Some(p) = self
-                    .staged
-                    .get(&r.guid)
-                    .map(|(p, _)| p)
-                    .or_else(|| pinned.get(&r.guid).map(|p| &p.path))
-                {
-                    let mut f = File::open(p).map_err(|e| StoreError::Io(e.to_string()))?;
-                    md.append_reusing_uid(n, &mut f, &how)
-                } else {
-                    // Bytes already in the maildir (another mailbox): copy.
-                    let (src, uid, _) = self
-                        .view()
-                        .find_bytes(&r.guid)?
-                        .ok_or(StoreError::MissingMessage(r.guid))?;
-                    let m = md.message(&src, uid).map_err(store_err)?;
-                    let mut f = File::open(md.dir_of(&src).join(&m.file))
-                        .map_err(|e| StoreError::Io(e.to_string()))?;
-                    md.append_reusing_uid(n, &mut f, &how)
-                };
-                let m = res.map_err(store_err)?;
-                msgs.insert(m.uid, m);
-                Ok(())
+                // Maildir keeps no expunged records.
+                (GroupItem::Put(r), None) if !r.expunged => appends.push(*r),
+                _ => {}
             }
         }
+        if !expunge.is_empty() {
+            md.expunge(n, &expunge).map_err(store_err)?;
+            for uid in &expunge {
+                msgs.remove(uid);
+            }
+        }
+        if !flags.is_empty() {
+            let now = md.set_flags_many(n, &flags).map_err(store_err)?;
+            self.note_located(&md.dir_of(n), &now);
+            for m in now {
+                msgs.insert(m.uid, m);
+            }
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        // Bytes already in the maildir that no pin holds (another
+        // mailbox): copied from where they are now.
+        let mut copies: BTreeMap<Guid, PathBuf> = BTreeMap::new();
+        for r in &appends {
+            if inline.contains_key(&r.guid)
+                || self.staged.contains_key(&r.guid)
+                || pinned.contains_key(&r.guid)
+                || copies.contains_key(&r.guid)
+            {
+                continue;
+            }
+            let (src, uid, _) = self
+                .view()
+                .find_bytes(&r.guid)?
+                .ok_or(StoreError::MissingMessage(r.guid))?;
+            let m = md.message(&src, uid).map_err(store_err)?;
+            copies.insert(r.guid, md.dir_of(&src).join(&m.file));
+        }
+        let batch: Vec<super::NewMessage<'_>> = appends
+            .iter()
+            .map(|r| {
+                let body = if let Some(b) = inline.get(&r.guid) {
+                    super::Body::Bytes(&b[..])
+                } else if let Some((p, _)) = self.staged.get(&r.guid) {
+                    super::Body::File(p)
+                } else if let Some(p) = pinned.get(&r.guid) {
+                    super::Body::File(&p.path)
+                } else {
+                    super::Body::File(&copies[&r.guid])
+                };
+                super::NewMessage {
+                    body,
+                    how: super::Append {
+                        uid: Some(r.uid.get()),
+                        // Without a peer GUID the message's dsync identity
+                        // is its SHA-1 hex: keep exactly that (uidlist
+                        // `G`), or a later sync would see a different
+                        // message.
+                        guid: Some(
+                            r.peer_guid
+                                .as_ref()
+                                .map_or_else(|| r.guid.to_hex(), |g| g.to_lossy()),
+                        ),
+                        flags: r.flags.system,
+                        keywords: r.flags.keywords().to_vec(),
+                        internaldate: Some(r.internaldate.0),
+                    },
+                }
+            })
+            .collect();
+        // The model may reuse UIDs after a UIDVALIDITY change.
+        let stored = md.append_many_reusing_uids(n, batch).map_err(store_err)?;
+        self.note_located(&md.dir_of(n), &stored);
+        for m in stored {
+            msgs.insert(m.uid, m);
+        }
+        Ok(())
     }
 }
 
@@ -1188,13 +1322,26 @@ macro_rules! view_reads {
 
 impl MailRead for UserStore {
     fn message_size(&self, guid: &Guid) -> Result<Option<u64>, StoreError> {
-        Ok(self.read_located(guid, 0, 0)?.map(|(_, size)| size))
+        Ok(self.read_located(guid, 0, 0, false)?.map(|(_, size)| size))
     }
 
     fn message_bytes(&self, guid: &Guid, offset: u64, max_len: usize) -> Result<Bytes, StoreError> {
-        self.read_located(guid, offset, max_len)?
+        self.read_located(guid, offset, max_len, true)?
             .map(|(b, _)| b)
             .ok_or(StoreError::MissingMessage(*guid))
+    }
+
+    fn records(
+        &self,
+        mailbox: &UniqueId,
+        range: UidRange,
+        limit: usize,
+    ) -> Result<Vec<ModelRecord>, StoreError> {
+        let (records, msgs) = self.view().records_of(mailbox, range, limit)?;
+        if let Some((dir, msgs)) = msgs {
+            self.note_located(&dir, &msgs);
+        }
+        Ok(records)
     }
 
     view_reads! {
@@ -1204,7 +1351,6 @@ impl MailRead for UserStore {
         mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
         mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
         users() -> Vec<UserId>;
-        records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<ModelRecord>;
         seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
         seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
         subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
@@ -1227,15 +1373,18 @@ impl UserStore {
         guid: &Guid,
         offset: u64,
         max_len: usize,
+        miss_rescans: bool,
     ) -> Result<Option<(Bytes, u64)>, StoreError> {
         use std::io::{Read, Seek, SeekFrom};
         let io = |e: std::io::Error| StoreError::Io(e.to_string());
         let mut located = self.located.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
-            if attempt == 1 || !located.contains_key(guid) {
-                *located = self.view().locate_all()?;
+            let miss = !located.map.contains_key(guid);
+            if attempt == 1 || (miss && (miss_rescans || !located.complete)) {
+                located.map = self.view().locate_all()?;
+                located.complete = true;
             }
-            let Some((path, size)) = located.get(guid).cloned() else {
+            let Some((path, size)) = located.map.get(guid).cloned() else {
                 return Ok(None);
             };
             let mut f = match File::open(&path) {
@@ -1243,12 +1392,25 @@ impl UserStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(e)),
             };
+            if max_len == 0 {
+                return Ok(Some((Bytes::new(), size)));
+            }
             f.seek(SeekFrom::Start(offset)).map_err(io)?;
             let mut buf = Vec::new();
             f.take(max_len as u64).read_to_end(&mut buf).map_err(io)?;
             return Ok(Some((Bytes::from(buf), size)));
         }
         Ok(None)
+    }
+
+    /// Remember where these messages are (see [`Located`]).
+    fn note_located(&self, dir: &std::path::Path, msgs: &[super::Message]) {
+        let mut located = self.located.lock().unwrap_or_else(|p| p.into_inner());
+        for m in msgs {
+            if let Some(g) = m.sha1 {
+                located.map.insert(g, (dir.join(&m.file), m.size));
+            }
+        }
     }
 }
 
@@ -1308,7 +1470,10 @@ impl StoreWrite for UserStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
         let staged = &self.staged;
         let lookup = |g: &Guid| staged.get(g).map(|(_, s)| *s);
-        let plan = Plan::build(&self.view(), batch, &lookup)?;
+        // Validated against this store itself, not a bare view: its
+        // location map answers "have these bytes?" without a pass over
+        // every mailbox per record.
+        let plan = Plan::build(&*self, batch, &lookup)?;
         self.apply(&plan)
     }
 
