@@ -720,3 +720,46 @@ fn equal_modseq_split_brain_with_an_empty_replica_is_repaired() {
         "{ev:?}"
     );
 }
+
+/// A replica mailbox of the user that the master neither holds nor buried
+/// (a create acknowledged by a master that crashed before replicating it,
+/// simulator seed 60) is copied back with its UIDs; Cyrus would leave it
+/// stranded. With `-O` nothing is written here and the mailbox stays.
+#[test]
+fn replica_only_mailbox_is_copied_back_unless_no_copyback() {
+    let (m, _) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+    let mut lost = mailbox("user.alice.Lost", "0003-lost");
+    write(&r, fill(&mut lost, 1..=3));
+    let mut no_copyback = opts();
+    no_copyback.no_copyback = true;
+    let ev = run(&m, &r, no_copyback, vec![Command::User(alice.clone())]);
+    assert_eq!(job_ok(&ev), 1);
+    assert!(m.borrow().mailbox(&lost.name).unwrap().is_none());
+    let ev = run(&m, &r, opts(), vec![Command::User(alice.clone())]);
+    assert_eq!(job_ok(&ev), 1);
+    let here = m
+        .borrow()
+        .mailbox_by_uniqueid(&lost.uniqueid)
+        .unwrap()
+        .expect("copied back");
+    assert_eq!(here.name, lost.name);
+    assert_eq!(here.uidvalidity, lost.uidvalidity);
+    let mine = records(&m, &lost.uniqueid);
+    same_records(&mine, &records(&r, &lost.uniqueid));
+    assert_eq!(
+        mine.iter().map(|x| x.uid.get()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    // Quiet afterwards.
+    let ev = run(&m, &r, opts(), vec![Command::User(alice)]);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::MailboxSynced { .. } | Event::FullUpdate(_)))
+            .count(),
+        0,
+        "{ev:?}"
+    );
+}

@@ -22,7 +22,7 @@ use super::plan::{self, Attempt, PlanCtx, Replica, Step, Update};
 use crate::csync::wire::MailboxHeader;
 use crate::csync::wire::{self, owner_of};
 use crate::machine::{CloseReason, EffectId, EffectIds, Layer, Machine, Output, Time};
-use crate::model::{Guid, MailboxName, UniqueId, UserId};
+use crate::model::{Guid, Mailbox, MailboxName, Partition, UniqueId, UnixTime, UserId};
 use crate::store::{
     BatchId, Completion as StoreCompletion, MailRead, Mutation, StageId, StoreEffect, StoreError,
     WriteBatch,
@@ -545,6 +545,7 @@ impl<R: MailRead> Client<R> {
             partition: self.opts.partition.as_deref(),
             sieve_mailbox: self.sieve_mailbox_enabled,
             reserve_guids_max: self.opts.reserve_guids_max,
+            copyback: !self.opts.no_copyback,
         }
     }
 
@@ -908,11 +909,13 @@ impl<R: MailRead> Client<R> {
                 "MAILBOXES",
                 Value::List(names.iter().map(|n| plan::text(n.as_bytes())).collect()),
             )),
-            Step::GetFull { uniqueid } => {
-                let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
-                    return Ok(());
+            Step::GetFull { uniqueid, adopt } => {
+                let name = match (self.read.mailbox_by_uniqueid(uniqueid)?, adopt) {
+                    (Some(mb), _) => mb.name,
+                    (None, Some(name)) => name.clone(),
+                    (None, None) => return Ok(()),
                 };
-                Cmd::Get(Item::new("FULLMAILBOX", plan::text(mb.name.as_bytes())))
+                Cmd::Get(Item::new("FULLMAILBOX", plan::text(name.as_bytes())))
             }
             Step::Fetch { kv } => Cmd::Get(Item::new("FETCH", Value::KvList(kv.clone()))),
             Step::Reserve {
@@ -1024,14 +1027,20 @@ impl<R: MailRead> Client<R> {
                 replica,
                 theirs,
                 staged,
+                adopt,
             } => {
                 if self.opts.no_copyback {
                     self.fail(JobError::Local("copyback needed but -O given".into()));
                     return Ok(());
                 }
-                let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
+                let (mb, create) = match (self.read.mailbox_by_uniqueid(uniqueid)?, adopt) {
+                    (Some(mb), _) => (mb, false),
+                    // Still free here (no mailbox, name or tombstone)?
+                    (None, Some(new)) if self.adoptee(replica)?.is_some() => {
+                        ((**new).clone(), true)
+                    }
                     // Deleted here meanwhile: the tombstone decides later.
-                    return Ok(());
+                    _ => return Ok(()),
                 };
                 let ours = plan::all_records(&self.read, uniqueid)?;
                 let dest = self.ctx().dest_partition(&mb);
@@ -1057,6 +1066,7 @@ impl<R: MailRead> Client<R> {
                         replica: replica.clone(),
                         theirs: theirs.clone(),
                         staged,
+                        adopt: adopt.clone(),
                     });
                     self.push_front(steps);
                     return Ok(());
@@ -1070,11 +1080,16 @@ impl<R: MailRead> Client<R> {
                     // After the local write is durable (advance waits).
                     self.push_front(vec![expunge_step(replica, &plan.expunge)]);
                 }
-                if plan.mutations.is_empty() && plan.fetches.is_empty() {
+                if plan.mutations.is_empty() && plan.fetches.is_empty() && !create {
                     return Ok(());
                 }
                 let id = self.effects.next_id();
                 let mut batch = WriteBatch::new(BatchId(id.0));
+                if create {
+                    // The records below need their mailbox; the plan's own
+                    // PutMailbox (last) sets LAST_UID and HIGHESTMODSEQ.
+                    batch.push(Mutation::PutMailbox(mb.clone()));
+                }
                 for f in &plan.fetches {
                     batch.push(Mutation::LinkMessage {
                         guid: f.record.guid,
@@ -1151,6 +1166,59 @@ impl<R: MailRead> Client<R> {
         Ok(())
     }
 
+    /// The empty local mailbox a replica-only mailbox is copied into (its
+    /// ids, name, UIDVALIDITY, type, ACL and options; records come from
+    /// the full update), or `None` when its id, name or a tombstone of it
+    /// is taken here.
+    fn adoptee(&self, rm: &MailboxHeader) -> Result<Option<Mailbox>, StoreError> {
+        if self.read.mailbox_by_uniqueid(&rm.uniqueid)?.is_some()
+            || self.read.mailbox(&rm.name)?.is_some()
+            || !self.read.tombstones_named(&rm.name)?.is_empty()
+        {
+            return Ok(None);
+        }
+        let owner = owner_of(&rm.name);
+        if let Some(user) = &owner {
+            if self
+                .read
+                .tombstones_of_user(user)?
+                .iter()
+                .any(|t| t.uniqueid == rm.uniqueid)
+            {
+                return Ok(None);
+            }
+        }
+        // The partition of the owner's INBOX here, else the replica's.
+        let inbox = match owner.as_ref().and_then(wire::inbox_of) {
+            Some(n) => self.read.mailbox(&n)?,
+            None => None,
+        };
+        let partition = match (&inbox, &rm.partition) {
+            (Some(i), _) => i.partition.clone(),
+            (None, Some(p)) => match Partition::new(&p[..]) {
+                Ok(p) => p,
+                Err(_) => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        let mut mb = Mailbox::new(
+            rm.uniqueid.clone(),
+            crate::csync::apply::mailbox_guid_of(&rm.uniqueid),
+            rm.name.clone(),
+            owner,
+            wire::uidvalidity(rm.uidvalidity),
+            partition,
+            UnixTime(0),
+        );
+        mb.mbtype = rm.mbtype;
+        mb.acl = rm.acl.clone();
+        mb.options = rm.options;
+        mb.annotations = rm.annotations.clone();
+        mb.createdmodseq = rm.createdmodseq;
+        mb.quotaroot = inbox.and_then(|i| i.quotaroot);
+        Ok(Some(mb))
+    }
+
     fn start_full(&mut self, name: &MailboxName, uniqueid: UniqueId) {
         if self.opts.no_copyback {
             return self.fail(JobError::Local(format!(
@@ -1160,7 +1228,10 @@ impl<R: MailRead> Client<R> {
         }
         self.out
             .push_back(Output::Event(Event::FullUpdate(name.clone())));
-        self.push_front(vec![Step::GetFull { uniqueid }]);
+        self.push_front(vec![Step::GetFull {
+            uniqueid,
+            adopt: None,
+        }]);
     }
 
     /// `APPLY MESSAGE (%{…} …)` with each body read from the store in
@@ -1486,7 +1557,7 @@ impl<R: MailRead> Client<R> {
                     _ => self.fail(Self::refused(&step, &status)),
                 }
             }
-            Step::GetFull { uniqueid } => {
+            Step::GetFull { uniqueid, adopt } => {
                 if !ok {
                     return self.fail(Self::refused(&step, &status));
                 }
@@ -1501,15 +1572,25 @@ impl<R: MailRead> Client<R> {
                     Ok(x) => x,
                     Err(e) => return self.fail(Self::bad(&step, e)),
                 };
-                let res = (|| -> Result<Option<Copyback>, StoreError> {
-                    let Some(mb) = self.read.mailbox_by_uniqueid(uniqueid)? else {
-                        return Ok(None);
+                let res = (|| -> Result<Option<(Copyback, Option<Box<Mailbox>>)>, StoreError> {
+                    let (mb, adopting) = match self.read.mailbox_by_uniqueid(uniqueid)? {
+                        Some(mb) => (mb, None),
+                        None if adopt.is_some() && rm.uniqueid == *uniqueid => {
+                            let Some(mb) = self.adoptee(&rm)? else {
+                                return Ok(None);
+                            };
+                            (mb.clone(), Some(Box::new(mb)))
+                        }
+                        None => return Ok(None),
                     };
                     let ours = plan::all_records(&self.read, uniqueid)?;
                     let dest = self.ctx().dest_partition(&mb);
-                    Ok(Some(full::plan(&mb, &ours, &rm, &theirs, &dest)))
+                    Ok(Some((
+                        full::plan(&mb, &ours, &rm, &theirs, &dest),
+                        adopting,
+                    )))
                 })();
-                let cb = match res {
+                let (cb, adopting) = match res {
                     Ok(Some(x)) => x,
                     Ok(None) => return,
                     Err(e) => return self.fail(JobError::Store(e)),
@@ -1525,12 +1606,13 @@ impl<R: MailRead> Client<R> {
                     .iter()
                     .map(|f| Step::Fetch { kv: f.kv.clone() })
                     .collect();
-                if !cb.is_empty() {
+                if !cb.is_empty() || adopting.is_some() {
                     steps.push(Step::LocalWrite {
                         uniqueid: uniqueid.clone(),
                         replica: Box::new(rm.clone()),
                         theirs,
                         staged: cb.fetches.iter().map(|f| f.record.guid).collect(),
+                        adopt: adopting,
                     });
                 }
                 // The replica changed under EXPUNGE: read it again, then a

@@ -82,6 +82,8 @@ pub(crate) enum Step {
     },
     GetFull {
         uniqueid: UniqueId,
+        /// A replica-only mailbox to copy here under this (replica) name.
+        adopt: Option<MailboxName>,
     },
     Fetch {
         kv: KvList,
@@ -97,6 +99,9 @@ pub(crate) enum Step {
         theirs: Vec<crate::model::Record>,
         /// GUIDs fetched (staged) so far for this repair.
         staged: BTreeSet<Guid>,
+        /// A replica-only mailbox being copied here: created by this
+        /// write unless a mailbox took its id or name meanwhile.
+        adopt: Option<Box<Mailbox>>,
     },
     /// Any other `APPLY`, answered by a status only.
     Simple {
@@ -140,6 +145,8 @@ pub(crate) struct PlanCtx<'a> {
     pub partition: Option<&'a str>,
     pub sieve_mailbox: bool,
     pub reserve_guids_max: usize,
+    /// Local writes allowed (not `-O`).
+    pub copyback: bool,
 }
 
 impl PlanCtx<'_> {
@@ -229,6 +236,32 @@ pub(crate) fn plan_user<R: MailRead + ?Sized>(
             && (buried.contains(id) || !read.tombstones_named(&rm.name)?.is_empty())
         {
             steps.push(unmailbox(ctx, &rm.name));
+        }
+    }
+    // corvid differs from Cyrus here: a replica mailbox of this user that
+    // we neither hold nor buried is copied back (a split brain after a
+    // crash failover: the old master acknowledged the create, or mail in
+    // it, before replicating; simulator seed 60). Cyrus leaves it on the
+    // replica for ever. Not with -O (nothing local is written then), and
+    // never a #sieve, intermediate or deleted mailbox, or a name taken
+    // here by another mailbox.
+    if ctx.copyback {
+        for (id, rm) in &replica.mailboxes {
+            if local_ids.contains(id)
+                || buried.contains(id)
+                || rm.mbtype.intermediate
+                || rm.mbtype.deleted
+                || rm.mbtype.kind != crate::model::MailboxKind::Email
+                || owner_of(&rm.name).as_ref() != Some(user)
+                || read.mailbox(&rm.name)?.is_some()
+                || !read.tombstones_named(&rm.name)?.is_empty()
+            {
+                continue;
+            }
+            steps.push(Step::GetFull {
+                uniqueid: id.clone(),
+                adopt: Some(rm.name.clone()),
+            });
         }
     }
     for mb in &local {
