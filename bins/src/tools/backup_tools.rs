@@ -196,9 +196,18 @@ struct RestoreArgs {
     /// restore_authname/restore_password, else sync_authname/sync_password.
     #[arg(long, conflicts_with = "maildir")]
     to: Option<String>,
-    /// A Maildir++ root to write into instead.
+    /// A Maildir++ root to write into instead. Seen state becomes the
+    /// `S` flag, subscriptions the `subscriptions` file, Sieve scripts go
+    /// beside it as Pigeonhole keeps them (`../sieve/NAME.sieve`, the
+    /// active one linked from `../.dovecot.sieve`), and the user's quota
+    /// root becomes a Maildir++ `maildirsize`.
     #[arg(long)]
     maildir: Option<PathBuf>,
+    /// Restore as this (new) user instead: mailboxes renamed under its
+    /// INBOX, with new UNIQUEIDs, so the original user may still exist on
+    /// the target.
+    #[arg(long = "as")]
+    as_user: Option<String>,
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -517,6 +526,20 @@ fn restore(conf: &Config, b: &Backup, r: RestoreArgs) -> ExitCode {
         eprintln!("backup restore: {e}");
         return ExitCode::from(64);
     }
+    let user = match &r.as_user {
+        None => user,
+        Some(to) => {
+            let to = match user_id("backup restore", to) {
+                Ok(u) => u,
+                Err(c) => return c,
+            };
+            if let Err(e) = s.rename_user(&to) {
+                eprintln!("backup restore: --as {to}: {e}");
+                return ExitCode::from(64);
+            }
+            to
+        }
+    };
     // Every message must be in the pack before anything is sent.
     let missing: Vec<Guid> = s
         .guids()
@@ -688,9 +711,12 @@ fn csync_restore(
     })
 }
 
-/// Writes the snapshot's mailboxes, messages, flags and subscriptions
-/// into a Maildir++ (seen state, quota, annotations and Sieve have no
-/// Maildir form and are reported, not written).
+/// Writes the snapshot into a Maildir++: mailboxes, messages, flags, the
+/// user's seen state (as Dovecot's `S` flag: Maildir has no per-user seen
+/// list, so seen UIDs are marked `\Seen`), subscriptions (Maildir++
+/// `subscriptions`), Sieve scripts beside the Maildir and the quota root
+/// as `maildirsize` ([`write_sieve`], [`write_quota`]). Annotations have
+/// no Maildir form and are reported, not written.
 fn maildir_restore(s: Snapshot, user: &UserId, dir: &std::path::Path) -> Result<usize, String> {
     use engine::store::{BatchId, Mutation, StoreWrite, WriteBatch};
     let md = store::maildir::Maildir::open(dir, store::maildir::Options::default())
@@ -729,11 +755,21 @@ fn maildir_restore(s: Snapshot, user: &UserId, dir: &std::path::Path) -> Result<
         mb.acl = Default::default();
         mb.annotations = Default::default();
         mb.quotaroot = None;
+        let seen = s.seen.get(&mb.uniqueid);
         let records: Vec<_> = s
             .records
             .get(&mb.uniqueid)
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
+        let records: Vec<_> = records
+            .into_iter()
+            .map(|mut r: engine::model::Record| {
+                if seen.is_some_and(|sn| sn.seenuids.contains(r.uid.get())) {
+                    r.flags.system.insert(engine::model::SystemFlags::SEEN);
+                }
+                r
+            })
+            .collect();
         // Into an existing mailbox of that name: its identity, and the
         // restored messages appended after its last UID (never over one).
         let mut next_uid = None;
@@ -771,17 +807,107 @@ fn maildir_restore(s: Snapshot, user: &UserId, dir: &std::path::Path) -> Result<
     }
     us.write(&batch).map_err(|e| e.to_string())?;
     us.sync().map_err(|e| e.to_string())?;
-    let skipped = [
-        (s.seen.len(), "seen state(s)"),
-        (s.quotas.len(), "quota root(s)"),
-        (s.sieve.len(), "Sieve script(s)"),
-    ];
-    for (k, what) in skipped {
-        if k > 0 {
-            eprintln!("backup restore: {k} {what} not written (no Maildir form)");
-        }
+    if !s.sieve.is_empty() {
+        let at = write_sieve(&s, dir)?;
+        eprintln!(
+            "backup restore: {} Sieve script(s) written to {} (Pigeonhole's default sieve = file:~/sieve;active=~/.dovecot.sieve)",
+            s.sieve.len(),
+            at.display()
+        );
+    }
+    if let Some(line) = write_quota(&s, user, dir)? {
+        eprintln!("backup restore: {line}");
+    }
+    let annotated = s
+        .mailboxes
+        .values()
+        .filter(|m| !m.annotations.is_empty())
+        .count();
+    if annotated > 0 {
+        eprintln!(
+            "backup restore: annotations of {annotated} mailbox(es) not written (no Maildir form)"
+        );
     }
     Ok(n)
+}
+
+/// Writes the Sieve scripts where Dovecot Pigeonhole looks by default,
+/// taking the Maildir's parent as the home directory: `sieve/NAME.sieve`
+/// and the symbolic link `.dovecot.sieve` to the active one (replaced if
+/// present). Returns the script directory.
+fn write_sieve(s: &Snapshot, maildir: &std::path::Path) -> Result<PathBuf, String> {
+    let home = std::fs::canonicalize(maildir)
+        .map_err(|e| format!("{}: {e}", maildir.display()))?
+        .parent()
+        .ok_or("the Maildir has no parent directory for sieve/")?
+        .to_owned();
+    let dir = home.join("sieve");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for sc in s.sieve.values() {
+        let name = String::from_utf8_lossy(sc.name.as_bytes()).into_owned();
+        let path = dir.join(format!("{name}.sieve"));
+        std::fs::write(&path, &sc.content).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(active) = &s.sieve_active {
+        let link = home.join(".dovecot.sieve");
+        let tmp = home.join(".dovecot.sieve.corvid-tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let target = format!("sieve/{}.sieve", String::from_utf8_lossy(active.as_bytes()));
+        std::os::unix::fs::symlink(&target, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &link))
+            .map_err(|e| format!("{}: {e}", link.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Writes the user's own quota root (Cyrus `user.NAME`) as a Maildir++
+/// `maildirsize`: the limit line (`<bytes>S,<count>C`) and the usage of
+/// the restored messages. Dovecot's `maildir` quota backend keeps this
+/// file up to date but takes the *limits* from its configuration
+/// (`quota_rule`), so the line returned says which rule to set.
+fn write_quota(
+    s: &Snapshot,
+    user: &UserId,
+    maildir: &std::path::Path,
+) -> Result<Option<String>, String> {
+    use engine::model::QuotaResource;
+    let Some(root) = engine::csync::wire::inbox_of(user) else {
+        return Ok(None);
+    };
+    let Some(q) = s.quotas.get(&root) else {
+        return Ok(None);
+    };
+    let storage_kib = q.limits.get(&QuotaResource::Storage).copied();
+    let messages = q.limits.get(&QuotaResource::Message).copied();
+    if storage_kib.is_none() && messages.is_none() {
+        return Ok(None);
+    }
+    let mut def = Vec::new();
+    if let Some(k) = storage_kib {
+        def.push(format!("{}S", k * 1024));
+    }
+    if let Some(m) = messages {
+        def.push(format!("{m}C"));
+    }
+    let live = s.records.values().flat_map(|r| r.values());
+    let (bytes, count) = live.fold((0u64, 0u64), |(b, c), r| (b + r.size, c + 1));
+    let text = format!("{}\n{bytes} {count}\n", def.join(","));
+    let path = maildir.join("maildirsize");
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rule = String::from("quota_rule = *:");
+    let mut parts = Vec::new();
+    if let Some(k) = storage_kib {
+        parts.push(format!("storage={k}K"));
+    }
+    if let Some(m) = messages {
+        parts.push(format!("messages={m}"));
+    }
+    rule.push_str(&parts.join(":"));
+    Ok(Some(format!(
+        "quota root {root} written to {} ({}); Dovecot reads its limits from its config: set `{rule}` for {user}",
+        path.display(),
+        def.join(",")
+    )))
 }
 
 /// A Cyrus internal name of `user`'s (`user.alice.Work`, `^` for a dot,
@@ -1053,6 +1179,7 @@ pub fn restore_main(args: Vec<OsString>) -> ExitCode {
         expunged: a.expunged,
         to: None,
         maildir: None,
+        as_user: None,
     };
     if let Err(e) = select(&mut s, &sel) {
         eprintln!("restore: {e}");

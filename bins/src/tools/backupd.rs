@@ -13,29 +13,40 @@
 //! * The *current* state (what `GET` answers from) lives in a working
 //!   embedded store whose index sits in the first `backuppartition-NAME`
 //!   directory.
-//! * The *backup* is [`store::backup`] (format 2): after every durable
-//!   batch, [`store::backup::ops::ops_of_batch`] splits what the batch did
-//!   by user, the bytes of every live record go to the shared zstd pack
-//!   (deduplicated by GUID), and one chunk of deltas is appended to each
-//!   touched user's journal and fsynced — all before the daemon answers
-//!   the APPLY that caused it. Expunges and deletes are recorded, never
-//!   destructive for the backup. At startup a torn last chunk (a crash
-//!   mid-append) is cut off.
+//! * The *backup* is [`store::backup`] (format 2), and it is the source of
+//!   truth: a batch is journaled **before** the working store may apply
+//!   it. While the peer uploads a message, its bytes are streamed into
+//!   the shared zstd pack as well (compressed and hashed as they arrive,
+//!   deduplicated by GUID). When the machine emits a batch,
+//!   [`store::backup::ops::ops_of_batch`] splits what it will do by user
+//!   (reading the state after it through [`engine::store::Pending`]); the
+//!   batch's new pack files are made durable together (one round of
+//!   parallel fsyncs, not two per message), one chunk of deltas is
+//!   appended to each touched user's journal and fsynced, and only then
+//!   is the batch handed to the working store, whose durability completes
+//!   the APPLY. If the journal fails, the working store never sees the
+//!   batch: the peer gets NO and a retry finds the change absent and sends
+//!   it again. If the working store fails after the journal succeeded, the
+//!   journal holds a change the peer was told failed; its retry records it
+//!   again, which replays to the same state (records are keyed by UID and
+//!   never replaced by an older MODSEQ). Expunges and deletes are
+//!   recorded, never destructive for the backup. At startup a torn last
+//!   chunk (a crash mid-append) is cut off.
 //!
-//! Cost, said plainly: the working store keeps the newest bytes
-//! uncompressed beside the pack (the replica machine reads it); a
-//! backup-native `MailRead` would remove that copy.
+//! Cost, said plainly: the working store still keeps the newest bytes
+//! uncompressed beside the pack (the replica machine's store reads them);
+//! a backup-native `MailRead` would remove that copy.
 //!
 //! What it never does: serve mail back over csync `GET FETCH` for
 //! copyback (`corvid backup restore` reads the backup instead), or change
 //! a journal other than by appending.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -43,17 +54,17 @@ use clap::Parser;
 use super::csync_common;
 use engine::csync::{Completion, Effect, Options as MachineOptions, Server};
 use engine::machine::Time;
-use engine::model::{MailboxName, UniqueId, UnixTime, UserId};
-use engine::store::{MailRead, Mutation, StoreEffect, WriteBatch};
+use engine::model::{Guid, MailboxName, UniqueId, UnixTime, UserId};
+use engine::store::{MailRead, Mutation, Pending, StageId, StoreEffect, WriteBatch};
 use io_tokio::auth::{Access, PwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
-use store::backup::Backup;
+use store::backup::{Backup, PackWriter, Staged};
 use store::embedded::{Committer, CommitterOptions, ConnId, Options as StoreOptions, Reader};
 use tokio::sync::oneshot;
 use tracing::Instrument;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Cyrus backup server (csync target keeping restorable backups).
 #[derive(Debug, Parser)]
@@ -144,28 +155,55 @@ struct Shared {
     backup: Backup,
 }
 
-/// Puts what `batch` did into the backup: message bytes into the pack
-/// first, then one chunk per touched user, each durable on return.
+/// Puts what `batch` will do into the backup, before the working store
+/// sees it: message bytes into the pack (those `staged` while the peer
+/// uploaded them, else read from `view`, which already holds them), made
+/// durable together, then one chunk per touched user, each durable on
+/// return. `view` is the state *after* the batch (the working store with
+/// the batch layered over it, [`engine::store::Pending`]); `deleted`
+/// names the owner and name of every mailbox the batch deletes, read
+/// before it.
 pub fn journal_batch(
     backup: &Backup,
-    reader: &Reader,
+    view: &impl MailRead,
     batch: &WriteBatch,
     deleted: &BTreeMap<UniqueId, (Option<UserId>, MailboxName)>,
+    staged: &mut BTreeMap<Guid, Staged>,
     now: i64,
 ) -> Result<(), String> {
     let (per_user, guids) =
-        store::backup::ops::ops_of_batch(batch, deleted, reader).map_err(|e| e.to_string())?;
+        store::backup::ops::ops_of_batch(batch, deleted, view).map_err(|e| e.to_string())?;
+    let mut commit: Vec<Staged> = Vec::new();
+    let mut seen = BTreeSet::new();
     for (g, size) in &guids {
-        if backup.pack().has(g) {
+        if !seen.insert(*g) || backup.pack().has(g) {
             continue;
         }
-        backup
-            .pack()
-            .put_from(g, *size, |off, n| {
-                reader.message_bytes(g, off, n).map_err(|e| e.to_string())
-            })
-            .map_err(|e| e.to_string())?;
+        if let Some(s) = staged.remove(g) {
+            commit.push(s);
+            continue;
+        }
+        // Bytes the working store already holds (an earlier upload, or
+        // another user's copy of the same message).
+        let mut w = backup.pack().writer(*g, *size).map_err(|e| e.to_string())?;
+        let mut off = 0u64;
+        while off < *size {
+            let want = (*size - off).min(1 << 20) as usize;
+            let b = view
+                .message_bytes(g, off, want)
+                .map_err(|e| format!("message {}: {e}", g.to_hex()))?;
+            if b.is_empty() {
+                return Err(format!(
+                    "message {}: ended at {off} of {size} bytes",
+                    g.to_hex()
+                ));
+            }
+            w.write(&b).map_err(|e| e.to_string())?;
+            off += b.len() as u64;
+        }
+        commit.push(w.finish().map_err(|e| e.to_string())?);
     }
+    backup.pack().commit(commit).map_err(|e| e.to_string())?;
     for (user, ops) in &per_user {
         backup
             .append(user.as_ref(), now, ops)
@@ -174,9 +212,40 @@ pub fn journal_batch(
     Ok(())
 }
 
+/// One connection's executor: the committer for the working store, plus
+/// the pack copies of the messages the peer is uploading and the
+/// connection's batches journaled but not yet durable in the working
+/// store.
 struct Exec {
     shared: Arc<Shared>,
     conn: ConnId,
+    tee: Mutex<Tee>,
+    pending: Arc<Mutex<Pending<Reader>>>,
+}
+
+/// Messages streamed into the pack while the peer uploads them. Bounded
+/// by the working store's `staged_messages_max`: a staging the store
+/// refuses ends the machine's upload, so this never holds more than one
+/// beyond it.
+#[derive(Default)]
+struct Tee {
+    writing: BTreeMap<StageId, PackWriter>,
+    staged: BTreeMap<Guid, Staged>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it is our bug; the data (files to commit or
+    // drop) is still consistent enough to carry on or clean up.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking file work from inside a runtime task without stalling
+/// the other connections on this worker.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn unix_now() -> i64 {
@@ -186,69 +255,138 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+impl Exec {
+    /// Copies a staging into the pack as it arrives. A failure here only
+    /// costs a re-read at journal time, so it is logged, not answered.
+    fn tee(&self, e: &StoreEffect) {
+        let mut tee = lock(&self.tee);
+        match e {
+            StoreEffect::StageBegin { stage, guid, size } => {
+                if self.shared.backup.pack().has(guid) || tee.staged.contains_key(guid) {
+                    return;
+                }
+                match self.shared.backup.pack().writer(*guid, *size) {
+                    Ok(w) => {
+                        tee.writing.insert(*stage, w);
+                    }
+                    Err(e) => warn!(error = %e, "pack: cannot stage a message"),
+                }
+            }
+            StoreEffect::StageChunk { stage, bytes } => {
+                if let Some(w) = tee.writing.get_mut(stage) {
+                    if let Err(e) = w.write(bytes) {
+                        // The store refuses the same bytes (size/GUID).
+                        tracing::debug!(error = %e, "pack: staging dropped");
+                        tee.writing.remove(stage);
+                    }
+                }
+            }
+            StoreEffect::StageEnd { stage } => {
+                if let Some(w) = tee.writing.remove(stage) {
+                    match w.finish() {
+                        Ok(s) => {
+                            tee.staged.insert(s.guid(), s);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "pack: staging dropped"),
+                    }
+                }
+            }
+            StoreEffect::StageAbort { stage } => {
+                tee.writing.remove(stage);
+            }
+            _ => {}
+        }
+    }
+
+    /// Journals `batch` before the working store may apply it (the
+    /// journal is the source of truth: if this fails the store never sees
+    /// the batch, the peer gets NO and its retry sends the change again).
+    fn journal_first(&self, batch: &WriteBatch) -> Result<(), String> {
+        let shared = &self.shared;
+        let mut pending = lock(&self.pending);
+        let mut deleted: BTreeMap<UniqueId, (Option<UserId>, MailboxName)> = BTreeMap::new();
+        for m in &batch.mutations {
+            if let Mutation::DeleteMailbox { uniqueid, .. } = m {
+                if let Ok(Some(mb)) = pending.mailbox_by_uniqueid(uniqueid) {
+                    let owner = mb
+                        .owner
+                        .clone()
+                        .or_else(|| engine::csync::wire::owner_of(&mb.name));
+                    deleted.insert(uniqueid.clone(), (owner, mb.name.clone()));
+                }
+            }
+        }
+        pending.push(batch).map_err(|e| e.to_string())?;
+        let mut staged = std::mem::take(&mut lock(&self.tee).staged);
+        let r = journal_batch(
+            &shared.backup,
+            &*pending,
+            batch,
+            &deleted,
+            &mut staged,
+            unix_now(),
+        );
+        // Stagings this batch did not link stay for a later one.
+        lock(&self.tee).staged.append(&mut staged);
+        if r.is_err() {
+            pending.complete(batch.id);
+        }
+        r
+    }
+}
+
 impl EffectExecutor<Effect> for Exec {
     type Completion = Completion;
 
     fn execute(&self, effect: Effect) -> impl std::future::Future<Output = Completion> + Send {
         crate::observe::csync_effect(&effect);
         let shared = self.shared.clone();
+        let pending = self.pending.clone();
         let mut pending_store = None;
         let mut creds = None;
-        // The batch (to journal once durable) and the owner and name of
-        // every mailbox it deletes, read before the batch removes them.
-        let mut written: Option<WriteBatch> = None;
-        let mut deleted: BTreeMap<UniqueId, (Option<UserId>, MailboxName)> = BTreeMap::new();
+        let mut refused = None;
+        let mut written = None;
         match effect {
             Effect::Store(e) => {
+                self.tee(&e);
                 if let StoreEffect::Write(batch) = &e {
-                    for m in &batch.mutations {
-                        if let Mutation::DeleteMailbox { uniqueid, .. } = m {
-                            if let Ok(Some(mb)) = shared.reader.mailbox_by_uniqueid(uniqueid) {
-                                let owner = mb
-                                    .owner
-                                    .clone()
-                                    .or_else(|| engine::csync::wire::owner_of(&mb.name));
-                                deleted.insert(uniqueid.clone(), (owner, mb.name.clone()));
-                            }
-                        }
+                    if let Err(err) = blocking(|| self.journal_first(batch)) {
+                        // Nothing reaches the working store: a retry
+                        // finds the change absent and sends it again.
+                        error!(error = %err, "backup append failed; answering NO");
+                        refused = Some(engine::store::Completion::Failed {
+                            batch_id: batch.id,
+                            error: engine::store::StoreError::Io(format!("backup: {err}")),
+                        });
                     }
-                    written = Some(batch.clone());
+                    written = Some(batch.id);
                 }
-                let wants = matches!(e, StoreEffect::StageEnd { .. } | StoreEffect::Write(_));
-                if wants {
-                    let (tx, rx) = oneshot::channel();
-                    shared.committer.submit(self.conn, e, move |c| {
-                        let _ = tx.send(c);
-                    });
-                    pending_store = Some(rx);
-                } else {
-                    shared.committer.submit(self.conn, e, |_| {});
+                if refused.is_none() {
+                    let wants = matches!(e, StoreEffect::StageEnd { .. } | StoreEffect::Write(_));
+                    if wants {
+                        let (tx, rx) = oneshot::channel();
+                        shared.committer.submit(self.conn, e, move |c| {
+                            let _ = tx.send(c);
+                        });
+                        pending_store = Some(rx);
+                    } else {
+                        shared.committer.submit(self.conn, e, |_| {});
+                    }
                 }
             }
             Effect::Authenticate(c) => creds = Some(c),
         }
         async move {
+            if let Some(c) = refused {
+                return Completion::Store(Some(c));
+            }
             if let Some(rx) = pending_store {
                 let c = rx.await.ok();
-                if let (Some(engine::store::Completion::Durable { batch_id, .. }), Some(batch)) =
-                    (&c, written)
-                {
-                    let batch_id = *batch_id;
-                    let s = shared.clone();
-                    let journaled = tokio::task::spawn_blocking(move || {
-                        journal_batch(&s.backup, &s.reader, &batch, &deleted, unix_now())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                    if let Err(e) = journaled {
-                        // The working store has the change but the backup
-                        // does not: never say "stored" for it.
-                        error!(error = %e, "backup append failed; answering NO");
-                        return Completion::Store(Some(engine::store::Completion::Failed {
-                            batch_id,
-                            error: engine::store::StoreError::Io(format!("backup: {e}")),
-                        }));
-                    }
+                if let Some(id) = written {
+                    // Durable: the store answers for it now; failed: it
+                    // is journaled but never happened (replaying it again
+                    // on a retry is harmless: records are keyed by UID).
+                    lock(&pending).complete(id);
                 }
                 return Completion::Store(c);
             }
@@ -281,6 +419,8 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let exec = Exec {
         shared: shared.clone(),
         conn,
+        tee: Mutex::new(Tee::default()),
+        pending: Arc::new(Mutex::new(Pending::new(shared.reader.clone()))),
     };
     let outcome = Driver::new(machine, exec)
         .epoch(epoch)
@@ -303,22 +443,28 @@ struct Life {
 }
 
 impl Life {
-    /// Runs one connection, counted.
-    async fn track(self: Arc<Self>, conn: impl std::future::Future<Output = ()>) {
+    /// Counts a connection as started (at once, before the accept loop
+    /// looks at the count again) and returns it wrapped to count its end.
+    fn track(
+        self: Arc<Self>,
+        conn: impl std::future::Future<Output = ()>,
+    ) -> impl std::future::Future<Output = ()> {
         use std::sync::atomic::Ordering::SeqCst;
         self.started.fetch_add(1, SeqCst);
         self.live.fetch_add(1, SeqCst);
         self.changed.notify_waiters();
-        conn.await;
-        self.live.fetch_sub(1, SeqCst);
-        self.changed.notify_waiters();
+        async move {
+            conn.await;
+            self.live.fetch_sub(1, SeqCst);
+            self.changed.notify_waiters();
+        }
     }
 
-    /// Resolves when the daemon should stop: `uses` connections started
-    /// and all ended, or no connection for `idle` seconds; never if
-    /// neither is given. Only ever stops with no connection live, so a
-    /// stop never cuts a sync.
-    async fn ends(self: Arc<Self>, uses: Option<u32>, idle: Option<u64>) {
+    /// Resolves when the daemon should stop accepting: `uses` connections
+    /// started (as a Cyrus service's `-U`: the count-th is the last one
+    /// taken), or no connection for `idle` seconds; never if neither is
+    /// given. Connections already taken then run to their end.
+    async fn accepting_ends(self: Arc<Self>, uses: Option<u32>, idle: Option<u64>) {
         use std::sync::atomic::Ordering::SeqCst;
         if uses.is_none() && idle.is_none() {
             return std::future::pending().await;
@@ -327,12 +473,12 @@ impl Life {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let live = self.live.load(SeqCst);
-            if live == 0 && uses.is_some_and(|u| self.started.load(SeqCst) >= u as u64) {
+            if uses.is_some_and(|u| self.started.load(SeqCst) >= u as u64) {
+                info!(uses = ?uses, "served the -U count of connections; no longer accepting");
                 return;
             }
             match idle {
-                Some(t) if live == 0 => {
+                Some(t) if self.live.load(SeqCst) == 0 => {
                     tokio::select! {
                         _ = changed => {}
                         _ = tokio::time::sleep(std::time::Duration::from_secs(t)) => {
@@ -346,6 +492,74 @@ impl Life {
                 _ => changed.await,
             }
         }
+    }
+}
+
+/// Grace a connection gets to finish after SIGTERM (then it is cut).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts until a signal or the `-U`/`-T` end, then lets the connections
+/// taken finish: all of them, however long, after `-U`/`-T`; after a
+/// signal, each ends after its command in flight, cut after
+/// [`SHUTDOWN_GRACE`].
+async fn serve_until_done<L: listen::Listener>(
+    listener: L,
+    shared: Arc<Shared>,
+    epoch: tokio::time::Instant,
+    uses: Option<u32>,
+    idle: Option<u64>,
+) {
+    let life = Arc::new(Life::default());
+    // Streams are wrapped with `conns`, which only a signal throws; the
+    // accept loop's own drain (thrown when it stops accepting) reaches no
+    // stream, so the end of accepting at -U never cuts a sync.
+    let conns = listen::Drain::default();
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let stop = {
+        let (life, conns, signalled) = (life.clone(), conns.clone(), signalled.clone());
+        async move {
+            let mut sig = Box::pin(listen::shutdown_signal(listen::master::is_under_master()));
+            tokio::select! {
+                _ = &mut sig => {
+                    conns.start();
+                    signalled.notify_one();
+                    info!("shutting down");
+                    return;
+                },
+                _ = life.accepting_ends(uses, idle) => {},
+            }
+            // Still answer a signal while the last connections finish.
+            tokio::spawn(async move {
+                sig.await;
+                conns.start();
+                signalled.notify_one();
+                info!("shutting down");
+            });
+        }
+    };
+    let opts = ServeOptions {
+        shutdown_grace: std::time::Duration::from_secs(365 * 86_400),
+        ..ServeOptions::default()
+    };
+    let served = listen::serve(
+        listener,
+        move |stream, peer: SocketAddr| {
+            life.clone().track(run_connection(
+                shared.clone(),
+                epoch,
+                conns.wrap(stream),
+                peer.to_string(),
+            ))
+        },
+        stop,
+        opts,
+    );
+    tokio::select! {
+        _ = served => {},
+        _ = async {
+            signalled.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!("shutdown grace over; aborting connections"),
     }
 }
 
@@ -452,23 +666,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             realm: conf.get_str("sync_realm").map(str::to_owned),
             backup,
         });
-        let life = Arc::new(Life::default());
-        let lifetime = life.clone().ends(args.uses, args.idle.filter(|t| *t > 0));
-        let shutdown = async {
-            tokio::select! {
-                _ = listen::shutdown_signal(listen::master::is_under_master()) => {},
-                _ = lifetime => {},
-            }
-            info!("shutting down");
-        };
         crate::observe::watch_hangup(args.config.clone(), None);
         if let Err(e) = crate::observe::start_metrics(&conf).await {
             eprintln!("backupd: {e}");
             return ExitCode::from(78);
         }
         crate::observe::spawn_backup_bytes(&conf);
-        let serve_opts = ServeOptions::default();
-        let drain = serve_opts.drain.clone();
+        let idle = args.idle.filter(|t| *t > 0);
         if let Some(addr) = &args.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -478,24 +682,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 }
             };
             info!(addr = %addr, "listening");
-            let s = shared.clone();
-            listen::serve(
-                listener,
-                {
-                    let life = life.clone();
-                    move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(
-                            s.clone(),
-                            epoch,
-                            drain.wrap(stream),
-                            peer.to_string(),
-                        ))
-                    }
-                },
-                shutdown,
-                serve_opts,
-            )
-            .await;
+            serve_until_done(listener, shared.clone(), epoch, args.uses, idle).await;
         } else if listen::master::is_under_master() {
             let listener = match listen::master::MasterListener::from_master() {
                 Ok(l) => l,
@@ -504,24 +691,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                     return ExitCode::from(71);
                 }
             };
-            let s = shared.clone();
-            listen::serve(
-                listener,
-                {
-                    let life = life.clone();
-                    move |stream, peer: SocketAddr| {
-                        life.clone().track(run_connection(
-                            s.clone(),
-                            epoch,
-                            drain.wrap(stream),
-                            peer.to_string(),
-                        ))
-                    }
-                },
-                shutdown,
-                serve_opts,
-            )
-            .await;
+            serve_until_done(listener, shared.clone(), epoch, args.uses, idle).await;
         } else {
             run_connection(
                 shared.clone(),

@@ -58,7 +58,7 @@ use engine::model::{Guid, UserId};
 
 pub use chunk::{ChunkError, Tail};
 pub use ops::{Op, OpError};
-pub use pack::{Pack, PackError};
+pub use pack::{Pack, PackError, PackWriter, Staged};
 pub use snapshot::{Deleted, Snapshot};
 
 /// A journal read back: each chunk's time and operations, in order.

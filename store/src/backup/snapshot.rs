@@ -241,6 +241,90 @@ impl Snapshot {
         self.seen.retain(|id, _| ids.contains_key(id));
     }
 
+    /// Makes this `user`'s backup restorable as `to`'s (`restore --as`):
+    /// every mailbox under the old user's INBOX is renamed under the new
+    /// one's, gets a new UNIQUEID and dsync GUID (derived from the old one
+    /// and the new user, so running the same restore twice names the same
+    /// mailboxes, and never the originals, which may still exist on the
+    /// target), and so do the seen state, subscriptions, quota roots and
+    /// ACL entries naming the old user. Sieve scripts move as they are.
+    pub fn rename_user(&mut self, to: &UserId) -> Result<(), String> {
+        use engine::csync::wire::inbox_of;
+        let from = self.user.clone().ok_or("shared mailboxes have no user")?;
+        let old = inbox_of(&from).ok_or_else(|| format!("{from} has no INBOX name"))?;
+        let new = inbox_of(to).ok_or_else(|| format!("{to} has no INBOX name"))?;
+        let rename = |n: &MailboxName| -> Result<MailboxName, String> {
+            let b = n.as_bytes();
+            let o = old.as_bytes();
+            if b == o || (b.starts_with(o) && b.get(o.len()) == Some(&b'.')) {
+                let mut v = new.as_bytes().to_vec();
+                v.extend_from_slice(&b[o.len()..]);
+                MailboxName::new(v).map_err(|e| format!("{n} as {to}'s: {e}"))
+            } else {
+                Ok(n.clone())
+            }
+        };
+        let new_id = |id: &UniqueId| -> (UniqueId, MailboxGuid) {
+            use sha1::{Digest, Sha1};
+            let mut h = Sha1::new();
+            h.update(b"corvid restore --as\0");
+            h.update(id.as_bytes());
+            h.update(b"\0");
+            h.update(to.as_bytes());
+            let d = h.finalize();
+            let mut g = [0u8; 16];
+            g.copy_from_slice(&d[..16]);
+            let g = MailboxGuid::from_bytes(g);
+            (UniqueId::from_mailbox_guid(&g), g)
+        };
+        let mut ids = BTreeMap::new();
+        let mut mailboxes = BTreeMap::new();
+        for (id, mut mb) in std::mem::take(&mut self.mailboxes) {
+            let (nid, g) = new_id(&id);
+            mb.uniqueid = nid.clone();
+            mb.guid = g;
+            mb.name = rename(&mb.name)?;
+            if mb.owner.as_ref() == Some(&from) {
+                mb.owner = Some(to.clone());
+            }
+            if let Some(q) = &mb.quotaroot {
+                mb.quotaroot = Some(rename(q)?);
+            }
+            for e in &mut mb.acl.0 {
+                if e.identifier == from.as_bytes() {
+                    e.identifier = to.as_bytes().to_vec();
+                }
+            }
+            ids.insert(id, nid.clone());
+            mailboxes.insert(nid, mb);
+        }
+        self.mailboxes = mailboxes;
+        self.records = std::mem::take(&mut self.records)
+            .into_iter()
+            .filter_map(|(id, r)| ids.get(&id).map(|n| (n.clone(), r)))
+            .collect();
+        self.seen = std::mem::take(&mut self.seen)
+            .into_iter()
+            .filter_map(|(id, s)| ids.get(&id).map(|n| (n.clone(), s)))
+            .collect();
+        self.subs = std::mem::take(&mut self.subs)
+            .into_iter()
+            .map(|(n, s)| rename(&n).map(|n| (n, s)))
+            .collect::<Result<_, _>>()?;
+        self.quotas = std::mem::take(&mut self.quotas)
+            .into_iter()
+            .map(|(n, q)| rename(&n).map(|n| (n, q)))
+            .collect::<Result<_, _>>()?;
+        for d in &mut self.deleted {
+            if let Some(n) = ids.get(&d.uniqueid) {
+                d.uniqueid = n.clone();
+            }
+            d.name = rename(&d.name)?;
+        }
+        self.user = Some(to.clone());
+        Ok(())
+    }
+
     fn pack(&self) -> Result<&Pack, StoreError> {
         self.pack
             .as_ref()

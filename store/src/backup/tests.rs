@@ -486,3 +486,109 @@ fn chunks_appended_out_of_commit_order_replay_to_the_newer_state() {
     assert_eq!(s.mailboxes[&inbox.uniqueid].highestmodseq, ModSeq(5));
     assert_eq!(live_uids(&s, "inbox1"), vec![(1, true)]);
 }
+
+#[test]
+fn a_batch_of_staged_messages_is_named_only_by_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let b = backup(d.path());
+    let mut staged = Vec::new();
+    for n in 1..=40 {
+        let (body, g) = msg(n);
+        let mut w = b.pack().writer(g, body.len() as u64).unwrap();
+        // In two pieces, as a peer's literal arrives.
+        let (x, y) = body.split_at(body.len() / 2);
+        w.write(x).unwrap();
+        w.write(y).unwrap();
+        staged.push(w.finish().unwrap());
+    }
+    assert!(
+        b.pack().list().unwrap().is_empty(),
+        "nothing named before commit"
+    );
+    assert_eq!(b.pack().commit(staged).unwrap(), 40);
+    assert_eq!(b.pack().list().unwrap().len(), 40);
+    for n in 1..=40 {
+        let (body, g) = msg(n);
+        assert_eq!(b.pack().verify(&g).unwrap(), body.len() as u64);
+        assert_eq!(b.pack().read(&g, 1 << 20).unwrap(), body);
+    }
+    // Every temporary file was renamed or removed.
+    let tmp = d.path().join("p1/messages/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    // A second copy of a GUID already held is dropped, not renamed over.
+    let (body, g) = msg(1);
+    let mut w = b.pack().writer(g, body.len() as u64).unwrap();
+    w.write(&body).unwrap();
+    assert_eq!(b.pack().commit(vec![w.finish().unwrap()]).unwrap(), 0);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn staged_bytes_that_lie_are_refused_and_leave_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let b = backup(d.path());
+    let (body, g) = msg(1);
+    let (other, _) = msg(2);
+    // Wrong bytes of the right length: the GUID check refuses them.
+    let mut w = b.pack().writer(g, other.len() as u64).unwrap();
+    w.write(&other).unwrap();
+    assert!(matches!(w.finish(), Err(PackError::GuidMismatch(_))));
+    // More than announced.
+    let mut w = b.pack().writer(g, 3).unwrap();
+    assert!(w.write(&body).is_err());
+    drop(w);
+    // Fewer than announced.
+    let mut w = b.pack().writer(g, body.len() as u64 + 1).unwrap();
+    w.write(&body).unwrap();
+    assert!(w.finish().is_err());
+    let tmp = d.path().join("p1/messages/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    assert!(!b.pack().has(&g));
+}
+
+#[test]
+fn a_snapshot_restored_as_another_user_moves_everything_under_it() {
+    let d = tempfile::tempdir().unwrap();
+    let b = backup(d.path());
+    history(&b);
+    let carol = UserId::new("carol").unwrap();
+    let before = b.snapshot(Some(&alice()), 20).unwrap();
+    let mut s = b.snapshot(Some(&alice()), 20).unwrap();
+    s.rename_user(&carol).unwrap();
+    assert_eq!(s.user.as_ref(), Some(&carol));
+    let names: Vec<String> = s
+        .mailboxes
+        .values()
+        .map(|m| String::from_utf8_lossy(m.name.as_bytes()).into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["user.carol", "user.carol.Work"]);
+    for (id, mb) in &s.mailboxes {
+        assert_eq!(mb.owner.as_ref(), Some(&carol));
+        assert!(!before.mailboxes.contains_key(id), "a new UNIQUEID");
+        assert_eq!(&mb.uniqueid, id);
+    }
+    // Records, seen and subscriptions follow their mailboxes.
+    let inbox = s
+        .mailbox(&MailboxName::new("user.carol").unwrap())
+        .unwrap()
+        .unwrap();
+    let uids: Vec<u32> = s.records[&inbox.uniqueid].keys().map(|u| u.get()).collect();
+    assert_eq!(uids, [1, 2, 3]);
+    assert_eq!(s.seen[&inbox.uniqueid].seenuids.as_str(), "1:2");
+    assert!(s
+        .subs
+        .contains_key(&MailboxName::new("user.carol").unwrap()));
+    assert_eq!(s.sieve.len(), 1);
+    // The same restore twice names the same mailboxes.
+    let mut again = b.snapshot(Some(&alice()), 20).unwrap();
+    again.rename_user(&carol).unwrap();
+    assert_eq!(
+        again.mailboxes.keys().collect::<Vec<_>>(),
+        s.mailboxes.keys().collect::<Vec<_>>()
+    );
+    // Bytes still come from the shared pack.
+    let r = &s.records[&inbox.uniqueid][&Uid::new(2).unwrap()];
+    assert_eq!(s.message_bytes(&r.guid, 0, 1 << 20).unwrap(), msg(2).0);
+}
