@@ -12,8 +12,10 @@
 //! - `sync_log_backlog_bytes{channel}`: bytes of the rolling sync log
 //!   (`log` plus a `log-run` being worked on) not yet replicated;
 //! - `mupdate_mailboxes`: the MUPDATE database size;
-//!   `mupdate_slave_lag_seconds` (histogram): from the master's change to
-//!   the slave's commit of it;
+//!   `mupdate_slave_lag_seconds` (histogram): from the arrival of the
+//!   master's UPDATE line to the slave's durable commit of it;
+//!   `mupdate_master_contact_age_seconds`: seconds since the slave last
+//!   heard from its master (any line), computed at scrape time;
 //! - `backup_bytes{partition}`: bytes under a backup partition;
 //! - `dsync_exits_total{code}`.
 //!
@@ -142,6 +144,7 @@ struct State {
     sync_log_backlog_bytes: Family<u64>,
     mupdate_mailboxes: Option<u64>,
     mupdate_slave_lag: Option<Histogram>,
+    mupdate_master_contact: Option<std::time::Instant>,
     backup_bytes: Family<u64>,
     dsync_exits: Family<u64>,
 }
@@ -253,6 +256,16 @@ impl Metrics {
             .observe(lag.as_secs_f64());
     }
 
+    /// A MUPDATE slave heard from its master just now.
+    pub fn mupdate_master_contact(&self) {
+        self.lock().mupdate_master_contact = Some(std::time::Instant::now());
+    }
+
+    /// When the MUPDATE slave last heard from its master, if ever.
+    pub fn mupdate_master_contact_at(&self) -> Option<std::time::Instant> {
+        self.lock().mupdate_master_contact
+    }
+
     /// The backup partition `partition` holds `bytes` bytes.
     pub fn set_backup_bytes(&self, partition: &str, bytes: u64) {
         let max = self.options.series_max;
@@ -342,6 +355,16 @@ impl Metrics {
                 &[],
                 std::iter::once((&[][..], h)),
             );
+        }
+        if let Some(at) = s.mupdate_master_contact {
+            header(
+                &mut out,
+                "corvid_mupdate_master_contact_age_seconds",
+                "Seconds since this MUPDATE slave last heard from its master.",
+                "gauge",
+            );
+            let age = at.elapsed().as_secs_f64();
+            let _ = writeln!(out, "corvid_mupdate_master_contact_age_seconds {age:.3}");
         }
         gauge(
             &mut out,
@@ -510,21 +533,64 @@ pub async fn serve(
     }
 }
 
+/// The process's `/metrics` listener: the address asked for, the bound
+/// one, and the task serving it.
+struct Listening {
+    asked: SocketAddr,
+    bound: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+static LISTENING: Mutex<Option<Listening>> = Mutex::new(None);
+
+fn listening() -> std::sync::MutexGuard<'static, Option<Listening>> {
+    LISTENING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Binds `addr` and serves [`global`] there on a task of the current
-/// runtime; returns the bound address (useful when the port was 0).
+/// runtime; returns the bound address (useful when the port was 0). A
+/// listener this process already runs is replaced (after the new one is
+/// bound), or kept when it already listens at `addr`.
 pub async fn spawn_global(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    if let Some(l) = listening()
+        .as_ref()
+        .filter(|l| l.asked == addr && !l.task.is_finished())
+    {
+        return Ok(l.bound);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving metrics at /metrics");
-    tokio::spawn(serve(listener, global().clone(), std::future::pending()));
+    let task = tokio::spawn(serve(listener, global().clone(), std::future::pending()));
+    let old = listening().replace(Listening {
+        asked: addr,
+        bound,
+        task,
+    });
+    if let Some(old) = old {
+        info!(addr = %old.bound, "metrics no longer served here");
+        old.task.abort();
+    }
     Ok(bound)
+}
+
+/// Stops the process's `/metrics` listener, if any.
+pub fn stop_global() {
+    if let Some(old) = listening().take() {
+        info!(addr = %old.bound, "metrics no longer served");
+        old.task.abort();
+    }
 }
 
 /// Starts the `/metrics` listener if `corvid_metrics_listen` is set in
 /// `conf`; `Ok(None)` when it is not. An address that does not parse or
-/// bind is an error the daemon should report and exit on.
+/// bind is an error the daemon should report and exit on. Called again
+/// with a re-read config (SIGHUP), it moves the listener to a changed
+/// address, or stops it when the key is gone; on an error the running
+/// listener stays.
 pub async fn spawn_from_config(conf: &crate::config::Config) -> Result<Option<SocketAddr>, String> {
     let Some(value) = conf.get_str("corvid_metrics_listen") else {
+        stop_global();
         return Ok(None);
     };
     let where_ = conf

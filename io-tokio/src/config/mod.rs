@@ -39,6 +39,7 @@
 mod cyrus_options;
 mod keys;
 pub mod lint;
+pub mod live;
 
 pub use keys::Kind as KeyKind;
 

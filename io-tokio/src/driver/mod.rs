@@ -63,7 +63,9 @@
 //! The `select!` is `biased` (completions, then writes, then reads, then the
 //! timer, then commands), so under turmoil the same seed gives the same run.
 
+pub mod observed;
 mod prefixed;
+pub mod telemetry;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -84,6 +86,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::tls::TlsConfigs;
 use prefixed::Prefixed;
+use telemetry::{Direction, Telemetry, Transcript};
 
 /// Performs a machine's effects: the store, the auth checker, … plug in here.
 ///
@@ -271,7 +274,12 @@ pub struct Driver<M: Machine, E> {
     epoch: Option<tokio::time::Instant>,
     peer: String,
     first_layer: Option<Layer>,
+    telemetry: Option<(Telemetry, UserOf<M::Event>)>,
 }
+
+/// Picks the authenticated user out of a machine's event (for
+/// [`Driver::telemetry`]).
+pub type UserOf<Ev> = fn(&Ev) -> Option<&str>;
 
 impl<M, E> Driver<M, E>
 where
@@ -295,6 +303,7 @@ where
             epoch: None,
             peer: String::from("-"),
             first_layer: None,
+            telemetry: None,
         }
     }
 
@@ -339,6 +348,17 @@ where
         self
     }
 
+    /// Per-user protocol telemetry ([`telemetry`]): when the machine emits
+    /// an event `user_of` maps to a user whose `log/USER/` directory
+    /// exists, everything after it is written there in plaintext. The
+    /// driver does not know what a login looks like; the tool says, so
+    /// this stays free of protocol decisions.
+    /// `None` turns it off.
+    pub fn telemetry(mut self, telemetry: Option<Telemetry>, user_of: UserOf<M::Event>) -> Self {
+        self.telemetry = telemetry.map(|t| (t, user_of));
+        self
+    }
+
     /// How logs name the peer (its address).
     pub fn peer(mut self, peer: impl fmt::Display) -> Self {
         self.peer = peer.to_string();
@@ -359,6 +379,7 @@ where
             epoch,
             peer: _,
             first_layer,
+            telemetry,
         } = self;
         let mut run = Run {
             machine,
@@ -388,6 +409,8 @@ where
             bytes_written: 0,
             write_buffer_bytes_peak: 0,
             write_stalled_since: None,
+            telemetry,
+            transcript: None,
         };
         let result = async {
             let result = run.run(Box::new(transport), first_layer).await;
@@ -468,6 +491,10 @@ struct Run<'e, M: Machine, E> {
     /// Since when the write buffer has been full without the peer taking a
     /// byte (the [`Options::write_stall_timeout`] clock).
     write_stalled_since: Option<tokio::time::Instant>,
+    /// Where transcripts would go, and how to see a login.
+    telemetry: Option<(Telemetry, UserOf<M::Event>)>,
+    /// This connection's open transcript, once its user logged in.
+    transcript: Option<Transcript>,
 }
 
 impl<'e, M, E> Run<'e, M, E>
@@ -560,6 +587,7 @@ where
                 if let Some(inflater) = self.inflater.as_mut() {
                     if let Some(chunk) = inflater.pull()? {
                         let now = self.now();
+                        record(&mut self.transcript, Direction::In, &chunk);
                         self.machine.handle_input(now, &chunk);
                         self.drain()?;
                         continue;
@@ -635,7 +663,10 @@ where
                         self.bytes_read += n as u64;
                         match self.inflater.as_mut() {
                             Some(inflater) => inflater.feed(&self.read_buf[..n])?,
-                            None => self.machine.handle_input(now, &self.read_buf[..n]),
+                            None => {
+                                record(&mut self.transcript, Direction::In, &self.read_buf[..n]);
+                                self.machine.handle_input(now, &self.read_buf[..n])
+                            }
                         }
                     }
                     self.drain()?;
@@ -668,6 +699,21 @@ where
                     }
                 }
                 else => return Err(Error::Stalled),
+            }
+        }
+    }
+
+    /// Opens the transcript when `e` says a user logged in whose telemetry
+    /// directory exists (one transcript per connection: the first login).
+    fn watch_login(&mut self, e: &M::Event) {
+        if self.transcript.is_some() {
+            return;
+        }
+        if let Some((telemetry, user_of)) = &self.telemetry {
+            if let Some(user) = user_of(e) {
+                self.transcript = telemetry.open(user);
+                // Looked up once: a later event never opens a second file.
+                self.telemetry = None;
             }
         }
     }
@@ -723,18 +769,25 @@ where
         }
         match output {
             Output::Transmit(_) if self.write_dead => {}
-            Output::Transmit(bytes) => match self.deflater.as_mut() {
-                Some(deflater) => {
-                    deflater.write(&bytes)?;
-                    self.deflate_dirty = true;
+            Output::Transmit(bytes) => {
+                // Plaintext, before COMPRESS and TLS, as Cyrus logs it.
+                record(&mut self.transcript, Direction::Out, &bytes);
+                match self.deflater.as_mut() {
+                    Some(deflater) => {
+                        deflater.write(&bytes)?;
+                        self.deflate_dirty = true;
+                    }
+                    None => self.out.extend_from_slice(&bytes),
                 }
-                None => self.out.extend_from_slice(&bytes),
-            },
+            }
             Output::Effect { id, effect } => {
                 self.queued_effects.push_back((id, effect));
                 self.start_effects();
             }
-            Output::Event(e) => self.pending_events.push_back(e),
+            Output::Event(e) => {
+                self.watch_login(&e);
+                self.pending_events.push_back(e);
+            }
             Output::StartLayer {
                 layer,
                 input_after_switch,
@@ -922,6 +975,16 @@ async fn write_all(
         .await
         .map_err(|_| Error::PeerNotReading(stall))??;
     Ok(())
+}
+
+/// Writes a chunk to the transcript, if any; a failed write ends the
+/// transcript, never the session.
+fn record(transcript: &mut Option<Transcript>, direction: Direction, bytes: &[u8]) {
+    if let Some(t) = transcript {
+        if !t.record(direction, bytes) {
+            *transcript = None;
+        }
+    }
 }
 
 async fn recv<C>(commands: &mut Option<mpsc::Receiver<C>>) -> Option<C> {
