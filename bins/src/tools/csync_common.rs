@@ -266,6 +266,7 @@ pub fn log_event(e: Event) {
         Event::Applied { command, mutations } => {
             tracing::debug!(%command, mutations, "applied")
         }
+        Event::Answered { command } => tracing::debug!(%command, "answered"),
         Event::StoreFailed(e) => error!(error = %e, "store failure"),
         Event::MessageRefused(e) => warn!(detail = %e, "upload refused"),
     }

@@ -286,6 +286,12 @@ pub enum Event {
         /// Mutations in its batch.
         mutations: usize,
     },
+    /// A command was answered OK without a write (a `GET`, or an `APPLY`
+    /// with nothing to change).
+    Answered {
+        /// `GET MAILBOXES`, …
+        command: String,
+    },
     /// A store effect failed (I/O, corruption): the command got a `NO`.
     StoreFailed(String),
     /// An uploaded message was refused (size or SHA-1 mismatch, limits).
@@ -1151,6 +1157,8 @@ impl<R: MailRead> Server<R> {
                         status: status_line(&status),
                         detail: String::new(),
                     });
+                } else {
+                    self.event(Event::Answered { command });
                 }
                 self.status(status);
             }
