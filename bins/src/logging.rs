@@ -16,13 +16,18 @@
 //!   does. If `/dev/log` cannot be reached, lines go to stderr and one
 //!   warning says so.
 //!
+//! - Live level: imapd.conf's `debug: yes` (Cyrus: "allow syslog() to
+//!   pass LOG_DEBUG messages") raises the level to `debug`; [`apply_config`]
+//!   re-applies it from a re-read config (SIGHUP), at once, without a
+//!   restart. `CORVID_LOG`, when set, stays in force.
+//!
 //! It never logs by itself, never opens files other than the syslog socket,
 //! and never decides what is logged: the tools and libraries do.
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use io_tokio::config::Config;
 use tracing::Level;
@@ -107,12 +112,69 @@ impl Setup {
     }
 }
 
+/// Sets the level filter of the installed subscriber (a directive such as
+/// `info`).
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What [`init`] installed: the ident, the flags' level, and how to change
+/// the level later (`None` when `CORVID_LOG` rules).
+struct Installed {
+    ident: String,
+    level: &'static str,
+    set_level: Option<SetLevel>,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// The ident the process logs as (the service name under master(8), else
+/// the tool's name), once [`init`] ran.
+pub fn ident() -> Option<&'static str> {
+    INSTALLED.get().map(|i| i.ident.as_str())
+}
+
+/// The level `conf` asks for on top of the flags': `debug` when its
+/// `debug` switch is on (and the flags ask for less), else the flags'.
+fn level_for(flags: &'static str, conf: &Config) -> &'static str {
+    const ORDER: &[&str] = &["error", "warn", "info", "debug", "trace"];
+    let rank = |l: &str| ORDER.iter().position(|x| *x == l).unwrap_or(2);
+    if conf.get_bool("debug").unwrap_or(false) && rank(flags) < rank("debug") {
+        "debug"
+    } else {
+        flags
+    }
+}
+
+/// Applies what of the logging setup `conf` controls (today: the `debug`
+/// switch) to the running process, at once. Returns the level now in
+/// force, or `None` when nothing could change (`CORVID_LOG` is set, or no
+/// subscriber of ours is installed).
+pub fn apply_config(conf: &Config) -> Option<&'static str> {
+    let installed = INSTALLED.get()?;
+    let set = installed.set_level.as_ref()?;
+    let level = level_for(installed.level, conf);
+    match set(level) {
+        Ok(()) => Some(level),
+        Err(e) => {
+            tracing::warn!(error = %e, "log level not changed");
+            None
+        }
+    }
+}
+
 /// Installs the subscriber. A second call (a tool that calls a tool) keeps
 /// the first. Returns a warning to print if syslog was asked for but not
 /// reachable, or the facility name was not one syslog knows.
 pub fn init(setup: &Setup) -> Option<String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(setup.level()));
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("CORVID_LOG").ok();
+    let env_rules = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(setup.level()));
+    let record = |set_level: Option<SetLevel>| {
+        let _ = INSTALLED.set(Installed {
+            ident: setup.ident.clone(),
+            level: setup.level(),
+            set_level: if env_rules { None } else { set_level },
+        });
+    };
     let mut warning = None;
     if setup.syslog {
         let facility = match setup.facility.as_deref() {
@@ -127,14 +189,23 @@ pub fn init(setup: &Setup) -> Option<String> {
         .expect("local6 is a facility");
         match Syslog::connect(&setup.syslog_path, &setup.syslog_ident(), facility) {
             Ok(w) => {
-                let _ = tracing_subscriber::fmt()
+                let builder = tracing_subscriber::fmt()
                     .with_env_filter(filter)
                     .with_ansi(false)
                     .without_time()
                     .with_target(false)
                     .with_level(false)
                     .with_writer(w)
-                    .try_init();
+                    // Last: the reload handle is typed by all of the above.
+                    .with_filter_reloading();
+                let handle = builder.reload_handle();
+                if builder.try_init().is_ok() {
+                    record(Some(Box::new(move |l: &str| {
+                        handle
+                            .reload(tracing_subscriber::EnvFilter::new(l))
+                            .map_err(|e| e.to_string())
+                    })));
+                }
                 if let Some(w) = &warning {
                     tracing::warn!("{w}");
                 }
@@ -148,12 +219,20 @@ pub fn init(setup: &Setup) -> Option<String> {
             }
         }
     }
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only for a person watching; a log file gets plain text.
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_writer(io::stderr)
-        .try_init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    if builder.try_init().is_ok() {
+        record(Some(Box::new(move |l: &str| {
+            handle
+                .reload(tracing_subscriber::EnvFilter::new(l))
+                .map_err(|e| e.to_string())
+        })));
+    }
     warning
 }
 
@@ -301,6 +380,17 @@ mod tests {
         assert_eq!(s("warn", 2, false), "debug");
         assert_eq!(s("info", 0, false), "info");
         assert_eq!(s("info", 5, true), "trace");
+    }
+
+    #[test]
+    fn the_debug_switch_raises_the_level_to_debug_never_lowers_it() {
+        let conf = |t: &str| {
+            Config::parse_str(t, "/x.conf", &io_tokio::config::LoadOptions::default()).unwrap()
+        };
+        assert_eq!(level_for("info", &conf("debug: yes\n")), "debug");
+        assert_eq!(level_for("info", &conf("debug: no\n")), "info");
+        assert_eq!(level_for("info", &conf("")), "info");
+        assert_eq!(level_for("trace", &conf("debug: 1\n")), "trace");
     }
 
     #[test]

@@ -9,7 +9,16 @@
 //! - [`start_metrics`]: the `/metrics` listener from imapd.conf.
 //! - [`finish_cli`]: a one-shot tool's registry to the file
 //!   `CORVID_METRICS_TEXTFILE` names (node_exporter's textfile collector).
-//! - [`watch_hangup`]: SIGHUP re-reads imapd.conf when not under master(8).
+//! - [`watch_hangup`]: installs the running config
+//!   ([`io_tokio::config::live`]) and, when not under master(8), re-reads
+//!   imapd.conf on SIGHUP and applies what can change live: the log level
+//!   (`debug`), the `/metrics` listener, TLS certificate and key files (for
+//!   new connections: [`live_tls`]), and the per-connection values the
+//!   daemons read through [`live_csync`] and [`live_usize`]. Every changed
+//!   key that needs a restart is named in the log.
+//! - [`telemetry`], [`csync_user`], [`mupdate_user`]: per-user protocol
+//!   telemetry under `configdirectory/log/USER/` (see
+//!   [`io_tokio::driver::telemetry`]).
 //! - [`spawn_backup_bytes`], [`start_rolling`]: gauges sampled from disk
 //!   (bytes under each backup partition; bytes of the sync log waiting),
 //!   every minute / ten seconds, by a bounded walk or a `stat`.
@@ -17,13 +26,16 @@
 //! It records; it never decides anything about a session.
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use engine::csync::{Effect, Event};
 use engine::store::StoreEffect;
-use io_tokio::config::{Config, LoadOptions};
+use io_tokio::config::{live, Config, LoadOptions};
+use io_tokio::driver::telemetry::Telemetry;
 use io_tokio::listen;
 use io_tokio::metrics;
+use io_tokio::tls::{TlsConfigs, TlsFiles};
 use tracing::Span;
 
 /// The span of one connection. `user` is filled in at authentication.
@@ -42,6 +54,7 @@ pub fn csync_event(service: &str, span: &Span, e: &Event) {
         }
         Event::AuthFailed(_) => m.command(service, "AUTHENTICATE", "no"),
         Event::Applied { command, .. } => m.command(service, command, "ok"),
+        Event::Answered { command } => m.command(service, command, "ok"),
         Event::Refused {
             command, status, ..
         } => {
@@ -88,20 +101,235 @@ pub fn finish_cli(dsync_code: Option<u8>) {
     }
 }
 
-/// Standalone (not under master(8)): every SIGHUP re-reads `path` as
-/// `ident` and logs what it finds. Under master, SIGHUP is a shutdown
-/// request handled by `listen::shutdown_signal(true)`.
+/// Installs `path` (read as `ident`) as the running configuration and
+/// applies its `debug` switch. Standalone (not under master(8)), every
+/// SIGHUP then re-reads it and applies what can change live (the module
+/// doc); a file that fails to load leaves everything as it was. Under
+/// master, SIGHUP is a shutdown request handled by
+/// `listen::shutdown_signal(true)` (master starts a fresh child, which
+/// reads the file anew).
 pub fn watch_hangup(path: PathBuf, ident: Option<String>) {
-    if listen::master::is_under_master() {
-        return;
-    }
     let opts = LoadOptions {
         ident,
         ..LoadOptions::default()
     };
+    if let Ok(conf) = Config::load_with(&path, &opts) {
+        crate::logging::apply_config(&conf);
+        live::install(conf);
+    }
+    if listen::master::is_under_master() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(listen::hangup_signals(move |_| {
-        let _ = listen::reload_config(&path, &opts);
+        // One reload pending is enough: it reads the newest file.
+        let _ = tx.try_send(());
     }));
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            if let Some(new) = listen::reload_config(&path, &opts) {
+                apply(new).await;
+            }
+        }
+    });
+}
+
+/// Applies a re-read configuration: what changes live changes now, and
+/// the log names every changed key that waits for a restart.
+async fn apply(new: Config) {
+    let changes = live::current()
+        .map(|old| live::classify(&old, &new))
+        .unwrap_or_default();
+    if let Some(level) = crate::logging::apply_config(&new) {
+        tracing::info!(level, "log level in force");
+    }
+    if let Err(e) = metrics::spawn_from_config(&new).await {
+        tracing::warn!("{e}; the metrics listener is unchanged");
+    }
+    reload_tls(&new);
+    for key in &changes.restart {
+        tracing::warn!(key = key.as_str(), "changed; applies only after a restart");
+    }
+    tracing::info!(
+        live = ?changes.live,
+        restart = ?changes.restart,
+        "configuration applied"
+    );
+    live::install(new);
+}
+
+/// TLS configurations re-read by the last SIGHUP, for new connections.
+static RELOADED_TLS: RwLock<Option<TlsConfigs>> = RwLock::new(None);
+
+/// Re-reads the TLS certificate, key and CA files `conf` names (a renewed
+/// certificate usually keeps its file name). A file that does not load is
+/// reported and the running TLS setup kept.
+fn reload_tls(conf: &Config) {
+    if conf.get_str("tls_server_cert").is_none() || conf.get_str("tls_server_key").is_none() {
+        return;
+    }
+    match TlsFiles::from_lookup(|k| conf.get_str(k).map(str::to_owned))
+        .and_then(|f| TlsConfigs::from_files(&f))
+    {
+        Ok(t) => {
+            *RELOADED_TLS.write().unwrap_or_else(|p| p.into_inner()) = Some(t);
+            tracing::info!("TLS certificate and key re-read; new connections use them");
+        }
+        Err(e) => tracing::warn!(error = %e, "TLS files not re-read; keeping the running ones"),
+    }
+}
+
+/// The TLS setup for a new connection: the one the last SIGHUP loaded, or
+/// `started` (what the daemon loaded at start) if none.
+pub fn live_tls(started: TlsConfigs) -> TlsConfigs {
+    RELOADED_TLS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or(started)
+}
+
+/// Refreshes a new csync connection's options from the running
+/// configuration: `sync_timeout` and `failedloginpause` (the rest of
+/// `opts` was decided at start).
+/// `from_config` is how the daemon builds its options from a config.
+pub fn live_csync(
+    opts: &mut engine::csync::Options,
+    from_config: fn(&Config) -> engine::csync::Options,
+) {
+    if let Some(conf) = live::current() {
+        let fresh = from_config(&conf);
+        opts.idle_timeout = fresh.idle_timeout;
+        opts.failed_login_pause = fresh.failed_login_pause;
+    }
+}
+
+/// An integer limit read per use from the running configuration: `key`
+/// if set to a positive number, else `started`.
+pub fn live_usize(key: &str, started: usize) -> usize {
+    live::current()
+        .and_then(|c| c.get_str(key).and_then(io_tokio::config::parse_int))
+        .filter(|n| *n > 0)
+        .map(|n| n as usize)
+        .unwrap_or(started)
+}
+
+/// A MUPDATE slave's change arrived: for an `Apply` (an UPDATE the master
+/// pushed), the time the link last read from the master, which is the
+/// read that carried it (the driver reads nothing while effects wait).
+/// `None` for the initial dump, whose lag would only measure its size.
+pub fn mupdate_change_arrived(e: &engine::mupdate::follower::Effect) -> Option<std::time::Instant> {
+    match e {
+        engine::mupdate::follower::Effect::Apply { .. } => Some(
+            metrics::global()
+                .mupdate_master_contact_at()
+                .unwrap_or_else(std::time::Instant::now),
+        ),
+        _ => None,
+    }
+}
+
+/// The change [`mupdate_change_arrived`] saw is durable in the slave's
+/// database: records `corvid_mupdate_slave_lag_seconds`.
+pub fn mupdate_change_applied(arrived: Option<std::time::Instant>) {
+    if let Some(at) = arrived {
+        metrics::global().mupdate_slave_lag(at.elapsed());
+    }
+}
+
+/// The slave's link to its master, which notes every read from it in
+/// `corvid_mupdate_master_contact_age_seconds`.
+pub fn master_link<T>(stream: T) -> io_tokio::driver::observed::OnRead<T, fn()> {
+    io_tokio::driver::observed::OnRead::new(stream, note_master_contact as fn())
+}
+
+fn note_master_contact() {
+    metrics::global().mupdate_master_contact();
+}
+
+/// Replication lag of `sync_client -r` (`corvid_replication_lag_seconds`):
+/// from the moment the rolling client first read a sync log entry to the
+/// replica's OK for the run that covered it. corvid's sync log rows carry
+/// no write time, so the first read stands in for it: at most one `-d`
+/// delay late.
+#[derive(Debug)]
+pub struct RollingLag {
+    channel: String,
+    /// The newest log sequence first seen at each read, oldest first.
+    seen: std::collections::VecDeque<(u64, std::time::Instant)>,
+}
+
+/// Reads whose first-seen time is kept at most (older ones merge into the
+/// oldest kept, so a replica that stays down for days costs no memory).
+const ROLLING_SEEN_MAX: usize = 4096;
+
+impl RollingLag {
+    /// For the rolling log of `channel` (`""` for the default).
+    pub fn new(channel: &str) -> RollingLag {
+        RollingLag {
+            channel: channel.to_owned(),
+            seen: Default::default(),
+        }
+    }
+
+    /// The log was read; its newest entry is `last`.
+    pub fn seen(&mut self, last: u64) {
+        if self.seen.back().is_some_and(|(s, _)| *s >= last) {
+            return;
+        }
+        if self.seen.len() >= ROLLING_SEEN_MAX {
+            // Keep the oldest time (the lag is never understated): drop the
+            // second entry, whose entries now count as first seen with the
+            // oldest.
+            self.seen.remove(1);
+        }
+        self.seen.push_back((last, std::time::Instant::now()));
+    }
+
+    /// The replica said OK to everything up to `last`: one observation,
+    /// the lag of the oldest entry the run covered.
+    pub fn replicated(&mut self, last: u64) {
+        let mut oldest = None;
+        while let Some(&(seq, at)) = self.seen.front() {
+            if seq > last {
+                break;
+            }
+            oldest.get_or_insert(at);
+            self.seen.pop_front();
+        }
+        if let Some(at) = oldest {
+            metrics::global().replication_lag(&self.channel, at.elapsed());
+        }
+    }
+}
+
+/// Where this daemon's protocol transcripts go: `configdirectory/log/USER/`
+/// of the running configuration, files named after the ident the process
+/// logs as (Cyrus's `config_ident`). `None` before [`watch_hangup`]
+/// installed a configuration.
+pub fn telemetry() -> Option<Telemetry> {
+    let conf = live::current()?;
+    let dir = conf.configdirectory().ok()?;
+    Some(Telemetry::new(
+        dir,
+        crate::logging::ident().unwrap_or("corvid"),
+    ))
+}
+
+/// The user a csync session logged in as, for [`telemetry`].
+pub fn csync_user(e: &Event) -> Option<&str> {
+    match e {
+        Event::Authenticated(user) => Some(user),
+        _ => None,
+    }
+}
+
+/// The user a MUPDATE session logged in as, for [`telemetry`].
+pub fn mupdate_user(e: &engine::mupdate::server::Event) -> Option<&str> {
+    match e {
+        engine::mupdate::server::Event::Authenticated(user) => Some(user),
+        _ => None,
+    }
 }
 
 /// Files a size walk visits at most: a backup partition holds a few files

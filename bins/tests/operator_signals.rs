@@ -61,6 +61,12 @@ fn config_text(dir: &Path) -> String {
 }
 
 fn start() -> Daemon {
+    start_with_log(Some("info"))
+}
+
+/// Starts the daemon with `CORVID_LOG` set to `level`, or unset (then the
+/// level follows the flags and imapd.conf's `debug`).
+fn start_with_log(level: Option<&str>) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("conf")).unwrap();
     std::fs::create_dir_all(dir.path().join("spool")).unwrap();
@@ -78,15 +84,17 @@ fn start() -> Daemon {
     assert!(p.wait().unwrap().success());
     let port = free_port();
     let log = dir.path().join("log");
-    let child = Command::new(corvid())
-        .args(["sync_server", "-C"])
+    let mut cmd = Command::new(corvid());
+    cmd.args(["sync_server", "-C"])
         .arg(&conf)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("CORVID_LOG_TARGET", "stderr")
-        .env("CORVID_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .env_remove("CORVID_LOG")
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some(level) = level {
+        cmd.env("CORVID_LOG", level);
+    }
+    let child = cmd.spawn().unwrap();
     Daemon {
         child,
         port,
@@ -189,4 +197,69 @@ fn sighup_rereads_the_config_and_keeps_serving() {
     banner(&mut n);
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains(":6: invalid value"), "{log}");
+}
+
+/// `GET /metrics` on `port`: the body, or `None` if nothing listens.
+fn scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn sighup_applies_live_values_without_a_restart() {
+    let d = start_with_log(None);
+    // Listening means the SIGHUP handler is in place.
+    banner(&mut BufReader::new(connect(d.port)));
+    let (m1, m2) = (free_port(), free_port());
+    let base = config_text(d._dir.path());
+    std::fs::write(
+        &d.conf,
+        format!("{base}corvid_metrics_listen: 127.0.0.1:{m1}\nsync_timeout: 1h\n"),
+    )
+    .unwrap();
+    signal(&d, "-HUP");
+    wait_log(&d, "configuration applied", 1);
+    // The metrics listener started at the reload, without a restart.
+    let body = scrape(m1).expect("metrics on the first address");
+    assert!(body.contains("corvid_connections_total"), "{body}");
+
+    // Now: a new metrics address, debug logging, a 3 s idle timeout, and
+    // a key only a restart applies.
+    std::fs::write(
+        &d.conf,
+        format!(
+            "{base}corvid_metrics_listen: 127.0.0.1:{m2}\nsync_timeout: 3\ndebug: yes\nservername: renamed.test\n"
+        ),
+    )
+    .unwrap();
+    signal(&d, "-HUP");
+    wait_log(&d, "configuration applied", 2);
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("log level in force"), "{log}");
+    assert!(log.contains("servername"), "{log}");
+    assert!(log.contains("applies only after a restart"), "{log}");
+    // The listener moved.
+    assert!(scrape(m2).is_some_and(|b| b.contains("corvid_connections_total")));
+    assert!(
+        scrape(m1).is_none(),
+        "the old metrics address still answers"
+    );
+
+    // A new connection gets the new idle timeout: the server ends it
+    // (under the old one hour it would still be open when our 60 s read
+    // timeout fired, and read_to_end would fail).
+    let mut c = BufReader::new(connect(d.port));
+    c.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    banner(&mut c);
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("the server should close an idle connection after sync_timeout");
+    // Debug lines flow now (the driver logs a peer's close at debug).
+    wait_log(&d, "DEBUG", 1);
 }
