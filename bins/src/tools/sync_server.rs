@@ -198,6 +198,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let conn = shared.committer.connection();
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
     let mut opts = shared.machine.clone();
+    crate::observe::live_csync(&mut opts, csync_common::machine_options);
     opts.flavour = flavour;
     opts.session = conn.get();
     opts.user_locks = Some(engine::csync::Locks(shared.locks.clone()));
@@ -212,8 +213,9 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let outcome = Driver::new(machine, exec)
         .epoch(epoch)
         .peer(&peer)
-        .tls(tls)
+        .tls(crate::observe::live_tls(tls))
         .events(etx)
+        .telemetry(crate::observe::telemetry(), crate::observe::csync_user)
         .run(stream)
         .instrument(span)
         .await;
