@@ -426,6 +426,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .epoch(epoch)
         .peer(&peer)
         .events(etx)
+        .telemetry(crate::observe::telemetry(), crate::observe::csync_user)
         .run(stream)
         .instrument(span)
         .await;
