@@ -321,9 +321,11 @@ async fn connection(
     // string's NUL; we do not).
     let live = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
     let _count = Decrement(&shared.live);
-    if live > shared.connections_max {
+    let connections_max =
+        crate::observe::live_usize("mupdate_connections_max", shared.connections_max);
+    if live > connections_max {
         use tokio::io::AsyncWriteExt as _;
-        tracing::warn!(%peer, max = shared.connections_max, "mupdate_connections_max reached; refusing");
+        tracing::warn!(%peer, max = connections_max, "mupdate_connections_max reached; refusing");
         let mut stream = stream;
         let _ = stream.write_all(b"* BYE \"Server Unable\"\r\n").await;
         let _ = stream.shutdown().await;
@@ -337,8 +339,9 @@ async fn connection(
     };
     let outcome = Driver::new(machine, exec)
         .commands(rx)
-        .tls(tls)
+        .tls(crate::observe::live_tls(tls))
         .peer(peer)
+        .telemetry(crate::observe::telemetry(), crate::observe::mupdate_user)
         .run(stream)
         .instrument(crate::observe::connection_span(
             "mupdate",
@@ -511,6 +514,7 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
         let done: store::mupdate::Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
+        let arrived = crate::observe::mupdate_change_arrived(&effect);
         // Called before the first await: effects reach the store in order.
         match effect {
             follower::Effect::Replace(entries) => self.0.replace_remote(entries, done),
@@ -518,7 +522,10 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
         }
         async move {
             match rx.await {
-                Ok(Ok(_)) => follower::Completion::Done,
+                Ok(Ok(_)) => {
+                    crate::observe::mupdate_change_applied(arrived);
+                    follower::Completion::Done
+                }
                 Ok(Err(e)) => follower::Completion::Failed(e.to_string()),
                 Err(_) => follower::Completion::Failed("committer gone".into()),
             }
@@ -573,7 +580,7 @@ async fn follow(
                     .commands(rx)
                     .events(ev_tx)
                     .peer(&up.addr)
-                    .run(stream)
+                    .run(crate::observe::master_link(stream))
                     .await;
                 tracing::warn!(result = ?outcome.result, "mupdate slave lost its master");
                 kicker.link.lock().unwrap_or_else(|p| p.into_inner()).take();
