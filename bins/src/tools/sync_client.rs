@@ -976,6 +976,7 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
         };
         backoff = Duration::from_secs(15);
         let started = tokio::time::Instant::now();
+        let mut lag = crate::observe::RollingLag::new(&s.channel);
         loop {
             if let Some(f) = s.shutdown_file.as_ref().filter(|f| f.exists()) {
                 // sync_client(8): the file is removed on shutdown.
@@ -995,6 +996,7 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
                 }
             };
             if let Some((last, _)) = lines.last() {
+                lag.seen(*last);
                 let jobs = jobs_from_log(lines.iter().map(|(_, l)| l));
                 let (mut jobs, _locks) = match lock_jobs(s, jobs).await {
                     Ok(x) => x,
@@ -1010,6 +1012,7 @@ async fn rolling(s: &Settings, committer: &Arc<Committer>, once_connect: bool) -
                             eprintln!("sync_client: store: {e}");
                             return ExitCode::from(74);
                         }
+                        lag.replicated(*last);
                     }
                     Ok(failed) => {
                         let _ = report(&failed);
