@@ -1057,6 +1057,83 @@ fn restore_at_an_earlier_time_into_a_fresh_real_cyrus() {
     assert_eq!(after_imap, before_imap, "IMAP view differs");
     let (ok, v) = tool(&b.conf, &["backup", "verify"]);
     assert!(ok, "{v}");
+    // The same point in time as a new user, into the real replica beside
+    // the one just restored (new UNIQUEIDs, so no IMAP_MAILBOX_MOVED).
+    let other = format!("{user}as");
+    let (ok, out) = tool(
+        &b.conf,
+        &[
+            "backup",
+            "restore",
+            &user,
+            "--at",
+            &t.to_string(),
+            "--to",
+            &server,
+            "--as",
+            &other,
+        ],
+    );
+    assert!(ok, "restore --as failed: {out}");
+    let got = csync_get_user(&server, repl, &other);
+    assert!(
+        got.iter()
+            .any(|l| l.contains(&format!("user.{other}.Work"))),
+        "{got:?}"
+    );
+    let orig = restorable_state(&csync_get_user(&server, repl, &user));
+    assert_eq!(orig, before_state, "the original user is untouched");
+    run("python3", &[mail, "--inst", "replica", "deluser", &other]);
+    // And into a Maildir: seen as the S flag, subscriptions, Sieve beside
+    // it as Pigeonhole reads it, the quota root as maildirsize.
+    let home = b.dir.path().join("home");
+    let md = home.join("Maildir");
+    std::fs::create_dir_all(&md).unwrap();
+    let (ok, out) = tool(
+        &b.conf,
+        &[
+            "backup",
+            "restore",
+            &user,
+            "--at",
+            &t.to_string(),
+            "--maildir",
+            md.to_str().unwrap(),
+            "--as",
+            &other,
+        ],
+    );
+    assert!(ok, "Maildir restore failed: {out}");
+    assert!(out.contains("quota_rule = *:storage=50000K"), "{out}");
+    let mut flagged = Vec::new();
+    for sub in ["cur", "new", ".Work/cur", ".Work/new"] {
+        for e in std::fs::read_dir(md.join(sub)).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            flagged.push(
+                name.rsplit_once(":2,")
+                    .map(|x| x.1.to_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    assert_eq!(flagged.len(), 7, "{flagged:?}");
+    assert_eq!(
+        flagged.iter().filter(|f| f.contains('S')).count(),
+        3,
+        "{flagged:?}"
+    );
+    let subs = std::fs::read_to_string(md.join("subscriptions")).unwrap();
+    assert!(subs.lines().any(|l| l == "Work"), "{subs}");
+    assert_eq!(
+        std::fs::read(home.join("sieve/main.sieve")).unwrap(),
+        std::fs::read(&sieve).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(home.join(".dovecot.sieve")).unwrap(),
+        Path::new("sieve/main.sieve")
+    );
+    let size = std::fs::read_to_string(md.join("maildirsize")).unwrap();
+    assert_eq!(size.lines().next(), Some("51200000S"), "{size}");
     // The restored user now lives on the shared replica with mailboxes the
     // master's own replication never created (its #sieve has another
     // uniqueid): a later `sync_client -A` of another test would stop on it
@@ -1092,9 +1169,101 @@ fn uses_and_idle_timeout_end_the_daemon_as_cyrus_master_expects() {
         b.child.try_wait().unwrap().is_none(),
         "exited mid-connection"
     );
+    // The count is reached: no third connection is taken while ours is
+    // live (as a Cyrus service's -U; the wait only bounds the moment the
+    // accept loop drops its socket, a hang guard, not a timing claim).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match TcpStream::connect(("127.0.0.1", b.port)) {
+            Err(_) => break,
+            Ok(extra) => {
+                // Only possible in the instant before the loop stopped:
+                // it must not be served.
+                drop(extra);
+                assert!(Instant::now() < deadline, "still accepting after -U 2");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    assert_eq!(cmd(&mut s, &mut buf, b"NOOP\r\n"), "OK Noop completed");
     assert_eq!(cmd(&mut s, &mut buf, b"EXIT\r\n"), "OK Finished");
     assert!(exits_by_itself(&mut b).success());
     // -T 1: no connection at all, exit 0.
     let mut b = start_with("repl", "replpass", &["-T", "1"]);
     assert!(exits_by_itself(&mut b).success());
+}
+
+#[test]
+fn a_failed_journal_append_is_refused_and_the_retry_is_backed_up() {
+    let b = start("repl", "replpass");
+    let mut s = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    until_status(&mut s, &mut buf);
+    assert_eq!(
+        cmd(
+            &mut s,
+            &mut buf,
+            b"AUTHENTICATE PLAIN AHJlcGwAcmVwbHBhc3M=\r\n"
+        ),
+        "OK Success (no protection)"
+    );
+    let body = b"From: a@example.org\r\nSubject: retry me\r\n\r\nonce\r\n".to_vec();
+    let guid = Guid::of(&body);
+    let mut upload = format!(
+        "APPLY MESSAGE (%{{default {} {}}}\r\n",
+        guid.to_hex(),
+        body.len()
+    )
+    .into_bytes();
+    upload.extend_from_slice(&body);
+    upload.extend_from_slice(b")\r\n");
+    assert_eq!(cmd(&mut s, &mut buf, &upload), "OK Success");
+    let id = UniqueId::new("bk-dave-inbox-0001").unwrap();
+    let mut mb = Mailbox::new(
+        id.clone(),
+        MailboxGuid::derive_from_uniqueid(&id),
+        MailboxName::new("user.dave").unwrap(),
+        Some(UserId::new("dave").unwrap()),
+        UidValidity::new(1_700_000_000).unwrap(),
+        Partition::new("default").unwrap(),
+        UnixTime(1_700_000_000),
+    );
+    mb.createdmodseq = ModSeq(1);
+    mb.foldermodseq = ModSeq(1);
+    mb.last_uid = 1;
+    mb.highestmodseq = ModSeq(2);
+    let mut rec = Record::new(
+        Uid::new(1).unwrap(),
+        ModSeq(2),
+        guid,
+        body.len() as u64,
+        UnixTime(1_700_000_001),
+    );
+    rec.last_updated = UnixTime(1_700_000_001);
+    // The journal cannot be appended to (a directory in its place, which
+    // even root cannot open for writing).
+    let users = b.dir.path().join("backup/users");
+    std::fs::create_dir_all(users.join("dave.cvb")).unwrap();
+    let st = cmd(&mut s, &mut buf, &mailbox_line(&mb, &[rec.clone()]));
+    assert!(st.starts_with("NO"), "{st}");
+    // The working store never saw it: GET answers as before, so a
+    // retrying sync_client sends the mailbox again.
+    s.write_all(b"GET USER dave\r\n").unwrap();
+    let (lines, st) = until_status(&mut s, &mut buf);
+    assert_eq!(st, "OK Success");
+    assert!(!lines.iter().any(|l| l.contains("user.dave")), "{lines:?}");
+    // The disk heals; the retry is stored and backed up.
+    std::fs::remove_dir(users.join("dave.cvb")).unwrap();
+    assert_eq!(
+        cmd(&mut s, &mut buf, &mailbox_line(&mb, &[rec.clone()])),
+        "OK Success"
+    );
+    assert_eq!(cmd(&mut s, &mut buf, b"EXIT\r\n"), "OK Finished");
+    let (ok, out) = tool(&b.conf, &["backup", "show", "dave", "--messages"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("messages=1\t"), "{out}");
+    assert!(out.contains(&guid.to_hex()), "{out}");
+    let (ok, out) = tool(&b.conf, &["backup", "verify", "dave"]);
+    assert!(ok, "{out}");
 }
