@@ -440,6 +440,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rolling_lag_observes_once_per_covering_run_and_stays_bounded() {
+        let count = || {
+            let text = metrics::global().render();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "corvid_replication_lag_seconds_count{channel=\"rolling-test\"} ",
+                    )
+                })
+                .map(|n| n.parse::<u64>().unwrap())
+                .unwrap_or(0)
+        };
+        let mut lag = RollingLag::new("rolling-test");
+        lag.seen(5);
+        lag.seen(5);
+        lag.seen(9);
+        assert_eq!(lag.seen.len(), 2);
+        lag.replicated(7);
+        assert_eq!(count(), 1);
+        assert_eq!(lag.seen.len(), 1);
+        lag.replicated(9);
+        lag.replicated(9);
+        assert_eq!(count(), 2);
+        for seq in 10..10_000 {
+            lag.seen(seq);
+        }
+        assert!(lag.seen.len() <= ROLLING_SEEN_MAX);
+        assert_eq!(lag.seen.front().map(|(s, _)| *s), Some(10));
+        lag.replicated(u64::MAX);
+        assert_eq!(count(), 3);
+        assert!(lag.seen.is_empty());
+    }
+
+    #[test]
     fn directory_bytes_sum_regular_files_at_any_depth() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("a/b")).unwrap();
