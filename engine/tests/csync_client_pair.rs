@@ -151,6 +151,17 @@ fn run_on(
     jobs: Vec<Command>,
     server_flavour: engine::csync::Flavour,
 ) -> Vec<Event> {
+    run_logged(master, replica, opts, jobs, server_flavour).0
+}
+
+/// As [`run_on`], with the pair's log (what each side sent).
+fn run_logged(
+    master: &Store,
+    replica: &Store,
+    opts: Options,
+    jobs: Vec<Command>,
+    server_flavour: engine::csync::Flavour,
+) -> (Vec<Event>, String) {
     let client = Client::new(engine::machine::Time::ZERO, master.clone(), opts);
     let server = Server::new(
         engine::machine::Time::ZERO,
@@ -195,7 +206,10 @@ fn run_on(
         "{}",
         pair.log_text()
     );
-    pair.events_a().iter().map(|(_, e)| e.clone()).collect()
+    (
+        pair.events_a().iter().map(|(_, e)| e.clone()).collect(),
+        pair.log_text(),
+    )
 }
 
 fn opts() -> Options {
@@ -760,6 +774,99 @@ fn replica_only_mailbox_is_copied_back_unless_no_copyback() {
             .filter(|e| matches!(e, Event::MailboxSynced { .. } | Event::FullUpdate(_)))
             .count(),
         0,
+        "{ev:?}"
+    );
+}
+
+/// Scripts that have no `#sieve` mailbox here travel as `APPLY SIEVE`;
+/// corvid's replica keeps them as scripts and, under SIEVE-MAILBOX, lists
+/// none in GET USER. The client asks for the bytes (GET FETCH_SIEVE)
+/// instead of sending them again on every run, and sends a changed script.
+#[test]
+fn scripts_without_a_sieve_mailbox_are_not_sent_again() {
+    let (m, _) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    let mut plain = opts();
+    plain.compress = false;
+    let csync = engine::csync::Flavour::Csync;
+    let (ev, log) = run_logged(
+        &m,
+        &r,
+        plain.clone(),
+        vec![Command::User(alice.clone())],
+        csync,
+    );
+    assert_eq!(job_ok(&ev), 1);
+    assert!(log.contains("APPLY SIEVE"), "{log}");
+    let main = SieveName::new("main").unwrap();
+    assert_eq!(r.borrow().sieve_active(&alice).unwrap(), Some(main.clone()));
+    let (ev, log) = run_logged(
+        &m,
+        &r,
+        plain.clone(),
+        vec![Command::User(alice.clone())],
+        csync,
+    );
+    assert_eq!(job_ok(&ev), 1);
+    assert!(log.contains("GET FETCH_SIEVE"), "{log}");
+    assert!(!log.contains("APPLY SIEVE"), "sent again:\n{log}");
+    // A changed script goes (and stays active).
+    write(
+        &m,
+        vec![Mutation::PutSieve {
+            user: alice.clone(),
+            script: SieveScript {
+                name: main.clone(),
+                last_update: UnixTime(10),
+                content: Bytes::from_static(b"discard;\r\n"),
+            },
+        }],
+    );
+    let (ev, log) = run_logged(&m, &r, plain, vec![Command::User(alice.clone())], csync);
+    assert_eq!(job_ok(&ev), 1);
+    assert!(log.contains("APPLY SIEVE"), "{log}");
+    let scripts = r.borrow().sieve_scripts(&alice).unwrap();
+    assert_eq!(&scripts[0].content[..], b"discard;\r\n");
+    assert_eq!(r.borrow().sieve_active(&alice).unwrap(), Some(main));
+}
+
+/// `sync_batchsize`: a mailbox with more new messages than the batch goes
+/// as partial states (LAST_UID at the batch end, SYNC_CRC 0), the replica
+/// read again between them; the end state equals a single sync's.
+#[test]
+fn batch_size_splits_a_large_update_into_partial_states() {
+    let (m, mbs) = master();
+    let r = store();
+    let alice = UserId::new("alice").unwrap();
+    let mut o = opts();
+    o.batch_size = Some(2);
+    let ev = run(&m, &r, o.clone(), vec![Command::User(alice.clone())]);
+    assert_eq!(job_ok(&ev), 1);
+    let inbox = &mbs[0];
+    // INBOX has 5 new messages: 2 + 2 + 1; Work has 2: one APPLY.
+    let synced: Vec<usize> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::MailboxSynced { name, records, .. } if *name == inbox.name => Some(*records),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(synced, vec![2, 2, 1], "{ev:?}");
+    same_records(&records(&m, &inbox.uniqueid), &records(&r, &inbox.uniqueid));
+    assert_eq!(
+        m.borrow().sync_crcs(&inbox.uniqueid).unwrap(),
+        r.borrow().sync_crcs(&inbox.uniqueid).unwrap()
+    );
+    let rmb = r
+        .borrow()
+        .mailbox_by_uniqueid(&inbox.uniqueid)
+        .unwrap()
+        .unwrap();
+    assert_eq!((rmb.last_uid, rmb.highestmodseq), (5, ModSeq(5)));
+    let ev = run(&m, &r, o, vec![Command::User(alice)]);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::MailboxSynced { .. })),
         "{ev:?}"
     );
 }

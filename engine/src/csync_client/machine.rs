@@ -81,6 +81,11 @@ pub struct Options {
     /// On a failed mailbox/META job, queue a USER job for the owner(s)
     /// (rolling mode's error promotion, §4.5).
     pub promote_errors: bool,
+    /// `sync_batchsize`: most new messages in one APPLY MAILBOX; a mailbox
+    /// with more is sent as partial states (Cyrus 3.6: LAST_UID at the
+    /// batch end, HIGHESTMODSEQ below every later record, SYNC_CRC 0), the
+    /// replica read again between batches. `None`: everything at once.
+    pub batch_size: Option<usize>,
     /// Most GUIDs per `APPLY RESERVE` (Cyrus: 8192).
     pub reserve_guids_max: usize,
     /// Most files per `APPLY MESSAGE` (Cyrus: 1024).
@@ -120,6 +125,7 @@ impl Options {
             partition: None,
             sieve_mailbox: true,
             promote_errors: false,
+            batch_size: Some(8192),
             reserve_guids_max: 8192,
             upload_files_max: 1024,
             upload_bytes_max: 16 << 20,
@@ -546,6 +552,7 @@ impl<R: MailRead> Client<R> {
             sieve_mailbox: self.sieve_mailbox_enabled,
             reserve_guids_max: self.opts.reserve_guids_max,
             copyback: !self.opts.no_copyback,
+            batch_size: self.opts.batch_size,
         }
     }
 
@@ -918,6 +925,9 @@ impl<R: MailRead> Client<R> {
                 Cmd::Get(Item::new("FULLMAILBOX", plan::text(name.as_bytes())))
             }
             Step::Fetch { kv } => Cmd::Get(Item::new("FETCH", Value::KvList(kv.clone()))),
+            Step::CheckSieve { kv, .. } => {
+                Cmd::Get(Item::new("FETCH_SIEVE", Value::KvList(kv.clone())))
+            }
             Step::Reserve {
                 partition,
                 names,
@@ -1135,7 +1145,11 @@ impl<R: MailRead> Client<R> {
                     .push_back(Output::Event(Event::MailboxUnchanged(mb.name.clone())));
             }
             Update::NeedsFull => self.start_full(&mb.name, uniqueid),
-            Update::Apply { uploads, kv } => {
+            Update::Apply {
+                uploads,
+                kv,
+                partial,
+            } => {
                 let mut steps = Vec::new();
                 let mut batch: Vec<FileRef> = Vec::new();
                 let mut bytes = 0u64;
@@ -1159,6 +1173,7 @@ impl<R: MailRead> Client<R> {
                     uniqueid,
                     attempt,
                     kv,
+                    partial,
                 });
                 self.push_front(steps);
             }
@@ -1518,6 +1533,7 @@ impl<R: MailRead> Client<R> {
                 uniqueid,
                 attempt,
                 kv,
+                partial,
             } => {
                 let name = wire::name(kv, "MBOXNAME").ok();
                 if ok {
@@ -1529,6 +1545,14 @@ impl<R: MailRead> Client<R> {
                         self.job().replica.mailboxes.insert(uniqueid.clone(), h);
                     }
                     if let Some(name) = name {
+                        if *partial {
+                            // The next batch, from the replica's real state
+                            // (its CRCs are unknown after a partial one).
+                            self.push_front(vec![Step::GetMailboxes {
+                                names: vec![name.clone()],
+                                repeat: Some((uniqueid.clone(), *attempt)),
+                            }]);
+                        }
                         // Uploads of this mailbox came right before it.
                         self.out.push_back(Output::Event(Event::MailboxSynced {
                             name,
@@ -1629,6 +1653,22 @@ impl<R: MailRead> Client<R> {
                 }
                 if !ok {
                     self.fail(Self::refused(&step, &status));
+                }
+            }
+            Step::CheckSieve { content, then, .. } => {
+                // Any answer but the same bytes (missing, other bytes, a
+                // server that does not know FETCH_SIEVE) sends the script.
+                let same = ok
+                    && data.iter().any(|i| {
+                        i.key_is("SIEVE")
+                            && i.value
+                                .as_kvlist()
+                                .and_then(|kv| kv.get("CONTENT"))
+                                .and_then(|c| c.as_bytes())
+                                .is_some_and(|c| c == &content[..])
+                    });
+                if !same {
+                    self.push_front(then.clone());
                 }
             }
             Step::Simple { nonexistent_ok, .. } if !(ok || nonexistent && *nonexistent_ok) => {

@@ -79,6 +79,9 @@ pub(crate) enum Step {
         uniqueid: UniqueId,
         attempt: Attempt,
         kv: KvList,
+        /// A `sync_batchsize` partial state: after OK, read the replica
+        /// again and send the next batch.
+        partial: bool,
     },
     GetFull {
         uniqueid: UniqueId,
@@ -103,6 +106,15 @@ pub(crate) enum Step {
         /// write unless a mailbox took its id or name meanwhile.
         adopt: Option<Box<Mailbox>>,
     },
+    /// `GET FETCH_SIEVE`: a script the replica may hold outside any
+    /// `#sieve` mailbox (corvid's own server keeps `APPLY SIEVE` scripts
+    /// as scripts and, under SIEVE-MAILBOX, lists none). When the replica
+    /// lacks it or holds other bytes, `then` runs (its APPLY SIEVE).
+    CheckSieve {
+        kv: KvList,
+        content: Bytes,
+        then: Vec<Step>,
+    },
     /// Any other `APPLY`, answered by a status only.
     Simple {
         item: Item,
@@ -122,6 +134,7 @@ impl Step {
             Step::ApplyMailbox { .. } => "APPLY MAILBOX".into(),
             Step::GetFull { .. } => "GET FULLMAILBOX".into(),
             Step::Fetch { .. } => "GET FETCH".into(),
+            Step::CheckSieve { .. } => "GET FETCH_SIEVE".into(),
             Step::Simple { item, .. } => {
                 format!("APPLY {}", String::from_utf8_lossy(&item.key))
             }
@@ -147,6 +160,8 @@ pub(crate) struct PlanCtx<'a> {
     pub reserve_guids_max: usize,
     /// Local writes allowed (not `-O`).
     pub copyback: bool,
+    /// `sync_batchsize`: most new messages per APPLY MAILBOX (`None`: all).
+    pub batch_size: Option<usize>,
 }
 
 impl PlanCtx<'_> {
@@ -413,31 +428,64 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
             m.mbtype.kind == crate::model::MailboxKind::Sieve
                 && owner_of(&m.name).as_ref() == Some(user)
         });
+        let active = read.sieve_active(user)?;
         let mut sent_any = false;
         for s in &scripts {
-            let stale = match replica.sieve.get(&s.name) {
-                None if ctx.sieve_mailbox => {
-                    replica_box.is_none_or(|b| b.last_appenddate.0 < s.last_update.0)
-                }
-                None => true,
-                Some((_, g)) if !g.is_null() => *g != s.guid(),
-                Some((t, _)) => *t < s.last_update.0,
-            };
-            if stale {
-                sent_any = true;
-                steps.push(Step::Simple {
-                    item: Item::new(
-                        "SIEVE",
-                        Value::KvList(
-                            KvList::new()
-                                .with("USERID", uid_v())
-                                .with("FILENAME", script_file(&s.name, "script"))
-                                .with("LAST_UPDATE", Value::num(s.last_update.0.max(0) as u64))
-                                .with("CONTENT", Value::Literal(s.content.clone())),
-                        ),
+            let apply = Step::Simple {
+                item: Item::new(
+                    "SIEVE",
+                    Value::KvList(
+                        KvList::new()
+                            .with("USERID", uid_v())
+                            .with("FILENAME", script_file(&s.name, "script"))
+                            .with("LAST_UPDATE", Value::num(s.last_update.0.max(0) as u64))
+                            .with("CONTENT", Value::Literal(s.content.clone())),
                     ),
-                    nonexistent_ok: false,
-                });
+                ),
+                nonexistent_ok: false,
+            };
+            match replica.sieve.get(&s.name) {
+                // Under SIEVE-MAILBOX the replica lists no scripts. With
+                // its `#sieve` mailbox, its last append dates them; without
+                // one, a Cyrus 3.6 replica has none, but corvid's keeps
+                // APPLY SIEVE scripts as scripts: ask for the bytes rather
+                // than send them again on every run.
+                None if ctx.sieve_mailbox => match replica_box {
+                    Some(b) if b.last_appenddate.0 >= s.last_update.0 => {}
+                    Some(_) => {
+                        sent_any = true;
+                        steps.push(apply);
+                    }
+                    None => {
+                        let mut then = vec![apply];
+                        if active.as_ref() == Some(&s.name) {
+                            then.push(activate_step(user, Some(&s.name)));
+                        }
+                        steps.push(Step::CheckSieve {
+                            kv: KvList::new()
+                                .with("USERID", uid_v())
+                                .with("FILENAME", script_file(&s.name, "script")),
+                            content: s.content.clone(),
+                            then,
+                        });
+                    }
+                },
+                None => {
+                    sent_any = true;
+                    steps.push(apply);
+                }
+                Some((_, g)) if !g.is_null() => {
+                    if *g != s.guid() {
+                        sent_any = true;
+                        steps.push(apply);
+                    }
+                }
+                Some((t, _)) => {
+                    if *t < s.last_update.0 {
+                        sent_any = true;
+                        steps.push(apply);
+                    }
+                }
             }
         }
         for name in replica.sieve.keys() {
@@ -455,7 +503,6 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
                 });
             }
         }
-        let active = read.sieve_active(user)?;
         // Under SIEVE-MAILBOX the replica does not say which is active:
         // (re)activate with the scripts we send.
         let activate = if ctx.sieve_mailbox {
@@ -464,17 +511,7 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
             active != replica.sieve_active
         };
         if activate {
-            let kv = KvList::new().with("USERID", uid_v());
-            steps.push(Step::Simple {
-                item: match &active {
-                    Some(a) => Item::new(
-                        "ACTIVATE_SIEVE",
-                        Value::KvList(kv.with("FILENAME", script_file(a, "bc"))),
-                    ),
-                    None => Item::new("UNACTIVATE_SIEVE", Value::KvList(kv)),
-                },
-                nonexistent_ok: true,
-            });
+            steps.push(activate_step(user, active.as_ref()));
         }
     }
     for (mailbox, seen) in read.seen_of_user(user)? {
@@ -490,6 +527,21 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
         }
     }
     Ok(steps)
+}
+
+/// `APPLY ACTIVATE_SIEVE` of `name`, or `UNACTIVATE_SIEVE` for none.
+fn activate_step(user: &UserId, name: Option<&SieveName>) -> Step {
+    let kv = KvList::new().with("USERID", text(user.as_bytes()));
+    Step::Simple {
+        item: match name {
+            Some(a) => Item::new(
+                "ACTIVATE_SIEVE",
+                Value::KvList(kv.with("FILENAME", script_file(a, "bc"))),
+            ),
+            None => Item::new("UNACTIVATE_SIEVE", Value::KvList(kv)),
+        },
+        nonexistent_ok: true,
+    }
 }
 
 fn script_file(name: &SieveName, ext: &str) -> Value {
@@ -508,8 +560,13 @@ pub(crate) enum Update {
     /// (`deletedmodseq` above the replica's HIGHESTMODSEQ): only a full
     /// update can describe that.
     NeedsFull,
-    /// Upload these files, then send this APPLY MAILBOX.
-    Apply { uploads: Vec<FileRef>, kv: KvList },
+    /// Upload these files, then send this APPLY MAILBOX (`partial`: a
+    /// `sync_batchsize` batch; more follow).
+    Apply {
+        uploads: Vec<FileRef>,
+        kv: KvList,
+        partial: bool,
+    },
 }
 
 fn crc_eq(a: SyncCrcs, b: SyncCrcs) -> bool {
@@ -596,7 +653,21 @@ pub(crate) fn plan_update<R: MailRead + ?Sized>(
         }
     }
     let (r_hms, r_last) = rm.map_or((0, 0), |r| (r.highestmodseq.get(), r.last_uid));
+    let all = all_records(read, &mb.uniqueid)?;
+    let cut = ctx
+        .batch_size
+        .and_then(|n| batch_cut(&all, r_last, r_hms, n));
     let mut out = mb.clone();
+    let mut crcs = crcs;
+    if let Some((last_uid, hms)) = cut {
+        // A synthetic partial state (Cyrus 3.6 `sync_batchsize`): LAST_UID
+        // at the batch's end, HIGHESTMODSEQ just below every record beyond
+        // it, and CRC 0 so the replica does not check it.
+        out.last_uid = last_uid;
+        out.highestmodseq = crate::model::ModSeq(hms);
+        out.recentuid = out.recentuid.min(last_uid);
+        crcs = SyncCrcs::default();
+    }
     if let Some(rm) = rm {
         // The replica's UIDVALIDITY never goes down (Cyrus adopts it).
         if rm.uidvalidity > mb.uidvalidity.get() {
@@ -605,9 +676,6 @@ pub(crate) fn plan_update<R: MailRead + ?Sized>(
     }
     out.partition = crate::model::Partition::new(&dest[..]).unwrap_or(out.partition);
     let mut kv = mailbox_kv(&out, crcs, None);
-    if ctx.local_only {
-        // Nothing differs in the payload; the verb carries it.
-    }
     if let (Attempt::First, Some(rm)) = (attempt, rm) {
         kv.push("SINCE_MODSEQ", Value::num(rm.highestmodseq.get()));
         kv.push("SINCE_CRC", Value::num(rm.crcs.basic.into()));
@@ -616,8 +684,11 @@ pub(crate) fn plan_update<R: MailRead + ?Sized>(
     let mut records = Vec::new();
     let mut uploads: Vec<FileRef> = Vec::new();
     let mut seen_guids = BTreeSet::new();
-    for r in all_records(read, &mb.uniqueid)? {
+    for r in all {
         if r.modseq.get() <= r_hms {
+            continue;
+        }
+        if cut.is_some_and(|(u, m)| r.uid.get() > u || r.modseq.get() > m) {
             continue;
         }
         if r.uid.get() > r_last
@@ -637,7 +708,40 @@ pub(crate) fn plan_update<R: MailRead + ?Sized>(
         records.push(record_kv(&r));
     }
     kv.push("RECORD", Value::List(records));
-    Ok(Update::Apply { uploads, kv })
+    Ok(Update::Apply {
+        uploads,
+        kv,
+        partial: cut.is_some(),
+    })
+}
+
+/// Where a `sync_batchsize` batch ends: `(LAST_UID, HIGHESTMODSEQ)` of
+/// the partial state, or `None` to send everything. Records are by UID.
+///
+/// The batch is the first `n` records above the replica's LAST_UID. The
+/// partial HIGHESTMODSEQ is one below the lowest MODSEQ beyond the batch,
+/// so everything at or below it is in the batch; it must be above the
+/// replica's and at least every batch record's MODSEQ (else a new record
+/// would be left out below the partial LAST_UID), or there is no batch.
+fn batch_cut(
+    all: &[crate::model::Record],
+    r_last: u32,
+    r_hms: u64,
+    n: usize,
+) -> Option<(u32, u64)> {
+    let n = n.max(1);
+    let first_new = all.iter().position(|r| r.uid.get() > r_last)?;
+    let new = &all[first_new..];
+    if new.len() <= n {
+        return None;
+    }
+    let (batch, beyond) = new.split_at(n);
+    let below_beyond = beyond.iter().map(|r| r.modseq.get()).min()? - 1;
+    let batch_max = batch.iter().map(|r| r.modseq.get()).max()?;
+    if below_beyond <= r_hms || batch_max > below_beyond {
+        return None;
+    }
+    Some((batch.last()?.uid.get(), below_beyond))
 }
 
 trait OptEq<T> {
