@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use proto::dsync::{
     ChangeType, Decoder, EncodeOptions, Encoder, Event as WireEvent, Existence, Finish, Guid128,
-    Handshake, Item, Mail, MailChange, MailRequest, Mailbox as WireMailbox, MailboxDelete,
-    MailboxState, MailboxTreeNode, SyncType, Tombstone as WireTombstone,
+    Handshake, Item, Mail, MailChange, MailRequest, Mailbox as WireMailbox, MailboxAttribute,
+    MailboxDelete, MailboxState, MailboxTreeNode, SyncType, Tombstone as WireTombstone,
 };
 
 use crate::machine::{CloseReason, EffectId, EffectIds, Machine, Output, Time};
@@ -115,6 +115,8 @@ struct MboxSync {
     requests: Vec<MailRequest>,
     body: Option<(Option<Bytes>, Mail, BytesMut)>,
     body_skip: bool,
+    remote_attrs: Vec<MailboxAttribute>,
+    attr_body: Option<(MailboxAttribute, BytesMut)>,
     sent_mails: bool,
     outgoing: VecDeque<Record>,
     mails_end_pending: bool,
@@ -543,6 +545,8 @@ impl<S: MailRead> Brain<S> {
             requests: Vec::new(),
             body: None,
             body_skip: false,
+            remote_attrs: Vec::new(),
+            attr_body: None,
             sent_mails: false,
             outgoing: VecDeque::new(),
             mails_end_pending: false,
@@ -635,11 +639,61 @@ impl<S: MailRead> Brain<S> {
             self.sync_type == SyncType::State && s.last_uidvalidity == cur.local.uidvalidity.get()
         });
         let changes = export_changes(&cur.records, state.as_ref());
-        self.end_list(); // attributes: corvid has none to sync
+        let attrs = super::attrs::export(&cur.local, &self.opts.user);
+        for a in attrs {
+            self.send(Item::MailboxAttribute(a));
+        }
+        self.end_list();
         for c in changes {
             self.send(Item::MailChange(c));
         }
         self.end_list();
+    }
+
+    /// The peer's `A` list is complete: merge it into our mailbox
+    /// ([`super::attrs`]) when the store keeps attributes.
+    fn attributes_done(&mut self) {
+        if !self.opts.sync_attributes {
+            return;
+        }
+        let lcm = self.usable_state().map_or(0, |s| s.last_common_modseq);
+        let mode = self.mode;
+        let cur = self.cur.as_mut().expect("in a mailbox");
+        let remote = std::mem::take(&mut cur.remote_attrs);
+        let uid = cur.local.uniqueid.clone();
+        let modseq = cur.modseq;
+        let Ok(Some(mb)) = self.store.mailbox_by_uniqueid(&uid) else {
+            return;
+        };
+        let (mut muts, notes) =
+            super::attrs::merge(&mb, &self.opts.user, &remote, lcm, mode, modseq);
+        let name = mb.name.to_lossy();
+        for n in notes {
+            self.note(format!("{name}: {n}"));
+        }
+        if muts.is_empty() {
+            return;
+        }
+        // Changes at `modseq` move HIGHESTMODSEQ with them (as every
+        // batch of ours does); applied after the annotations, so the
+        // mailbox written carries them.
+        let mut raised = mb.clone();
+        for m in &muts {
+            if let Mutation::SetAnnotation {
+                entry,
+                owner,
+                value,
+                ..
+            } = m
+            {
+                raised
+                    .annotations
+                    .set(entry.clone(), owner.clone(), value.clone());
+            }
+        }
+        raised.highestmodseq = ModSeq(raised.highestmodseq.0.max(modseq.0));
+        muts.push(Mutation::PutMailbox(raised));
+        self.write(muts);
     }
 
     fn usable_state(&self) -> Option<MailboxState> {
@@ -1021,6 +1075,13 @@ impl<S: MailRead> Brain<S> {
             if cur.body_skip {
                 return Ok(());
             }
+            if let Some((_, buf)) = cur.attr_body.as_mut() {
+                if buf.len() + b.len() > limit {
+                    return Err(format!("an attribute value exceeds {limit} bytes"));
+                }
+                buf.extend_from_slice(b);
+                return Ok(());
+            }
             let (_, _, buf) = cur.body.as_mut().ok_or("unexpected body")?;
             if buf.len() + b.len() > limit {
                 return Err(format!("a message body exceeds {limit} bytes"));
@@ -1031,6 +1092,12 @@ impl<S: MailRead> Brain<S> {
         if let W::BodyEnd = ev {
             let cur = self.cur.as_mut().ok_or("body outside a mailbox")?;
             if std::mem::take(&mut cur.body_skip) {
+                return Ok(());
+            }
+            if let Some((mut a, buf)) = cur.attr_body.take() {
+                a.value = Some(buf.freeze());
+                a.stream = false;
+                cur.remote_attrs.push(a);
                 return Ok(());
             }
             let (g, mail, buf) = cur.body.take().ok_or("unexpected body end")?;
@@ -1194,13 +1261,22 @@ impl<S: MailRead> Brain<S> {
                 Ok(())
             }
             (Recv::Attrs, W::Item(Item::MailboxAttribute(a))) => {
+                let cur = self.cur.as_mut().expect("cur");
+                if cur.remote_attrs.len() >= self.opts.changes_max {
+                    return Err(format!(
+                        "more than {} attributes in one mailbox",
+                        self.opts.changes_max
+                    ));
+                }
                 if a.stream {
-                    let cur = self.cur.as_mut().expect("cur");
-                    cur.body_skip = true;
+                    cur.attr_body = Some((a, BytesMut::new()));
+                } else {
+                    cur.remote_attrs.push(a);
                 }
                 Ok(())
             }
             (Recv::Attrs, W::EndOfList) => {
+                self.attributes_done();
                 self.cur.as_mut().expect("cur").recv = Recv::Changes;
                 Ok(())
             }

@@ -205,6 +205,36 @@ pub fn new_mailbox(
     )
 }
 
+/// Whether `name` is the INBOX (IMAP: case-insensitive).
+fn is_inbox(name: &MailboxName) -> bool {
+    name.as_bytes().eq_ignore_ascii_case(b"INBOX")
+}
+
+/// [`new_mailbox`], with a uniqueid no local mailbox holds: a mailbox
+/// that adopted a peer's GUID (rule 2) keeps the uniqueid derived from its
+/// old GUID, and that GUID may still come back from a third replica.
+fn new_mailbox_here(
+    local: &LocalTree<'_>,
+    user: &UserId,
+    guid: MailboxGuid,
+    name: MailboxName,
+    uidvalidity: u32,
+    at: i64,
+) -> Mailbox {
+    let mut mb = new_mailbox(user, guid, name, uidvalidity, at);
+    let mut n = 0u32;
+    while local.mailboxes.iter().any(|m| m.uniqueid == mb.uniqueid) {
+        let mut h = Sha1::new();
+        h.update(b"corvid dsync uniqueid\0");
+        h.update(guid.as_bytes());
+        h.update(n.to_be_bytes());
+        let d = h.finalize();
+        mb.uniqueid = UniqueId::new(hex::encode(&d[..16])).expect("hex is atom text");
+        n += 1;
+    }
+    mb
+}
+
 /// Merge the trees; see the parent module for the rules.
 pub fn merge_tree(
     user: &UserId,
@@ -372,9 +402,35 @@ pub fn merge_tree(
                 by_guid.insert(*g, mb);
                 continue;
             }
-            if !holder_known && mode == Mode::TwoWay {
-                // Two independent creations of one name (typically INBOX):
-                // one mailbox, the bigger GUID, messages merged.
+            if !holder_known && mode == Mode::TwoWay && !is_inbox(&r.name) {
+                // Two independent creations of one name other than INBOX:
+                // the smaller GUID steps aside to `<name>-<8 hex of its
+                // GUID>` on both sides (as a name wanted by a mailbox the
+                // peer does not know). Never merged: a merge changes a
+                // GUID that a third replica may already hold under
+                // another name, and two identities for one mailbox never
+                // converge (sim seeds 3758, 4589, 8146, 9777).
+                if g > &holder {
+                    let aside = suffixed(&r.name, &holder);
+                    rename(&mut plan, &mut names, &mut by_guid, holder, aside, now);
+                    // Falls through: create the peer's at the name.
+                } else {
+                    let aside = suffixed(&r.name, g);
+                    let mb = new_mailbox_here(local, user, *g, aside, r.uidvalidity, now);
+                    plan.notes.push(format!(
+                        "create mailbox {} (the peer's {} steps aside)",
+                        mb.name.to_lossy(),
+                        r.name.to_lossy()
+                    ));
+                    plan.mutations.push(Mutation::PutMailbox(mb.clone()));
+                    names.insert(mb.name.clone(), *g);
+                    by_guid.insert(*g, mb);
+                    continue;
+                }
+            } else if !holder_known && mode == Mode::TwoWay {
+                // Two independent INBOXes: one mailbox, the bigger GUID,
+                // messages merged (INBOX cannot be renamed away, so its
+                // name is its identity on every replica).
                 if g > &holder {
                     let mut mb = by_guid.remove(&holder).expect("named mailbox exists");
                     plan.notes.push(format!(
@@ -389,10 +445,12 @@ pub fn merge_tree(
                 }
                 continue;
             }
-            let aside = suffixed(&r.name, &holder);
-            rename(&mut plan, &mut names, &mut by_guid, holder, aside, now);
+            if holder_known {
+                let aside = suffixed(&r.name, &holder);
+                rename(&mut plan, &mut names, &mut by_guid, holder, aside, now);
+            }
         }
-        let mb = new_mailbox(user, *g, r.name.clone(), r.uidvalidity, r.renamed_at);
+        let mb = new_mailbox_here(local, user, *g, r.name.clone(), r.uidvalidity, r.renamed_at);
         plan.notes
             .push(format!("create mailbox {}", r.name.to_lossy()));
         plan.mutations.push(Mutation::PutMailbox(mb.clone()));
@@ -634,7 +692,19 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
                     expunge(&mut plan, r, "backup: UID differs from source");
                     want_at.push((g.clone(), c.uid, c));
                 } else if !backup_send {
-                    renumber.insert(g.clone(), (Some(r.clone()), Some(c)));
+                    let (ours, theirs) = (r.uid.get(), c.uid);
+                    if ours < theirs && theirs >= local_next {
+                        // The higher UID is free here: take it, the peer
+                        // keeps it. A new UID above both UIDNEXTs would
+                        // differ from a third replica's and chase it
+                        // round the ring for ever (sim seed 13).
+                        move_record(&mut plan, inp, r, theirs, Some(c));
+                    } else if theirs < ours && ours >= remote_next {
+                        // The peer takes our (higher, free there) UID.
+                        merge_flags(&mut plan, inp, r, c);
+                    } else {
+                        renumber.insert(g.clone(), (Some(r.clone()), Some(c)));
+                    }
                 }
             }
             None => {
@@ -693,20 +763,7 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
     for (uid, (g, (local_rec, remote))) in (local_next.max(remote_next)..).zip(renumber) {
         plan.last_uid = plan.last_uid.max(uid);
         match local_rec {
-            Some(r) => {
-                expunge(&mut plan, &r, "UID conflict: moving");
-                let mut moved = r.clone();
-                moved.uid = Uid::new(uid).expect("nonzero");
-                moved.modseq = inp.modseq;
-                if let Some(c) = remote {
-                    moved.flags = winner_flags(inp, &r, c).unwrap_or(moved.flags);
-                }
-                plan.notes.push(format!("uid {} -> {uid}", r.uid.get()));
-                plan.mutations.push(Mutation::PutRecord {
-                    mailbox: mb.clone(),
-                    record: moved,
-                });
-            }
+            Some(r) => move_record(&mut plan, inp, &r, uid, remote),
             None => {
                 let c = remote.expect("one side has it");
                 plan.wants.insert(
@@ -724,6 +781,41 @@ pub fn plan_mailbox(inp: &MailInputs<'_>) -> MailPlan {
         plan.last_uid = plan.last_uid.max(remote_next - 1);
     }
     plan
+}
+
+/// Moves our record `r` to `uid` (expunging the old UID), with the flags
+/// rule 5 picks when the peer has the message too.
+fn move_record(
+    plan: &mut MailPlan,
+    inp: &MailInputs<'_>,
+    r: &Record,
+    uid: u32,
+    remote: Option<&MailChange>,
+) {
+    let mb = &inp.mailbox.uniqueid;
+    let mut e = r.clone();
+    e.expunged = true;
+    e.modseq = inp.modseq;
+    plan.notes.push(format!(
+        "expunge uid {} (UID conflict: moving)",
+        r.uid.get()
+    ));
+    plan.mutations.push(Mutation::PutRecord {
+        mailbox: mb.clone(),
+        record: e,
+    });
+    let mut moved = r.clone();
+    moved.uid = Uid::new(uid).expect("nonzero");
+    moved.modseq = inp.modseq;
+    if let Some(c) = remote {
+        moved.flags = winner_flags(inp, r, c).unwrap_or(moved.flags);
+    }
+    plan.last_uid = plan.last_uid.max(uid);
+    plan.notes.push(format!("uid {} -> {uid}", r.uid.get()));
+    plan.mutations.push(Mutation::PutRecord {
+        mailbox: mb.clone(),
+        record: moved,
+    });
 }
 
 /// The peer's explicit per-flag deltas in a change (`add_flags`,

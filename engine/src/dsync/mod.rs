@@ -24,14 +24,24 @@
 //!    the master's). A name wanted by a mailbox the peer does not know
 //!    makes that mailbox step aside to `<name>-<8 hex of its GUID>`.
 //!    Subscriptions: newer change wins, a tie subscribes.
-//! 2. **Two independently created mailboxes with one name** (typically
-//!    INBOX): Dovecot 2.3 with maildir swaps the two GUIDs on every run and
-//!    never merges (`initial-merge`, exit 2 forever). corvid makes them one
-//!    mailbox: the side with the smaller GUID adopts the bigger GUID in
-//!    place, keeping its messages; the message merge then runs as for any
-//!    UIDVALIDITY conflict (the side with more messages keeps its
-//!    UIDVALIDITY, tie: the higher; the other side's messages are all new
-//!    and get fresh UIDs above both UIDNEXTs). Converges in two runs.
+//! 2. **Two independently created INBOXes**: Dovecot 2.3 with maildir
+//!    swaps the two GUIDs on every run and never merges (`initial-merge`,
+//!    exit 2 forever). corvid makes them one mailbox: the side with the
+//!    smaller GUID adopts the bigger GUID in place, keeping its messages;
+//!    the message merge then runs as for any UIDVALIDITY conflict (the side
+//!    with more messages keeps its UIDVALIDITY, tie: the higher; the other
+//!    side's messages are all new and get fresh UIDs above both UIDNEXTs).
+//!    Converges in two runs. Only INBOX merges: its name is its identity on
+//!    every replica (it cannot be renamed or deleted away). Two
+//!    independently created mailboxes with any other name are kept apart:
+//!    the one with the smaller GUID steps aside to `<name>-<8 hex of its
+//!    GUID>` on both sides. Merging them would retire a GUID that a third
+//!    replica may hold under another name (a concurrent rename there), and
+//!    that GUID would come back as a second identity for the same mail and
+//!    never converge (simulator, three replicas: seeds 3758, 4589, 8146,
+//!    9777 and 3696). A mailbox created here for a peer's GUID never takes
+//!    a uniqueid a local mailbox already holds (an INBOX that adopted a
+//!    GUID keeps the uniqueid of its old one).
 //! 3. **Mailbox deleted on one side while mail arrives on the other**:
 //!    Dovecot applies the GUID tombstone unconditionally and the new mail
 //!    is lost (`delete-newmail`). corvid honours the delete but first
@@ -49,7 +59,12 @@
 //!    grows with changes. A corvid slave under a Dovecot master that asks
 //!    for "changed" must follow its skips (the protocol leaves no choice).
 //! 5. **Messages.** Same GUID = same message. A UID is kept when it is
-//!    free on the other side (≥ its UIDNEXT); otherwise both sides give the
+//!    free on the other side (≥ its UIDNEXT). A message both sides hold at
+//!    different UIDs takes the higher of the two when that one is free on
+//!    the side with the lower (so with three or more replicas the UID
+//!    only ever settles on the highest any replica gave it; "new UID above
+//!    both UIDNEXTs" for every such pair chased the UID round a ring of
+//!    replicas for ever: simulator seed 13). Otherwise both sides give the
 //!    message a new UID above both UIDNEXTs, in GUID order. An expunge
 //!    (sent with Dovecot's 128-bit GUID hash) beats a concurrent flag
 //!    change. Flags: with a state, the side that changed since it wins; if
@@ -99,14 +114,19 @@
 //! nothing to act on: corvid's stores hold no directory without a
 //! mailbox, and none are sent.
 //!
-//! Known gaps: mailbox attributes (METADATA) are not synced (an empty `A`
-//! list is sent, received ones are ignored); header-hash matching
+//! Mailbox attributes (METADATA, `A` records): ours are sent from the
+//! mailbox annotations, the peer's merged by Dovecot's rules when
+//! [`Options::sync_attributes`] is on ([`attrs`], which also says what
+//! corvid's stores lack for timestamps and deletes).
+//!
+//! Known gaps: header-hash matching
 //! (`hdr_hash`, for GUID-less backends) is not implemented; the state's
 //! `last_common_modseq` is the minimum of both sides' (safe: exports a
 //! superset); corvid sends no flag deltas of its own (it keeps no per-flag
 //! history), so between two corvid brains concurrent changes of different
 //! flags of one message still resolve to the winning side's whole set.
 
+pub mod attrs;
 pub mod brain;
 pub mod merge;
 pub mod state;
@@ -169,6 +189,11 @@ pub struct Options {
     pub inflight_batches_max: usize,
     /// Size of body chunks we send.
     pub body_chunk_bytes: usize,
+    /// Import the peer's mailbox attributes (`A` records) into our
+    /// mailboxes' annotations ([`attrs`]). Off for a store that cannot
+    /// hold mailbox annotations (`store::maildir` refuses them, and a
+    /// refused batch ends the session); ours are sent either way.
+    pub sync_attributes: bool,
     /// Wire decoder limits.
     pub decoder: proto::dsync::Options,
 }
@@ -191,6 +216,7 @@ impl Options {
             batch_bytes_max: 8 << 20,
             inflight_batches_max: 8,
             body_chunk_bytes: 64 << 10,
+            sync_attributes: false,
             decoder: proto::dsync::Options::default(),
         }
     }
