@@ -6,12 +6,16 @@
 # against its backup.
 #
 #   scripts/bench/backupd.sh [--big N] [--users U] [--per-user M] [--incr K]
+#                            [--shared-users S]
 #
 # Defaults are the issue's anchor: one user with 10,000 messages (T1
 # initial -u), 100 users × 100 messages (T2, one sync_client run over all
 # of them), a rolling round (one new message to each of the 100 users,
 # then one run over them: T3), 100 new messages for the big user (T4
-# incremental -u). Needs the real peers (scripts/peers/start.sh; run as
+# incremental -u), and T5: 100 more users with M messages each, half of
+# them byte-identical across all users (IMAP APPEND of the same bytes, so
+# the same GUID), backed up in one run — the disk each backup grew by.
+# Needs the real peers (scripts/peers/start.sh; run as
 # root) and their env file ($CORVID_PEERS_ENV, else /tmp/corvid-peers/env).
 #
 # The real backupd runs as Cyrus runs it: a private master(8) instance
@@ -37,14 +41,15 @@
 # message, plus a directory fsync each, is the likely cost: batch them) and
 # >= 10x on many users; the 10,000-message / 100-user anchor run is not done.
 set -euo pipefail
-BIG=10000 USERS=100 PER_USER=100 INCR=100
+BIG=10000 USERS=100 PER_USER=100 INCR=100 SHARED_USERS=100
 while [ $# -gt 0 ]; do
   case $1 in
     --big) BIG=$2; shift 2 ;;
     --users) USERS=$2; shift 2 ;;
     --per-user) PER_USER=$2; shift 2 ;;
     --incr) INCR=$2; shift 2 ;;
-    *) echo "usage: $0 [--big N] [--users U] [--per-user M] [--incr K]" >&2; exit 2 ;;
+    --shared-users) SHARED_USERS=$2; shift 2 ;;
+    *) echo "usage: $0 [--big N] [--users U] [--per-user M] [--incr K] [--shared-users S]" >&2; exit 2 ;;
   esac
 done
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -187,6 +192,35 @@ for i in $(seq "$USERS"); do
   $MAIL lmtp "$u" "$PER_USER"
   users+=("$u")
 done
+shared=()
+for i in $(seq "$SHARED_USERS"); do
+  u=ks${tag}x$i
+  adduser "$u"
+  shared+=("$u")
+done
+# Half of each shared user's messages are the same bytes for every user.
+python3 - "$WORK/shared.bytes" "$PER_USER" "${shared[@]}" <<'PY'
+import imaplib, os, random, sys
+out = sys.argv[1]; per = int(sys.argv[2]); users = sys.argv[3:]
+total = 0
+host = os.environ["PEERS_HOST"]; port = int(os.environ["MASTER_IMAP_PORT"])
+def msg(seed, to):
+    r = random.Random(seed)
+    body = "\r\n".join(" ".join(r.choice("backup shared message quota sieve mailbox".split())
+                                for _ in range(12)) for _ in range(r.randint(20, 80)))
+    return ("From: list@example.org\r\nTo: %s\r\nSubject: bench %s\r\n"
+            "Message-ID: <%s@corvid.test>\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\n\r\n%s\r\n"
+            % (to, seed, seed, body)).encode()
+for u in users:
+    c = imaplib.IMAP4(host, port); c.login(u, os.environ["USER_PASS"])
+    for i in range(per):
+        m = msg("shared-%d" % i, "list@example.org") if i % 2 == 0 else msg("%s-%d" % (u, i), u)
+        typ, _ = c.append("INBOX", None, None, m)
+        assert typ == "OK", typ
+        total += len(m)
+    c.logout()
+open(out, "w").write("%d\n" % total)
+PY
 start_cyrus_backupd
 start_corvid
 
@@ -202,11 +236,22 @@ $MAIL lmtp "$big" "$INCR" --seed 99
 run cyrus -u "$big"; cw=$WALL cc=$CPU
 run corvid -u "$big"; row "T4 incremental -u (+$INCR msgs)" "$cw" "$WALL" "$cc" "$CPU"
 
-cyd=$(du -sb "$CY/backups" "$CY/staging" "$CY/conf" | awk '{s+=$1} END {print s}')
-cod=$(du -sb "$WORK/corvid/backup" | awk '{print $1}')
-printf '%-36s %9d %9d %7.2fx   (bytes on disk)\n' "disk after T1-T4" "$cyd" "$cod" "$(echo "$cod / ($cyd + 1)" | bc -l)"
+cyd() { du -sb "$CY/backups" "$CY/staging" "$CY/conf" | awk '{s+=$1} END {print s}'; }
+cod() { du -sb "$WORK/corvid/backup" | awk '{print $1}'; }
+cy0=$(cyd) co0=$(cod)
+printf '%-36s %9d %9d %7.2fx   (bytes on disk)\n' "disk after T1-T4" "$cy0" "$co0" "$(echo "$co0 / ($cy0 + 1)" | bc -l)"
 pack=$(du -sb "$WORK/corvid/backup/messages" | awk '{print $1}')
+jour=$(du -sb "$WORK/corvid/backup/users" | awk '{print $1}')
 printf '%-36s %9s %9d             (corvid: zstd message pack alone)\n' "" "" "$pack"
+printf '%-36s %9s %9d             (corvid: journals; the rest is the working store)\n' "" "" "$jour"
+if [ "$SHARED_USERS" -gt 0 ]; then
+  run cyrus -u "${shared[@]}"; cw=$WALL cc=$CPU
+  run corvid -u "${shared[@]}"; row "T5 $SHARED_USERS users x $PER_USER, 50% shared" "$cw" "$WALL" "$cc" "$CPU"
+  cy1=$(cyd) co1=$(cod)
+  printf '%-36s %9d %9d %7.2fx   (bytes the backup grew by)\n' "disk T5 (50% shared)" \
+    "$((cy1 - cy0))" "$((co1 - co0))" "$(echo "($co1 - $co0) / ($cy1 - $cy0 + 1)" | bc -l)"
+  printf '%-36s %9d             (bytes of mail those users hold)\n' "" "$(cat "$WORK/shared.bytes")"
+fi
 
 # Restore of the big user (corvid only: Cyrus 3.6 restore needs the user
 # to exist on the target) into the real replica, where it does not exist.

@@ -75,6 +75,9 @@ pub struct Options {
     /// Largest inflated chunk a reader accepts (bounds memory whatever a
     /// damaged file says).
     pub chunk_bytes_max: u64,
+    /// Pack commits of at least this many new messages flush the whole
+    /// filesystem once ([`Pack::with_syncfs`]); `None`: fsync per file.
+    pub pack_syncfs_min_files: Option<usize>,
 }
 
 impl Options {
@@ -84,6 +87,7 @@ impl Options {
             partitions,
             zstd_level: 3,
             chunk_bytes_max: 512 << 20,
+            pack_syncfs_min_files: None,
         }
     }
 }
@@ -227,7 +231,8 @@ impl Backup {
     /// The backup over `opts` (nothing is created until written).
     pub fn open(opts: Options) -> Result<Backup, BackupError> {
         let first = opts.partitions.first().ok_or(BackupError::NoPartition)?;
-        let pack = Pack::new(first.join("messages"), opts.zstd_level);
+        let pack = Pack::new(first.join("messages"), opts.zstd_level)
+            .with_syncfs(opts.pack_syncfs_min_files);
         Ok(Backup { opts, pack })
     }
 

@@ -65,6 +65,7 @@ static TMP: AtomicU64 = AtomicU64::new(0);
 pub struct Pack {
     dir: PathBuf,
     level: i32,
+    syncfs_min_files: Option<usize>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
@@ -77,7 +78,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
 impl Pack {
     /// The pack under `dir`, compressing at zstd `level`.
     pub fn new(dir: PathBuf, level: i32) -> Pack {
-        Pack { dir, level }
+        Pack {
+            dir,
+            level,
+            syncfs_min_files: None,
+        }
+    }
+
+    /// Commits of at least `min` new files are made durable with two
+    /// `syncfs(2)` calls (contents, then names) instead of an fsync per
+    /// file and directory. `syncfs` also writes back every other dirty
+    /// file of the filesystem, so it suits a filesystem dedicated to
+    /// backups; `None` (the default) never uses it.
+    pub fn with_syncfs(mut self, min: Option<usize>) -> Pack {
+        self.syncfs_min_files = min;
+        self
     }
 
     /// Where `guid` lives.
@@ -184,13 +199,26 @@ impl Pack {
         if todo.is_empty() {
             return Ok(0);
         }
-        // 1. file contents durable, several at once (the disk merges
-        //    concurrent flushes into one journal commit).
-        parallel(&todo, |s| {
-            File::open(&s.tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&s.tmp))
-        })?;
+        let syncfs = self
+            .syncfs_min_files
+            .is_some_and(|m| todo.len() >= m.max(1));
+        let tmp_dir = self.dir.join("tmp");
+        let flush_fs = || {
+            let d = File::open(&tmp_dir).map_err(io(&tmp_dir))?;
+            rustix::fs::syncfs(&d).map_err(|e| io(&tmp_dir)(e.into()))
+        };
+        // 1. file contents durable: one filesystem flush, or several
+        //    fsyncs at once (the disk merges concurrent flushes into one
+        //    journal commit).
+        if syncfs {
+            flush_fs()?;
+        } else {
+            parallel(&todo, |s| {
+                File::open(&s.tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&s.tmp))
+            })?;
+        }
         // 2. names; 3. the directories holding them durable, once each.
         let mut dirs = BTreeSet::new();
         let mut new_dirs = false;
@@ -203,6 +231,10 @@ impl Pack {
             }
             std::fs::rename(&s.tmp, &path).map_err(io(&path))?;
             dirs.insert(dir);
+        }
+        if syncfs {
+            flush_fs()?;
+            return Ok(todo.len());
         }
         if new_dirs {
             dirs.insert(self.dir.clone());

@@ -592,3 +592,23 @@ fn a_snapshot_restored_as_another_user_moves_everything_under_it() {
     let r = &s.records[&inbox.uniqueid][&Uid::new(2).unwrap()];
     assert_eq!(s.message_bytes(&r.guid, 0, 1 << 20).unwrap(), msg(2).0);
 }
+
+#[test]
+fn a_commit_can_flush_the_filesystem_once_instead() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = Options::new(vec![d.path().join("p1")]);
+    o.pack_syncfs_min_files = Some(2);
+    let b = Backup::open(o).unwrap();
+    let staged: Vec<_> = (1..=3)
+        .map(|n| {
+            let (body, g) = msg(n);
+            let mut w = b.pack().writer(g, body.len() as u64).unwrap();
+            w.write(&body).unwrap();
+            w.finish().unwrap()
+        })
+        .collect();
+    assert_eq!(b.pack().commit(staged).unwrap(), 3);
+    for n in 1..=3 {
+        assert_eq!(b.pack().read(&msg(n).1, 1 << 20).unwrap(), msg(n).0);
+    }
+}
