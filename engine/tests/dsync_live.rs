@@ -75,6 +75,7 @@ impl Lab {
                 "base_dir = {r}/run\nstate_dir = {r}/state\nlog_path = /dev/stderr\n\
                  info_log_path = /dev/stderr\nssl = no\nprotocols =\n\
                  mail_location = maildir:~/Maildir\n\
+                 mail_attribute_dict = file:%h/Maildir/dovecot-attributes\n\
                  namespace inbox {{\n  inbox = yes\n  separator = /\n  prefix =\n}}\n\
                  mail_privileged_group =\nmail_uid = {mu}\nmail_gid = {mg}\n\
                  first_valid_uid = {fv}\nfirst_valid_gid = {fv}\n",
@@ -198,6 +199,7 @@ impl Lab {
         o.mode = mode;
         o.state = state;
         o.now = UnixTime(1_800_000_000);
+        o.sync_attributes = true;
         let mut brain = Brain::new(o, store.clone());
         let mut outcome = None;
         let now = Time::ZERO;
@@ -685,4 +687,83 @@ fn concurrent_changes_of_different_flags_both_survive() {
     let o = lab.sync(&st, Mode::TwoWay, o.state);
     assert_eq!(o.error, None);
     check_same(&lab, &st, "next run");
+}
+
+/// Mailbox attributes (METADATA) set with `doveadm mailbox metadata set`
+/// arrive in corvid's mailbox annotations, and corvid's travel into
+/// Dovecot's attribute dict, read back with `doveadm mailbox metadata get`.
+#[test]
+fn mailbox_attributes_travel_both_ways() {
+    use engine::model::{AnnotationEntry, AnnotationOwner, AnnotationValue};
+    let Some(doveadm) = doveadm_or_skip() else {
+        return;
+    };
+    let lab = Lab::new(doveadm, "attrs");
+    lab.put("", "1700000001.M1P1.vm", "", &msg("m1", "plain", "hello\n"));
+    let st: Store = Rc::new(RefCell::new(MemStore::default()));
+    assert_eq!(lab.sync(&st, Mode::TwoWay, None).error, None);
+    lab.doveadm(&[
+        "mailbox",
+        "metadata",
+        "set",
+        "INBOX",
+        "/private/comment",
+        "from dovecot",
+    ]);
+    lab.doveadm(&[
+        "mailbox",
+        "metadata",
+        "set",
+        "INBOX",
+        "/shared/topic",
+        "shared one",
+    ]);
+    assert_eq!(lab.sync(&st, Mode::TwoWay, None).error, None);
+    let inbox = MailboxName::new("INBOX").unwrap();
+    let mb = st.borrow().durable().mailbox(&inbox).unwrap().unwrap();
+    let got: Vec<(String, String, String)> = mb
+        .annotations
+        .iter()
+        .map(|(e, o, v)| {
+            (
+                String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                String::from_utf8_lossy(o.as_bytes()).into_owned(),
+                String::from_utf8_lossy(&v.value).into_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        got.contains(&("/comment".into(), "corvid".into(), "from dovecot".into())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("/topic".into(), "".into(), "shared one".into())),
+        "{got:?}"
+    );
+    // corvid's own attribute goes the other way.
+    let mut mb = mb;
+    mb.highestmodseq = ModSeq(mb.highestmodseq.0 + 1);
+    mb.annotations.set(
+        AnnotationEntry::new("/note").unwrap(),
+        AnnotationOwner::User(user()),
+        AnnotationValue {
+            modseq: mb.highestmodseq,
+            value: Bytes::from_static(b"from corvid"),
+        },
+    );
+    let b = WriteBatch {
+        id: BatchId(1 << 41),
+        mutations: vec![Mutation::PutMailbox(mb)],
+    };
+    commit(&mut *st.borrow_mut(), &b).into_proof(b.id).unwrap();
+    assert_eq!(lab.sync(&st, Mode::TwoWay, None).error, None);
+    let v = lab.doveadm(&["mailbox", "metadata", "get", "INBOX", "/private/note"]);
+    assert_eq!(v.trim_end(), "from corvid");
+    let v = lab.doveadm(&["mailbox", "metadata", "get", "INBOX", "/private/comment"]);
+    assert_eq!(
+        v.trim_end(),
+        "from dovecot",
+        "a further run changes nothing"
+    );
+    check_same(&lab, &st, "after attributes");
 }
