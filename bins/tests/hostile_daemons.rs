@@ -171,7 +171,7 @@ impl Daemon {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(root.join("conf")).unwrap();
         let common = format!(
-            "servername: hostile.test\nadmins: {ADMIN}\nsasl_mech_list: PLAIN LOGIN\n\
+            "servername: hostile.test\nadmins: {ADMIN}\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\n\
              corvid_passwd_file: {d}/passwd\nfailedloginpause: {PAUSE_S}\n\
              sync_timeout: {idle_s}\nconfigdirectory: {r}/conf\n",
             d = d.display(),
