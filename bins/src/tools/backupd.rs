@@ -129,6 +129,7 @@ pub fn layout(conf: &Config) -> Result<Layout, String> {
             .collect(),
     );
     let mut store = StoreOptions::new(first.clone(), parts);
+
     store.default_partition = Some(
         conf.get_str("defaultpartition")
             .filter(|d| store.partitions.contains_key(*d))
@@ -426,7 +427,6 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .epoch(epoch)
         .peer(&peer)
         .events(etx)
-        .telemetry(crate::observe::telemetry(), crate::observe::csync_user)
         .run(stream)
         .instrument(span)
         .await;
@@ -628,6 +628,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
     for note in backup.repair() {
         eprintln!("backupd: journal: {note}");
+    }
+    // Pack files a writer that died left unnamed (a live writer's are
+    // minutes old at most; several backupd processes may share the pack).
+    let stale = backup
+        .pack()
+        .clean_tmp(std::time::Duration::from_secs(86_400));
+    if stale > 0 {
+        eprintln!("backupd: pack: removed {stale} unfinished file(s) older than a day");
     }
     let pwcheck = match PwCheck::from_config(&conf) {
         Ok(p) => p,

@@ -612,3 +612,18 @@ fn a_commit_can_flush_the_filesystem_once_instead() {
         assert_eq!(b.pack().read(&msg(n).1, 1 << 20).unwrap(), msg(n).0);
     }
 }
+
+#[test]
+fn unfinished_pack_files_are_cleaned_only_when_old() {
+    let d = tempfile::tempdir().unwrap();
+    let b = backup(d.path());
+    let (body, g) = msg(1);
+    let mut w = b.pack().writer(g, body.len() as u64).unwrap();
+    w.write(&body).unwrap();
+    // A live writer's file is young: kept.
+    assert_eq!(b.pack().clean_tmp(std::time::Duration::from_secs(3600)), 0);
+    // One a dead writer left (age 0 counts as old here).
+    std::mem::forget(w);
+    assert_eq!(b.pack().clean_tmp(std::time::Duration::ZERO), 1);
+    assert!(!b.pack().has(&g));
+}
