@@ -103,9 +103,16 @@ fn start_corvid_with(dir: &Path, conf_extra: &str) -> Corvid {
     std::fs::write(
         &conf,
         format!(
-            "configdirectory: {d}\nservername: corvid-master.test\nadmins: mupdateadmin sl2 be1\ncorvid_passwd_file: {p}\nfailedloginpause: 1\n{conf_extra}",
+            "configdirectory: {d}\nservername: corvid-master.test\nadmins: mupdateadmin sl2 be1\ncorvid_passwd_file: {p}\nfailedloginpause: 1\n{plain}{conf_extra}",
             d = dir.display(),
-            p = passwd.display()
+            p = passwd.display(),
+            // PLAIN over clear TCP, as these tests log in; Cyrus's default
+            // (no) withholds it until STARTTLS.
+            plain = if conf_extra.contains("allowplaintext") {
+                ""
+            } else {
+                "allowplaintext: yes\n"
+            }
         ),
     )
     .unwrap();
@@ -768,7 +775,7 @@ fn corvid_slave_follows_the_real_cyrus_master() {
     std::fs::write(
         &conf,
         format!(
-            "configdirectory: {d}\nservername: corvid-slave.test\nadmins: mupdateadmin\ncorvid_passwd_file: {p}\n\
+            "configdirectory: {d}\nservername: corvid-slave.test\nadmins: mupdateadmin\ncorvid_passwd_file: {p}\nallowplaintext: yes\n\
 mupdate_server: 127.0.0.1:{cport}\nmupdate_authname: mupdateadmin\nmupdate_password: secret\nmupdate_retry_delay: 2\n",
             d = dir.display(),
             p = passwd.display()
@@ -1460,4 +1467,632 @@ imap cmd=\"{CYRUS}/imapd -C {c}\" listen=\"127.0.0.1:{fe_port}\" prefork=0\n}}\n
         dump.contains(&format!("\"server\": \"{be_name}\"")),
         "{dump}"
     );
+}
+
+/// A corvid slave of `master_port` with its own configdirectory under
+/// `dir` (a SQLite-free slave: its mailboxes.db is the twoskip file);
+/// `extra` is added to its imapd.conf.
+fn start_corvid_slave(dir: &Path, master_port: u16, extra: &str) -> Corvid {
+    std::fs::create_dir_all(dir).unwrap();
+    let passwd = dir.join("passwd");
+    let mut p = Command::new(corvid())
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let conf = dir.join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {d}\nadmins: mupdateadmin\ncorvid_passwd_file: {p}\nallowplaintext: yes\n\
+mupdate_server: 127.0.0.1:{master_port}\nmupdate_authname: mupdateadmin\nmupdate_password: secret\n\
+mupdate_retry_delay: 1\n{extra}",
+            d = dir.display(),
+            p = passwd.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(corvid())
+        .args([
+            "mupdate",
+            "-C",
+            conf.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(dir.join("corvid.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Corvid {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// A master on a given port (to restart one where its slave looks for it).
+fn start_corvid_on(dir: &Path, port: u16) -> Corvid {
+    let conf = dir.join("corvid.conf");
+    let child = Command::new(corvid())
+        .args([
+            "mupdate",
+            "-C",
+            conf.to_str().unwrap(),
+            "-m",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(dir.join("corvid-again.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Corvid {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// The kick socket follows the master link as Cyrus's slave's does
+/// (mupdate-slave.c: the socket is opened after each full sync and closed
+/// when the link ends): with a synced link a kick answers `ok` after the
+/// master's NOOP; with the master gone a kick is refused at once (a
+/// frontend's `kick_mupdate()` logs and goes on) instead of answering `ok`
+/// for changes the slave cannot have; a local client's NOOP is answered
+/// either way; after the master returns and the slave has re-synced, kicks
+/// work again and the master's new state is there.
+#[test]
+fn corvid_slave_kick_socket_follows_the_master_link() {
+    let root = open_root();
+    let mdir = root.path().join("master").tap_mkdir();
+    let mut master = start_corvid(&mdir);
+    let mport = master.port;
+    let mut w = Client::login(mport);
+    let activate = |name: &str| mupdate::Command::Activate {
+        name: b(name),
+        location: b("be1!default"),
+        acl: b("anyone\tlrs\t"),
+    };
+    assert_eq!(w.run(activate("user.before")).1, "Ok done");
+    let slave = start_corvid_slave(&root.path().join("slave"), mport, "");
+    let socket = slave.dir.join("socket/mupdate.target");
+    wait_until("the kick socket", 20, || socket.exists());
+    assert_eq!(w.run(activate("user.kicked")).1, "Ok done");
+    assert_eq!(kick(&socket), "ok");
+    let mut local = Client::login(slave.port);
+    let (data, r) = local.run(mupdate::Command::Find {
+        name: b("user.kicked"),
+    });
+    assert_eq!(r, "Ok Search completed");
+    assert_eq!(data.len(), 1, "{data:?}");
+
+    // The master goes away: kicks are refused, not answered.
+    drop(w);
+    let _ = master.child.kill();
+    let _ = master.child.wait();
+    wait_until("kicks to be refused without a master", 30, || {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(mut s) => {
+                // Accepted just before the link loss was noticed: it must
+                // close without `ok` or answer `ok` — never hang.
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                false
+            }
+        }
+    });
+    assert!(socket.exists(), "the socket file stays, as Cyrus leaves it");
+    // A local client's NOOP on the slave is still answered (Cyrus's slave
+    // kicks itself, fails, and says OK).
+    let (_, r) = local.run(mupdate::Command::Noop);
+    assert_eq!(r, "Ok Noop done");
+
+    // The master comes back with a change made while the slave was away.
+    let master = start_corvid_on(&mdir, mport);
+    let mut w = Client::login(master.port);
+    assert_eq!(w.run(activate("user.after")).1, "Ok done");
+    wait_until("kicks to work again", 60, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    assert_eq!(kick(&socket), "ok");
+    let (data, r) = local.run(mupdate::Command::Find {
+        name: b("user.after"),
+    });
+    assert_eq!((data.len(), r.as_str()), (1, "Ok Search completed"));
+}
+
+/// W4: `corvid_mupdate_idle_timeout` bounds how long a session may go
+/// without completing a command, however it dribbles bytes (Cyrus
+/// restarts its 3 h timer on every read).
+#[test]
+fn a_dribbling_client_is_cut_off_by_the_configured_idle_timeout() {
+    let root = open_root();
+    let c = start_corvid_with(
+        &root.path().join("m").tap_mkdir(),
+        "corvid_mupdate_idle_timeout: 2s\n",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut closed = false;
+    let t0 = Instant::now();
+    // One byte of a never-finished command every 0.3 s.
+    for byte in b"N1 NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP" {
+        if s.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(closed, "still connected after dribbling: {seen}");
+    assert!(seen.contains("* BYE \"idle for too long\""), "{seen}");
+    // Others are served.
+    let mut other = Client::login(c.port);
+    assert_eq!(other.run(mupdate::Command::Noop).1, "Ok Noop done");
+}
+
+/// `mupdate_config` on a master: `unified` is refused at start as Cyrus
+/// does (exit 64); `replicated` tolerates the repeated writes of backends
+/// sharing a servername (mupdate.c `cmd_set`): a second RESERVE from
+/// elsewhere, a DEACTIVATE of a reserved name, a DELETE of a missing one.
+#[test]
+fn master_topologies_unified_refused_replicated_tolerant() {
+    let root = open_root();
+    let dir = root.path().join("uni").tap_mkdir();
+    std::fs::write(
+        dir.join("u.conf"),
+        format!(
+            "configdirectory: {}\nmupdate_config: unified\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(corvid())
+        .args(["mupdate", "-C", dir.join("u.conf").to_str().unwrap(), "-m"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot run mupdate master on a unified server"),
+        "{out:?}"
+    );
+
+    let std_master = start_corvid(&root.path().join("std").tap_mkdir());
+    let rep = start_corvid_with(
+        &root.path().join("rep").tap_mkdir(),
+        "mupdate_config: replicated\n",
+    );
+    let script = |c: &mut Client| -> Vec<String> {
+        [
+            mupdate::Command::Reserve {
+                name: b("user.x"),
+                location: b("default"),
+            },
+            mupdate::Command::Reserve {
+                name: b("user.x"),
+                location: b("other"),
+            },
+            mupdate::Command::Deactivate {
+                name: b("user.x"),
+                location: b("third"),
+            },
+            mupdate::Command::Delete { name: b("user.x") },
+            mupdate::Command::Delete { name: b("user.x") },
+            mupdate::Command::Deactivate {
+                name: b("user.y"),
+                location: b("default"),
+            },
+        ]
+        .into_iter()
+        .map(|cmd| c.run(cmd).1)
+        .collect()
+    };
+    assert_eq!(
+        script(&mut Client::login(std_master.port)),
+        [
+            "Ok done",
+            "No mailbox already exists",
+            "No mailbox not currently active",
+            "Ok done",
+            "No mailbox does not exist",
+            "No mailbox does not exist"
+        ]
+    );
+    let mut c = Client::login(rep.port);
+    assert_eq!(script(&mut c), ["Ok done"; 6]);
+    let (data, _) = c.run(mupdate::Command::Find { name: b("user.y") });
+    assert!(
+        matches!(&data[..], [Response::Reserve { location, .. }] if location.value()[..] == b"default"[..]),
+        "{data:?}"
+    );
+}
+
+/// A test CA and a server certificate for 127.0.0.1 under `dir`, readable
+/// by the Cyrus daemons (user cyrus).
+fn make_test_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=corvid mupdate test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// The banner of a fresh connection, up to its `* OK` line.
+fn banner(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("* OK") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed during the banner");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// W6, proven with the real Cyrus slave: with `allowplaintext` unset
+/// (Cyrus's default, no) corvid's master offers no mechanism in the clear
+/// (a bare `* AUTH`, as Cyrus's own master then sends), so the real slave
+/// starts TLS (backend.c: no usable mechanism, STARTTLS offered), logs in
+/// with PLAIN under TLS, takes the dump and follows the stream.
+#[test]
+fn real_cyrus_slave_starts_tls_when_corvid_withholds_plain() {
+    if !cyrus_available("real_cyrus_slave_starts_tls_when_corvid_withholds_plain") {
+        return;
+    }
+    let root = open_root();
+    let pki = root.path().join("pki").tap_mkdir();
+    make_test_pki(&pki);
+    let cdir = root.path().join("corvid").tap_mkdir();
+    {
+        // Something for the dump, written while PLAIN is allowed.
+        let seed = start_corvid_with(&cdir, "allowplaintext: yes\n");
+        let mut w = Client::login(seed.port);
+        let (_, r) = w.run(mupdate::Command::Activate {
+            name: b("user.tlsdump"),
+            location: b("be1!default"),
+            acl: b("anyone\tlrs\t"),
+        });
+        assert_eq!(r, "Ok done");
+    }
+    let c = start_corvid_with(
+        &cdir,
+        &format!(
+            "allowplaintext: no\ntls_server_cert: {p}/server.pem\ntls_server_key: {p}/server.key\n",
+            p = pki.display()
+        ),
+    );
+    let clear = banner(c.port);
+    assert!(clear.starts_with("* AUTH\r\n* STARTTLS\r\n"), "{clear}");
+    assert!(!clear.contains("PLAIN"), "{clear}");
+    // Our own client under TLS would be allowed; in the clear it is not.
+    let mut plain = Client::connect(c.port);
+    let (_, r) = plain.run(mupdate::Command::Authenticate {
+        mechanism: "PLAIN".into(),
+        initial: Some(proto::sasl::encode(b"\0mupdateadmin\0secret").into()),
+    });
+    assert_eq!(r, "No undefined error!");
+
+    let slave_port = free_port();
+    let inst = cyrus_instance(
+        root.path(),
+        "tlsslave",
+        &format!(
+            "servername: tlsslave.test\nadmins: cyrus\nmupdate_server: 127.0.0.1:{}\nmupdate_authname: sl2\nmupdate_username: sl2\n\
+mupdate_password: secret\nmupdate_retry_delay: 2\nmupdate_config: standard\ntls_client_ca_file: {}/ca.pem\n",
+            c.port,
+            pki.display()
+        ),
+    );
+    // No forced mechanism: the slave must find PLAIN the way Cyrus does.
+    let conf = inst.join("imapd.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace("force_sasl_client_mech: PLAIN\n", "")).unwrap();
+    std::fs::write(
+        inst.join("cyrus.conf"),
+        format!(
+            "SERVICES {{\n  mupdate cmd=\"{CYRUS}/mupdate -C {conf}\" listen=\"127.0.0.1:{slave_port}\" prefork=1\n}}\n",
+            conf = conf.display()
+        ),
+    )
+    .unwrap();
+    let pidfile = inst.join("master.pid");
+    let st = Command::new("runuser")
+        .args(["-u", "cyrus", "--", &format!("{CYRUS}/master")])
+        .args(["-C", conf.to_str().unwrap()])
+        .args(["-M", inst.join("cyrus.conf").to_str().unwrap()])
+        .args(["-p", pidfile.to_str().unwrap(), "-d"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _master = CyrusMaster { pidfile };
+    wait_until("the TLS slave's initial sync", 60, || {
+        dump_mboxlist(&inst).contains("user.tlsdump")
+    });
+    // A write by the real mupdatetest over STARTTLS reaches the slave.
+    let out = mupdatetest(
+        c.port,
+        "X1 ACTIVATE \"user.tlsstream\" \"be2!default\" \"anyone\tlrs\t\"\r\n",
+        &["-t", ""],
+        &pki,
+    );
+    assert!(
+        out.contains("S01 STARTTLS") || out.contains("STARTTLS"),
+        "{out}"
+    );
+    assert!(out.contains("X1 OK"), "{out}");
+    wait_until("the TLS slave to stream the change", 60, || {
+        dump_mboxlist(&inst).contains("user.tlsstream")
+    });
+    let log = std::fs::read_to_string(c.dir.join("corvid.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// `mupdate_config: unified`: the slave runs on a server that is frontend
+/// and backend at once, whose mailboxes.db also holds its own (local)
+/// mailboxes, written by its imapd. The corvid slave never writes over
+/// them: not with the master's record for the same name, not with a
+/// record at its own server (Cyrus's slave would turn that into a local
+/// entry without the mailbox's uniqueid), and not on a DELETE; a stale
+/// remote entry for a mailbox now at this server is removed. Remote
+/// mailboxes are kept as usual. The file is read back with Cyrus's own
+/// `cyr_dbtool`, which also wrote the local entries.
+#[test]
+fn corvid_unified_slave_keeps_the_servers_own_mailboxes_local() {
+    if !cyrus_available("corvid_unified_slave_keeps_the_servers_own_mailboxes_local") {
+        return;
+    }
+    let root = open_root();
+    let master = start_corvid(&root.path().join("master").tap_mkdir());
+    let mut w = Client::login(master.port);
+    for (name, loc) in [
+        ("user.local", "uni.test!default"),
+        ("user.away", "be1.test!default"),
+        ("user.moved", "uni.test!default"),
+        ("user.clash", "be1.test!default"),
+    ] {
+        let (_, r) = w.run(mupdate::Command::Activate {
+            name: b(name),
+            location: b(loc),
+            acl: b("anyone\tlrs\t"),
+        });
+        assert_eq!(r, "Ok done");
+    }
+    // The unified server's configdirectory, with entries its imapd wrote:
+    // two local mailboxes and a remote one that has since moved here.
+    let uni = cyrus_instance(root.path(), "uni", "servername: uni.test\n");
+    let conf = uni.join("imapd.conf");
+    let db = uni.join("conf/mailboxes.db");
+    // Cyrus creates mailboxes.db at start (master(8) runs `ctl_cyrusdb -r`).
+    let out = as_cyrus("ctl_cyrusdb", &["-C", conf.to_str().unwrap(), "-r"]);
+    assert!(out.status.success() && db.exists(), "{out:?}");
+    let local_value =
+        "%(I 0123456789abcdef P default T e V 1700000000 M 1700000001 A %(owner lrswipkxtecdan))";
+    for (key, value) in [
+        ("Nuser\u{1f}local", local_value),
+        ("Nuser\u{1f}clash", local_value),
+        (
+            "Nuser\u{1f}moved",
+            "%(T er P default S be9.test M 1700000001 A %(anyone lrs))",
+        ),
+    ] {
+        let out = as_cyrus(
+            "cyr_dbtool",
+            &[
+                "-C",
+                conf.to_str().unwrap(),
+                db.to_str().unwrap(),
+                "twoskip",
+                "set",
+                key,
+                value,
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let show = || {
+        let out = as_cyrus(
+            "cyr_dbtool",
+            &[
+                "-C",
+                conf.to_str().unwrap(),
+                db.to_str().unwrap(),
+                "twoskip",
+                "show",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The slave runs as cyrus, on the same configdirectory.
+    let passwd = root.path().join("uni-passwd");
+    let mut p = Command::new(corvid())
+        .args(["passwd", passwd.to_str().unwrap(), "mupdateadmin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "admins: mupdateadmin\nmupdate_server: 127.0.0.1:{}\nmupdate_authname: mupdateadmin\nmupdate_password: secret\n\
+mupdate_retry_delay: 1\nmupdate_config: unified\ncorvid_passwd_file: {}\n",
+        master.port,
+        passwd.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    assert!(Command::new("chown")
+        .args([
+            "-R",
+            "cyrus:mail",
+            uni.to_str().unwrap(),
+            passwd.to_str().unwrap()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let port = free_port();
+    let (uid, gid) = cyrus_ids();
+    let child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(corvid())
+            .args(["mupdate", "-C", conf.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .uid(uid)
+            .gid(gid)
+            .stderr(std::fs::File::create(root.path().join("uni-corvid.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    wait_port(port);
+    let _slave = Corvid {
+        child,
+        port,
+        dir: uni.clone(),
+    };
+    let slave_log =
+        || std::fs::read_to_string(root.path().join("uni-corvid.log")).unwrap_or_default();
+    wait_until("the slave's first sync in mailboxes.db", 30, || {
+        show().contains("Nuser\u{1f}away\t")
+    });
+    let after_sync = show();
+    eprintln!("slave log:\n{}", slave_log());
+    let line = |dump: &str, key: &str| -> Option<String> {
+        dump.lines()
+            .find(|l| l.starts_with(&format!("{key}\t")))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        line(&after_sync, "Nuser\u{1f}local"),
+        Some(format!("Nuser\u{1f}local\t{local_value}")),
+        "{after_sync}"
+    );
+    assert_eq!(
+        line(&after_sync, "Nuser\u{1f}clash"),
+        Some(format!("Nuser\u{1f}clash\t{local_value}")),
+        "{after_sync}"
+    );
+    assert_eq!(line(&after_sync, "Nuser\u{1f}moved"), None, "{after_sync}");
+    assert!(
+        line(&after_sync, "Nuser\u{1f}away")
+            .is_some_and(|l| l.contains("T er P default S be1.test")),
+        "{after_sync}"
+    );
+    // Streaming: a DELETE of a local mailbox and a record at this server
+    // leave the file alone; a remote mailbox arrives.
+    for cmd in [
+        mupdate::Command::Delete {
+            name: b("user.local"),
+        },
+        mupdate::Command::Activate {
+            name: b("user.newhere"),
+            location: b("UNI.test!default"),
+            acl: b("x\tlrs\t"),
+        },
+        mupdate::Command::Activate {
+            name: b("user.newaway"),
+            location: b("be2.test!default"),
+            acl: b("x\tlrs\t"),
+        },
+    ] {
+        assert_eq!(w.run(cmd).1, "Ok done");
+    }
+    let socket = uni.join("conf/socket/mupdate.target");
+    wait_until("the kick socket", 20, || socket.exists());
+    assert_eq!(kick(&socket), "ok");
+    let streamed = show();
+    assert_eq!(
+        line(&streamed, "Nuser\u{1f}local"),
+        Some(format!("Nuser\u{1f}local\t{local_value}")),
+        "{streamed}"
+    );
+    assert_eq!(line(&streamed, "Nuser\u{1f}newhere"), None, "{streamed}");
+    assert!(
+        line(&streamed, "Nuser\u{1f}newaway").is_some(),
+        "{streamed}"
+    );
+    let log = std::fs::read_to_string(root.path().join("uni-corvid.log")).unwrap_or_default();
+    assert!(log.contains("local mailbox"), "{log}");
 }

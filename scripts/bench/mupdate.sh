@@ -45,6 +45,7 @@ configdirectory: $D
 servername: corvid-bench
 admins: $MUPDATE_USER
 corvid_passwd_file: $D/passwd
+allowplaintext: yes
 EOF
 CORVID_LOG=warn "$CORVID_BIN" mupdate -C "$D/imapd.conf" -m --listen "$PEERS_HOST:$PORT" 2>"$D/corvid.log" &
 PID=$!

@@ -39,8 +39,27 @@ DESCRIPTION
        It reads its configuration options out of imapd.conf(5) unless
        specified otherwise by -C.
 
-       As a slave it follows the master named by mupdate_server and serves
-       nobody before its first full copy.
+       As a slave it follows the master named by mupdate_server (logging in
+       as mupdate_authname / mupdate_username with mupdate_password) and
+       serves nobody before its first full copy. Its copy is the frontend's
+       own mailboxes.db (mboxlist_db_path, default
+       <configdirectory>/mailboxes.db, twoskip), which the frontend's
+       imapd and lmtpd route with; entries of local mailboxes in that file
+       are never written over. With mupdate_config: unified, mailboxes
+       located at this server (servername) stay the local server's own.
+
+       The kick socket <configdirectory>/socket/mupdate.target answers
+       \"ok\" once the master's latest changes are stored here; a slave
+       without a synced master link does not listen on it, so kicks fail at
+       once (as Cyrus's slave). A master answers every kick at once.
+
+       Plain-text mechanisms (PLAIN, LOGIN) are offered only with
+       allowplaintext: yes or after STARTTLS (tls_server_cert,
+       tls_server_key), as Cyrus offers them.
+
+       The master refuses to run with mupdate_config: unified (as Cyrus);
+       with replicated it accepts the repeated writes of backends sharing a
+       servername.
 
 OPTIONS
        -C config-file
@@ -55,8 +74,9 @@ OPTIONS
               corvid: listen here instead of on master(8)'s socket.
 
        --db FILE
-              corvid: the database (default
-              <configdirectory>/mupdate.corvid.sqlite3).
+              corvid: the database (master default
+              <configdirectory>/mupdate.corvid.sqlite3; slave default the
+              mailboxes.db above).
 
        --service NAME
               corvid: the service name for <NAME>_<key> overrides (mupdate).
@@ -68,8 +88,17 @@ SIGNALS
        SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
               SIGTERM (master starts a fresh child).
 
+CONFIGURATION
+       corvid_mupdate_idle_timeout
+              corvid: a session that completes no command for this long is
+              closed (default 3h, Cyrus's fixed value; 0 = never; bare
+              numbers are seconds). Partial input does not restart it.
+
 FILES
-       /etc/imapd.conf, <configdirectory>/mupdate.corvid.sqlite3
+       /etc/imapd.conf
+       <configdirectory>/mupdate.corvid.sqlite3 (master)
+       <configdirectory>/mailboxes.db (slave; mboxlist_db_path)
+       <configdirectory>/socket/mupdate.target (kick socket)
 
 SEE ALSO
        imapd.conf(5), master(8), corvid config check --help

@@ -26,7 +26,10 @@
 //! `mailboxes.db`, below), `servername`, `admins`, `corvid_passwd_file` /
 //! `sasl_pwcheck_method`, `tls_server_cert`/`tls_server_key` (STARTTLS),
 //! `failedloginpause`, `mupdate_connections_max`, `mupdate_server` (for
-//! `-a`), `mboxlist_db_path` / `mboxlist_db` (slave).
+//! `-a`), `mboxlist_db_path` / `mboxlist_db` (slave), `mupdate_config`,
+//! `allowplaintext`, `sasl_mech_list`, `sasl_minimum_layer`,
+//! `mupdate_retry_delay`, and corvid's `corvid_mupdate_idle_timeout` (a
+//! session completing no command that long is closed; Cyrus: fixed 3 h).
 //!
 //! Without `-m` it is a **slave**: it follows `mupdate_server` (logging in
 //! as `mupdate_authname`/`mupdate_username` with `mupdate_password`, exactly
@@ -43,8 +46,23 @@
 //! slave sends `NOOP` to its master and says `ok` only after the master's
 //! OK, i.e. after every change the master had is applied and durable in
 //! mailboxes.db; a master (Cyrus's "placebo" thread) says `ok` at once. A
-//! slave with no master link answers at once too, rather than hang the
-//! frontend (Cyrus's slave leaves it waiting until it reconnects).
+//! slave listens on that socket only while its link is synced, as Cyrus's
+//! slave opens it after each full sync and closes it when the link ends
+//! (mupdate-slave.c): without a master a frontend's kick is refused at once
+//! and the frontend goes on with what it has; a kick in flight when the
+//! link drops, or unanswered for twice `mupdate_retry_delay`, is closed
+//! without `ok`.
+//!
+//! Mechanisms are offered as libsasl offers them under Cyrus
+//! (`io_tokio::auth::offered_mechanisms`): PLAIN/LOGIN in the clear only
+//! with `allowplaintext: yes`, else only after STARTTLS — which is what
+//! makes a real Cyrus slave or backend start TLS.
+//!
+//! `mupdate_config`: a master refuses `unified` (as Cyrus) and, with
+//! `replicated`, accepts the repeated writes of backends sharing a
+//! servername (`engine::mupdate::Topology`); a `unified` slave leaves the
+//! server's own mailboxes local in mailboxes.db
+//! (`store::mupdate::Options::local_server`).
 //!
 //! Over `mupdate_connections_max` live connections a newcomer gets Cyrus's
 //! `* BYE "Server Unable"` and is closed.
@@ -60,9 +78,11 @@ use std::time::Duration;
 use clap::Parser;
 use engine::machine::Time;
 use engine::mupdate::follower::{self, Follower};
-use engine::mupdate::{AuthOk, Change, Command, Completion, Effect, Options, Role, Server};
+use engine::mupdate::{
+    AuthOk, Change, Command, Completion, Effect, Options, Role, Server, Topology,
+};
 use io_tokio::auth::{Access, CheckContext, PwCheck};
-use io_tokio::config::{Config, LoadOptions};
+use io_tokio::config::{Config, DurationUnit, LoadOptions};
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
 use io_tokio::tls::{TlsConfigs, TlsFiles};
@@ -113,6 +133,10 @@ enum Error {
     MboxlistBackend(String),
     #[error("slave mode (no -m) needs mupdate_server and mupdate_authname in imapd.conf")]
     SlaveNotImplemented,
+    #[error("cannot run mupdate master on a unified server (mupdate_config: unified)")]
+    UnifiedMaster,
+    #[error("mupdate_config is {0:?}: expected standard, unified or replicated")]
+    BadTopology(String),
     #[error("no --listen address given and not started by Cyrus master(8)")]
     NoListener,
     #[error("cannot start the runtime: {0}")]
@@ -136,29 +160,59 @@ struct Shared {
     connections_max: usize,
 }
 
-/// Kicks from a slave's clients to its master link (`Effect::Kick`).
-#[derive(Default)]
+/// Kicks from a slave's clients to its master link (`Effect::Kick` and the
+/// kick socket), as Cyrus's `mupdate_listen` handles them: a kick sends
+/// the master a NOOP and is done when its OK arrives, i.e. once every
+/// change the master had is durable here. It gives up (a kick-socket
+/// client then gets no `ok`, only the close, as Cyrus closes its kick
+/// descriptors) when there is no synced link, when the link drops, or
+/// after `timeout`: Cyrus's slave declares its master dead when a NOOP is
+/// still unanswered at the next `mupdate_retry_delay` tick, so a kick
+/// waits at most about twice that.
 struct Kicker {
     /// The current master link's command channel, if connected.
     link: std::sync::Mutex<Option<mpsc::Sender<follower::Command>>>,
+    /// `true` from the link's first full sync until it drops. Cyrus opens
+    /// the kick socket only then (`open_kick_socket` after
+    /// `mupdate_synchronize`) and closes it when the link ends.
+    linked: tokio::sync::watch::Sender<bool>,
     /// Last kick number handed out.
     next: std::sync::atomic::AtomicU64,
     /// Highest kick number done.
     done: tokio::sync::watch::Sender<u64>,
+    /// The longest a kick waits for its NOOP's OK.
+    timeout: Duration,
 }
 
 impl Kicker {
-    async fn kick(&self) {
+    fn new(timeout: Duration) -> Kicker {
+        Kicker {
+            link: std::sync::Mutex::new(None),
+            linked: tokio::sync::watch::Sender::new(false),
+            next: std::sync::atomic::AtomicU64::new(0),
+            done: tokio::sync::watch::Sender::new(0),
+            timeout,
+        }
+    }
+
+    /// `true` if the master answered the NOOP (see the type's doc).
+    async fn kick(&self) -> bool {
+        let mut linked = self.linked.subscribe();
+        if !*linked.borrow_and_update() {
+            return false;
+        }
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let mut done = self.done.subscribe();
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(link) = link else { return };
+        let Some(link) = link else { return false };
         if link.send(follower::Command::Kick(n)).await.is_err() {
-            return;
+            return false;
         }
-        // A master that does not answer must not hang the client: after
-        // the slave's own dead-master timeout the NOOP is answered anyway.
-        let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d >= n)).await;
+        tokio::select! {
+            r = done.wait_for(|d| *d >= n) => r.is_ok(),
+            _ = linked.wait_for(|l| !*l) => false,
+            _ = tokio::time::sleep(self.timeout) => false,
+        }
     }
 }
 
@@ -238,6 +292,7 @@ impl EffectExecutor<Effect> for Exec {
                     }
                 }
                 Effect::Kick => {
+                    // Cyrus's slave answers the NOOP either way.
                     shared.kicker.kick().await;
                     Completion::Kicked
                 }
@@ -264,46 +319,64 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// Serves `<configdirectory>/socket/mupdate.target` (see the module doc).
+/// Serves `<configdirectory>/socket/mupdate.target` (see the module doc):
+/// on a master always (Cyrus's placebo thread); on a slave only while its
+/// link is synced, as Cyrus's slave does: while the link is down the
+/// socket file stays but nobody listens, so a frontend's `kick_mupdate()`
+/// fails at once (connection refused) instead of waiting for a master
+/// that is not there.
 async fn kick_socket(shared: Arc<Shared>, master: bool) {
     let path = shared.kick_socket.clone();
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = match tokio::net::UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            // Cyrus exits here; a frontend's kicks then fail fast (connect
-            // refused) and it routes with what it has, so keep serving.
-            tracing::error!(path = %path.display(), error = %e, "cannot open the mupdate.target kick socket");
+    let mut linked = shared.kicker.linked.subscribe();
+    loop {
+        if !master && linked.wait_for(|l| *l).await.is_err() {
             return;
         }
-    };
-    // Any local process may kick (Cyrus: mode 0777).
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
-    }
-    tracing::info!(path = %path.display(), "kick socket ready");
-    loop {
-        let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
+        let _ = std::fs::remove_file(&path);
+        let listener = match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "kick socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                // Cyrus exits here; a frontend's kicks then fail fast
+                // (connect refused) and it routes with what it has, so
+                // keep serving.
+                tracing::error!(path = %path.display(), error = %e, "cannot open the mupdate.target kick socket");
+                return;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt as _;
-            if !master {
-                shared.kicker.kick().await;
-            }
-            let _ = conn.write_all(b"ok").await;
-            let _ = conn.shutdown().await;
-        });
+        // Any local process may kick (Cyrus: mode 0777).
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+        }
+        tracing::info!(path = %path.display(), "kick socket ready");
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = linked.wait_for(|l| !*l), if !master => break,
+            };
+            let mut conn = match accepted {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kick socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                if master || shared.kicker.kick().await {
+                    let _ = conn.write_all(b"ok").await;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+        // Closed, not removed: connects are refused until the next sync.
+        drop(listener);
+        tracing::info!(path = %path.display(), "kick socket closed until the master link is synced again");
     }
 }
 
@@ -380,6 +453,29 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         },
     )?;
     let master = is_master(args, &conf);
+    let topology = conf
+        .get_str("mupdate_config")
+        .map_or(Some(Topology::Standard), Topology::from_config)
+        .ok_or_else(|| {
+            Error::BadTopology(conf.get_str("mupdate_config").unwrap_or("").to_owned())
+        })?;
+    if master && topology == Topology::Unified {
+        // Cyrus: mailboxes created on the master would reach the slaves
+        // as local entries (mupdate.c, "cannot run mupdate master on a
+        // unified server").
+        return Err(Error::UnifiedMaster);
+    }
+    let store_opts = store::mupdate::Options {
+        topology,
+        // A unified server's own mailboxes stay local in its mailboxes.db.
+        local_server: (topology == Topology::Unified)
+            .then(|| {
+                conf.servername()
+                    .map(|s| bytes::Bytes::copy_from_slice(s.as_bytes()))
+            })
+            .flatten(),
+        ..store::mupdate::Options::default()
+    };
     let upstream = if master {
         None
     } else {
@@ -394,13 +490,13 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         },
     };
     let db = if master {
-        MupdateDb::open(&db_path, store::mupdate::Options::default())?
+        MupdateDb::open(&db_path, store_opts)?
     } else {
         match conf.get_str("mboxlist_db") {
             None | Some("twoskip") => {}
             Some(other) => return Err(Error::MboxlistBackend(other.to_owned())),
         }
-        MupdateDb::open_mailboxes_db(&db_path, store::mupdate::Options::default())?
+        MupdateDb::open_mailboxes_db(&db_path, store_opts)?
     };
     let kick_socket = conf
         .configdirectory()?
@@ -420,6 +516,18 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         .and_then(io_tokio::config::parse_int)
         .filter(|n| *n > 0)
         .unwrap_or(1024) as usize;
+    // As libsasl under Cyrus: PLAIN/LOGIN in the clear only with
+    // `allowplaintext: yes` (default no), so a Cyrus client starts TLS.
+    // rustls prefers AES-256-GCM, so TLS counts as a 256-bit layer.
+    let mechanisms = io_tokio::auth::offered_mechanisms(&conf, 0)?;
+    let mechanisms_tls = io_tokio::auth::offered_mechanisms(&conf, 256)?;
+    if mechanisms.is_empty() && tls.server.is_none() {
+        tracing::warn!(
+            "no SASL mechanism is offered: allowplaintext is off and no tls_server_cert is set, so nobody can log in"
+        );
+    }
+    // corvid's own key; Cyrus hard-codes 3 h (`prot_settimeout(180*60)`).
+    let idle_s = conf.get_duration_s("corvid_mupdate_idle_timeout", DurationUnit::Seconds)?;
     let opts = Options {
         server_name: conf
             .servername()
@@ -434,6 +542,9 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             },
         },
         starttls: tls.server.is_some(),
+        mechanisms,
+        mechanisms_tls,
+        idle_timeout: (idle_s > 0).then(|| Duration::from_secs(idle_s as u64)),
         kick_upstream: !master,
         failed_login_pause: Duration::from_secs(pause),
         ..Options::default()
@@ -445,6 +556,11 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         connections_max: connections_max.saturating_add(64),
         ..ServeOptions::default()
     };
+    // Cyrus: a NOOP still unanswered at the next retry-delay tick means the
+    // master is dead.
+    let kick_timeout = upstream.as_ref().map_or(Duration::from_secs(40), |u| {
+        2 * u.retry_delay + Duration::from_secs(1)
+    });
     Ok((
         Arc::new(Shared {
             db,
@@ -452,7 +568,7 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
             access,
             opts,
             upstream,
-            kicker: Arc::new(Kicker::default()),
+            kicker: Arc::new(Kicker::new(kick_timeout)),
             kick_socket,
             live: std::sync::atomic::AtomicUsize::new(0),
             connections_max,
@@ -557,6 +673,7 @@ async fn follow(
                 *kicker.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
                 let kicks = kicker.clone();
                 let (ev_tx, mut ev_rx) = mpsc::channel::<follower::Event>(16);
+                let linked = kicker.clone();
                 let first = first_sync.clone();
                 let synced = tokio::spawn(async move {
                     let mut synced = false;
@@ -566,6 +683,7 @@ async fn follow(
                                 io_tokio::metrics::global().set_mupdate_mailboxes(entries as u64);
                                 tracing::info!(entries, "mupdate slave synced with its master");
                                 synced = true;
+                                linked.linked.send_replace(true);
                                 first.notify_one();
                             }
                             follower::Event::Kicked(n) => {
@@ -584,7 +702,11 @@ async fn follow(
                     .await;
                 tracing::warn!(result = ?outcome.result, "mupdate slave lost its master");
                 kicker.link.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if synced.await.unwrap_or(false) {
+                // After the event task has seen the link's last event, so a
+                // late `Synced` cannot mark a dead link live again.
+                let was_synced = synced.await.unwrap_or(false);
+                kicker.linked.send_replace(false);
+                if was_synced {
                     attempt = 0;
                 }
             }
@@ -710,7 +832,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 | Error::Auth(_)
                 | Error::Tls(_)
                 | Error::NoListener
+                | Error::BadTopology(_)
                 | Error::MboxlistBackend(_) => 78,
+                // Cyrus exits EX_USAGE here.
+                Error::UnifiedMaster => 64,
                 _ => 75,
             })
         }
@@ -729,7 +854,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 /// Per target, with fresh names (`bench.<run>.<target>.<i>` at
 /// `bench<run>!default`): load N mailboxes as RESERVE+ACTIVATE, lock-step
 /// per connection like a Cyrus backend, over `-c` connections; LIST all;
-/// FIND of random loaded names (p50/p99); propagation: an UPDATE
+/// FIND of random loaded names (p50/p99) from one connection, then from
+/// `-c` connections at once; propagation: an UPDATE
 /// subscriber's latency from a writer's ACTIVATE OK to the pushed MAILBOX
 /// line (p50/p99), passively (Cyrus batches every ~5 s; corvid pushes at
 /// once). Start the servers yourself (e.g. `scripts/peers/start.sh` for
@@ -872,6 +998,9 @@ mod load {
         list_s: f64,
         find_p50_ms: f64,
         find_p99_ms: f64,
+        /// FIND latency with `-c` clients looking up at once.
+        findc_p50_ms: f64,
+        findc_p99_ms: f64,
         push_p50_ms: f64,
         push_p99_ms: f64,
     }
@@ -926,6 +1055,30 @@ mod load {
             conn.run(&Command::Find { name: b(name(i)) })?;
             finds.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        // FIND again from `-c` connections at once, each its own stride.
+        let per = a.finds.div_ceil(a.clients.max(1));
+        let handles: Vec<_> = (0..a.clients.max(1))
+            .map(|c| {
+                let (addr, user, pass) = (addr.to_string(), a.user.clone(), a.password.clone());
+                let names: Vec<String> = (0..per)
+                    .map(|k| name((k * 7919 + c * 104_729) % a.n.max(1)))
+                    .collect();
+                std::thread::spawn(move || -> R<Vec<f64>> {
+                    let mut conn = Conn::open(&addr, &user, &pass)?;
+                    let mut lat = Vec::with_capacity(names.len());
+                    for n in names {
+                        let t = Instant::now();
+                        conn.run(&Command::Find { name: b(n) })?;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut findc = Vec::new();
+        for h in handles {
+            findc.extend(h.join().map_err(|_| "finder panicked".to_string())??);
+        }
         // Propagation.
         let mut sub = Conn::open(addr, &a.user, &a.password)?;
         let utag = sub.send(&Command::Update {
@@ -964,6 +1117,8 @@ mod load {
             list_s,
             find_p50_ms: pct(&mut finds.clone(), 0.5),
             find_p99_ms: pct(&mut finds, 0.99),
+            findc_p50_ms: pct(&mut findc.clone(), 0.5),
+            findc_p99_ms: pct(&mut findc, 0.99),
             push_p50_ms: pct(&mut pushes.clone(), 0.5),
             push_p99_ms: pct(&mut pushes, 0.99),
         })
@@ -986,26 +1141,31 @@ mod load {
             );
             rows.push((t.clone(), measure(&a, t, &run, ti)?));
         }
+        let c = a.clients.max(1);
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12}",
             "target",
             "load s",
             "mbox/s",
             "LIST s",
             "FIND p50ms",
             "FIND p99ms",
+            format!("FINDx{c} p50"),
+            format!("FINDx{c} p99"),
             "push p50 ms",
             "push p99 ms"
         );
         for (t, r) in &rows {
             println!(
-                "{:<24} {:>10.2} {:>10.0} {:>10.3} {:>10.3} {:>10.3} {:>12.2} {:>12.2}",
+                "{:<24} {:>10.2} {:>10.0} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>12.2} {:>12.2}",
                 t,
                 r.load_s,
                 a.n as f64 / r.load_s,
                 r.list_s,
                 r.find_p50_ms,
                 r.find_p99_ms,
+                r.findc_p50_ms,
+                r.findc_p99_ms,
                 r.push_p50_ms,
                 r.push_p99_ms
             );
@@ -1013,11 +1173,13 @@ mod load {
         if let Some((first, base)) = rows.first() {
             for (t, r) in rows.iter().skip(1) {
                 println!(
-                    "ratio {t} / {first}: load {:.2}x, LIST {:.2}x, FIND p50 {:.2}x p99 {:.2}x, push p50 {:.2}x p99 {:.2}x  (<1 = {t} faster)",
+                    "ratio {t} / {first}: load {:.2}x, LIST {:.2}x, FIND p50 {:.2}x p99 {:.2}x, FINDx{c} p50 {:.2}x p99 {:.2}x, push p50 {:.2}x p99 {:.2}x  (<1 = {t} faster)",
                     r.load_s / base.load_s,
                     r.list_s / base.list_s,
                     r.find_p50_ms / base.find_p50_ms,
                     r.find_p99_ms / base.find_p99_ms,
+                    r.findc_p50_ms / base.findc_p50_ms,
+                    r.findc_p99_ms / base.findc_p99_ms,
                     r.push_p50_ms / base.push_p50_ms,
                     r.push_p99_ms / base.push_p99_ms
                 );

@@ -450,6 +450,18 @@ impl Twoskip {
     /// key wins), durably, with Cyrus's commit protocol. Nothing is written
     /// if nothing changes.
     pub fn apply(&mut self, ops: &[Op]) -> Result<Applied, Error> {
+        self.apply_guarded(ops, |_, _| true).map(|(a, _)| a)
+    }
+
+    /// As [`Twoskip::apply`], but each op runs only if `guard(key, current
+    /// value)` allows it, judged under the write lock on the file as it is
+    /// then (another writer, e.g. Cyrus's imapd, may have changed it since
+    /// the last load). Returns the keys whose ops were skipped, in order.
+    pub fn apply_guarded(
+        &mut self,
+        ops: &[Op],
+        guard: impl Fn(&[u8], Option<&[u8]>) -> bool,
+    ) -> Result<(Applied, Vec<Vec<u8>>), Error> {
         for op in ops {
             let (k, v) = match op {
                 Op::Put(k, v) => (k.len(), v.len()),
@@ -464,7 +476,7 @@ impl Twoskip {
             }
         }
         self.lock(FlockOperation::LockExclusive)?;
-        let r = self.apply_locked(ops);
+        let r = self.apply_locked(ops, &guard);
         if r.is_err() {
             self.stale = true;
         }
@@ -474,13 +486,25 @@ impl Twoskip {
         Ok(applied)
     }
 
-    fn apply_locked(&mut self, ops: &[Op]) -> Result<Applied, Error> {
+    fn apply_locked(
+        &mut self,
+        ops: &[Op],
+        guard: &dyn Fn(&[u8], Option<&[u8]>) -> bool,
+    ) -> Result<(Applied, Vec<Vec<u8>>), Error> {
         let mut applied = Applied {
             changed: 0,
             rebuilt: self.reload_or_recover()?,
         };
+        let mut skipped = Vec::new();
         let start = self.header.current_size;
         for op in ops {
+            let key = match op {
+                Op::Put(k, _) | Op::Delete(k) => k,
+            };
+            if !guard(key, self.get(key)) {
+                skipped.push(key.clone());
+                continue;
+            }
             let changed = match op {
                 Op::Put(k, v) => self.put(k, v)?,
                 Op::Delete(k) => self.delete(k)?,
@@ -488,7 +512,7 @@ impl Twoskip {
             applied.changed += changed as usize;
         }
         if self.header.flags & DIRTY == 0 {
-            return Ok(applied);
+            return Ok((applied, skipped));
         }
         // Commit: a `$` record pointing at the start, sync, then the clean header.
         let commit = Node {
@@ -511,7 +535,7 @@ impl Twoskip {
             self.rebuild()?;
             applied.rebuilt = true;
         }
-        Ok(applied)
+        Ok((applied, skipped))
     }
 
     // ---- locking ---------------------------------------------------------
@@ -1192,6 +1216,34 @@ mod tests {
         // 0x150 without the commit; both are valid.
         let len = std::fs::metadata(&p).unwrap().len();
         assert_eq!(len, 0x150 + 24);
+    }
+
+    /// The guard sees the file as another writer left it (a second handle
+    /// here stands in for Cyrus's imapd), and skipped ops change nothing.
+    #[test]
+    fn guarded_ops_are_judged_on_the_file_under_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g.db");
+        let mut ours = Twoskip::open(&p, opts()).unwrap();
+        let mut theirs = Twoskip::open(&p, opts()).unwrap();
+        theirs
+            .apply(&[Op::Put(b"local".to_vec(), b"L".to_vec())])
+            .unwrap();
+        let (a, skipped) = ours
+            .apply_guarded(
+                &[
+                    Op::Put(b"local".to_vec(), b"R".to_vec()),
+                    Op::Delete(b"local".to_vec()),
+                    Op::Put(b"remote".to_vec(), b"R".to_vec()),
+                ],
+                |_, current| current != Some(&b"L"[..]),
+            )
+            .unwrap();
+        assert_eq!(a.changed, 1);
+        assert_eq!(skipped, vec![b"local".to_vec(), b"local".to_vec()]);
+        let again = Twoskip::open(&p, opts()).unwrap();
+        assert_eq!(again.get(b"local"), Some(&b"L"[..]));
+        assert_eq!(again.get(b"remote"), Some(&b"R"[..]));
     }
 
     #[test]

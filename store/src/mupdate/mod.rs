@@ -29,7 +29,12 @@
 //! slave nobody else reads), or a Cyrus 3.6 `mailboxes.db` in twoskip
 //! format ([`mailboxes_db`], [`crate::cyrusdb::twoskip`]): a slave on a
 //! Murder frontend, whose unmodified imapd/lmtpd read that file to route.
-//! Each group commit is then one twoskip transaction under Cyrus's lock.
+//! Each group commit is then one twoskip transaction under Cyrus's lock,
+//! in which an entry the local server wrote (not a remote one) is never
+//! written over or deleted — judged on the file under that lock, since the
+//! frontend's imapd writes it too — and, in a `unified` murder
+//! ([`Options::local_server`]), records at this server are not written as
+//! remote entries at all.
 //!
 //! What it never does: speak MUPDATE, or hold a lock across an fsync
 //! (commits run on the committer thread with the lock released).
@@ -42,7 +47,9 @@ use std::thread;
 pub mod mailboxes_db;
 
 use bytes::Bytes;
-use engine::mupdate::{Change, Committed, Database, Entry, Read, Record, Refusal, State, Write};
+use engine::mupdate::{
+    Change, Committed, Database, Entry, Read, Record, Refusal, State, Topology, Write,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Why the MUPDATE store failed.
@@ -90,6 +97,15 @@ pub struct Options {
     /// `PRAGMA synchronous=FULL` (fsync at every commit). Turn off only
     /// for benchmarks of the non-durable case.
     pub fsync: bool,
+    /// The murder's `mupdate_config`: which rules [`MupdateDb::submit`]
+    /// decides writes by ([`Database::decide_in`]).
+    pub topology: Topology,
+    /// A slave's own server (`servername`) in a `unified` murder: records
+    /// located there are this server's own mailboxes, which its imapd keeps
+    /// as local entries in mailboxes.db. The slave never writes them as
+    /// remote entries (a frontend would proxy to itself); a remote entry
+    /// left under such a name is removed. `None`: every record is remote.
+    pub local_server: Option<Bytes>,
 }
 
 impl Default for Options {
@@ -97,6 +113,8 @@ impl Default for Options {
         Options {
             batch_max: 4096,
             fsync: true,
+            topology: Topology::Standard,
+            local_server: None,
         }
     }
 }
@@ -143,6 +161,7 @@ struct Inner {
     shared: Mutex<Shared>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     path: PathBuf,
+    topology: Topology,
 }
 
 /// The shared handle. Cheap to clone; one per daemon.
@@ -171,14 +190,18 @@ fn open_conn(path: &Path, opts: &Options) -> Result<Connection, StoreError> {
 /// Where committed changes go.
 enum Backend {
     Sqlite(Connection),
-    MailboxesDb(crate::cyrusdb::twoskip::Twoskip),
+    MailboxesDb {
+        file: crate::cyrusdb::twoskip::Twoskip,
+        /// [`Options::local_server`].
+        local_server: Option<Bytes>,
+    },
 }
 
 impl Backend {
     fn commit(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
         match self {
             Backend::Sqlite(conn) => Ok(commit(conn, jobs)?),
-            Backend::MailboxesDb(db) => {
+            Backend::MailboxesDb { file, local_server } => {
                 use crate::cyrusdb::twoskip::Op;
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -189,16 +212,51 @@ impl Backend {
                     .map(|j| {
                         let key = mailboxes_db::key_of(&j.change.name);
                         match &j.change.after {
-                            Some(r) => Op::Put(key, mailboxes_db::encode(r, now)),
-                            None => Op::Delete(key),
+                            Some(r) if !is_local(local_server.as_deref(), r) => {
+                                Op::Put(key, mailboxes_db::encode(r, now))
+                            }
+                            // Deleted, or now this server's own mailbox.
+                            _ => Op::Delete(key),
                         }
                     })
                     .collect();
-                db.apply(&ops)?;
+                // Judged on the file under its lock: the local imapd may
+                // have written a local entry since we last looked.
+                let (_, skipped) = file.apply_guarded(&ops, |_, current| {
+                    current.map_or(true, |v| {
+                        matches!(
+                            mailboxes_db::decode(v),
+                            Ok(mailboxes_db::Decoded::Remote(_))
+                        )
+                    })
+                })?;
+                for key in skipped {
+                    let name = mailboxes_db::name_of(&key).unwrap_or_default();
+                    let put = ops
+                        .iter()
+                        .any(|op| matches!(op, Op::Put(k, _) if *k == key));
+                    let mailbox = String::from_utf8_lossy(&name);
+                    if put {
+                        tracing::warn!(
+                            %mailbox,
+                            "mailboxes.db holds a local mailbox under this name; the master's record for another server is not written over it"
+                        );
+                    } else {
+                        // This server's own mailbox (unified), or the
+                        // master deleting one: its imapd keeps the entry.
+                        tracing::debug!(%mailbox, "local mailbox left to the local server");
+                    }
+                }
                 Ok(())
             }
         }
     }
+}
+
+/// `true` if `record` is at `local_server` (Cyrus compares servers without
+/// case, `mboxlist_insertremote`).
+fn is_local(local_server: Option<&[u8]>, record: &Record) -> bool {
+    local_server.is_some_and(|own| record.server().eq_ignore_ascii_case(own))
 }
 
 /// The remote entries of a mailboxes.db (see [`mailboxes_db`]).
@@ -307,7 +365,11 @@ impl MupdateDb {
             },
         )?;
         let db = load_mailboxes_db(&file)?;
-        Self::start(path, Backend::MailboxesDb(file), db, opts)
+        let backend = Backend::MailboxesDb {
+            file,
+            local_server: opts.local_server.clone(),
+        };
+        Self::start(path, backend, db, opts)
     }
 
     fn start(
@@ -325,6 +387,7 @@ impl MupdateDb {
             }),
             queue: Mutex::new(Some(tx)),
             path,
+            topology: opts.topology,
         });
         let weak = Arc::downgrade(&inner);
         let batch_max = opts.batch_max.max(1);
@@ -394,7 +457,7 @@ impl MupdateDb {
             drop(shared);
             return done(Err(StoreError::Failed));
         }
-        let change = match shared.db.decide(write) {
+        let change = match shared.db.decide_in(write, self.inner.topology) {
             Ok(c) => c,
             Err(r) => {
                 drop(shared);
