@@ -2096,3 +2096,58 @@ mupdate_retry_delay: 1\nmupdate_config: unified\ncorvid_passwd_file: {}\n",
     let log = std::fs::read_to_string(root.path().join("uni-corvid.log")).unwrap_or_default();
     assert!(log.contains("local mailbox"), "{log}");
 }
+
+/// The corvid slave against a master that withholds PLAIN in the clear
+/// (here corvid's, `allowplaintext` unset): like Cyrus's slave it starts
+/// TLS, verifies the master against `tls_server_ca_file`, logs in, syncs
+/// and follows.
+#[test]
+fn corvid_slave_starts_tls_when_its_master_withholds_plain() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "openssl missing under CI=true"
+        );
+        eprintln!("SKIP: openssl missing");
+        return;
+    }
+    let root = open_root();
+    let pki = root.path().join("pki").tap_mkdir();
+    make_test_pki(&pki);
+    let mdir = root.path().join("master").tap_mkdir();
+    {
+        let seed = start_corvid_with(&mdir, "allowplaintext: yes\n");
+        let mut w = Client::login(seed.port);
+        let (_, r) = w.run(mupdate::Command::Activate {
+            name: b("user.overtls"),
+            location: b("be1!default"),
+            acl: b("anyone\tlrs\t"),
+        });
+        assert_eq!(r, "Ok done");
+    }
+    let master = start_corvid_with(
+        &mdir,
+        &format!(
+            "allowplaintext: no\ntls_server_cert: {p}/server.pem\ntls_server_key: {p}/server.key\n",
+            p = pki.display()
+        ),
+    );
+    let slave = start_corvid_slave(
+        &root.path().join("slave"),
+        master.port,
+        &format!("tls_server_ca_file: {}/ca.pem\n", pki.display()),
+    );
+    let slave_log = || std::fs::read_to_string(slave.dir.join("corvid.log")).unwrap_or_default();
+    let t0 = Instant::now();
+    while !slave_log().contains("synced with its master") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never synced:\n{}", slave_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut local = Client::login(slave.port);
+    let (data, r) = local.run(mupdate::Command::Find {
+        name: b("user.overtls"),
+    });
+    assert_eq!((data.len(), r.as_str()), (1, "Ok Search completed"));
+    let log = std::fs::read_to_string(slave.dir.join("corvid.log")).unwrap_or_default();
+    assert!(!log.contains("refused our login"), "{log}");
+}

@@ -380,3 +380,62 @@ fn synced_waits_for_the_dump_to_be_stored() {
         vec![FEvent::Authenticated, FEvent::Synced { entries: 1 }]
     );
 }
+
+/// A master that offers no PLAIN in the clear (Cyrus's default
+/// `allowplaintext: no`) but STARTTLS: the follower starts TLS (the bytes
+/// after the OK go to the TLS layer), reads the banner again and logs in
+/// with PLAIN; without a TLS name it logs in with PLAIN at once, as before.
+#[test]
+fn starts_tls_when_the_master_withholds_plain() {
+    let clear = "* AUTH\r\n* STARTTLS\r\n* PARTIAL-UPDATE\r\n* OK MUPDATE \"m\" \"corvid\" \"0\" \"(master)\"\r\n";
+    let mut o = opts("fe1", "secret");
+    o.tls_server_name = Some("mupdate.example".into());
+    let mut f = Follower::new(Time::ZERO, o);
+    let mut sent = Vec::new();
+    let mut layers = Vec::new();
+    let mut drain = |f: &mut Follower, sent: &mut Vec<u8>| {
+        machine::drain(f, |out| match out {
+            Output::Transmit(b) => sent.extend_from_slice(&b),
+            Output::StartLayer {
+                layer,
+                input_after_switch,
+            } => layers.push((layer, input_after_switch)),
+            _ => {}
+        })
+    };
+    f.handle_input(Time::ZERO, clear.as_bytes());
+    drain(&mut f, &mut sent);
+    assert_eq!(String::from_utf8_lossy(&sent), "S01 STARTTLS\r\n");
+    sent.clear();
+    f.handle_input(Time::ZERO, b"S01 OK Begin TLS negotiation now\r\nHANDSHAKE");
+    drain(&mut f, &mut sent);
+    assert!(sent.is_empty());
+    f.handle_input(
+        Time::ZERO,
+        b"* AUTH \"PLAIN\"\r\n* OK MUPDATE \"m\" \"corvid\" \"0\" \"(master)\"\r\n",
+    );
+    drain(&mut f, &mut sent);
+    assert_eq!(
+        String::from_utf8_lossy(&sent),
+        "A01 AUTHENTICATE \"PLAIN\" {20+}\r\nZmUxAGZlMQBzZWNyZXQ=\r\n"
+    );
+    assert_eq!(
+        layers,
+        vec![(
+            machine::Layer::TlsClient {
+                server_name: "mupdate.example".into()
+            },
+            Bytes::from_static(b"HANDSHAKE")
+        )]
+    );
+
+    let mut f = Follower::new(Time::ZERO, opts("fe1", "secret"));
+    let mut sent = Vec::new();
+    f.handle_input(Time::ZERO, clear.as_bytes());
+    machine::drain(&mut f, |out| {
+        if let Output::Transmit(b) = out {
+            sent.extend_from_slice(&b)
+        }
+    });
+    assert!(String::from_utf8_lossy(&sent).starts_with("A01 AUTHENTICATE \"PLAIN\""));
+}

@@ -592,6 +592,15 @@ struct SlaveConf {
 }
 
 impl SlaveConf {
+    /// The master's host, without port (`[v6]` brackets removed).
+    fn host(&self) -> &str {
+        let hp = self.addr.as_str();
+        match hp.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => hp.rsplit_once(':').map_or(hp, |(h, _)| h),
+        }
+    }
+
     fn from_config(conf: &Config) -> Option<SlaveConf> {
         let server = conf.get_str("mupdate_server")?.to_owned();
         let hostport = server.split('/').next().unwrap_or("").to_owned();
@@ -656,6 +665,7 @@ async fn follow(
     up: SlaveConf,
     first_sync: Arc<tokio::sync::Notify>,
     kicker: Arc<Kicker>,
+    tls: TlsConfigs,
 ) {
     let mut attempt = 0u32;
     loop {
@@ -668,6 +678,12 @@ async fn follow(
                 );
                 fo.username = up.username.clone();
                 fo.noop_interval = up.retry_delay;
+                // As Cyrus's slave: STARTTLS when the master offers no
+                // PLAIN in the clear; the master is verified by its host
+                // (tls_server_ca_file, else the system trust store).
+                if tls.client.is_some() {
+                    fo.tls_server_name = Some(up.host().to_owned());
+                }
                 let machine = Follower::new(Time::ZERO, fo);
                 let (link, rx) = mpsc::channel::<follower::Command>(64);
                 *kicker.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
@@ -695,6 +711,7 @@ async fn follow(
                     synced
                 });
                 let outcome = Driver::new(machine, FollowerExec(db.clone()))
+                    .tls(tls.clone())
                     .commands(rx)
                     .events(ev_tx)
                     .peer(&up.addr)
@@ -752,6 +769,7 @@ async fn serve(args: Args) -> Result<(), Error> {
             up,
             first_sync.clone(),
             shared.kicker.clone(),
+            tls.clone(),
         ));
         // Like Cyrus's slave: serve nobody before the first full sync, so a
         // frontend never routes with a stale or empty copy.

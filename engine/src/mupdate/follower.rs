@@ -3,6 +3,8 @@
 //!
 //! ```text
 //!   connect ─▶ Banner (wait for "* OK MUPDATE …")
+//!      ─▶ [PLAIN not offered, STARTTLS offered, `tls_server_name` set:
+//!          S01 STARTTLS ─▶ TLS client layer ─▶ Banner again]
 //!      ─▶ Auth: A01 AUTHENTICATE "PLAIN" {n+} <base64>   (bare-line challenges answered)
 //!      ─▶ Dump: U01 UPDATE; MAILBOX/RESERVE lines collected (bounded)
 //!      ─▶ on "U01 OK": Effect::Replace(dump) — the local copy becomes the dump
@@ -15,6 +17,12 @@
 //!   partitions) before the stream starts never leaves the slave waiting
 //!   forever; the daemon then reconnects with back-off.
 //! ```
+//!
+//! Like Cyrus's client side (backend.c: no usable mechanism, so STARTTLS
+//! and ask again), the follower starts TLS only when the master's banner
+//! offers no PLAIN — a master with Cyrus's default `allowplaintext: no` —
+//! and offers STARTTLS. A banner that offers neither still gets PLAIN (the
+//! master's refusal then closes the link, logged).
 //!
 //! This is what a real Cyrus slave does on the wire (`mupdate-slave-boot.txt`:
 //! `A01 AUTHENTICATE "PLAIN" {20+}`, `U01 UPDATE`, `N<k> NOOP` when idle), so a
@@ -56,6 +64,9 @@ pub struct Options {
     pub dump_entries_max: usize,
     /// Framer limits for the master's output.
     pub frame: proto::frame::Options,
+    /// Start TLS (verifying the master as this name) when the banner
+    /// offers STARTTLS but no PLAIN. `None`: never start TLS.
+    pub tls_server_name: Option<String>,
 }
 
 impl Options {
@@ -69,6 +80,7 @@ impl Options {
             handshake_idle_max: Duration::from_secs(60),
             dump_entries_max: 10_000_000,
             frame: proto::mupdate::client_frame_options(),
+            tls_server_name: None,
         }
     }
 }
@@ -127,6 +139,7 @@ pub enum Event {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Banner,
+    StartTls,
     Auth,
     Dump,
     Streaming,
@@ -156,8 +169,15 @@ pub struct Follower {
     kick_reported: u64,
     last_traffic: Time,
     closed: bool,
+    /// This banner's `* AUTH` list offered PLAIN.
+    plain_offered: bool,
+    /// This banner offered `* STARTTLS`.
+    starttls_offered: bool,
+    /// TLS is on (after STARTTLS).
+    tls_active: bool,
 }
 
+const STARTTLS_TAG: &[u8] = b"S01";
 const AUTH_TAG: &[u8] = b"A01";
 const UPDATE_TAG: &[u8] = b"U01";
 
@@ -187,6 +207,9 @@ impl Follower {
             kick_reported: 0,
             last_traffic: now,
             closed: false,
+            plain_offered: false,
+            starttls_offered: false,
+            tls_active: false,
         }
     }
 
@@ -227,6 +250,38 @@ impl Follower {
 
     fn on_response(&mut self, now: Time, r: Response) {
         match (&self.phase, r) {
+            (Phase::Banner, Response::Auth(mechs)) => {
+                self.plain_offered = mechs
+                    .iter()
+                    .any(|m| m.value().eq_ignore_ascii_case(b"PLAIN"));
+            }
+            (Phase::Banner, Response::Starttls) => self.starttls_offered = true,
+            (Phase::Banner, Response::Ready { .. })
+                if !self.plain_offered
+                    && self.starttls_offered
+                    && !self.tls_active
+                    && self.opts.tls_server_name.is_some() =>
+            {
+                self.out.extend_from_slice(STARTTLS_TAG);
+                self.out.extend_from_slice(b" STARTTLS\r\n");
+                self.phase = Phase::StartTls;
+            }
+            (Phase::StartTls, Response::Reply(r)) if r.tag[..] == *STARTTLS_TAG => {
+                if r.status != Status::Ok {
+                    return self
+                        .close(CloseReason::PeerError("the master refused STARTTLS".into()));
+                }
+                let server_name = self.opts.tls_server_name.clone().expect("checked");
+                let rest = self.framer.take_unconsumed().freeze();
+                self.tls_active = true;
+                self.plain_offered = false;
+                self.starttls_offered = false;
+                self.phase = Phase::Banner;
+                self.push(Output::StartLayer {
+                    layer: crate::machine::Layer::TlsClient { server_name },
+                    input_after_switch: rest,
+                });
+            }
             (Phase::Banner, Response::Ready { .. }) => {
                 // Exactly what Cyrus clients send: the mechanism quoted (a
                 // Cyrus master refuses an atom), the initial response as a
