@@ -342,3 +342,28 @@ fn mupdate_writes_a_transcript_only_for_users_with_a_directory() {
     assert!(answered.contains("A02 OK"), "{text}");
     assert!(answered.contains("A04 OK"), "{text}");
 }
+
+#[test]
+fn a_failing_transcript_never_breaks_the_session() {
+    let mut d = Daemon::start(&["sync_server"], "");
+    // bob's transcript would be written to a full disk.
+    let bob = d.confdir.join("log/bob");
+    std::fs::create_dir_all(&bob).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        bob.join(format!("sync_server-{}", d.child.id())),
+    )
+    .unwrap();
+    let mut c = d.connect();
+    line_starting(&mut c, "* OK");
+    c.get_mut()
+        .write_all(format!("AUTHENTICATE PLAIN {}\r\n", plain("bob")).as_bytes())
+        .unwrap();
+    assert!(line_starting(&mut c, "OK").starts_with("OK Success"));
+    c.get_mut().write_all(b"NOOP\r\nEXIT\r\n").unwrap();
+    line_starting(&mut c, "OK");
+    assert!(line_starting(&mut c, "OK").starts_with("OK Finished"));
+    let log = d.log_text();
+    assert!(log.contains("cannot write telemetry log"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+}
