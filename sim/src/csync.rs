@@ -112,6 +112,12 @@ pub struct Config {
     /// Fail over even when the replica lacks an acknowledged create or
     /// seen change (strands them on the old master; see [`run`]).
     pub failover_any_time: bool,
+    /// Speak the IMAP-embedded flavour (`sync_try_imap`: tagged SYNCAPPLY
+    /// to an imapd with X-REPLICATION) instead of the csync service.
+    /// Not drawn from the seed, so the csync range keeps its worlds.
+    pub imap: bool,
+    /// Start COMPRESS DEFLATE on every session (the world deflates).
+    pub compress: bool,
 }
 
 impl Config {
@@ -137,6 +143,8 @@ impl Config {
             fault_chance: [0.0, 0.05, 0.15, 0.3][rng.gen_range(0..4)],
             big_chance: [0.0, 0.05, 0.2][rng.gen_range(0..3)],
             failover_any_time: false,
+            imap: false,
+            compress: false,
         }
     }
 }
@@ -632,7 +640,10 @@ impl World {
             authcid: "repl".into(),
             password: Secret::new(b"replpass".to_vec()),
         });
-        co.compress = false;
+        co.compress = self.cfg.compress;
+        if self.cfg.imap {
+            co.flavour = engine::csync_client::Flavour::Imap;
+        }
         co.chunk_bytes = 4096;
         co.stage_id_base = id << 32;
         let client = Client::new(self.now, self.disks[p].store.clone(), co);
@@ -641,7 +652,12 @@ impl World {
             self.disks[r].store.clone(),
             engine::csync::Options {
                 partitions: vec!["default".into()],
-                compress: false,
+                compress: self.cfg.compress,
+                flavour: if self.cfg.imap {
+                    engine::csync::Flavour::Imap
+                } else {
+                    engine::csync::Flavour::Csync
+                },
                 backupd: self.cfg.backupd,
                 epoch_unix: UnixTime(EPOCH_UNIX),
                 stage_id_base: id << 32,
@@ -751,6 +767,9 @@ impl World {
                 let s = self.session.as_ref().expect("still here");
                 if st != Stepped::Quiet && s.finished() {
                     let s = self.session.take().expect("here");
+                    if s.compressed() {
+                        self.cov.hit("session under COMPRESS");
+                    }
                     self.log(format!(
                         "session {} closed: client {:?} server {:?}",
                         s.id,

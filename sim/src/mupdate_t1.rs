@@ -51,7 +51,10 @@
 //! slave streaming and quiet): every slave's durable database equals the
 //! master's, which equals exactly what the owners were told.
 //!
-//! What it never does: TLS, COMPRESS, a slave's own clients (their reads are
+//! Half the seeds' backends start `COMPRESS "DEFLATE"` before logging in
+//! (the world deflates their connections, see [`crate::world`]).
+//!
+//! What it never does: TLS, a slave's own clients (their reads are
 //! the slave's live state), or the Cyrus 5-second push batching.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -94,6 +97,7 @@ pub enum BackendEvent {
 #[derive(Debug, PartialEq, Eq)]
 enum BPhase {
     Banner,
+    Compress,
     Auth,
     Ready,
 }
@@ -107,6 +111,7 @@ pub struct Backend {
     phase: BPhase,
     creds: Credentials,
     form: Form,
+    compress: bool,
     out: Vec<u8>,
     outputs: VecDeque<Output<Infallible, BackendEvent>>,
     tag: Option<String>,
@@ -115,8 +120,9 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A new connection; `form` is how it sends strings (quoted or `{n+}`).
-    pub fn new(authname: &str, password: &[u8], form: Form) -> Backend {
+    /// A new connection; `form` is how it sends strings (quoted or `{n+}`);
+    /// with `compress` it sends `COMPRESS "DEFLATE"` before logging in.
+    pub fn new(authname: &str, password: &[u8], form: Form, compress: bool) -> Backend {
         Backend {
             framer: Framer::new(proto::mupdate::client_frame_options()),
             phase: BPhase::Banner,
@@ -126,6 +132,7 @@ impl Backend {
                 password: Secret::new(password.to_vec()),
             },
             form,
+            compress,
             out: Vec::new(),
             outputs: VecDeque::new(),
             tag: None,
@@ -154,19 +161,36 @@ impl Backend {
         self.outputs.push_back(Output::Event(e));
     }
 
+    fn login(&mut self) {
+        let mut client = sasl::Client::new(Mechanism::Plain, self.creds.clone());
+        let ir = client.initial_response().expect("PLAIN has one");
+        let b64 = sasl::encode(ir.expose());
+        self.out.extend_from_slice(
+            format!("A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{b64}\r\n", b64.len()).as_bytes(),
+        );
+        self.phase = BPhase::Auth;
+    }
+
     fn on_response(&mut self, r: Response) {
         match (&self.phase, r) {
-            (BPhase::Banner, Response::Ready { .. }) => {
-                let mut client = sasl::Client::new(Mechanism::Plain, self.creds.clone());
-                let ir = client.initial_response().expect("PLAIN has one");
-                let b64 = sasl::encode(ir.expose());
-                self.out.extend_from_slice(
-                    format!("A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{b64}\r\n", b64.len())
-                        .as_bytes(),
-                );
-                self.phase = BPhase::Auth;
+            (BPhase::Banner, Response::Ready { .. }) if self.compress => {
+                self.out.extend_from_slice(b"C01 COMPRESS \"DEFLATE\"\r\n");
+                self.phase = BPhase::Compress;
             }
+            (BPhase::Banner, Response::Ready { .. }) => self.login(),
             (BPhase::Banner, _) => {}
+            (BPhase::Compress, Response::Reply(r)) if r.tag[..] == *b"C01" => {
+                if r.status == Status::Ok {
+                    // The server sends nothing more until we log in, so no
+                    // byte already read lies past the switch.
+                    self.flush();
+                    self.outputs.push_back(Output::StartLayer {
+                        layer: engine::machine::Layer::Deflate,
+                        input_after_switch: Bytes::new(),
+                    });
+                }
+                self.login();
+            }
             (BPhase::Auth, Response::Reply(r)) if r.tag[..] == *b"A01" => {
                 if r.status == Status::Ok {
                     self.phase = BPhase::Ready;
@@ -415,6 +439,8 @@ pub struct Config {
     pub retry_delay: Duration,
     /// How backends send strings.
     pub quoted: bool,
+    /// Backends start COMPRESS before logging in.
+    pub compress: bool,
 }
 
 impl Config {
@@ -438,6 +464,7 @@ impl Config {
             noop_interval: Duration::from_millis(rng.gen_range(1_000..=20_000)),
             retry_delay: Duration::from_millis(rng.gen_range(50..=3_000)),
             quoted: rng.gen_bool(0.5),
+            compress: rng.gen_bool(0.5),
         }
     }
 }
@@ -631,7 +658,7 @@ impl World {
             Options {
                 server_name: "master".into(),
                 role: Role::Master,
-                compress: false,
+                compress: true,
                 ..Options::default()
             },
         )
@@ -655,7 +682,7 @@ impl World {
         } else {
             Form::NonSync
         };
-        let client = Backend::new("admin", PASSWORD, form);
+        let client = Backend::new("admin", PASSWORD, form, self.cfg.compress);
         let server = self.server();
         let mut c = Conn::open(
             id,
@@ -1097,6 +1124,9 @@ impl World {
             match e {
                 BackendEvent::Ready => {
                     self.backends[b].ready = true;
+                    if self.cfg.compress {
+                        self.cov.hit("backend link under COMPRESS");
+                    }
                     if self.backends[b].pending.is_some() {
                         self.cov.hit("retry after reconnect");
                         self.send_pending(b);

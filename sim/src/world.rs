@@ -33,8 +33,14 @@
 //! - **Time**: virtual; the caller always advances to the earliest thing
 //!   due, so a 30-minute idle timeout costs nothing.
 //!
-//! What it never does: TLS or COMPRESS (scenarios configure machines
-//! without them; a `StartLayer` is a scenario bug and panics), real I/O, or
+//! - **COMPRESS**: a machine's `StartLayer(Deflate)` turns on raw deflate
+//!   for that end, as the io-tokio driver does: every later transmit is
+//!   compressed with a sync flush, every later input inflated (starting
+//!   with the machine's `input_after_switch`). The peer's machine must
+//!   switch at the matching point, or inflating fails and the run panics.
+//!
+//! What it never does: TLS (a `StartLayer` for TLS is a scenario bug and
+//! panics), real I/O, or
 //! any choice not drawn from the seed's RNG. Maps are ordered, so the same
 //! seed always gives the same event order.
 
@@ -235,6 +241,42 @@ pub struct End<M: SimMachine> {
     pub external: VecDeque<(EffectId, M::Effect)>,
     /// Bytes of the peer's arrivals (so later bytes never overtake).
     last_arrival: Time,
+    /// After its `StartLayer(Deflate)`: what it sends is deflated...
+    deflate: Option<flate2::Compress>,
+    /// ...and what it receives inflated.
+    inflate: Option<flate2::Decompress>,
+}
+
+/// Raw deflate with a sync flush (what the driver does after each drain).
+fn deflate(z: &mut flate2::Compress, input: &[u8]) -> Bytes {
+    let mut out: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    loop {
+        out.reserve(input.len() - pos + 64);
+        let before = z.total_in();
+        z.compress_vec(&input[pos..], &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate cannot fail on valid state");
+        pos += (z.total_in() - before) as usize;
+        if pos == input.len() && out.len() < out.capacity() {
+            return Bytes::from(out);
+        }
+    }
+}
+
+/// Inflates what arrived; a peer that did not deflate is a scenario bug.
+fn inflate(z: &mut flate2::Decompress, input: &[u8]) -> Bytes {
+    let mut out: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    loop {
+        out.reserve(4 * (input.len() - pos) + 256);
+        let before = z.total_in();
+        z.decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("the peer's bytes are not deflate: the machines switched at different points");
+        pos += (z.total_in() - before) as usize;
+        if pos == input.len() && out.len() < out.capacity() {
+            return Bytes::from(out);
+        }
+    }
 }
 
 impl<M: SimMachine> End<M> {
@@ -250,6 +292,8 @@ impl<M: SimMachine> End<M> {
             closed: None,
             external: VecDeque::new(),
             last_arrival: now,
+            deflate: None,
+            inflate: None,
         }
     }
 
@@ -409,6 +453,11 @@ where
         self.b.last_arrival = self.b.last_arrival.max(until);
     }
 
+    /// Whether both ends have switched to COMPRESS DEFLATE.
+    pub fn compressed(&self) -> bool {
+        self.a.deflate.is_some() && self.b.deflate.is_some()
+    }
+
     /// Whether the connection is stalled by a partition at `now`.
     pub fn stalled(&self, now: Time) -> bool {
         self.stalled_until > now
@@ -495,6 +544,10 @@ where
         }
         if end.m.wants_input() && end.inbox.front().is_some_and(|b| b.0 <= now) {
             let (_, b) = end.inbox.pop_front().expect("front exists");
+            let b = match end.inflate.as_mut() {
+                Some(z) => inflate(z, &b),
+                None => b,
+            };
             return Some(Input::Bytes(b));
         }
         if end.inbox.is_empty() && end.eof_at.is_some_and(|t| t <= now) {
@@ -553,8 +606,13 @@ where
                             if me.closed.is_some() || peer.closed.is_some() {
                                 continue;
                             }
+                            let plain = bytes;
+                            let bytes = match me.deflate.as_mut() {
+                                Some(z) => deflate(z, &plain),
+                                None => plain.clone(),
+                            };
                             if let Some(w) = wire.as_mut() {
-                                let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                                let line = plain.split(|&b| b == b'\n').next().unwrap_or(&[]);
                                 let n = line.len().min(160);
                                 w.push(format!(
                                     "{now} {side:?} {}",
@@ -592,6 +650,20 @@ where
                             }
                         },
                         Output::Event(e) => me.events.push((now, e)),
+                        Output::StartLayer {
+                            layer: engine::machine::Layer::Deflate,
+                            input_after_switch,
+                        } => {
+                            me.deflate =
+                                Some(flate2::Compress::new(flate2::Compression::default(), false));
+                            me.inflate = Some(flate2::Decompress::new(false));
+                            // Everything still queued for this end was sent
+                            // after the peer's switch: the peer answered the
+                            // COMPRESS command and switched before sending on.
+                            if !input_after_switch.is_empty() {
+                                me.inbox.push_front((now, input_after_switch));
+                            }
+                        }
                         Output::StartLayer { layer, .. } => {
                             panic!("the tier-1 world has no {layer} layer: configure it off")
                         }
