@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! corvid dsync [-c config] [-o setting=value]... [-u user] [-m mailbox]
-//!              [-f] [-R] [-s state] [-v] [-D] mirror|backup LOCATION2
-//! corvid dsync-server [-c config] [-o setting=value]... [-u user]
+//!              [-f] [-R] [-s state] [-T secs] [-v] [-D] mirror|backup LOCATION2
+//! corvid dsync-server [-c config] [-o setting=value]... [-u user] [-T secs]
 //! ```
+//!
+//! `-T secs` (both sides, default 600 as Dovecot's): a peer that sends
+//! nothing for that long while we wait for it ends the sync with exit 1
+//! (0: wait forever).
 //!
 //! The local location is `-o mail_location=LOC` (or `mail_location` in the
 //! `-c` file, `key = value` lines). Locations: `maildir:PATH` (a Dovecot
@@ -53,11 +57,20 @@ struct Args {
     state: Option<String>,
     verbose: bool,
     debug: bool,
+    /// `-T secs`: give up when the peer sends nothing for this long while
+    /// we wait for it (Dovecot's dsync: 600 s); 0 waits forever.
+    io_timeout_secs: u64,
     rest: Vec<String>,
 }
 
+/// Dovecot's default I/O timeout for a dsync stream (10 minutes).
+const IO_TIMEOUT_SECS_DEFAULT: u64 = 600;
+
 fn parse(args: Vec<OsString>) -> Result<Args, String> {
-    let mut a = Args::default();
+    let mut a = Args {
+        io_timeout_secs: IO_TIMEOUT_SECS_DEFAULT,
+        ..Args::default()
+    };
     let mut it = args
         .into_iter()
         .skip(1)
@@ -75,7 +88,13 @@ fn parse(args: Vec<OsString>) -> Result<Args, String> {
             "-u" => a.user = Some(val("-u")?),
             "-m" => a.mailbox = Some(val("-m")?),
             "-s" => a.state = Some(val("-s")?),
-            "-l" | "-T" | "-C" => {
+            "-T" => {
+                let v = val("-T")?;
+                a.io_timeout_secs = v
+                    .parse()
+                    .map_err(|_| format!("-T wants seconds, got {v:?}"))?;
+            }
+            "-l" | "-C" => {
                 val(&x)?;
             }
             "-f" => a.full = true,
@@ -195,8 +214,11 @@ fn run_master(args: Vec<OsString>) -> Result<ExitCode, String> {
         so.now = o.now;
         run_local_pair(o, local_store, so, remote_store, &progress)
     } else {
-        let argv = remote_command(&loc2, a.user.as_deref());
-        with_store(local_store, |st| run_over_child(o, st, &argv, &progress))?
+        let argv = remote_command(&loc2, &user.to_lossy());
+        let timeout = io_timeout(&a);
+        with_store(local_store, |st| {
+            run_over_child(o, st, &argv, timeout, &progress)
+        })?
     };
     if a.state.is_some() {
         println!(
@@ -228,7 +250,14 @@ fn run_server(args: Vec<OsString>) -> Result<ExitCode, String> {
         let (tx, rx) = mpsc::channel();
         spawn_reader(std::io::stdin(), tx);
         let mut out = std::io::stdout().lock();
-        drive(Brain::new(o, st.clone()), st, rx, &mut out, &progress)
+        drive(
+            Brain::new(o, st.clone()),
+            st,
+            rx,
+            &mut out,
+            io_timeout(&a),
+            &progress,
+        )
     })?;
     Ok(exit_code(&outcome))
 }
@@ -237,19 +266,24 @@ fn is_location(s: &str) -> bool {
     s.starts_with("maildir:") || s.starts_with("corvid:")
 }
 
-/// LOCATION2 as a child command line.
-fn remote_command(loc2: &[String], user: Option<&str>) -> Vec<String> {
+/// LOCATION2 as a child command line. `host` or `login@host` becomes
+/// Dovecot's default `dsync_remote_cmd` with corvid in doveadm's place:
+/// `ssh [-l login] host corvid dsync-server -u user`, where `user` is the
+/// user being synced (`-u`, else `$USER`).
+fn remote_command(loc2: &[String], user: &str) -> Vec<String> {
     if loc2.len() == 1 && !loc2[0].contains(' ') && !loc2[0].contains('/') {
-        // host or user@host: ssh there and run our server.
-        let (u, host) = match loc2[0].split_once('@') {
-            Some((u, h)) => (Some(u.to_string()), h.to_string()),
-            None => (user.map(str::to_string), loc2[0].clone()),
+        let (login, host) = match loc2[0].split_once('@') {
+            Some((l, h)) => (Some(l.to_string()), h.to_string()),
+            None => (None, loc2[0].clone()),
         };
-        let mut v = vec!["ssh".into(), host, "corvid".into(), "dsync-server".into()];
-        if let Some(u) = u {
-            v.push("-u".into());
-            v.push(u);
+        let mut v = vec!["ssh".to_string()];
+        if let Some(l) = login {
+            v.push("-l".into());
+            v.push(l);
         }
+        v.extend([host, "corvid".into(), "dsync-server".into()]);
+        v.push("-u".into());
+        v.push(user.to_string());
         return v;
     }
     loc2.iter()
@@ -375,7 +409,18 @@ fn spawn_reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<Option<Vec<u
     });
 }
 
-fn run_over_child(o: Options, st: Shared, argv: &[String], progress: &Progress) -> Outcome {
+/// `-T`: how long to wait for the peer's next bytes (`None`: forever).
+fn io_timeout(a: &Args) -> Option<std::time::Duration> {
+    (a.io_timeout_secs > 0).then(|| std::time::Duration::from_secs(a.io_timeout_secs))
+}
+
+fn run_over_child(
+    o: Options,
+    st: Shared,
+    argv: &[String],
+    io_timeout: Option<std::time::Duration>,
+    progress: &Progress,
+) -> Outcome {
     let (prog, args) = argv.split_first().expect("a command");
     let mut child = match Command::new(prog)
         .args(args)
@@ -396,8 +441,23 @@ fn run_over_child(o: Options, st: Shared, argv: &[String], progress: &Progress) 
     let (tx, rx) = mpsc::channel();
     spawn_reader(child.stdout.take().expect("piped"), tx);
     let mut stdin = child.stdin.take().expect("piped");
-    let mut outcome = drive(Brain::new(o, st.clone()), st, rx, &mut stdin, progress);
+    let mut outcome = drive(
+        Brain::new(o, st.clone()),
+        st,
+        rx,
+        &mut stdin,
+        io_timeout,
+        progress,
+    );
     drop(stdin);
+    if outcome
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(TIMED_OUT))
+    {
+        // A silent peer may never notice its stdin closing.
+        let _ = child.kill();
+    }
     match child.wait() {
         Ok(s) if s.success() => {}
         Ok(s) if s.code() == Some(2) => outcome.changes_during_sync = true,
@@ -413,12 +473,19 @@ fn run_over_child(o: Options, st: Shared, argv: &[String], progress: &Progress) 
     outcome
 }
 
-/// One brain against a byte pipe.
+/// How a sync that gave up on a silent peer reports it.
+const TIMED_OUT: &str = "timed out:";
+
+/// One brain against a byte pipe. While the brain waits for the peer,
+/// `io_timeout` without a single byte ends the sync with an error (exit
+/// 1), as Dovecot's dsync does after its I/O timeout: a peer that stops
+/// talking must not hold the process (and the user's mail) forever.
 fn drive(
     mut brain: Brain<Shared>,
     st: Shared,
     rx: mpsc::Receiver<Option<Vec<u8>>>,
     out: &mut dyn Write,
+    io_timeout: Option<std::time::Duration>,
     progress: &Progress,
 ) -> Outcome {
     let mut outcome = None;
@@ -447,9 +514,26 @@ fn drive(
             }
             continue;
         }
-        match rx.recv() {
+        let next = match io_timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => true,
+                mpsc::RecvTimeoutError::Disconnected => false,
+            }),
+            None => rx.recv().map_err(|_| false),
+        };
+        match next {
             Ok(Some(b)) => brain.handle_input(now, &b),
-            Ok(None) | Err(_) => brain.handle_eof(now),
+            Ok(None) | Err(false) => brain.handle_eof(now),
+            Err(true) => {
+                let secs = io_timeout.map_or(0, |t| t.as_secs());
+                return Outcome {
+                    state: None,
+                    changes_during_sync: false,
+                    error: Some(format!(
+                        "{TIMED_OUT} no input from the peer for {secs} s (-T {secs})"
+                    )),
+                };
+            }
         }
     }
     outcome.unwrap_or(Outcome {

@@ -934,8 +934,12 @@ impl<S: MailRead> Brain<S> {
             let modseq = cur.modseq;
             let rb_modseq = cur.remote_b.as_ref().map_or(0, |b| b.highest_modseq);
             if let Ok(Some(mut m)) = self.store.mailbox_by_uniqueid(&uid) {
-                // Make the pending writes above visible to our own view.
-                let _ = &muts;
+                // Nothing imported and no UID to raise: write nothing (a
+                // no-change sync used to raise HIGHESTMODSEQ on both sides
+                // every run, a durable write per mailbox).
+                if muts.is_empty() && m.last_uid >= last_uid {
+                    return;
+                }
                 m.last_uid = m.last_uid.max(last_uid);
                 m.highestmodseq = ModSeq(m.highestmodseq.0.max(modseq.0).max(rb_modseq));
                 muts.push(Mutation::PutMailbox(m));
