@@ -41,7 +41,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 
 pub mod mailboxes_db;
@@ -131,7 +131,7 @@ pub enum Delivery {
 }
 
 /// Where a subscriber's changes go (a connection's command channel).
-pub trait Subscriber: Send {
+pub trait Subscriber: Send + Sync {
     /// Queues `change`, without blocking.
     fn push(&self, change: &Arc<Change>) -> Delivery;
     /// Called once when the subscriber is dropped for lagging.
@@ -158,7 +158,11 @@ struct Job {
 }
 
 struct Inner {
-    shared: Mutex<Shared>,
+    /// Readers (FIND, LIST, len) share it; writers, the committer's
+    /// publish and subscribe take it alone. A reader never waits for
+    /// another reader: with 16 clients on 2 cores, a preempted reader
+    /// holding a plain mutex made every other FIND wait a time slice.
+    shared: RwLock<Shared>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     path: PathBuf,
     topology: Topology,
@@ -380,7 +384,7 @@ impl MupdateDb {
     ) -> Result<MupdateDb, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
+            shared: RwLock::new(Shared {
                 db,
                 subs: Vec::new(),
                 failed: false,
@@ -406,7 +410,7 @@ impl MupdateDb {
                     let Some(inner) = weak.upgrade() else { return };
                     match result {
                         Ok(()) => {
-                            let mut shared = lock(&inner.shared);
+                            let mut shared = write_lock(&inner.shared);
                             for job in &jobs {
                                 publish(&mut shared, &job.change);
                             }
@@ -417,7 +421,7 @@ impl MupdateDb {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "mupdate commit failed; refusing all further writes");
-                            lock(&inner.shared).failed = true;
+                            write_lock(&inner.shared).failed = true;
                             for job in jobs {
                                 (job.done)(Err(StoreError::Commit(e.to_string())));
                             }
@@ -436,12 +440,12 @@ impl MupdateDb {
 
     /// `true` after a failed commit (see the module documentation).
     pub fn is_failed(&self) -> bool {
-        lock(&self.inner.shared).failed
+        read(&self.inner.shared).failed
     }
 
     /// Number of names.
     pub fn len(&self) -> usize {
-        lock(&self.inner.shared).db.len()
+        read(&self.inner.shared).db.len()
     }
 
     /// `true` if empty.
@@ -452,7 +456,7 @@ impl MupdateDb {
     /// Decides `write` now; `done` is called with the refusal at once, or
     /// with the commit's outcome later, from the committer thread.
     pub fn submit(&self, write: &Write, done: Done) {
-        let mut shared = lock(&self.inner.shared);
+        let mut shared = write_lock(&self.inner.shared);
         if shared.failed {
             drop(shared);
             return done(Err(StoreError::Failed));
@@ -492,7 +496,7 @@ impl MupdateDb {
     /// decision: the master decided), durably, and republishes it to this
     /// database's own subscribers. `done` as for [`MupdateDb::submit`].
     pub fn apply_remote(&self, name: Bytes, record: Option<Record>, done: Done) {
-        let mut shared = lock(&self.inner.shared);
+        let mut shared = write_lock(&self.inner.shared);
         if shared.failed {
             drop(shared);
             return done(Err(StoreError::Failed));
@@ -515,7 +519,7 @@ impl MupdateDb {
     /// is removed, every entry is set; only differences are written. `done`
     /// is called once, after the last of them is durable.
     pub fn replace_remote(&self, entries: Vec<Entry>, done: Done) {
-        let mut shared = lock(&self.inner.shared);
+        let mut shared = write_lock(&self.inner.shared);
         if shared.failed {
             drop(shared);
             return done(Err(StoreError::Failed));
@@ -560,17 +564,17 @@ impl MupdateDb {
         }
     }
 
-    fn enqueue(&self, shared: MutexGuard<'_, Shared>, change: Change, done: Done) {
+    fn enqueue(&self, shared: RwLockWriteGuard<'_, Shared>, change: Change, done: Done) {
         drop(self.enqueue_keep(shared, change, done));
     }
 
     /// Queues a decided change for commit; returns the lock (still held).
     fn enqueue_keep<'a>(
         &'a self,
-        mut shared: MutexGuard<'a, Shared>,
+        mut shared: RwLockWriteGuard<'a, Shared>,
         change: Change,
         done: Done,
-    ) -> MutexGuard<'a, Shared> {
+    ) -> RwLockWriteGuard<'a, Shared> {
         let queue = lock(&self.inner.queue);
         let job = Job {
             change: Arc::new(change),
@@ -591,7 +595,7 @@ impl MupdateDb {
     /// Registers `sink` for changes concerning `hosts` (all if empty) and
     /// returns the dump as of now.
     pub fn subscribe(&self, hosts: Vec<Bytes>, sink: Box<dyn Subscriber>) -> Vec<Entry> {
-        let mut shared = lock(&self.inner.shared);
+        let mut shared = write_lock(&self.inner.shared);
         let dump = shared.db.dump(&hosts);
         shared.subs.push(Sub { hosts, sink });
         dump
@@ -599,7 +603,7 @@ impl MupdateDb {
 
     /// Number of registered subscribers.
     pub fn subscribers(&self) -> usize {
-        lock(&self.inner.shared).subs.len()
+        read(&self.inner.shared).subs.len()
     }
 
     /// Stops the committer after the writes already queued.
@@ -624,6 +628,15 @@ fn publish(shared: &mut Shared, change: &Arc<Change>) {
     });
 }
 
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // As `lock`: a panic under the lock is our bug; the map stays whole.
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock is our bug; the data (a map) is still
     // consistent at every await-free step, so keep serving.
@@ -632,10 +645,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Read for MupdateDb {
     fn find(&self, name: &[u8]) -> Option<Record> {
-        lock(&self.inner.shared).db.find(name).cloned()
+        read(&self.inner.shared).db.find(name).cloned()
     }
     fn list(&self, prefix: Option<&[u8]>) -> Vec<Entry> {
-        lock(&self.inner.shared).db.list(prefix)
+        read(&self.inner.shared).db.list(prefix)
     }
 }
 
