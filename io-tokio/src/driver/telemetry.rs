@@ -6,7 +6,8 @@
 //! `prot.c`; the files look the same to a script that reads Cyrus's):
 //! - the file is `log/USER/IDENT-PID` (IDENT is the service name, e.g.
 //!   `syncserver` under master(8)), opened for appending and created
-//!   `0644`;
+//!   `0644`; Cyrus's threaded `mupdate` names each session's file
+//!   `IDENT-SECONDS.MICROSECONDS` instead ([`Telemetry::per_session`]);
 //! - it starts with `---------- USER <ctime>` and an empty line (ctime
 //!   ends in its own newline);
 //! - every chunk read from the peer is written as `<SECONDS<` followed by
@@ -53,6 +54,8 @@ pub struct Telemetry {
     dir: PathBuf,
     /// The service name in file names (`syncserver`, `mupdate`).
     ident: String,
+    /// Name files by the session's start time, not the process id.
+    per_session: bool,
 }
 
 /// How many transcripts this process has opened (file names after the
@@ -65,7 +68,16 @@ impl Telemetry {
         Telemetry {
             dir: configdirectory.join("log"),
             ident: ident.to_owned(),
+            per_session: false,
         }
+    }
+
+    /// Names each transcript `IDENT-SECONDS.MICROSECONDS` (the login's
+    /// time), as Cyrus's threaded `mupdate` does (`telemetry_log()` with
+    /// `usetimestamp`), instead of `IDENT-PID`.
+    pub fn per_session(mut self) -> Telemetry {
+        self.per_session = true;
+        self
     }
 
     /// The directory a transcript of `user` would go to, if `user` may
@@ -86,11 +98,18 @@ impl Telemetry {
         if !dir.is_dir() {
             return None;
         }
-        let n = OPENED.fetch_add(1, Ordering::Relaxed) + 1;
-        let pid = std::process::id();
-        let name = match n {
-            1 => format!("{}-{pid}", self.ident),
-            n => format!("{}-{pid}.{n}", self.ident),
+        let name = if self.per_session {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("{}-{}.{:06}", self.ident, t.as_secs(), t.subsec_micros())
+        } else {
+            let n = OPENED.fetch_add(1, Ordering::Relaxed) + 1;
+            let pid = std::process::id();
+            match n {
+                1 => format!("{}-{pid}", self.ident),
+                n => format!("{}-{pid}.{n}", self.ident),
+            }
         };
         let path = dir.join(name);
         let file = OpenOptions::new()
@@ -246,5 +265,15 @@ mod tests {
             rest.starts_with('>') && rest.ends_with(">OK Noop\r\n"),
             "{rest:?}"
         );
+
+        let t = t.per_session();
+        let tr = t.open("alice").unwrap();
+        let name = tr.path.file_name().unwrap().to_str().unwrap().to_owned();
+        let (secs, micros) = name
+            .strip_prefix("mupdate-")
+            .unwrap()
+            .split_once('.')
+            .unwrap();
+        assert!(secs.parse::<u64>().is_ok() && micros.len() == 6, "{name}");
     }
 }
