@@ -316,6 +316,12 @@ pub fn telemetry() -> Option<Telemetry> {
     ))
 }
 
+/// [`telemetry`] with one file per session named by its start time, as
+/// Cyrus's threaded `mupdate` names them (`mupdate-SECONDS.MICROSECONDS`).
+pub fn telemetry_per_session() -> Option<Telemetry> {
+    telemetry().map(Telemetry::per_session)
+}
+
 /// The user a csync session logged in as, for [`telemetry`].
 pub fn csync_user(e: &Event) -> Option<&str> {
     match e {
