@@ -414,7 +414,10 @@ async fn connection(
         .commands(rx)
         .tls(crate::observe::live_tls(tls))
         .peer(peer)
-        .telemetry(crate::observe::telemetry(), crate::observe::mupdate_user)
+        .telemetry(
+            crate::observe::telemetry_per_session(),
+            crate::observe::mupdate_user,
+        )
         .run(stream)
         .instrument(crate::observe::connection_span(
             "mupdate",
@@ -639,6 +642,7 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
         let done: store::mupdate::Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
+        let arrived = crate::observe::mupdate_change_arrived(&effect);
         let arrived = crate::observe::mupdate_change_arrived(&effect);
         // Called before the first await: effects reach the store in order.
         match effect {
