@@ -347,7 +347,7 @@ impl Ledger {
 }
 
 /// The state `write` leaves its name in, if the master commits it.
-fn result_of(write: &Write) -> Option<Record> {
+pub(crate) fn result_of(write: &Write) -> Option<Record> {
     match write {
         Write::Reserve { location, .. } => Some(Record {
             state: State::Reserved,
@@ -365,7 +365,8 @@ fn result_of(write: &Write) -> Option<Record> {
     }
 }
 
-fn command_of(write: &Write) -> Cmd {
+/// The wire command of a write (also the tier-1 backend's).
+pub(crate) fn command_of(write: &Write) -> Cmd {
     match write.clone() {
         Write::Reserve { name, location } => Cmd::Reserve { name, location },
         Write::Activate {

@@ -70,7 +70,7 @@ use engine::mupdate::{
 };
 use engine::store::{Completion as StoreCompletion, StoreEffect};
 use proto::frame::{Event as FrameEvent, Framer};
-use proto::mupdate::{parse_response, Command as Cmd, Form, Response, Status};
+use proto::mupdate::{parse_response, Form, Response, Status};
 use proto::sasl::{self, Credentials, Mechanism, Secret};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -78,6 +78,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::mupdate::{command_of, result_of};
 use crate::world::{Conn, Disk, NetOptions, SimMachine, Stepped};
 use crate::{Coverage, Trace};
 
@@ -292,38 +293,6 @@ impl SimMachine for Backend {
     }
     fn store_completion(_: Option<StoreCompletion>) -> Option<Infallible> {
         None
-    }
-}
-
-fn command_of(write: &Write) -> Cmd {
-    match write.clone() {
-        Write::Reserve { name, location } => Cmd::Reserve { name, location },
-        Write::Activate {
-            name,
-            location,
-            acl,
-        } => Cmd::Activate {
-            name,
-            location,
-            acl,
-        },
-        Write::Deactivate { name, location } => Cmd::Deactivate { name, location },
-        Write::Delete { name } => Cmd::Delete { name },
-    }
-}
-
-/// The state `write` leaves its name in, if the master commits it.
-fn result_of(write: &Write) -> Option<Record> {
-    match write {
-        Write::Reserve { location, .. } | Write::Deactivate { location, .. } => Some(Record {
-            state: State::Reserved,
-            location: location.clone(),
-        }),
-        Write::Activate { location, acl, .. } => Some(Record {
-            state: State::Active { acl: acl.clone() },
-            location: location.clone(),
-        }),
-        Write::Delete { .. } => None,
     }
 }
 
@@ -670,6 +639,35 @@ impl World {
 
     // ---- connections ----------------------------------------------------
 
+    /// A new connection from `client` on `node` to a fresh master session;
+    /// stalled at once while either side is partitioned.
+    fn open_to_master<M: SimMachine>(
+        &mut self,
+        id: u64,
+        client: M,
+        node: usize,
+        isolated_until: Time,
+    ) -> Conn<M, Server<LiveRead>>
+    where
+        M::Event: Clone,
+    {
+        let server = self.server();
+        let mut c = Conn::open(
+            id,
+            self.now,
+            (client, node),
+            (server, 0),
+            self.cfg.net.clone(),
+            &mut self.no_disks,
+            &mut self.rng,
+        );
+        let until = self.isolation(isolated_until);
+        if until > self.now {
+            c.stall(until);
+        }
+        c
+    }
+
     fn connect_backend(&mut self, b: usize) {
         if !self.master_up {
             self.backends[b].reconnect_at = self.master_down_until;
@@ -683,20 +681,7 @@ impl World {
             Form::NonSync
         };
         let client = Backend::new("admin", PASSWORD, form, self.cfg.compress);
-        let server = self.server();
-        let mut c = Conn::open(
-            id,
-            self.now,
-            (client, 100 + b),
-            (server, 0),
-            self.cfg.net.clone(),
-            &mut self.no_disks,
-            &mut self.rng,
-        );
-        let until = self.isolation(self.backends[b].isolated_until);
-        if until > self.now {
-            c.stall(until);
-        }
+        let c = self.open_to_master(id, client, 100 + b, self.backends[b].isolated_until);
         self.log(format!("b{b} connects (conn {id})"));
         self.backends[b].link = Some(c);
         self.backends[b].ready = false;
@@ -716,20 +701,7 @@ impl World {
         fo.noop_interval = self.cfg.noop_interval;
         fo.handshake_idle_max = self.cfg.noop_interval * 2;
         let client = Follower::new(self.now, fo);
-        let server = self.server();
-        let mut c = Conn::open(
-            id,
-            self.now,
-            (client, 1 + s),
-            (server, 0),
-            self.cfg.net.clone(),
-            &mut self.no_disks,
-            &mut self.rng,
-        );
-        let until = self.isolation(self.slaves[s].isolated_until);
-        if until > self.now {
-            c.stall(until);
-        }
+        let c = self.open_to_master(id, client, 1 + s, self.slaves[s].isolated_until);
         self.log(format!("s{s} connects (conn {id})"));
         self.slaves[s].link = Some(c);
         self.slaves[s].synced = false;
