@@ -643,7 +643,6 @@ impl EffectExecutor<follower::Effect> for FollowerExec {
             let _ = tx.send(r);
         });
         let arrived = crate::observe::mupdate_change_arrived(&effect);
-        let arrived = crate::observe::mupdate_change_arrived(&effect);
         // Called before the first await: effects reach the store in order.
         match effect {
             follower::Effect::Replace(entries) => self.0.replace_remote(entries, done),
