@@ -413,7 +413,9 @@ async fn run_connection<T: io_tokio::driver::Transport>(
 ) {
     let conn = shared.committer.connection();
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
-    let machine = Server::new(now, shared.reader.clone(), shared.machine.clone());
+    let mut opts = shared.machine.clone();
+    crate::observe::live_csync(&mut opts, csync_common::machine_options);
+    let machine = Server::new(now, shared.reader.clone(), opts);
     let span = crate::observe::connection_span("backupd", &peer);
     let _active = io_tokio::metrics::global().connection_opened("backupd");
     let (etx, logger) = csync_common::spawn_event_logger("backupd", &span);
@@ -427,6 +429,7 @@ async fn run_connection<T: io_tokio::driver::Transport>(
         .epoch(epoch)
         .peer(&peer)
         .events(etx)
+        .telemetry(crate::observe::telemetry(), crate::observe::csync_user)
         .run(stream)
         .instrument(span)
         .await;
