@@ -17,7 +17,11 @@
 //! - closes when the machine says [`Output::Close`], after sending everything
 //!   before it, and still completes the effects already started;
 //! - logs with `tracing` in a span per connection: the peer, byte counts,
-//!   layer switches and the close reason — never payload bytes.
+//!   layer switches and the close reason — never payload bytes;
+//! - writes the per-user protocol transcript Cyrus admins know
+//!   ([`telemetry`]) when the tool asks for it and the user's
+//!   `log/USER/` directory exists: the one place payload bytes are
+//!   written, to a file the admin created for that purpose.
 //!
 //! It makes no protocol decision: it never looks inside the bytes, effects,
 //! events or commands it moves.
