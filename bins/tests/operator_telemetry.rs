@@ -214,7 +214,11 @@ fn records(text: &str, user: &str) -> Vec<(char, String)> {
 
 #[test]
 fn sync_server_writes_a_plaintext_transcript_under_compress() {
-    let mut d = Daemon::start(&["sync_server"], "");
+    let metrics = free_port();
+    let mut d = Daemon::start(
+        &["sync_server"],
+        &format!("corvid_metrics_listen: 127.0.0.1:{metrics}\n"),
+    );
     let mut c = d.connect();
     let banner = line_starting(&mut c, "* OK");
     assert!(banner.contains("Cyrus sync server"), "{banner}");
@@ -231,7 +235,7 @@ fn sync_server_writes_a_plaintext_transcript_under_compress() {
     let mut deflater = Deflater::with_level(6);
     let mut inflater = Inflater::new(InflateOptions::default());
     let mut said = Vec::new();
-    for cmd in ["NOOP\r\n", "EXIT\r\n"] {
+    for cmd in ["NOOP\r\n", "GET USER nobody\r\n", "EXIT\r\n"] {
         deflater.write(cmd.as_bytes()).unwrap();
         stream.write_all(&deflater.flush().unwrap()).unwrap();
         // Read until the answer's line is complete.
@@ -273,7 +277,10 @@ fn sync_server_writes_a_plaintext_transcript_under_compress() {
         .filter(|(m, _)| *m == '>')
         .map(|(_, b)| b.as_str())
         .collect();
-    assert_eq!(sent, "COMPRESS DEFLATE\r\nNOOP\r\nEXIT\r\n", "{text}");
+    assert_eq!(
+        sent, "COMPRESS DEFLATE\r\nNOOP\r\nGET USER nobody\r\nEXIT\r\n",
+        "{text}"
+    );
     assert!(answered.contains("DEFLATE"), "{text}");
     assert!(answered.ends_with("OK Finished\r\n"), "{text}");
     // Each command comes before its answer.
@@ -281,6 +288,23 @@ fn sync_server_writes_a_plaintext_transcript_under_compress() {
     let exit = recs.iter().position(|(m, b)| *m == '<' && b == "EXIT\r\n");
     assert!(noop < exit, "{recs:?}");
     assert!(d.log_text().contains("protocol telemetry on"));
+
+    // The read was counted as a command answered OK (events are recorded
+    // by a task of their own: poll, bounded).
+    let want =
+        "corvid_commands_total{service=\"sync_server\",command=\"GET USER\",result=\"ok\"} 1\n";
+    let mut body = String::new();
+    for _ in 0..300 {
+        let mut m = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        body.clear();
+        m.read_to_string(&mut body).unwrap();
+        if body.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(body.contains(want), "{body}");
 }
 
 #[test]
