@@ -98,6 +98,33 @@
 //!    identities from what it stored: a maildir's uniqueid follows its
 //!    GUID).
 //!
+//! 9. **Concurrent writers.** A brain's batches carry absolute mailbox
+//!    state (a `PutMailbox` with the LAST_UID and HIGHESTMODSEQ it read
+//!    when it built the batch). Another writer of the same user landing
+//!    between that read and the batch is overwritten: the simulator's seed
+//!    7 without a lock loses an update and later reuses UIDs. Dovecot
+//!    serializes one user's dsync runs with an fcntl lock on
+//!    `~/.dovecot-sync.lock` (`doveadm sync -l SECS`; the replicator
+//!    always locks), and its deliveries apply relative changes in index
+//!    transactions. corvid's rule: a dsync session (the tool and
+//!    `dsync-server`) holds the user's lock for its whole run, and every
+//!    other writer of that user's store either takes the same lock or
+//!    raises LAST_UID/HIGHESTMODSEQ as max(current, new) under the store's
+//!    own lock (for store::maildir, under the uidlist lock). The
+//!    simulator models the lock in every range
+//!    (`sim::dsync::Config::user_lock`); seed 7 replays the unlocked case
+//!    as an ignored test.
+//!
+//! Where Dovecot 2.3 fails in the recorded lab scenarios and which rule
+//! decides instead (each proven in `engine/tests/dsync_pair.rs`):
+//!
+//! | lab scenario | Dovecot 2.3 | corvid | test |
+//! |---|---|---|---|
+//! | `initial-merge`: two independently created INBOXes | swaps GUIDs every run, exit 2 forever | rule 2: one INBOX, the bigger GUID, messages merged, two runs | `independently_created_inboxes_merge_in_two_runs` |
+//! | `delete-newmail`: delete on one side, new mail on the other | the new mail is lost | rule 3: the unseen mail is rescued into a derived mailbox of the same name | `delete_on_one_side_new_mail_on_the_other_keeps_the_mail` |
+//! | `backup-revert`: backup over a diverged maildir INBOX | empties INBOX, then fails every run (exit 75) | rule 6: UIDs rewritten in place, never delete-and-recreate | `backup_over_a_diverged_destination_makes_it_identical` |
+//! | `fast-vs-full`: equally many changes on both sides | "changed" sync skips the mailbox, exit 0, sides differ | rule 4: a corvid master never asks for the fast sync | `equal_numbers_of_changes_on_both_sides_still_converge` |
+//!
 //! Memory: bodies go out one message at a time as the driver drains
 //! output; one incoming body is held up to [`Options::mail_bytes_max`]
 //! (then written inline with its record); `C`/`R` lists are bounded by
