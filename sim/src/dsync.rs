@@ -25,14 +25,12 @@
 //! attempted — rule 3 may still rescue it, which is allowed); nothing
 //! present that nobody wrote (GUIDs, keywords).
 //!
-//! Known, not fixed here (engine::dsync's rule 5): with three replicas a
-//! message held at different UIDs on different nodes is moved "above both
-//! UIDNEXTs" by every pairwise session, so around a ring it is renumbered
-//! for ever and the replicas never agree on its UID (seed 13 of
-//! `dsync_three_replicas`, kept as an ignored test). Keeping the higher
-//! UID when it is free on the other side would converge. The CI range for
-//! three replicas sets [`Config::tolerate_uid_chase`]: that one difference
-//! is counted, any other still fails.
+//! Fixed in session 3 (engine::dsync rule 5): with three replicas a
+//! message held at different UIDs on different nodes was moved "above both
+//! UIDNEXTs" by every pairwise session, so around a ring it was renumbered
+//! for ever (seed 13 of `dsync_three_replicas`, now a regression test).
+//! Every range runs strictly; [`Config::tolerate_uid_chase`] is kept for
+//! experiments with other merge rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -91,9 +89,10 @@ pub struct Config {
     /// node has writes pending. Off, the simulator finds lost updates
     /// (see `regression_seed_7_lost_update` in tests/world_dsync.rs).
     pub user_lock: bool,
-    /// Tolerate the known three-replica UID chase (module doc): when the
-    /// nodes still differ after the healed rounds only in the UIDs of
-    /// messages every node holds, count it instead of failing.
+    /// Tolerate a three-replica UID chase (module doc; none is known
+    /// since session 3): when the nodes still differ after the healed
+    /// rounds only in the UIDs of messages every node holds, count it
+    /// instead of failing.
     pub tolerate_uid_chase: bool,
 }
 
