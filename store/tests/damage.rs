@@ -212,11 +212,24 @@ fn a_corrupt_or_foreign_index_is_refused_at_open() {
 #[test]
 fn one_writer_at_a_time_and_no_unknown_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let _a = Embedded::open(options(dir.path())).unwrap();
+    let a = Embedded::open(options(dir.path())).unwrap();
+    // Writers share the store (a server and a rolling client); a writer
+    // that needs it alone (gc) is refused while one runs, and keeps the
+    // others out while it runs.
+    let b = Embedded::open(options(dir.path())).unwrap();
+    let mut alone = options(dir.path());
+    alone.exclusive = true;
+    assert!(matches!(
+        Embedded::open(alone.clone()),
+        Err(Error::Locked(_))
+    ));
+    drop((a, b));
+    let _x = Embedded::open(alone.clone()).unwrap();
     assert!(matches!(
         Embedded::open(options(dir.path())),
         Err(Error::Locked(_))
     ));
+    assert!(matches!(Embedded::open(alone), Err(Error::Locked(_))));
     // Readers may come while the writer runs.
     Embedded::open_read_only(&options(dir.path())).unwrap();
 

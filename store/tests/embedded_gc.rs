@@ -13,7 +13,10 @@ use store::embedded::{Embedded, Options};
 fn options(dir: &Path) -> Options {
     let mut parts = BTreeMap::new();
     parts.insert("default".to_string(), dir.join("spool"));
-    Options::new(dir.join("conf"), parts)
+    let mut o = Options::new(dir.join("conf"), parts);
+    // gc needs the store to itself.
+    o.exclusive = true;
+    o
 }
 
 fn msg(i: u32) -> Bytes {

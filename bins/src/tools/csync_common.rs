@@ -346,3 +346,44 @@ mod tests {
         assert_ne!(e.digest, Guid::of(b"two"));
     }
 }
+
+/// The sync log channels a writer of the embedded store logs to, from
+/// imapd.conf as Cyrus reads it: `sync_log` (off by default),
+/// `sync_log_channels` (unset: the default channel), and, for a replica
+/// (`replica: true`, i.e. sync_server), `sync_log_chain` — without it a
+/// replica logs only to the listed channels named in
+/// `sync_log_unsuppressable_channels` (default `squatter`), as Cyrus's
+/// sync_server suppresses its own logging.
+pub fn sync_log_channels(
+    conf: &Config,
+    replica: bool,
+) -> Result<engine::store::synclog::Channels, String> {
+    use store::embedded::synclog::Channel;
+    let on = conf
+        .get_bool_or("sync_log", false)
+        .map_err(|e| e.to_string())?;
+    let keys = |v: Option<&str>| -> Result<Vec<String>, String> {
+        Ok(Channel::parse_list(v)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|c| c.key().to_owned())
+            .collect())
+    };
+    let listed = match conf.get_str("sync_log_channels") {
+        Some(v) => Some(keys(Some(v))?),
+        None => None,
+    };
+    let chain = conf
+        .get_bool_or("sync_log_chain", false)
+        .map_err(|e| e.to_string())?;
+    let unsuppressable = keys(Some(
+        conf.get_str("sync_log_unsuppressable_channels")
+            .unwrap_or("squatter"),
+    ))?;
+    Ok(engine::store::synclog::Channels::resolve(
+        on,
+        listed.as_deref(),
+        replica && !chain,
+        &unsuppressable,
+    ))
+}

@@ -110,6 +110,8 @@ pub fn options_from_config(path: &std::path::Path) -> Result<Options, String> {
 fn run(args: Args) -> Result<ExitCode, String> {
     let options = options_from_config(&args.config)?;
     if let What::Gc = args.what {
+        let mut options = options;
+        options.exclusive = true;
         let mut store = Embedded::open(options).map_err(|e| match e {
             store::embedded::Error::Locked(p) => format!(
                 "the store is in use ({} is locked): stop the server before gc",

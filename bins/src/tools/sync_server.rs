@@ -179,6 +179,9 @@ fn settings(conf: &Config, args: &Args) -> Result<(MachineOptions, StoreOptions)
     }
     let mut store = StoreOptions::new(configdir, partitions.clone());
     store.default_partition = conf.get_str("defaultpartition").map(str::to_owned);
+    // What it applies goes to the sync log when `sync_log` and
+    // `sync_log_chain` say so, for a rolling client to replicate onward.
+    store.sync_log_channels = csync_common::sync_log_channels(conf, true)?;
     let mut m = csync_common::machine_options(conf);
     m.starttls =
         conf.get_str("tls_server_cert").is_some() && conf.get_str("tls_server_key").is_some();

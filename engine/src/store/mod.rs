@@ -30,6 +30,7 @@ pub mod conformance;
 mod overlay;
 mod plan;
 mod stage;
+pub mod synclog;
 
 pub use batch::{BatchId, Mutation, WriteBatch};
 pub use completion::{

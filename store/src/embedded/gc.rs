@@ -6,8 +6,8 @@
 //! publishing files and committing the index leaves stray files. `gc`
 //! removes both, safely:
 //!
-//! * It runs on the writer ([`Embedded`]), which holds the store's lock: no
-//!   server runs beside it and no group commit is in progress (it refuses to
+//! * It runs on a writer ([`Embedded`]) opened with `Options::exclusive`,
+//!   which holds the store's lock alone: no server runs beside it and no group commit is in progress (it refuses to
 //!   start inside an unsynced transaction).
 //! * A message still staged in this process (an upload waiting for the
 //!   batch that links it) is never removed, nor its file.
@@ -40,6 +40,12 @@ pub struct GcReport {
 impl Embedded {
     /// Removes unreferenced messages and stray files; see the module doc.
     pub fn gc(&mut self) -> Result<GcReport> {
+        if !self.options.exclusive {
+            // Another writer could be linking a message gc is removing.
+            return Err(Error::Config(
+                "gc needs the store opened exclusively (Options::exclusive)".into(),
+            ));
+        }
         if self.in_tx {
             return Err(Error::Config(
                 "gc with an unsynced batch in progress: sync first".into(),

@@ -96,7 +96,10 @@ use engine::model::{
     Annotations, Guid, Mailbox, MailboxGuid, MailboxName, QuotaRoot, Record, Seen, SieveName,
     SieveScript, Subscription, SyncCrcs, SyncLogLine, Tombstone, Uid, UniqueId, UserId,
 };
-use engine::store::{MailRead, StageHandle, StoreError, StoreWrite, UidRange, WriteBatch};
+use engine::store::synclog::Channels;
+use engine::store::{
+    MailRead, Mutation, StageHandle, StoreError, StoreWrite, UidRange, WriteBatch,
+};
 use rows::{db, ConnRead};
 use rusqlite::{Connection, OpenFlags};
 use staging::{Stage, StagingArea};
@@ -143,6 +146,16 @@ pub struct Options {
     pub reader_connections: usize,
     /// Also append committed sync log lines to Cyrus-format files.
     pub sync_log_files: bool,
+    /// The channels every batch logs its changes to (Cyrus's `sync_log`,
+    /// `sync_log_channels`, `sync_log_chain` resolved by the writer): the
+    /// store appends the lines [`engine::store::synclog::lines_for`]
+    /// derives, in the batch's own transaction. Empty: no logging.
+    pub sync_log_channels: Channels,
+    /// Take the store's lock exclusively (`corvid store gc`). Otherwise
+    /// the lock is shared: several corvid processes may write one store at
+    /// once (a `sync_server` serving and a `sync_client -r` trimming the
+    /// log it replicates onward); SQLite serialises their transactions.
+    pub exclusive: bool,
     /// Rehash a message before handing out its last bytes.
     pub verify_on_read: bool,
     /// Run SQLite's `quick_check` when opening (linear in the index size).
@@ -169,6 +182,8 @@ impl Options {
             fsync_at_staging: false,
             reader_connections: 4,
             sync_log_files: false,
+            sync_log_channels: Channels::none(),
+            exclusive: false,
             verify_on_read: true,
             check_index_on_open: true,
         }
@@ -404,13 +419,30 @@ impl Embedded {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
+        // Alone (the exclusive lock is free): temporaries are a crash's
+        // leftovers. Beside another writer they may be its uploads.
+        let alone = match lock.try_lock() {
+            Ok(()) => true,
+            Err(fs::TryLockError::WouldBlock) if !options.exclusive => false,
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(lock_path)),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-        }
+        };
         let partitions = blobs::Partitions::open(&options.partitions, true)?;
-        partitions.clean_tmp()?;
+        if alone {
+            partitions.clean_tmp()?;
+        }
+        if !options.exclusive {
+            // Shared from here on (converting an exclusive lock, or joining
+            // other writers'). Blocks only while a gc holds it exclusively.
+            match lock.try_lock_shared() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) if alone => {
+                    lock.lock_shared().map_err(|e| Error::io(&lock_path, e))?
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(lock_path)),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+            }
+        }
         let index_path = options.index_path();
         let mut conn = open_conn(
             &index_path,
@@ -721,9 +753,25 @@ impl StoreWrite for Embedded {
             links: Links::default(),
             run: None,
         };
+        // The sync log lines, named from the state the batch applies to
+        // (this transaction's, earlier batches of the group included).
+        let log: Vec<Mutation> = if self.options.sync_log_channels.is_empty() {
+            Vec::new()
+        } else {
+            match engine::store::synclog::lines_for(&batch.mutations, &ConnRead(&self.conn)) {
+                Ok(lines) => self.options.sync_log_channels.appends(&lines),
+                Err(e) => {
+                    self.conn
+                        .execute_batch("ROLLBACK TO batch; RELEASE batch")
+                        .map_err(db)?;
+                    return Err(e);
+                }
+            }
+        };
         let mut result = batch
             .mutations
             .iter()
+            .chain(&log)
             .try_for_each(|m| a.apply(m))
             .and_then(|()| a.finish());
         let links = std::mem::take(&mut a.links);

@@ -424,6 +424,21 @@ pub(crate) fn stored_crcs(c: &Connection, mailbox_id: i64) -> rusqlite::Result<S
 /// need the partitions: see `Reader`).
 pub(crate) struct ConnRead<'a>(pub(crate) &'a Connection);
 
+/// What the sync log derivation needs, read inside the writer's open
+/// transaction (earlier batches of the group included).
+impl engine::store::synclog::Names for ConnRead<'_> {
+    fn name_of(&self, id: &UniqueId) -> Result<Option<MailboxName>, StoreError> {
+        Ok(self.mailbox_full(id)?.map(|(_, m)| m.name))
+    }
+    fn mailbox_ids_of_user(&self, user: &UserId) -> Result<Vec<UniqueId>, StoreError> {
+        Ok(self
+            .mailboxes_of_user(user)?
+            .into_iter()
+            .map(|m| m.uniqueid)
+            .collect())
+    }
+}
+
 impl ConnRead<'_> {
     pub(crate) fn mailbox_id(&self, id: &UniqueId) -> Result<Option<i64>, StoreError> {
         self.0
