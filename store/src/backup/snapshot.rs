@@ -303,9 +303,10 @@ impl Snapshot {
             .into_iter()
             .filter_map(|(id, r)| ids.get(&id).map(|n| (n.clone(), r)))
             .collect();
+        // Seen state of another user's mailbox stays on that mailbox.
         self.seen = std::mem::take(&mut self.seen)
             .into_iter()
-            .filter_map(|(id, s)| ids.get(&id).map(|n| (n.clone(), s)))
+            .map(|(id, s)| (ids.get(&id).cloned().unwrap_or(id), s))
             .collect();
         self.subs = std::mem::take(&mut self.subs)
             .into_iter()
