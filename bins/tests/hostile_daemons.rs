@@ -1682,13 +1682,10 @@ fn dsync_server_disk_full() {
     assert!(full_seen, "no size made the disk full");
 }
 
-/// FINDING W4 (engine/src/csync/server.rs, not fixed here): the idle timer
-/// restarts on every byte, so a peer that dribbles one byte per interval
-/// shorter than `sync_timeout` holds its connection (and a slot of the
-/// 1,024) forever without ever completing a command. Desired: a deadline
-/// for a complete command before authentication.
+/// W4 (fixed for csync): the idle clock restarts only when a command (or
+/// 64 KiB of a literal) completes, so a peer that dribbles one byte per
+/// interval shorter than `sync_timeout` is cut off.
 #[test]
-#[ignore = "finding W4: a dribbling peer is never cut off (see SECURITY.md)"]
 fn csync_dribbling_peer_is_cut_off() {
     let d = Daemon::start_with(Kind::SyncServer, None, IDLE_S, 1100);
     let mut c = d.connect();
@@ -1709,13 +1706,11 @@ fn csync_dribbling_peer_is_cut_off() {
     );
 }
 
-/// FINDING W5 (engine::model / engine::csync, not fixed here): names Cyrus's
-/// `mboxname_policycheck` refuses (`..`, `/`, bytes that are not UTF-8)
-/// are accepted by the csync daemons as new mailboxes. Harmless to the
-/// embedded store (names are never paths), but such names cannot be
-/// replicated onward to Cyrus or exported to a Maildir.
+/// W5 (fixed): names Cyrus's `mboxname_policycheck` refuses (`..`, `/`,
+/// bytes that are not UTF-8) are refused as Cyrus answers them (`NO
+/// Unknown error`), so a corvid replica never holds a name it could not
+/// replicate onward to Cyrus or export to a Maildir.
 #[test]
-#[ignore = "finding W5: csync accepts mailbox names Cyrus refuses (see SECURITY.md)"]
 fn csync_refuses_names_cyrus_refuses() {
     let d = Daemon::start(Kind::SyncServer, None);
     let mut c = csync_login(&d, ADMIN, ADMIN_PASS);

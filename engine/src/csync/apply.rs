@@ -293,6 +293,7 @@ fn new_mailbox(
     ctx: &ApplyCtx<'_>,
     partition: Partition,
 ) -> Result<Mailbox, Refusal> {
+    policy_check(&hdr.name)?;
     let mut mb = Mailbox::new(
         hdr.uniqueid.clone(),
         mailbox_guid_of(&hdr.uniqueid),
@@ -304,6 +305,21 @@ fn new_mailbox(
     );
     mb.mbtype = hdr.mbtype;
     Ok(mb)
+}
+
+/// Cyrus's `mboxname_policycheck` on a name about to be created or
+/// renamed to: `IMAP_MAILBOX_BADNAME`, which 3.6's sync_server answers as
+/// `NO Unknown error` (its `sync_response` has no text for it). A `domain!`
+/// prefix is allowed (as with `virtdomains`), since the replica cannot know
+/// the master's setting and refusing it would stop a virtdomains master.
+pub fn policy_check(name: &crate::model::MailboxName) -> Result<(), Refusal> {
+    if name.cyrus_policy_ok(true) {
+        Ok(())
+    } else {
+        Err(Refusal::Unknown(format!(
+            "invalid mailbox name {name} (Cyrus mboxname_policycheck)"
+        )))
+    }
 }
 
 /// Plans a `RESTORE MAILBOX`: appends the records to the mailbox with new

@@ -93,8 +93,14 @@ pub struct Options {
     pub server_name: String,
     /// The version word(s) after `Cyrus sync server`.
     pub version: String,
-    /// SASL mechanisms offered in `* SASL` (in that order).
+    /// SASL mechanisms offered in `* SASL` (in that order) and accepted,
+    /// while the connection is not under TLS. The daemon computes it as
+    /// libsasl would (`io_tokio::auth::offered_mechanisms`): with
+    /// `allowplaintext: no` (Cyrus's default) PLAIN and LOGIN are not
+    /// offered in the clear, so a real sync_client starts TLS (W6).
     pub mechanisms: Vec<Mechanism>,
+    /// The same once STARTTLS has succeeded (or the session began under TLS).
+    pub mechanisms_tls: Vec<Mechanism>,
     /// Offer and accept STARTTLS (the driver must have a TLS config).
     pub starttls: bool,
     /// Offer and accept `COMPRESS DEFLATE`.
@@ -105,8 +111,15 @@ pub struct Options {
     pub force: bool,
     /// Delay before a failed-login `NO` (Cyrus `failedloginpause`, 3 s).
     pub failed_login_pause: Duration,
-    /// A session silent this long is closed (Cyrus `sync_timeout`, 30 min).
+    /// A session that completes nothing for this long is closed (Cyrus
+    /// `sync_timeout`, 30 min). The clock restarts when a whole command
+    /// (or a whole upload line, or `idle_progress_bytes` of a message
+    /// literal) has arrived and when an answer is sent, never on a stray
+    /// byte: a peer dribbling one byte a minute is cut off (SECURITY.md W4).
     pub idle_timeout: Option<Duration>,
+    /// Message literal bytes that count as progress for `idle_timeout`
+    /// (a slow but real upload keeps its session; a trickle does not).
+    pub idle_progress_bytes: u64,
     /// Framer limits (after login).
     pub frame: frame::Options,
     /// Longest line taken from a peer that has not logged in yet: before
@@ -203,12 +216,14 @@ impl Default for Options {
             server_name: "localhost".into(),
             version: concat!("3.6.1-corvid-", env!("CARGO_PKG_VERSION")).into(),
             mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+            mechanisms_tls: vec![Mechanism::Plain, Mechanism::Login],
             starttls: false,
             compress: true,
             tls_active: false,
             force: false,
             failed_login_pause: Duration::from_secs(3),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
+            idle_progress_bytes: 64 * 1024,
             frame: frame::Options::csync(),
             preauth_line_bytes_max: 64 * 1024,
             sasl: sasl::Options::default(),
@@ -467,7 +482,10 @@ pub struct Server<R> {
     force: bool,
     sieve_mailbox: bool,
     closed: bool,
+    /// When the session last made progress (see `Options::idle_timeout`).
     last_input: Time,
+    /// Literal bytes received since `last_input` moved.
+    literal_progress: u64,
     now: Time,
     /// GUID → size of bytes staged by this session (Cyrus's reserve list),
     /// dropped at RESTART.
@@ -582,6 +600,7 @@ impl<R: MailRead> Server<R> {
             sieve_mailbox: false,
             closed: false,
             last_input: now,
+            literal_progress: 0,
             now,
             staged: BTreeMap::new(),
             current_file: None,
@@ -603,6 +622,15 @@ impl<R: MailRead> Server<R> {
         &self.read
     }
 
+    /// The mechanisms offered and accepted now (TLS or not).
+    fn mechanisms(&self) -> &[Mechanism] {
+        if self.tls_active {
+            &self.opts.mechanisms_tls
+        } else {
+            &self.opts.mechanisms
+        }
+    }
+
     /// The IMAP capabilities: before login (mechanisms) or after.
     fn imap_capabilities(&self) -> String {
         let mut c = String::from("IMAP4rev1 LITERAL+ ID ENABLE");
@@ -612,7 +640,7 @@ impl<R: MailRead> Server<R> {
             if self.opts.starttls && !self.tls_active {
                 c.push_str(" STARTTLS");
             }
-            for m in &self.opts.mechanisms {
+            for m in self.mechanisms() {
                 c.push_str(" AUTH=");
                 c.push_str(m.name());
             }
@@ -634,10 +662,9 @@ impl<R: MailRead> Server<R> {
         }
         let mut lines = Vec::new();
         let authed = matches!(self.phase, Phase::Auth { .. });
-        if !authed && !self.opts.mechanisms.is_empty() {
+        if !authed && !self.mechanisms().is_empty() {
             lines.push(Response::Capability(Capability::Sasl(
-                self.opts
-                    .mechanisms
+                self.mechanisms()
                     .iter()
                     .map(|m| Bytes::from_static(m.name().as_bytes()))
                     .collect(),
@@ -690,7 +717,15 @@ impl<R: MailRead> Server<R> {
         self.out.extend_from_slice(&r.encode().into_bytes());
     }
 
+    /// The session completed something: the idle clock starts again.
+    fn progress(&mut self) {
+        self.last_input = self.now;
+        self.literal_progress = 0;
+    }
+
     fn status(&mut self, mut s: Status) {
+        // An answer ends a command (which may have waited on the store).
+        self.progress();
         // backupd's one different success text (`OK Success`).
         if self.opts.backupd && s == Status::success() {
             s = Status::ok(proto::csync::texts::BACKUPD_SUCCESS);
@@ -781,6 +816,16 @@ impl<R: MailRead> Server<R> {
     }
 
     fn on_event(&mut self, tag: Option<Bytes>, ev: DecEvent<Line, CommandError>) {
+        match &ev {
+            DecEvent::FileChunk(bytes) => {
+                self.literal_progress += bytes.len() as u64;
+                if self.literal_progress >= self.opts.idle_progress_bytes {
+                    self.progress();
+                }
+            }
+            DecEvent::ContinuationNeeded { .. } => {}
+            _ => self.progress(),
+        }
         match ev {
             DecEvent::FileStart(f) => {
                 self.abort_staging();
@@ -1066,7 +1111,7 @@ impl<R: MailRead> Server<R> {
         let mech = std::str::from_utf8(mechanism)
             .ok()
             .and_then(Mechanism::from_name)
-            .filter(|m| self.opts.mechanisms.contains(m));
+            .filter(|m| self.mechanisms().contains(m));
         let Some(mech) = mech else {
             return self.start_pause();
         };
@@ -1661,6 +1706,7 @@ impl<R: MailRead> Server<R> {
                 }
                 let mut m = Vec::new();
                 if old != new {
+                    super::apply::policy_check(&new)?;
                     if self.read.mailbox(&new)?.is_some() {
                         return Err(Refusal::Unknown("target name exists".into()));
                     }
@@ -2042,7 +2088,8 @@ impl<R: MailRead> Machine for Server<R> {
             return;
         }
         self.now = now;
-        self.last_input = now;
+        // Bytes alone are not progress (W4): `on_event` moves the clock
+        // when they complete something.
         self.decoder.handle_input(bytes);
         self.pump();
     }

@@ -516,7 +516,89 @@ impl Keyword {
     }
 }
 
+/// Cyrus 3.6's `mboxname_policycheck` printable set: every other byte
+/// (`! " % & / ; < > \\ ` { | }`, controls, 8-bit) is refused, `&` only
+/// opening a modified UTF-7 sequence.
+const CYRUS_NAME_CHARS: &[u8] =
+    b" #$'()*+,-.0123456789:=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_abcdefghijklmnopqrstuvwxyz~";
+
+/// Cyrus's longest mailbox name (`MAX_MAILBOX_NAME`).
+const CYRUS_NAME_BYTES_MAX: usize = 490;
+
 impl MailboxName {
+    /// Whether Cyrus 3.6 would accept this internal name for a new or
+    /// renamed mailbox (`mboxname_policycheck`, `imap/mboxname.c`): at
+    /// most 490 bytes; not starting with `$`, `.` or `~`; no empty
+    /// hierarchy level (`..`, a leading or trailing `.`); not `user`,
+    /// `user.anyone`, `user.anonymous` or `user.%…`; only the printable
+    /// characters of Cyrus's list, and `&` only as well-formed modified
+    /// UTF-7 (`&-`, or base64 of non-ASCII UTF-16, zero padding bits,
+    /// never two sequences back to back). A `domain!` prefix is allowed
+    /// when `virtdomains` is on. Names under `DELETED.` (Cyrus's delayed
+    /// delete namespace) skip the check, as in Cyrus.
+    ///
+    /// The model itself keeps names opaque; protocol code asks this where
+    /// Cyrus would (creating and renaming), so a corvid replica never holds
+    /// a name a real Cyrus could not take over.
+    pub fn cyrus_policy_ok(&self, virtdomains: bool) -> bool {
+        let full = self.as_bytes();
+        if full.first() == Some(&b'$') {
+            return false;
+        }
+        let (domain, local) = match full.iter().position(|&c| c == b'!') {
+            Some(i) if virtdomains => (true, &full[i + 1..]),
+            Some(_) => return false,
+            None => (false, full),
+        };
+        if local.starts_with(b"DELETED.") {
+            return true;
+        }
+        if full.len() > CYRUS_NAME_BYTES_MAX {
+            return false;
+        }
+        let name = local;
+        if name.is_empty()
+            || name[0] == b'.'
+            || name[0] == b'~'
+            || name[name.len() - 1] == b'.'
+            || name.windows(2).any(|w| w == b"..")
+            || name == b"user"
+            || name == b"user.anyone"
+            || name == b"user.anonymous"
+            || name.starts_with(b"user.%")
+        {
+            return false;
+        }
+        let mut i = 0;
+        let mut saw_utf7 = false;
+        while i < name.len() {
+            if name[i] != b'&' {
+                if !(CYRUS_NAME_CHARS.contains(&name[i]) || (domain && name[i] == b'!')) {
+                    return false;
+                }
+                i += 1;
+                saw_utf7 = false;
+                continue;
+            }
+            // Modified UTF-7: `&` base64 `-`, or `&-` for a literal `&`.
+            let end = match name[i + 1..].iter().position(|&c| c == b'-') {
+                Some(n) => i + 1 + n,
+                None => return false,
+            };
+            let b64 = &name[i + 1..end];
+            if !b64.is_empty() {
+                if saw_utf7 || !utf7_run_ok(b64) {
+                    return false;
+                }
+                saw_utf7 = true;
+            } else {
+                saw_utf7 = false;
+            }
+            i = end + 1;
+        }
+        true
+    }
+
     /// Whether `self` is `other` or below it in a hierarchy that uses `sep`.
     pub fn is_at_or_below(&self, other: &MailboxName, sep: u8) -> bool {
         let (a, b) = (self.as_bytes(), other.as_bytes());
@@ -550,5 +632,118 @@ impl AnnotationOwner {
         } else {
             UserId::new(b).map(AnnotationOwner::User)
         }
+    }
+}
+
+/// One modified-UTF-7 base64 run (between `&` and `-`): whole UTF-16 units
+/// of 16 bits in groups as Cyrus decodes them, none of them ASCII, and
+/// the bits after the last unit zero.
+fn utf7_run_ok(b64: &[u8]) -> bool {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some((c - b'A') as u32),
+            b'a'..=b'z' => Some((c - b'a') as u32 + 26),
+            b'0'..=b'9' => Some((c - b'0') as u32 + 52),
+            b'+' => Some(62),
+            b',' => Some(63),
+            _ => None,
+        }
+    }
+    // Cyrus reads 3, 3 and 2 sextets per 16-bit unit in a cycle of three
+    // units (8 sextets = 48 bits); a run may end after any unit.
+    let mut bits: u32 = 0;
+    let mut nbits = 0u32;
+    let mut units = 0usize;
+    let mut it = b64.iter();
+    loop {
+        let need = match units % 3 {
+            0 | 1 => 3,
+            _ => 2,
+        };
+        // Sextets needed to complete the next unit, given leftover bits.
+        let take = (16u32.saturating_sub(nbits)).div_ceil(6).min(need);
+        let mut got = 0;
+        for _ in 0..take {
+            match it.next() {
+                Some(&c) => match val(c) {
+                    Some(v) => {
+                        bits = (bits << 6) | v;
+                        nbits += 6;
+                        got += 1;
+                    }
+                    None => return false,
+                },
+                None => break,
+            }
+        }
+        if got == 0 {
+            // The run ended on a unit boundary: leftover bits must be zero.
+            return units > 0 && nbits < 6 && bits & ((1 << nbits) - 1) == 0;
+        }
+        if nbits < 16 {
+            return false;
+        }
+        let unit = (bits >> (nbits - 16)) & 0xffff;
+        nbits -= 16;
+        bits &= (1 << nbits) - 1;
+        units += 1;
+        if unit & 0xff80 == 0 {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::MailboxName;
+
+    fn ok(n: &[u8]) -> bool {
+        MailboxName::new(n).unwrap().cyrus_policy_ok(false)
+    }
+
+    /// Each case as Cyrus 3.6.1's `mboxname_policycheck` answers it.
+    #[test]
+    fn cyrus_mailbox_name_policy() {
+        for good in [
+            &b"user.alice"[..],
+            b"user.alice.Sent Items",
+            b"shared.lists",
+            b"user.alice.a&AOk-t&AOk-", // été, two sequences apart
+            b"user.alice.&-amp",        // a literal &
+            b"user.alice.&ZeVnLIqe-",   // 日本語
+            b"user.jane^doe.x",
+            b"DELETED.user.alice.x..y", // delayed-delete namespace: not checked
+        ] {
+            assert!(ok(good), "{:?} refused", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"user/../../etc"[..],
+            b"user.carol..",
+            b"user.carol..x",
+            b".user",
+            b"user.carol.",
+            b"~user",
+            b"$RACL",
+            b"user",
+            b"user.anyone",
+            b"user.anonymous",
+            b"user.%shared",
+            b"user.\xff\xfe",
+            b"user.a\tb",
+            b"user.a\"b",
+            b"user.a;b",
+            b"user.a&AOk-&AOk-", // adjacent sequences
+            b"user.a&AGE-",      // ASCII 'a' in UTF-7
+            b"user.a&AOk",       // unterminated
+            b"user.a&AOl-",      // non-zero padding bits
+            b"dom.com!user.a",   // a domain without virtdomains
+        ] {
+            assert!(!ok(bad), "{:?} accepted", String::from_utf8_lossy(bad));
+        }
+        let long = format!("user.a.{}", "x".repeat(490));
+        assert!(!ok(long.as_bytes()));
+        assert!(MailboxName::new("dom.com!user.a")
+            .unwrap()
+            .cyrus_policy_ok(true));
     }
 }
