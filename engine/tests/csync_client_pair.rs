@@ -870,3 +870,41 @@ fn batch_size_splits_a_large_update_into_partial_states() {
         "{ev:?}"
     );
 }
+
+/// Server annotations (sync log `ANNOTATION ""`): `GET ANNOTATION ""`,
+/// then APPLY ANNOTATION for ours the replica lacks or holds otherwise,
+/// UNANNOTATION for the replica's that we do not have.
+#[test]
+fn server_annotations_follow_the_log() {
+    use engine::model::{AnnotationEntry, AnnotationOwner, AnnotationValue};
+    let (m, _) = master();
+    let r = store();
+    let set = |s: &Store, entry: &str, value: &'static [u8]| {
+        write(
+            s,
+            vec![Mutation::SetAnnotation {
+                mailbox: None,
+                entry: AnnotationEntry::new(entry).unwrap(),
+                owner: AnnotationOwner::Shared,
+                value: AnnotationValue {
+                    modseq: ModSeq(0),
+                    value: Bytes::from_static(value),
+                },
+            }],
+        )
+    };
+    set(&m, "/motd", b"hello");
+    set(&m, "/admin", b"root@example.org");
+    set(&r, "/admin", b"someone@else");
+    set(&r, "/comment", b"replica only");
+    let jobs = jobs_from_log(&[SyncLogLine::Annotation(None)]);
+    assert_eq!(jobs, vec![Command::Annotation(None)]);
+    let ev = run(&m, &r, opts(), jobs.clone());
+    assert_eq!(job_ok(&ev), 1);
+    assert_eq!(
+        r.borrow().server_annotations().unwrap(),
+        m.borrow().server_annotations().unwrap()
+    );
+    let ev = run(&m, &r, opts(), jobs);
+    assert_eq!(job_ok(&ev), 1);
+}

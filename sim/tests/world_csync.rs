@@ -7,9 +7,19 @@
 const DEFAULT_SEEDS: std::ops::Range<u64> = 0..150;
 
 /// Seeds of the 10,000-seed release run that fail and are not fixed yet;
-/// skipped in the range. Empty: the five found when the world was built
-/// are fixed and replayed by `regression_fixed_csync_seeds`.
-const QUARANTINED: &[u64] = &[];
+/// skipped in the range, replayed by the ignored
+/// `regression_quarantined_csync_seeds`; remove a seed once it passes.
+/// (The five found when the world was built are fixed and replayed by
+/// `regression_fixed_csync_seeds`.)
+/// 966 (found by the sim helper's csync variants, session 3): the old
+/// master deleted `user.alice.f18` during a partition (a tombstone at
+/// HIGHESTMODSEQ 4) while the new primary renamed it and appended; the
+/// split-brain session re-creates it on the old master with the primary's
+/// lower HIGHESTMODSEQ and UIDs (4 → 2). The replica's tombstone is
+/// invisible to the client (GET USER lists none), so the server must
+/// refuse or renumber an APPLY MAILBOX that would re-create a mailbox
+/// below its own tombstone (engine/src/csync, reported).
+const QUARANTINED: &[u64] = &[966];
 
 /// Seeds that failed once and are fixed, replayed in every `cargo test`:
 /// 4748 and 6998 reused a UID after a failover (a copyback planned from the
@@ -123,4 +133,14 @@ fn any_time_failover(seed: u64) {
     cfg.failover_any_time = true;
     let (mut t, mut c) = (sim::Trace::default(), sim::Coverage::default());
     sim::csync::run_with(seed, cfg, &mut t, &mut c);
+}
+
+/// The quarantined seeds above, each replayed in full.
+#[test]
+#[ignore = "open csync finding (see QUARANTINED)"]
+fn regression_quarantined_csync_seeds() {
+    for &seed in QUARANTINED {
+        let (mut t, mut c) = (sim::Trace::default(), sim::Coverage::default());
+        sim::csync::run(seed, false, &mut t, &mut c);
+    }
 }

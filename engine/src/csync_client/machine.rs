@@ -84,7 +84,12 @@ pub struct Options {
     /// `sync_batchsize`: most new messages in one APPLY MAILBOX; a mailbox
     /// with more is sent as partial states (Cyrus 3.6: LAST_UID at the
     /// batch end, HIGHESTMODSEQ below every later record, SYNC_CRC 0), the
-    /// replica read again between batches. `None`: everything at once.
+    /// replica read again between batches. `None` (the default):
+    /// everything at once, as 3.6.1's shipped client does (its BATCH flag
+    /// never takes effect, research/csync-protocol.md §4.3). Not wired to
+    /// `sync_batchsize`: the real 3.6.1 sync_server answered these partial
+    /// states with IMAP_SYNC_CHECKSUM twice (then a full update) in
+    /// `bins/tests/sync_client_live.rs`; corvid's server accepts them.
     pub batch_size: Option<usize>,
     /// Most GUIDs per `APPLY RESERVE` (Cyrus: 8192).
     pub reserve_guids_max: usize,
@@ -125,7 +130,7 @@ impl Options {
             partition: None,
             sieve_mailbox: true,
             promote_errors: false,
-            batch_size: Some(8192),
+            batch_size: None,
             reserve_guids_max: 8192,
             upload_files_max: 1024,
             upload_bytes_max: 16 << 20,
@@ -153,6 +158,11 @@ pub enum Command {
     Unuser(UserId),
     /// Delete a mailbox on the replica (if we hold its tombstone).
     Unmailbox(MailboxName),
+    /// Mailbox-level annotations of one mailbox, or (`None`) the server's
+    /// (sync log `ANNOTATION ""`): `GET ANNOTATION`, then `APPLY
+    /// ANNOTATION` / `UNANNOTATION` for the differences (3.6.1
+    /// `sync_do_annotation`).
+    Annotation(Option<MailboxName>),
     /// `RESTART`: the replica drops its reserve list.
     Restart,
     /// After the queued jobs: `EXIT` and close.
@@ -174,6 +184,10 @@ impl Command {
             Command::Meta(u) => format!("META {}", s(u.as_bytes())),
             Command::Unuser(u) => format!("UNUSER {}", s(u.as_bytes())),
             Command::Unmailbox(n) => format!("UNMAILBOX {}", s(n.as_bytes())),
+            Command::Annotation(n) => format!(
+                "ANNOTATION \"{}\"",
+                n.as_ref().map_or(String::new(), |n| s(n.as_bytes()))
+            ),
             Command::Restart => "RESTART".into(),
             Command::Exit => "EXIT".into(),
         }
@@ -802,6 +816,14 @@ impl<R: MailRead> Client<R> {
                 };
                 (None, steps)
             }
+            Command::Annotation(n) => (
+                None,
+                vec![Step::GetAnnotation {
+                    name: n
+                        .as_ref()
+                        .map_or(Bytes::new(), |n| Bytes::copy_from_slice(n.as_bytes())),
+                }],
+            ),
             Command::Restart | Command::Exit => unreachable!("not jobs"),
         };
         Job {
@@ -925,6 +947,9 @@ impl<R: MailRead> Client<R> {
                 Cmd::Get(Item::new("FULLMAILBOX", plan::text(name.as_bytes())))
             }
             Step::Fetch { kv } => Cmd::Get(Item::new("FETCH", Value::KvList(kv.clone()))),
+            Step::GetAnnotation { name } => {
+                Cmd::Get(Item::new("ANNOTATION", Value::string(name.clone())))
+            }
             Step::CheckSieve { kv, .. } => {
                 Cmd::Get(Item::new("FETCH_SIEVE", Value::KvList(kv.clone())))
             }
@@ -1653,6 +1678,16 @@ impl<R: MailRead> Client<R> {
                 }
                 if !ok {
                     self.fail(Self::refused(&step, &status));
+                }
+            }
+            Step::GetAnnotation { name } => {
+                if !ok && !nonexistent {
+                    return self.fail(Self::refused(&step, &status));
+                }
+                match plan::plan_annotations(&self.read, name, &data) {
+                    Ok(Ok(steps)) => self.push_front(steps),
+                    Ok(Err(e)) => self.fail(Self::bad(&step, e)),
+                    Err(e) => self.fail(JobError::Store(e)),
                 }
             }
             Step::CheckSieve { content, then, .. } => {

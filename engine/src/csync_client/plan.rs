@@ -106,6 +106,11 @@ pub(crate) enum Step {
         /// write unless a mailbox took its id or name meanwhile.
         adopt: Option<Box<Mailbox>>,
     },
+    /// `GET ANNOTATION` of a mailbox (empty name: the server's); the
+    /// answer is planned by [`plan_annotations`].
+    GetAnnotation {
+        name: Bytes,
+    },
     /// `GET FETCH_SIEVE`: a script the replica may hold outside any
     /// `#sieve` mailbox (corvid's own server keeps `APPLY SIEVE` scripts
     /// as scripts and, under SIEVE-MAILBOX, lists none). When the replica
@@ -135,6 +140,7 @@ impl Step {
             Step::GetFull { .. } => "GET FULLMAILBOX".into(),
             Step::Fetch { .. } => "GET FETCH".into(),
             Step::CheckSieve { .. } => "GET FETCH_SIEVE".into(),
+            Step::GetAnnotation { .. } => "GET ANNOTATION".into(),
             Step::Simple { item, .. } => {
                 format!("APPLY {}", String::from_utf8_lossy(&item.key))
             }
@@ -529,6 +535,88 @@ pub(crate) fn plan_meta<R: MailRead + ?Sized>(
     Ok(steps)
 }
 
+/// The `APPLY ANNOTATION` / `UNANNOTATION` steps that make the replica's
+/// annotations of mailbox `name` (empty: the server's), as listed in its
+/// `GET ANNOTATION` answer, equal ours. Ours win: annotations carry no
+/// usable MODSEQ in 3.6.1's answer. A mailbox we do not hold is left to
+/// the mailbox sync.
+pub(crate) fn plan_annotations<R: MailRead + ?Sized>(
+    read: &R,
+    name: &Bytes,
+    answer: &[Item],
+) -> Result<Result<Vec<Step>, wire::WireError>, StoreError> {
+    let ours = if name.is_empty() {
+        read.server_annotations()?
+    } else {
+        let Ok(n) = MailboxName::new(&name[..]) else {
+            return Ok(Err(wire::WireError::Bad("MBOXNAME")));
+        };
+        match read.mailbox(&n)? {
+            Some(mb) => mb.annotations,
+            None => return Ok(Ok(Vec::new())),
+        }
+    };
+    let mut theirs: BTreeMap<(Bytes, Bytes), Bytes> = BTreeMap::new();
+    for item in answer.iter().filter(|i| i.key_is("ANNOTATION")) {
+        let Some(kv) = item.value.as_kvlist() else {
+            return Ok(Err(wire::WireError::Bad("ANNOTATION")));
+        };
+        let field = |k: &'static str| -> Result<Bytes, wire::WireError> {
+            match kv.get(k) {
+                Some(Value::Nil) | None if k == "VALUE" => Ok(Bytes::new()),
+                Some(v) => v
+                    .as_bytes()
+                    .map(Bytes::copy_from_slice)
+                    .ok_or(wire::WireError::Bad(k)),
+                None => Err(wire::WireError::Missing(k)),
+            }
+        };
+        let (entry, owner, value) = match (field("ENTRY"), field("USERID"), field("VALUE")) {
+            (Ok(e), Ok(o), Ok(v)) => (e, o, v),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Ok(Err(e)),
+        };
+        theirs.insert((entry, owner), value);
+    }
+    let mut steps = Vec::new();
+    let mut mine: BTreeSet<(Bytes, Bytes)> = BTreeSet::new();
+    for (entry, owner, v) in ours.iter() {
+        let key = (
+            Bytes::copy_from_slice(entry.as_bytes()),
+            Bytes::copy_from_slice(owner.as_bytes()),
+        );
+        if v.value.is_empty() {
+            continue;
+        }
+        if theirs.get(&key) != Some(&v.value) {
+            steps.push(Step::Simple {
+                item: Item::new(
+                    "ANNOTATION",
+                    Value::KvList(wire::annotation_line(name, entry, owner, &v.value)),
+                ),
+                nonexistent_ok: false,
+            });
+        }
+        mine.insert(key);
+    }
+    for (entry, owner) in theirs.keys() {
+        if !mine.contains(&(entry.clone(), owner.clone())) {
+            steps.push(Step::Simple {
+                item: Item::new(
+                    "UNANNOTATION",
+                    Value::KvList(
+                        KvList::new()
+                            .with("MBOXNAME", Value::string(name.clone()))
+                            .with("ENTRY", Value::string(entry.clone()))
+                            .with("USERID", Value::string(owner.clone())),
+                    ),
+                ),
+                nonexistent_ok: true,
+            });
+        }
+    }
+    Ok(Ok(steps))
+}
+
 /// `APPLY ACTIVATE_SIEVE` of `name`, or `UNACTIVATE_SIEVE` for none.
 fn activate_step(user: &UserId, name: Option<&SieveName>) -> Step {
     let kv = KvList::new().with("USERID", text(user.as_bytes()));
@@ -839,6 +927,7 @@ pub fn jobs_from_log<'a>(lines: impl IntoIterator<Item = &'a SyncLogLine>) -> Ve
     let mut metas: BTreeSet<UserId> = BTreeSet::new();
     let mut unmailboxes: Vec<MailboxName> = Vec::new();
     let mut unusers: Vec<UserId> = Vec::new();
+    let mut server_annotations = false;
     let mut add_mb = |n: &MailboxName| {
         mailboxes.entry(owner_of(n)).or_default().insert(n.clone());
     };
@@ -871,10 +960,10 @@ pub fn jobs_from_log<'a>(lines: impl IntoIterator<Item = &'a SyncLogLine>) -> Ve
                 }
                 None => add_mb(n),
             },
+            // A mailbox's annotations travel in its APPLY MAILBOX; the
+            // server's in their own job (3.6.1 `sync_do_annotation`).
             SyncLogLine::Annotation(Some(n)) => add_mb(n),
-            // Server annotations are not replicated by 3.6.1's USER sync
-            // either; nothing to do.
-            SyncLogLine::Annotation(None) => {}
+            SyncLogLine::Annotation(None) => server_annotations = true,
         }
     }
     let mut out = Vec::new();
@@ -883,6 +972,9 @@ pub fn jobs_from_log<'a>(lines: impl IntoIterator<Item = &'a SyncLogLine>) -> Ve
             continue;
         }
         out.push(Command::Mailboxes(names.into_iter().collect()));
+    }
+    if server_annotations {
+        out.push(Command::Annotation(None));
     }
     for u in metas {
         if !users.contains(&u) {
