@@ -35,6 +35,7 @@ partition-default: $data/partition-default
 servername: $(hostname -f 2>/dev/null || hostname)
 admins: $user
 sasl_mech_list: PLAIN LOGIN
+allowplaintext: yes
 corvid_passwd_file: $data/passwd
 CONF
 fi

@@ -69,7 +69,7 @@ fn start_with(user: &str, pass: &str, extra: &[&str]) -> Backupd {
         &conf,
         format!(
             "backuppartition-default: {d}/backup\nservername: backup.test\n\
-             admins: {user}\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n",
+             admins: {user}\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n",
             d = dir.path().display()
         ),
     )

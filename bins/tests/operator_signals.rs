@@ -55,7 +55,7 @@ impl Drop for Daemon {
 
 fn config_text(dir: &Path) -> String {
     format!(
-        "configdirectory: {d}/conf\npartition-default: {d}/spool\nadmins: repl\nsasl_mech_list: PLAIN\ncorvid_passwd_file: {d}/passwd\n",
+        "configdirectory: {d}/conf\npartition-default: {d}/spool\nadmins: repl\nsasl_mech_list: PLAIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n",
         d = dir.display()
     )
 }

@@ -87,7 +87,7 @@ fn sync_server_under_the_real_master_logs_to_syslog_as_a_cyrus_service() {
         &conf,
         format!(
             "configdirectory: {0}/conf\npartition-default: {0}/spool\nadmins: {1}\n\
-             sasl_mech_list: PLAIN\ncorvid_passwd_file: {0}/passwd\nsyslog_prefix: {2}\n",
+             sasl_mech_list: PLAIN\nallowplaintext: yes\ncorvid_passwd_file: {0}/passwd\nsyslog_prefix: {2}\n",
             d.display(),
             env["REPL_USER"],
             prefix

@@ -678,7 +678,7 @@ fn sync_client_replicates_into_corvid_sync_server() {
         &conf,
         format!(
             "configdirectory: {d}/conf\npartition-default: {d}/part\nservername: corvid.test\n\
-             admins: repl\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n",
+             admins: repl\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n",
             d = dir.path().display()
         ),
     )

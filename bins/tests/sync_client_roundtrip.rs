@@ -209,7 +209,7 @@ impl Corvid {
             &conf,
             format!(
                 "configdirectory: {d}/conf\npartition-default: {d}/part\nservername: corvid.test\n\
-                 admins: repl\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n\
+                 admins: repl\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n\
                  sync_host: 127.0.0.1\nsync_port: {target_port}\nsync_authname: {u}\n\
                  sync_password: {pw}\nsync_try_imap: {ti}\n",
                 d = dir.path().display(),

@@ -134,7 +134,7 @@ fn tls_server(dir: &Path) -> (Kill, u16) {
         &conf,
         format!(
             "configdirectory: {d}/conf\npartition-default: {d}/part\nservername: localhost\n\
-             admins: repl\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n\
+             admins: repl\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n\
              tls_server_cert: {c}/leaf.pem\ntls_server_key: {c}/leaf.key\n",
             d = dir.display(),
             c = dir.parent().unwrap().display(),

@@ -163,7 +163,7 @@ fn start_corvid() -> Corvid {
         &conf,
         format!(
             "configdirectory: {d}/conf\npartition-default: {d}/part\nservername: corvid.test\n\
-             admins: repl\nsasl_mech_list: PLAIN LOGIN\ncorvid_passwd_file: {d}/passwd\n",
+             admins: repl\nsasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\ncorvid_passwd_file: {d}/passwd\n",
             d = dir.path().display()
         ),
     )

@@ -136,6 +136,7 @@ backuppartition-default: $d/backup
 servername: corvid.bench
 admins: $REPL_USER
 sasl_mech_list: PLAIN LOGIN
+allowplaintext: yes
 corvid_passwd_file: $d/passwd
 restore_authname: $REPL_USER
 restore_password: $REPL_PASS

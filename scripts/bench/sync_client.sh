@@ -80,6 +80,7 @@ partition-default: $d/part
 servername: corvid-$1.bench
 admins: repl
 sasl_mech_list: PLAIN LOGIN
+allowplaintext: yes
 corvid_passwd_file: $d/passwd
 sync_host: 127.0.0.1
 sync_authname: repl

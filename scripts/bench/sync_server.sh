@@ -79,6 +79,7 @@ partition-default: $d/part
 servername: corvid.bench
 admins: repl
 sasl_mech_list: PLAIN LOGIN
+allowplaintext: yes
 corvid_passwd_file: $d/passwd
 EOF
   CORVID_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

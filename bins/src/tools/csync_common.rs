@@ -31,11 +31,16 @@ use io_tokio::auth::{
     Access, AuthError, Authenticator, CheckContext, LoginError, PwCheck, Verdict,
 };
 use io_tokio::config::{Config, DurationUnit};
-use proto::sasl::{Credentials, Mechanism};
+use proto::sasl::Credentials;
 use tracing::{error, info, warn};
 
 /// SASL service name of both csync daemons, as Cyrus's.
 pub const SASL_SERVICE: &str = "csync";
+
+/// The security strength a TLS session counts as for offering mechanisms
+/// (Cyrus passes the cipher's bits; every suite rustls offers has more
+/// than the 1 bit that lifts the plaintext ban).
+pub const TLS_SSF: u32 = 256;
 
 /// Recently accepted logins of one daemon; see the module doc.
 pub struct LoginCache {
@@ -284,12 +289,18 @@ pub fn machine_options(conf: &Config) -> MachineOptions {
         .unwrap_or_else(|| "localhost".into())
         .trim()
         .to_owned();
-    if let Some(list) = conf.get_str("sasl_mech_list") {
-        let mechs = Mechanism::parse_list(list);
-        if !mechs.is_empty() {
-            m.mechanisms = mechs;
-        }
-    }
+    // As libsasl under Cyrus's security properties: PLAIN/LOGIN in the
+    // clear only with `allowplaintext: yes`; under TLS always (W6). A
+    // value that does not parse offers nothing (`corvid config check`
+    // names it).
+    let offered = |ssf| {
+        io_tokio::auth::offered_mechanisms(conf, ssf).unwrap_or_else(|e| {
+            warn!(error = %e, "SASL options unreadable: no mechanism offered");
+            Vec::new()
+        })
+    };
+    m.mechanisms = offered(0);
+    m.mechanisms_tls = offered(TLS_SSF);
     if let Ok(s) = conf.get_duration_s("sync_timeout", DurationUnit::Seconds) {
         m.idle_timeout = Some(Duration::from_secs(s.max(3) as u64));
     }
@@ -310,6 +321,30 @@ mod tests {
             service: SASL_SERVICE,
             realm: None,
         }
+    }
+
+    /// W6: PLAIN/LOGIN in the clear only with `allowplaintext: yes`
+    /// (Cyrus's default is no); under TLS always.
+    #[test]
+    fn plaintext_mechanisms_follow_allowplaintext() {
+        use proto::sasl::Mechanism::{Login, Plain};
+        let conf = |t: &str| {
+            Config::parse_str(t, "imapd.conf", &io_tokio::config::LoadOptions::default()).unwrap()
+        };
+        let m = machine_options(&conf("sasl_mech_list: PLAIN LOGIN\n"));
+        assert!(m.mechanisms.is_empty(), "{:?}", m.mechanisms);
+        assert_eq!(m.mechanisms_tls, vec![Plain, Login]);
+        let m = machine_options(&conf("sasl_mech_list: PLAIN LOGIN\nallowplaintext: yes\n"));
+        assert_eq!(m.mechanisms, vec![Plain, Login]);
+        let c = conf("sync_log: 1\nsync_log_channels: \"\" squatter r\n");
+        assert_eq!(
+            sync_log_channels(&c, false).unwrap().keys(),
+            ["", "squatter", "r"]
+        );
+        assert_eq!(sync_log_channels(&c, true).unwrap().keys(), ["squatter"]);
+        let c = conf("sync_log: 1\nsync_log_chain: 1\n");
+        assert_eq!(sync_log_channels(&c, true).unwrap().keys(), [""]);
+        assert!(sync_log_channels(&conf(""), true).unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -44,7 +44,8 @@ struct Args {
     /// imapd.conf to read.
     #[arg(short = 'C', default_value = "/etc/imapd.conf")]
     config: PathBuf,
-    /// External security strength factor (as Cyrus; informational).
+    /// External security strength factor (as Cyrus): a layer this strong
+    /// already protects the socket, so PLAIN/LOGIN may be offered on it.
     #[arg(short = 'p')]
     ssf: Option<u32>,
     /// Force mode for every session (relaxes the replica-ahead checks).
@@ -186,6 +187,12 @@ fn settings(conf: &Config, args: &Args) -> Result<(MachineOptions, StoreOptions)
     m.starttls =
         conf.get_str("tls_server_cert").is_some() && conf.get_str("tls_server_key").is_some();
     m.force = args.force;
+    if let Some(ssf) = args.ssf {
+        // master(8) says the socket is already protected (`-p`): what may
+        // be offered in the clear follows from that strength.
+        m.mechanisms = io_tokio::auth::offered_mechanisms(conf, ssf).map_err(|e| e.to_string())?;
+    }
+
     m.partitions = partitions.keys().cloned().collect();
     Ok((m, store))
 }

@@ -281,3 +281,106 @@ fn get_fetch_streams_one_chunk_per_step() {
     assert_eq!(got, want);
     assert!(s.m.wants_input());
 }
+
+/// W6: with no mechanism allowed in the clear (`allowplaintext: no`),
+/// the banner offers none and PLAIN is refused; after STARTTLS the TLS
+/// list is offered and accepted.
+#[test]
+fn mechanisms_follow_the_tls_state() {
+    let store: Store = Rc::default();
+    let o = Options {
+        server_name: "replica.test".into(),
+        mechanisms: Vec::new(),
+        mechanisms_tls: vec![proto::sasl::Mechanism::Plain],
+        starttls: true,
+        failed_login_pause: Duration::ZERO,
+        ..Options::default()
+    };
+    let mut m = Server::new(at(0), store, o);
+    let mut out = Vec::new();
+    let mut run = |m: &mut Server<Store>, input: Option<&str>| -> (String, bool) {
+        if let Some(i) = input {
+            m.handle_input(at(0), i.as_bytes());
+        }
+        let mut auth = false;
+        let mut tls = false;
+        out.clear();
+        while let Some(o) = m.poll_output() {
+            match o {
+                Output::Transmit(b) => out.extend_from_slice(&b),
+                Output::Effect {
+                    effect: Effect::Authenticate(_),
+                    ..
+                } => auth = true,
+                Output::StartLayer { .. } => tls = true,
+                _ => {}
+            }
+        }
+        if m.poll_timeout().is_some_and(|t| t <= at(0)) {
+            m.handle_timeout(at(0));
+            while let Some(o) = m.poll_output() {
+                if let Output::Transmit(b) = o {
+                    out.extend_from_slice(&b);
+                }
+            }
+        }
+        let _ = tls;
+        (String::from_utf8_lossy(&out).into_owned(), auth)
+    };
+    let (banner, _) = run(&mut m, None);
+    assert!(!banner.contains("PLAIN"), "{banner}");
+    assert!(banner.contains("STARTTLS"), "{banner}");
+    let (r, auth) = run(&mut m, Some("AUTHENTICATE PLAIN AHJlcGwAcmVwbHBhc3M=\r\n"));
+    assert!(!auth, "a password was checked over cleartext: {r}");
+    assert!(r.contains("NO"), "{r}");
+    let (r, _) = run(&mut m, Some("STARTTLS\r\n"));
+    assert!(r.contains("PLAIN"), "no PLAIN offered under TLS: {r}");
+    let (_, auth) = run(&mut m, Some("AUTHENTICATE PLAIN AHJlcGwAcmVwbHBhc3M=\r\n"));
+    assert!(auth, "PLAIN refused under TLS");
+}
+
+/// W4: bytes that never complete a command do not keep a session alive.
+#[test]
+fn idle_clock_counts_whole_commands_not_bytes() {
+    let store: Store = Rc::default();
+    let mut s = Session::new(store, None, 1, at(0));
+    s.m = Server::new(
+        at(0),
+        s.store.clone(),
+        Options {
+            idle_timeout: Some(Duration::from_secs(3)),
+            ..Options::default()
+        },
+    );
+    s.drain(at(0));
+    // A byte every 2 s: never a whole line.
+    for k in 1..=3u64 {
+        s.m.handle_input(at(k * 2000), b"G");
+        s.drain(at(k * 2000));
+        let t = s.tick(at(k * 2000));
+        if k == 1 {
+            assert!(t.is_empty(), "cut off too early: {t}");
+        }
+    }
+    assert!(s.m.is_closed(), "a dribbling peer was kept");
+    // A peer that completes commands slowly stays.
+    let store: Store = Rc::default();
+    let mut s = Session::new(store, None, 1, at(0));
+    s.m = Server::new(
+        at(0),
+        s.store.clone(),
+        Options {
+            idle_timeout: Some(Duration::from_secs(3)),
+            ..Options::default()
+        },
+    );
+    s.drain(at(0));
+    for k in 1..=5u64 {
+        s.say(at(k * 2000), "NOOP\r\n");
+        s.tick(at(k * 2000));
+    }
+    assert!(
+        !s.m.is_closed(),
+        "a peer sending whole commands was cut off"
+    );
+}
