@@ -56,6 +56,19 @@
 //! STARTTLS ([`Options::starttls`]) is csync-only here: after `OK` the
 //! driver runs the TLS handshake and the banner is read again.
 //!
+//! Where corvid deliberately differs from 3.6.1 (each found by the
+//! simulator, `sim/tests/world_csync.rs`): a replica-only mailbox of the
+//! user that no local mailbox, name or tombstone explains is copied back
+//! (Cyrus strands it after a crash failover); when exactly one side's
+//! SYNC_CRC is 0 and the incremental update cannot explain it, the full
+//! update runs at once (0 is a wildcard to Cyrus's `mailbox_crceq`, which
+//! hid an equal-HIGHESTMODSEQ split brain); a copyback is planned again
+//! from the store when its write is made, after the GET FETCHes, so a
+//! local append in between is not overwritten. Scripts without a local
+//! `#sieve` mailbox are compared with `GET FETCH_SIEVE` before being
+//! sent again. Server annotations follow `ANNOTATION ""` log lines
+//! ([`Command::Annotation`]).
+//!
 //! What it never does: open sockets, read clocks, log message bytes or
 //! the password, or decide which users to replicate (the caller's
 //! commands do; [`jobs_from_log`] turns sync log lines into commands).
