@@ -35,8 +35,15 @@ partition-default: $data/partition-default
 servername: $(hostname -f 2>/dev/null || hostname)
 admins: $user
 sasl_mech_list: PLAIN LOGIN
+# PLAIN over cleartext (Cyrus's default is no): set tls_server_cert and
+# tls_server_key and drop this line to make the master's sync_client use TLS.
 allowplaintext: yes
 corvid_passwd_file: $data/passwd
+# To replicate onward while serving (A -> corvid -> C): log what arrives,
+# then run `corvid sync_client -r -C $conf` with sync_host/sync_port/
+# sync_authname/sync_password naming C, beside this server.
+#sync_log: 1
+#sync_log_chain: 1
 CONF
 fi
 if [ ! -f "$data/passwd" ] || ! grep -q "^$user:" "$data/passwd"; then
