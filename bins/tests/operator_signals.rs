@@ -196,7 +196,7 @@ fn sighup_rereads_the_config_and_keeps_serving() {
     let mut n = BufReader::new(connect(d.port));
     banner(&mut n);
     let log = std::fs::read_to_string(&d.log).unwrap();
-    assert!(log.contains(":6: invalid value"), "{log}");
+    assert!(log.contains(":7: invalid value"), "{log}");
 }
 
 /// `GET /metrics` on `port`: the body, or `None` if nothing listens.
