@@ -347,15 +347,11 @@ fn client_certificates_verified_from_tls_client_ca_file() {
     }
 }
 
-/// FINDING (bins/src/tools/csync_common.rs, bins/src/tools/mupdate.rs; not
-/// fixed here): with `allowplaintext: no` Cyrus (libsasl's
-/// `mech_permitted`) offers PLAIN/LOGIN only after STARTTLS; corvid offers
-/// them in the clear banner anyway and accepts a password over plain TCP.
-/// `io_tokio::auth::offered_mechanisms` already computes the right list;
-/// the daemons do not use it yet. This is also why a real `sync_client`
-/// never starts TLS against corvid.
+/// W6 (fixed): with `allowplaintext: no` Cyrus (libsasl's `mech_permitted`)
+/// offers PLAIN/LOGIN only after STARTTLS; so do corvid's mupdate and
+/// sync_server now (`io_tokio::auth::offered_mechanisms` for the clear and
+/// the TLS lists), so a real `sync_client` or MUPDATE slave starts TLS.
 #[test]
-#[ignore = "finding: PLAIN offered before TLS with allowplaintext: no (see SECURITY.md)"]
 fn plain_is_withheld_before_tls_when_allowplaintext_is_off() {
     if !tools_present() {
         return;
