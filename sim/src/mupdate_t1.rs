@@ -19,7 +19,8 @@
 //! What the daemon does around the machines is played by [`Db`], modelled
 //! on `store::mupdate::MupdateDb` (its module doc is the spec): a write is
 //! decided with `Database::decide` against the live state and applied to
-//! it at once (FIND, LIST and the UPDATE dump read live state), staged,
+//! it at once (FIND and LIST read live state; the UPDATE dump reads the
+//! durable state, as `MupdateDb::subscribe`), staged,
 //! and made durable by a seeded group fsync; only then is every change of
 //! the batch published to the subscribers, in decision order, and each
 //! writer completed with a `Committed` token. A failed fsync makes the
@@ -777,7 +778,9 @@ impl World {
                 }
                 Effect::Subscribe { hosts } => {
                     self.subs.insert(conn);
-                    let dump = self.master.borrow().live.dump(&hosts);
+                    // The committed state, as MupdateDb::subscribe: what
+                    // is staged reaches the new subscriber when published.
+                    let dump = self.master.borrow().durable.dump(&hosts);
                     now_done.push((id, Completion::Subscribed(dump)));
                 }
                 other => unreachable!("not external: {other:?}"),
@@ -917,9 +920,13 @@ impl World {
                 ));
             }
             if !self.master_durable_had.contains(&key) {
-                // The UPDATE dump reads live state (as MupdateDb does):
-                // decided, not yet durable on the master.
-                self.cov.hit("slave durable ahead of the master");
+                // The UPDATE dump and the published changes are committed
+                // state only (MupdateDb::subscribe dumps what is committed).
+                self.violation(format!(
+                    "s{s} made durable {} = {}, which the master had not made durable",
+                    String::from_utf8_lossy(&c.name),
+                    rec_str(&c.after)
+                ));
             }
         }
         let now = self.now;
@@ -956,7 +963,7 @@ impl World {
                 .iter()
                 .any(|(n, r)| s.db.live.find(n).cloned() == *r)
         }) {
-            self.cov.hit("slave holds a state the master lost");
+            self.violation("a slave holds a record the master lost in its crash".to_string());
         }
         let lost = self.master.borrow_mut().crash();
         if lost > 0 {

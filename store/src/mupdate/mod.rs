@@ -13,8 +13,13 @@
 //! never sent before the change is on disk, and a subscriber never sees a
 //! change that could be lost.
 //!
-//! Readers (FIND, LIST, the UPDATE dump) see a write as soon as it is
-//! decided, up to one group commit before it is durable. If a commit fails
+//! Readers (FIND, LIST) see a write as soon as it is decided, up to one
+//! group commit before it is durable. The UPDATE dump does not: it is the
+//! committed state (the live state with the queued, uncommitted changes
+//! taken back), because a slave keeps and serves what it was dumped — a
+//! record the master then lost in a crash would stay on the slave until
+//! its next full dump (found by the simulator, `sim::mupdate_t1`). Cyrus's
+//! dump reads its committed database too. If a commit fails
 //! the in-memory state can no longer be trusted: the database turns
 //! [`MupdateDb::is_failed`], every pending and later write fails, and the
 //! daemon is expected to exit (a restart reloads the durable state).
@@ -150,6 +155,9 @@ struct Shared {
     db: Database,
     subs: Vec<Sub>,
     failed: bool,
+    /// Changes applied to `db` and queued, not yet committed, in decision
+    /// order: what a dump must take back (see the module documentation).
+    uncommitted: std::collections::VecDeque<Arc<Change>>,
 }
 
 struct Job {
@@ -388,6 +396,7 @@ impl MupdateDb {
                 db,
                 subs: Vec::new(),
                 failed: false,
+                uncommitted: std::collections::VecDeque::new(),
             }),
             queue: Mutex::new(Some(tx)),
             path,
@@ -412,6 +421,10 @@ impl MupdateDb {
                         Ok(()) => {
                             let mut shared = write_lock(&inner.shared);
                             for job in &jobs {
+                                // Jobs are committed in the order they were
+                                // queued, which is the order of `uncommitted`.
+                                let front = shared.uncommitted.pop_front();
+                                debug_assert!(front.is_some_and(|c| Arc::ptr_eq(&c, &job.change)));
                                 publish(&mut shared, &job.change);
                             }
                             drop(shared);
@@ -471,10 +484,9 @@ impl MupdateDb {
         shared.db.apply(&change);
         // Queued under the lock, so commit (and publish) order is decide order.
         let queue = lock(&self.inner.queue);
-        let job = Job {
-            change: Arc::new(change),
-            done,
-        };
+        let change = Arc::new(change);
+        shared.uncommitted.push_back(change.clone());
+        let job = Job { change, done };
         match queue.as_ref() {
             Some(tx) => {
                 if let Err(mpsc::SendError(job)) = tx.send(job) {
@@ -576,10 +588,9 @@ impl MupdateDb {
         done: Done,
     ) -> RwLockWriteGuard<'a, Shared> {
         let queue = lock(&self.inner.queue);
-        let job = Job {
-            change: Arc::new(change),
-            done,
-        };
+        let change = Arc::new(change);
+        shared.uncommitted.push_back(change.clone());
+        let job = Job { change, done };
         let failed = match queue.as_ref() {
             Some(tx) => tx.send(job).err().map(|mpsc::SendError(job)| job),
             None => Some(job),
@@ -593,10 +604,11 @@ impl MupdateDb {
     }
 
     /// Registers `sink` for changes concerning `hosts` (all if empty) and
-    /// returns the dump as of now.
+    /// returns the committed state as of now: every change still waiting for
+    /// its commit reaches `sink` when it is committed, after this dump.
     pub fn subscribe(&self, hosts: Vec<Bytes>, sink: Box<dyn Subscriber>) -> Vec<Entry> {
         let mut shared = write_lock(&self.inner.shared);
-        let dump = shared.db.dump(&hosts);
+        let dump = committed_dump(&shared, &hosts);
         shared.subs.push(Sub { hosts, sink });
         dump
     }
@@ -610,6 +622,35 @@ impl MupdateDb {
     pub fn close(&self) {
         lock(&self.inner.queue).take();
     }
+}
+
+/// The dump of the committed state: the live dump with every uncommitted
+/// change taken back (a name's oldest uncommitted `before` is its committed
+/// record), sorted by name as [`Database::dump`].
+fn committed_dump(shared: &Shared, hosts: &[Bytes]) -> Vec<Entry> {
+    if shared.uncommitted.is_empty() {
+        return shared.db.dump(hosts);
+    }
+    let mut committed: std::collections::BTreeMap<Bytes, Option<Record>> =
+        std::collections::BTreeMap::new();
+    // Newest first, so the oldest change's `before` is the one left.
+    for change in shared.uncommitted.iter().rev() {
+        committed.insert(change.name.clone(), change.before.clone());
+    }
+    let on_hosts = |r: &Record| hosts.is_empty() || hosts.iter().any(|h| h[..] == *r.server());
+    let mut out: Vec<Entry> = shared
+        .db
+        .dump(hosts)
+        .into_iter()
+        .filter(|e| !committed.contains_key(&e.name))
+        .collect();
+    out.extend(committed.into_iter().filter_map(|(name, record)| {
+        record
+            .filter(|r| on_hosts(r))
+            .map(|record| Entry { name, record })
+    }));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn publish(shared: &mut Shared, change: &Arc<Change>) {
@@ -665,4 +706,90 @@ pub fn read_row(path: &Path, name: &[u8]) -> Result<Option<Row>, StoreError> {
             |r| Ok((r.get::<_, i64>(0)? == 1, r.get(1)?, r.get(2)?)),
         )
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(location: &str) -> Record {
+        Record {
+            state: State::Reserved,
+            location: Bytes::from(location.to_owned()),
+        }
+    }
+
+    fn names(dump: &[Entry]) -> Vec<(String, String)> {
+        dump.iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.name).into_owned(),
+                    String::from_utf8_lossy(&e.record.location).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// A dump never holds a decided but uncommitted change: created,
+    /// moved and deleted names show their committed records, on every
+    /// host filter.
+    #[test]
+    fn the_dump_is_the_committed_state() {
+        let mut shared = Shared {
+            db: Database::new(),
+            subs: Vec::new(),
+            failed: false,
+            uncommitted: std::collections::VecDeque::new(),
+        };
+        shared.db.load(Bytes::from_static(b"a"), rec("h1!p"));
+        shared.db.load(Bytes::from_static(b"c"), rec("h1!p"));
+        let changes = [
+            // New, uncommitted: not in the dump.
+            Change {
+                name: Bytes::from_static(b"b"),
+                before: None,
+                after: Some(rec("h1!p")),
+            },
+            // Moved twice to h2, uncommitted: still at h1.
+            Change {
+                name: Bytes::from_static(b"a"),
+                before: Some(rec("h1!p")),
+                after: Some(rec("h2!p")),
+            },
+            Change {
+                name: Bytes::from_static(b"a"),
+                before: Some(rec("h2!p")),
+                after: Some(rec("h2!q")),
+            },
+            // Deleted, uncommitted: still there.
+            Change {
+                name: Bytes::from_static(b"c"),
+                before: Some(rec("h1!p")),
+                after: None,
+            },
+        ];
+        for c in changes {
+            shared.db.apply(&c);
+            shared.uncommitted.push_back(Arc::new(c));
+        }
+        let committed = vec![
+            ("a".to_owned(), "h1!p".to_owned()),
+            ("c".to_owned(), "h1!p".to_owned()),
+        ];
+        assert_eq!(names(&committed_dump(&shared, &[])), committed);
+        assert_eq!(
+            names(&committed_dump(&shared, &[Bytes::from_static(b"h1")])),
+            committed
+        );
+        assert!(committed_dump(&shared, &[Bytes::from_static(b"h2")]).is_empty());
+        // Once committed, the live state is the dump.
+        shared.uncommitted.clear();
+        assert_eq!(
+            names(&committed_dump(&shared, &[])),
+            vec![
+                ("a".to_owned(), "h2!q".to_owned()),
+                ("b".to_owned(), "h1!p".to_owned())
+            ]
+        );
+    }
 }
