@@ -85,8 +85,11 @@ SIGNALS
        SIGTERM, SIGINT
               Stop accepting; live connections end after the command in
               flight; then exit 0.
-       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
-              SIGTERM (master starts a fresh child).
+       SIGHUP Standalone: re-read and check imapd.conf; the live keys
+              (debug, corvid_metrics_listen, TLS files, timeouts, connection
+              limits: the table in docs/operations.md) apply at once, every
+              other changed key is logged as applying after a restart.
+              Under master(8): as SIGTERM (master starts a fresh child).
 
 CONFIGURATION
        corvid_mupdate_idle_timeout
@@ -152,8 +155,11 @@ SIGNALS
        SIGTERM, SIGINT
               Stop accepting; every live session ends after the command in
               flight has been applied and answered; exit 0.
-       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
-              SIGTERM (master starts a fresh child).
+       SIGHUP Standalone: re-read and check imapd.conf; the live keys
+              (debug, corvid_metrics_listen, TLS files, timeouts, connection
+              limits: the table in docs/operations.md) apply at once, every
+              other changed key is logged as applying after a restart.
+              Under master(8): as SIGTERM (master starts a fresh child).
 
 FILES
        /etc/imapd.conf
@@ -288,8 +294,11 @@ OPTIONS
 SIGNALS
        SIGTERM, SIGINT
               Stop accepting; live sessions end after the command in flight.
-       SIGHUP Standalone: re-read and check imapd.conf. Under master(8): as
-              SIGTERM (master starts a fresh child).
+       SIGHUP Standalone: re-read and check imapd.conf; the live keys
+              (debug, corvid_metrics_listen, TLS files, timeouts, connection
+              limits: the table in docs/operations.md) apply at once, every
+              other changed key is logged as applying after a restart.
+              Under master(8): as SIGTERM (master starts a fresh child).
 
 SEE ALSO
        corvid backup --help, ctl_backups(8), cyr_backup(8), restore(8), sync_client(8), imapd.conf(5)
