@@ -71,6 +71,15 @@ pub enum ParseError {
         /// Text offset.
         at: usize,
     },
+    /// Peer's fault: a file literal whose partition name is neither an
+    /// atom nor a quotable string (8-bit bytes, CR/LF, NUL ...): Cyrus
+    /// partition names come from `partition-NAME` keys, and such a name
+    /// could not be printed back into a frameable `%{...}` announcement.
+    #[error("file literal at byte {at} has an invalid partition name")]
+    BadPartition {
+        /// Text offset.
+        at: usize,
+    },
     /// Peer's fault: lists nested deeper than [`DEPTH_MAX`].
     #[error("lists nested deeper than {DEPTH_MAX}")]
     TooDeep,
@@ -446,6 +455,9 @@ impl<'m> Cursor<'m> {
             return Err(ParseError::UnframedLiteral { at });
         };
         let guid = Guid::parse(guid).map_err(|_| ParseError::BadGuid { at })?;
+        if !(super::is_cyrus_atom(partition) || super::is_cyrus_quotable(partition)) {
+            return Err(ParseError::BadPartition { at });
+        }
         Ok(Value::File(FileRef {
             partition: partition.clone(),
             guid,

@@ -951,7 +951,10 @@ pub(crate) fn decode_item(
             uid: r.u32("uid")?,
             pop3_uidl: r.string("pop3_uidl"),
             pop3_order: r.u32("pop3_order")?,
-            received_date: r.i64("received_date")?,
+            // Dovecot's exporter sends received_date only when > 0 (and
+            // so does ours): a negative one means "unknown", as absent, so
+            // that what is decoded is what would be sent on (fuzz finding).
+            received_date: r.i64("received_date")?.max(0),
             saved_date: r.i64("saved_date")?,
             stream: r.flag("stream"),
             extra: Vec::new(),
