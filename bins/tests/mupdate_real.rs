@@ -2140,7 +2140,11 @@ fn corvid_slave_starts_tls_when_its_master_withholds_plain() {
     let slave_log = || std::fs::read_to_string(slave.dir.join("corvid.log")).unwrap_or_default();
     let t0 = Instant::now();
     while !slave_log().contains("synced with its master") {
-        assert!(t0.elapsed() < Duration::from_secs(30), "never synced:\n{}", slave_log());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never synced:\n{}",
+            slave_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut local = Client::login(slave.port);
