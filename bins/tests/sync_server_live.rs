@@ -16,7 +16,6 @@
 //! run into corvid must send no APPLY at all (counted in its `-v -v`
 //! protocol log).
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -29,101 +28,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-struct Peers {
-    env: HashMap<String, String>,
-    env_path: PathBuf,
-}
-
-impl Peers {
-    fn get(&self, k: &str) -> &str {
-        self.env
-            .get(k)
-            .unwrap_or_else(|| panic!("peers env has no {k}"))
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.current_dir(repo())
-            .env("CORVID_PEERS_ENV", &self.env_path)
-            .env("CORVID_PEERS_RUN", self.get("CORVID_PEERS_RUN"));
-        // sync-client.sh re-derives ports from the base; pass them all.
-        for (k, v) in &self.env {
-            if k.ends_with("_PORT") {
-                c.env(k, v);
-            }
-        }
-        c
-    }
-
-    fn mail(&self, args: &[&str]) {
-        let out = self
-            .cmd("python3")
-            .arg(repo().join("scripts/peers/mail.py"))
-            .args(args)
-            .output()
-            .expect("run mail.py");
-        assert!(
-            out.status.success(),
-            "mail.py {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn sync(&self, port: u16, args: &[&str]) -> Output {
-        self.cmd("bash")
-            .arg(repo().join("scripts/peers/sync-client.sh"))
-            .args(["--port", &port.to_string(), "--"])
-            .args(args)
-            .output()
-            .expect("run sync-client.sh")
-    }
-
-    /// A mail user on the master that can log in (sasldb) with USER_PASS.
-    fn add_user(&self, user: &str) {
-        let db = Path::new(self.get("CORVID_PEERS_RUN")).join("sasldb2");
-        for realm in [self.get("MASTER_NAME"), self.get("REPLICA_NAME")] {
-            let mut c = Command::new("saslpasswd2")
-                .args(["-p", "-c", "-f"])
-                .arg(&db)
-                .args(["-u", realm, user])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("saslpasswd2");
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(self.get("USER_PASS").as_bytes())
-                .unwrap();
-            assert!(c.wait().unwrap().success(), "saslpasswd2 {user}");
-        }
-        let _ = Command::new("chown").arg("cyrus:mail").arg(&db).status();
-    }
-}
+#[path = "support/peers.rs"]
+mod support;
+use support::Peers;
 
 fn peers() -> Option<Peers> {
-    let path = std::env::var_os("CORVID_PEERS_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/corvid-peers/env"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true but no peers env file at {}", path.display());
-        }
-        eprintln!(
-            "SKIP sync_server_live: no peers env file at {} (run scripts/peers/start.sh)",
-            path.display()
-        );
-        return None;
-    };
-    let env = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Some(Peers {
-        env,
-        env_path: path,
-    })
+    support::peers("sync_server_live")
 }
 
 /// corvid sync_server on a free port with its own configdirectory.
