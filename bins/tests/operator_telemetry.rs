@@ -260,6 +260,12 @@ fn sync_server_writes_a_plaintext_transcript_under_compress() {
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
     assert_eq!(name, format!("sync_server-{}", d.child.id()));
+    // A transcript holds the user's mail: owner-only, whatever the umask
+    // (the files of a real Cyrus 3.6.1 under master(8) are 0600 too).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&files[0]).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
         !text.contains(PASS) && !text.contains(&plain("admin")),

@@ -5,8 +5,7 @@
 //! What Cyrus 3.6 does, and so what we do (read from its `telemetry.c` and
 //! `prot.c`; the files look the same to a script that reads Cyrus's):
 //! - the file is `log/USER/IDENT-PID` (IDENT is the service name, e.g.
-//!   `syncserver` under master(8)), opened for appending and created
-//!   `0644`; Cyrus's threaded `mupdate` names each session's file
+//!   `syncserver` under master(8)), opened for appending; Cyrus's threaded `mupdate` names each session's file
 //!   `IDENT-SECONDS.MICROSECONDS` instead ([`Telemetry::per_session`]);
 //! - it starts with `---------- USER <ctime>` and an empty line (ctime
 //!   ends in its own newline);
@@ -26,6 +25,11 @@
 //!   corvid daemon serves connections concurrently in one process, so the
 //!   first transcript of a process keeps Cyrus's name and the N-th one
 //!   (N ≥ 2) is `IDENT-PID.N`; sessions never interleave in one file.
+//! - Files are created `0600`. Cyrus asks `open(2)` for `0644`, but its
+//!   daemons run under master(8)'s restrictive umask and the files seen
+//!   on a real 3.6.1 server are `0600`; a corvid daemon may run with any
+//!   umask (standalone, systemd), and a transcript holds a user's mail, so
+//!   the mode is set explicitly rather than left to the umask.
 //! - The header's time is UTC (Cyrus's `ctime` uses the local zone).
 //! - A user name that could leave `log/` (empty, `.`, `..`, containing `/`
 //!   or NUL) never gets a transcript; Cyrus would use it as it is.
@@ -115,7 +119,7 @@ impl Telemetry {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&path);
         let mut transcript = match file {
             Ok(file) => Transcript { file, path },
