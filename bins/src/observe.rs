@@ -5,7 +5,8 @@
 //!   peer, and the user once authenticated ([`csync_event`] records it).
 //! - [`csync_event`] / [`csync_effect`]: `corvid_commands_total` from the
 //!   csync server's events (OK'd writes and refused commands), message
-//!   uploads into `corvid_replicated_{messages,bytes}_total`.
+//!   uploads into `corvid_replicated_{messages,bytes}_total`;
+//!   [`mupdate_event`]: the same counter from every MUPDATE answer.
 //! - [`start_metrics`]: the `/metrics` listener from imapd.conf.
 //! - [`finish_cli`]: a one-shot tool's registry to the file
 //!   `CORVID_METRICS_TEXTFILE` names (node_exporter's textfile collector).
@@ -327,6 +328,19 @@ pub fn csync_user(e: &Event) -> Option<&str> {
     match e {
         Event::Authenticated(user) => Some(user),
         _ => None,
+    }
+}
+
+/// Records a MUPDATE server event: each command's answer in
+/// `corvid_commands_total{service="mupdate"}` (result `ok`, `no`, `bad`).
+pub fn mupdate_event(e: &engine::mupdate::server::Event) {
+    if let engine::mupdate::server::Event::Answered { command, status } = e {
+        let result = match *status {
+            "OK" => "ok",
+            "NO" => "no",
+            _ => "bad",
+        };
+        metrics::global().command("mupdate", command, result);
     }
 }
 

@@ -195,4 +195,31 @@ fn a_mupdate_slave_records_its_lag_and_last_master_contact() {
     assert!(sum >= 0.0, "{body}");
     let age = value(&body, "corvid_mupdate_master_contact_age_seconds").unwrap();
     assert!(age >= 0.0, "{body}");
+
+    // The master counts every MUPDATE answer by verb and result: the
+    // backend's ACTIVATE, a FIND, and a word that is no command (one
+    // bounded label for all of those); logins from the backend and the
+    // slave.
+    c.get_mut()
+        .write_all(b"A03 FIND \"user.lag\"\r\nA04 FROB\r\n")
+        .unwrap();
+    // FIND answers with the entry (`A03 MAILBOX …`), then its OK.
+    assert!(line_starting(&mut c, "A03 ").starts_with("A03 MAILBOX"));
+    assert!(line_starting(&mut c, "A03 ").starts_with("A03 OK"));
+    assert!(line_starting(&mut c, "A04 ").starts_with("A04 BAD"));
+    let series = |cmd: &str, result: &str| {
+        format!(
+            "corvid_commands_total{{service=\"mupdate\",command=\"{cmd}\",result=\"{result}\"}}"
+        )
+    };
+    let body = scrape_until(mmetrics, |b| value(b, &series("_unknown", "bad")).is_some());
+    for (cmd, result) in [("ACTIVATE", "ok"), ("FIND", "ok"), ("_unknown", "bad")] {
+        assert_eq!(
+            value(&body, &series(cmd, result)),
+            Some(1.0),
+            "{cmd} {result}: {body}"
+        );
+    }
+    let logins = value(&body, &series("AUTHENTICATE", "ok")).unwrap_or(0.0);
+    assert!(logins >= 2.0, "{body}");
 }

@@ -37,6 +37,7 @@ struct T {
     hold: bool,
     layers: Vec<(Layer, Bytes)>,
     closed: Option<CloseReason>,
+    events: Vec<engine::mupdate::server::Event>,
 }
 
 fn b(s: &str) -> Bytes {
@@ -56,6 +57,7 @@ impl T {
             hold: false,
             layers: Vec::new(),
             closed: None,
+            events: Vec::new(),
         };
         t.drain();
         t.take();
@@ -93,7 +95,7 @@ impl T {
                     input_after_switch,
                 } => self.layers.push((layer, input_after_switch)),
                 Output::Close(r) => self.closed = Some(r),
-                Output::Event(_) => {}
+                Output::Event(e) => self.events.push(e),
             });
             if effects.is_empty() {
                 return;
@@ -396,6 +398,7 @@ fn slave_role_is_read_only_and_says_where_its_master_is() {
         hold: false,
         layers: Vec::new(),
         closed: None,
+        events: Vec::new(),
     };
     t.login();
     for cmd in [
@@ -519,4 +522,45 @@ fn idle_clock_restarts_on_whole_commands_not_on_bytes() {
     t.drain();
     assert_eq!(t.take(), "* BYE \"idle for too long\"\r\n");
     assert!(matches!(t.closed, Some(CloseReason::Timeout(_))));
+}
+
+/// One `Answered` event per tagged answer, labelled from fixed sets only,
+/// so `corvid_commands_total` counts MUPDATE commands by verb and status
+/// however hostile the input.
+#[test]
+fn every_tagged_answer_is_one_answered_event() {
+    use engine::mupdate::server::Event;
+    let mut t = T::new(Options::default());
+    t.events.clear();
+    t.send(b"X1 FROBNICATE\r\n");
+    t.send(b"F0 FIND \"a\"\r\n");
+    t.login();
+    t.send(b"R1 RESERVE \"user.a\" \"be1!default\"\r\n");
+    t.send(b"R2 RESERVE \"user.a\" \"be2!default\"\r\n");
+    t.send(b"F1 FIND \"user.a\"\r\n");
+    let mut long = vec![b'T'; 600_000];
+    long.extend_from_slice(b" NOOP\r\n");
+    t.send(&long);
+    t.send(b"N1 NOOP\r\n");
+    let answered: Vec<(&str, &str)> = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Answered { command, status } => Some((*command, *status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            ("_unknown", "BAD"),
+            ("FIND", "BAD"),
+            ("AUTHENTICATE", "OK"),
+            ("RESERVE", "OK"),
+            ("RESERVE", "NO"),
+            ("FIND", "OK"),
+            ("_refused", "BAD"),
+            ("NOOP", "OK"),
+        ]
+    );
 }

@@ -410,8 +410,16 @@ async fn connection(
         shared: shared.clone(),
         commands: tx,
     };
+    // Counts each answer in corvid_commands_total off the session's task.
+    let (etx, mut erx) = mpsc::channel::<engine::mupdate::server::Event>(256);
+    let counter = tokio::spawn(async move {
+        while let Some(e) = erx.recv().await {
+            crate::observe::mupdate_event(&e);
+        }
+    });
     let outcome = Driver::new(machine, exec)
         .commands(rx)
+        .events(etx)
         .tls(crate::observe::live_tls(tls))
         .peer(peer)
         .telemetry(
@@ -424,6 +432,7 @@ async fn connection(
             &peer.to_string(),
         ))
         .await;
+    let _ = counter.await;
     tracing::debug!(?outcome, "mupdate connection ended");
 }
 

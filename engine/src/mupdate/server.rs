@@ -257,6 +257,16 @@ pub enum Event {
     },
     /// A write was refused with `NO` (client's doing, e.g. a name taken).
     WriteRefused(Refusal),
+    /// A tagged answer was queued: one per command, for
+    /// `corvid_commands_total`. Both fields come from small fixed sets, so
+    /// a peer cannot grow the metric's label space.
+    Answered {
+        /// The command's verb (`FIND`, `ACTIVATE` …), `_unknown` for a
+        /// word that is none, `_refused` for a line the framer refused.
+        command: &'static str,
+        /// `OK`, `NO` or `BAD`.
+        status: &'static str,
+    },
 }
 
 enum Phase {
@@ -309,6 +319,8 @@ pub struct Server<R> {
     /// When the last whole command arrived (or the session began, or a
     /// pending effect ended): the idle clock's origin.
     last_command: Time,
+    /// The verb of the command being answered, for [`Event::Answered`].
+    current: &'static str,
 }
 
 const NO_AUTH: &str = "undefined error!";
@@ -329,6 +341,7 @@ impl<R: Read> Server<R> {
             compress_active: false,
             closed: false,
             last_command: now,
+            current: "_unknown",
         };
         s.banner();
         s
@@ -382,8 +395,25 @@ impl<R: Read> Server<R> {
         }
     }
 
+    /// Notes the answer to a command (tagged, or `*` when the tag could
+    /// not be read). The event goes straight to the queue
+    /// without flushing `out`, so answers stay batched in one transmit;
+    /// its order relative to the bytes does not matter to a counter.
+    fn answered(&mut self, status: &str) {
+        let status = match status {
+            "OK" => "OK",
+            "NO" => "NO",
+            _ => "BAD",
+        };
+        self.outputs.push_back(Output::Event(Event::Answered {
+            command: self.current,
+            status,
+        }));
+    }
+
     /// `tag STATUS "text"`.
     fn reply(&mut self, tag: &[u8], status: &str, text: &str) {
+        self.answered(status);
         self.out.extend_from_slice(tag);
         self.out.push(b' ');
         self.out.extend_from_slice(status.as_bytes());
@@ -394,6 +424,7 @@ impl<R: Read> Server<R> {
 
     /// `tag STATUS text` without quotes (Cyrus's STARTTLS/COMPRESS/cancel).
     fn reply_bare(&mut self, tag: &[u8], status: &str, text: &[u8]) {
+        self.answered(status);
         self.out.extend_from_slice(tag);
         self.out.push(b' ');
         self.out.extend_from_slice(status.as_bytes());
@@ -495,6 +526,7 @@ impl<R: Read> Server<R> {
     fn on_refused(&mut self, now: Time, r: frame::Refusal) {
         // A refused message was still framed whole: it counts as a command.
         self.last_command = now;
+        self.current = "_refused";
         let tag = match r.head.iter().position(|&b| b == b' ') {
             Some(i) if i > 0 => r.head.slice(..i),
             _ => Bytes::from_static(b"*"),
@@ -519,6 +551,7 @@ impl<R: Read> Server<R> {
         if let Phase::Sasl { .. } = self.phase {
             return self.on_sasl_line(now, msg);
         }
+        self.current = "_unknown";
         let head = match parse_head(&msg) {
             Ok(h) => h,
             Err(e) => {
@@ -527,6 +560,7 @@ impl<R: Read> Server<R> {
             }
         };
         let tag = head.tag.clone();
+        self.current = head.verb.map_or("_unknown", Verb::as_str);
         let verb = match head.verb {
             Some(Verb::Starttls) if !self.opts.starttls => None,
             Some(Verb::Compress) if !self.opts.compress => None,
