@@ -527,6 +527,15 @@ where
             })?;
         }
         self.drain()?;
+        // One timer each for the machine's deadline and the write stall,
+        // reset only when the deadline moves: a fresh `sleep_until` per
+        // pass would register and cancel a timer entry on every command
+        // (three per FIND), which showed in MUPDATE's FIND latency under
+        // many clients.
+        let machine_timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(machine_timer);
+        let stall_timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(stall_timer);
         loop {
             // The buffer only grows while acting on outputs, each of which
             // ends an iteration, so sampling here sees every peak.
@@ -601,10 +610,12 @@ where
 
             let reading = !self.peer_eof && self.reading_allowed();
             let writing = !self.write_dead && (!self.out.is_empty() || self.need_flush);
-            let deadline = self
-                .timeout
-                .map(|t| self.epoch + t.since_epoch())
-                .unwrap_or_else(far_future);
+            if let Some(t) = self.timeout {
+                let deadline = self.epoch + t.since_epoch();
+                if machine_timer.deadline() != deadline {
+                    machine_timer.as_mut().reset(deadline);
+                }
+            }
             // Commands are output the peer did not ask for: none is taken
             // while the buffer is full or effects queue (see the module doc),
             // so they wait in their bounded channel instead of here.
@@ -622,6 +633,12 @@ where
                     Some(now + self.options.write_stall_timeout)
                 }
             };
+
+            if let Some(deadline) = stall_deadline {
+                if stall_timer.deadline() != deadline {
+                    stall_timer.as_mut().reset(deadline);
+                }
+            }
 
             tokio::select! {
                 biased;
@@ -680,15 +697,14 @@ where
                 // each chunk, and gets its next turn only when the peer
                 // has taken enough (the stall timeout covers a peer that
                 // takes nothing).
-                () = tokio::time::sleep_until(deadline),
+                () = &mut machine_timer,
                     if self.timeout.is_some() && self.room_for_output() =>
                 {
                     let now = self.now();
                     self.machine.handle_timeout(now);
                     self.drain()?;
                 }
-                () = tokio::time::sleep_until(stall_deadline.unwrap_or_else(far_future)),
-                    if stall_deadline.is_some() =>
+                () = &mut stall_timer, if stall_deadline.is_some() =>
                 {
                     return Err(Error::PeerNotReading(self.options.write_stall_timeout));
                 }
