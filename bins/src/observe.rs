@@ -191,8 +191,10 @@ pub fn live_tls(started: TlsConfigs) -> TlsConfigs {
 }
 
 /// Refreshes a new csync connection's options from the running
-/// configuration: `sync_timeout` and `failedloginpause` (the rest of
-/// `opts` was decided at start).
+/// configuration: `sync_timeout`, `failedloginpause`, and the SASL
+/// mechanisms on offer in the clear and under TLS (`allowplaintext`,
+/// `sasl_mech_list`, `sasl_minimum_layer`); the rest of `opts` was decided
+/// at start.
 /// `from_config` is how the daemon builds its options from a config.
 pub fn live_csync(
     opts: &mut engine::csync::Options,
@@ -202,6 +204,8 @@ pub fn live_csync(
         let fresh = from_config(&conf);
         opts.idle_timeout = fresh.idle_timeout;
         opts.failed_login_pause = fresh.failed_login_pause;
+        opts.mechanisms = fresh.mechanisms;
+        opts.mechanisms_tls = fresh.mechanisms_tls;
     }
 }
 
@@ -431,7 +435,14 @@ fn sync_log_bytes(dir: &Path) -> u64 {
 /// if configured, and samples `corvid_sync_log_backlog_bytes{channel}`
 /// every ten seconds. Problems are logged; rolling replication goes on.
 pub async fn start_rolling(path: &Path, channel: Option<String>) {
-    let conf = match Config::load(path) {
+    // As Cyrus's sync_client (ident `sync_client`): `sync_client_KEY`
+    // overrides KEY, so a rolling client sharing an imapd.conf with a
+    // sync_server can have a /metrics address of its own.
+    let opts = LoadOptions {
+        ident: Some("sync_client".into()),
+        ..LoadOptions::default()
+    };
+    let conf = match Config::load_with(path, &opts) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "metrics not started");

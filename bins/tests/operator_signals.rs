@@ -263,3 +263,112 @@ fn sighup_applies_live_values_without_a_restart() {
     // Debug lines flow now (the driver logs a peer's close at debug).
     wait_log(&d, "DEBUG", 1);
 }
+
+/// The banner's lines up to `* OK`, joined.
+fn banner_text(r: &mut BufReader<TcpStream>) -> String {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed during banner");
+        text.push_str(&line);
+        if line.starts_with("* OK") {
+            return text;
+        }
+    }
+}
+
+/// `AUTHENTICATE PLAIN` as `user` with `password` on a new connection:
+/// the server's answer line.
+fn login(port: u16, user: &str, password: &str) -> String {
+    use std::fmt::Write as _;
+    let mut c = BufReader::new(connect(port));
+    banner_text(&mut c);
+    let creds = format!("\0{user}\0{password}");
+    // Base64 by hand: the test depends on nothing else.
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in creds.as_bytes().chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| n << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut cmd = String::new();
+    write!(cmd, "AUTHENTICATE PLAIN {b64}\r\n").unwrap();
+    c.get_mut().write_all(cmd.as_bytes()).unwrap();
+    let mut answer = String::new();
+    c.read_line(&mut answer).unwrap();
+    answer
+}
+
+/// Fresh `corvid passwd` file at `path` holding `user` with `password`.
+fn passwd(path: &Path, user: &str, password: &str) {
+    let mut p = Command::new(corvid())
+        .arg("passwd")
+        .arg(path)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    assert!(p.wait().unwrap().success());
+}
+
+/// SIGHUP applies `allowplaintext`, `sasl_mech_list` and the password
+/// file to new connections, without a restart.
+#[test]
+fn sighup_applies_sasl_settings_and_the_password_file() {
+    let d = start();
+    let dir = d._dir.path().to_path_buf();
+    let mut first = BufReader::new(connect(d.port));
+    let banner = banner_text(&mut first);
+    assert!(banner.contains("* SASL PLAIN"), "{banner}");
+    assert!(login(d.port, "repl", "secret").starts_with("OK"));
+
+    // allowplaintext off (Cyrus's default): nothing is offered in the
+    // clear to a new connection, and PLAIN is refused there.
+    let base = config_text(&dir).replace("allowplaintext: yes\n", "failedloginpause: 0\n");
+    std::fs::write(&d.conf, &base).unwrap();
+    signal(&d, "-HUP");
+    wait_log(&d, "configuration applied", 1);
+    let banner = banner_text(&mut BufReader::new(connect(d.port)));
+    assert!(!banner.contains("PLAIN"), "{banner}");
+    assert!(login(d.port, "repl", "secret").starts_with("NO"));
+
+    // Back on, with LOGIN listed too, and a new password file in which
+    // repl has another password: new logins check against it at once.
+    let other = dir.join("passwd2");
+    passwd(&other, "repl", "other");
+    let text = base
+        .replace("sasl_mech_list: PLAIN\n", "sasl_mech_list: LOGIN PLAIN\n")
+        .replace(
+            &format!("corvid_passwd_file: {}/passwd\n", dir.display()),
+            &format!("corvid_passwd_file: {}\n", other.display()),
+        )
+        + "allowplaintext: yes\n";
+    std::fs::write(&d.conf, &text).unwrap();
+    signal(&d, "-HUP");
+    wait_log(&d, "configuration applied", 2);
+    let banner = banner_text(&mut BufReader::new(connect(d.port)));
+    assert!(banner.contains("* SASL LOGIN PLAIN"), "{banner}");
+    // The old password was accepted (and remembered) before: it no longer
+    // logs in; the new file's does.
+    assert!(login(d.port, "repl", "secret").starts_with("NO"));
+    assert!(login(d.port, "repl", "other").starts_with("OK"));
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("password check changed"), "{log}");
+    // The connection opened before the reloads keeps what it was offered.
+    first.get_mut().write_all(b"NOOP\r\n").unwrap();
+    let mut answer = String::new();
+    first.read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("OK "), "{answer:?}");
+}

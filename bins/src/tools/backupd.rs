@@ -56,7 +56,7 @@ use engine::csync::{Completion, Effect, Options as MachineOptions, Server};
 use engine::machine::Time;
 use engine::model::{Guid, MailboxName, UniqueId, UnixTime, UserId};
 use engine::store::{MailRead, Mutation, Pending, StageId, StoreEffect, WriteBatch};
-use io_tokio::auth::{Access, PwCheck};
+use io_tokio::auth::{Access, LivePwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
@@ -149,7 +149,7 @@ pub fn layout(conf: &Config) -> Result<Layout, String> {
 struct Shared {
     committer: Committer,
     reader: Reader,
-    pwcheck: PwCheck,
+    pwcheck: LivePwCheck,
     access: Access,
     machine: MachineOptions,
     realm: Option<String>,
@@ -395,7 +395,7 @@ impl EffectExecutor<Effect> for Exec {
                 return Completion::Store(None);
             };
             csync_common::login(
-                &shared.pwcheck,
+                &shared.pwcheck.get(),
                 &shared.access,
                 shared.realm.as_deref(),
                 &creds,
@@ -640,7 +640,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     if stale > 0 {
         eprintln!("backupd: pack: removed {stale} unfinished file(s) older than a day");
     }
-    let pwcheck = match PwCheck::from_config(&conf) {
+    let pwcheck = match LivePwCheck::from_config(&conf) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("backupd: {e}");

@@ -46,8 +46,6 @@ pub const TLS_SSF: u32 = 256;
 pub struct LoginCache {
     /// Random per process; `None` (no randomness available): no caching.
     key: Option<[u8; 32]>,
-    /// The password file whose changes drop every entry, if that is the backend.
-    file: Option<std::path::PathBuf>,
     entries: Mutex<HashMap<(String, Option<String>), Entry>>,
 }
 
@@ -82,20 +80,18 @@ impl LoginCache {
     /// replication daemon come from a handful of identities).
     pub const ENTRIES_MAX: usize = 256;
 
-    /// A cache in front of `pwcheck`.
-    pub fn new(pwcheck: &PwCheck) -> LoginCache {
+    /// An empty cache. Each check names its backend, which may change
+    /// while the daemon runs (SIGHUP: `io_tokio::auth::LivePwCheck`): an
+    /// entry counts only for the password file (its inode, size and mtime)
+    /// or the absence of one it was accepted under.
+    pub fn new() -> LoginCache {
         let mut key = [0u8; 32];
         let key = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
             .ok()
             .map(|()| key);
-        let file = match pwcheck {
-            PwCheck::PasswdFile(f) => Some(f.path().to_path_buf()),
-            _ => None,
-        };
         LoginCache {
             key,
-            file,
             entries: Mutex::default(),
         }
     }
@@ -131,7 +127,13 @@ impl LoginCache {
         };
         let id = (authcid.to_owned(), ctx.realm.map(str::to_owned));
         let digest = Self::digest(key, authcid, password.expose());
-        let file = self.file.as_deref().and_then(stamp);
+        // The password file whose changes drop every entry, if that is the
+        // backend.
+        let backend_file = match backend {
+            PwCheck::PasswdFile(f) => Some(f.path()),
+            _ => None,
+        };
+        let file = backend_file.and_then(stamp);
         {
             let mut entries = self.lock();
             if let Some(e) = entries.get(&id) {
@@ -145,7 +147,7 @@ impl LoginCache {
             }
         }
         let verdict = backend.check(authcid, password, ctx).await?;
-        if verdict == Verdict::Accepted && (self.file.is_none() || file.is_some()) {
+        if verdict == Verdict::Accepted && (backend_file.is_none() || file.is_some()) {
             let mut entries = self.lock();
             if entries.len() >= Self::ENTRIES_MAX {
                 entries.clear();
@@ -355,7 +357,7 @@ mod tests {
         file.set_password("repl", &Secret::new(b"one".to_vec()))
             .unwrap();
         let backend = PwCheck::PasswdFile(PasswdFile::new(&path));
-        let cache = LoginCache::new(&backend);
+        let cache = LoginCache::new();
         let check = |pw: &'static [u8]| {
             let (cache, backend) = (&cache, &backend);
             async move {

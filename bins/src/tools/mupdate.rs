@@ -81,7 +81,7 @@ use engine::mupdate::follower::{self, Follower};
 use engine::mupdate::{
     AuthOk, Change, Command, Completion, Effect, Options, Role, Server, Topology,
 };
-use io_tokio::auth::{Access, CheckContext, PwCheck};
+use io_tokio::auth::{Access, CheckContext, LivePwCheck};
 use io_tokio::config::{Config, DurationUnit, LoadOptions};
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
@@ -146,7 +146,7 @@ enum Error {
 /// Everything connections share.
 struct Shared {
     db: MupdateDb,
-    pwcheck: PwCheck,
+    pwcheck: LivePwCheck,
     access: Access,
     opts: Options,
     upstream: Option<SlaveConf>,
@@ -259,7 +259,11 @@ impl EffectExecutor<Effect> for Exec {
                         service: "mupdate",
                         realm: None,
                     };
-                    match shared.access.login(&shared.pwcheck, &creds, ctx).await {
+                    match shared
+                        .access
+                        .login(&*shared.pwcheck.get(), &creds, ctx)
+                        .await
+                    {
                         Ok(a) => Completion::Auth(Some(AuthOk {
                             admin: shared.access.is_admin(&a.authcid),
                             userid: a.userid,
@@ -405,7 +409,18 @@ async fn connection(
         return;
     }
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-    let machine = Server::new(Time::ZERO, shared.db.clone(), shared.opts.clone());
+    let mut opts = shared.opts.clone();
+    if let Some(conf) = io_tokio::config::live::current() {
+        // allowplaintext / sasl_mech_list as of the last SIGHUP.
+        if let (Ok(clear), Ok(tls)) = (
+            io_tokio::auth::offered_mechanisms(&conf, 0),
+            io_tokio::auth::offered_mechanisms(&conf, 256),
+        ) {
+            opts.mechanisms = clear;
+            opts.mechanisms_tls = tls;
+        }
+    }
+    let machine = Server::new(Time::ZERO, shared.db.clone(), opts);
     let exec = Exec {
         shared: shared.clone(),
         commands: tx,
@@ -514,7 +529,7 @@ fn build(args: &Args) -> Result<(Arc<Shared>, TlsConfigs, ServeOptions), Error> 
         .configdirectory()?
         .join("socket")
         .join("mupdate.target");
-    let pwcheck = PwCheck::from_config(&conf)?;
+    let pwcheck = LivePwCheck::from_config(&conf)?;
     let access = Access::from_config(&conf);
     let tls_files = TlsFiles::from_lookup(|k| conf.get_str(k).map(str::to_owned))?;
     let tls = TlsConfigs::from_files(&tls_files)?;

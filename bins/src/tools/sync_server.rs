@@ -28,7 +28,7 @@ use engine::csync::{Completion, Effect, Flavour, Options as MachineOptions, Serv
 use engine::machine::Time;
 use engine::model::UnixTime;
 use engine::store::StoreEffect;
-use io_tokio::auth::{Access, PwCheck};
+use io_tokio::auth::{Access, LivePwCheck};
 use io_tokio::config::Config;
 use io_tokio::driver::{Driver, EffectExecutor};
 use io_tokio::listen::{self, ServeOptions};
@@ -78,12 +78,14 @@ struct Args {
 struct Shared {
     committer: Committer,
     reader: Reader,
-    pwcheck: PwCheck,
+    pwcheck: LivePwCheck,
     logins: csync_common::LoginCache,
     locks: Arc<UserLockTable>,
     access: Access,
     machine: MachineOptions,
     realm: Option<String>,
+    /// `-p ssf`: the strength master(8) says the socket already has.
+    ssf: Option<u32>,
 }
 
 /// The per-user locks of this daemon's sessions ([`engine::csync::UserLocks`]):
@@ -155,7 +157,7 @@ impl EffectExecutor<Effect> for Exec {
             };
             csync_common::login_cached(
                 &shared.logins,
-                &shared.pwcheck,
+                &shared.pwcheck.get(),
                 &shared.access,
                 shared.realm.as_deref(),
                 &creds,
@@ -209,6 +211,13 @@ async fn run_connection<T: io_tokio::driver::Transport>(
     let now = Time::from_since_epoch(tokio::time::Instant::now() - epoch);
     let mut opts = shared.machine.clone();
     crate::observe::live_csync(&mut opts, csync_common::machine_options);
+    if let (Some(ssf), Some(conf)) = (shared.ssf, io_tokio::config::live::current()) {
+        // -p: what may be offered in the clear follows from that strength,
+        // under the running allowplaintext/sasl_mech_list.
+        if let Ok(m) = io_tokio::auth::offered_mechanisms(&conf, ssf) {
+            opts.mechanisms = m;
+        }
+    }
     opts.flavour = flavour;
     opts.session = conn.get();
     opts.user_locks = Some(engine::csync::Locks(shared.locks.clone()));
@@ -272,7 +281,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    let pwcheck = match PwCheck::from_config(&conf) {
+    let pwcheck = match LivePwCheck::from_config(&conf) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sync_server: {e}");
@@ -320,12 +329,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         let shared = Arc::new(Shared {
             reader: committer.reader(),
             committer,
-            logins: csync_common::LoginCache::new(&pwcheck),
+            logins: csync_common::LoginCache::new(),
             locks: Arc::new(UserLockTable::default()),
             pwcheck,
             access: Access::from_config(&conf),
             machine,
             realm: conf.get_str("sync_realm").map(str::to_owned),
+            ssf: args.ssf,
         });
         let shutdown = async {
             listen::shutdown_signal(listen::master::is_under_master()).await;

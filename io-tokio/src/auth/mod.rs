@@ -155,6 +155,76 @@ impl Authenticator for PwCheck {
     }
 }
 
+/// The password check of the running configuration: the daemon builds it
+/// from the file it started with, and each login asks [`LivePwCheck::get`],
+/// which follows a SIGHUP (`config::live`) that changed
+/// `corvid_passwd_file`, `sasl_pwcheck_method` or `sasl_saslauthd_path`.
+/// A new setting that cannot be used (e.g. `auxprop`) is logged and the
+/// backend in use kept, as a config that fails to load keeps the old one.
+#[derive(Debug)]
+pub struct LivePwCheck {
+    current: std::sync::RwLock<(String, std::sync::Arc<PwCheck>)>,
+    /// The last key that could not be used, so that it is logged once.
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+/// What decides the backend, as one comparable string.
+fn pwcheck_key(conf: &Config) -> String {
+    let get = |k| conf.get_str(k).unwrap_or("");
+    format!(
+        "{}\0{}\0{}",
+        get("corvid_passwd_file"),
+        get("sasl_pwcheck_method"),
+        get("sasl_saslauthd_path")
+    )
+}
+
+impl LivePwCheck {
+    /// The backend `conf` configures ([`PwCheck::from_config`]).
+    pub fn from_config(conf: &Config) -> Result<LivePwCheck, AuthError> {
+        let check = PwCheck::from_config(conf)?;
+        Ok(LivePwCheck {
+            current: std::sync::RwLock::new((pwcheck_key(conf), std::sync::Arc::new(check))),
+            refused: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The backend for a login starting now.
+    pub fn get(&self) -> std::sync::Arc<PwCheck> {
+        let running = crate::config::live::current();
+        let read = || self.current.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conf) = running else {
+            return read().1.clone();
+        };
+        let key = pwcheck_key(&conf);
+        {
+            let cur = read();
+            if cur.0 == key {
+                return cur.1.clone();
+            }
+        }
+        match PwCheck::from_config(&conf) {
+            Ok(check) => {
+                let check = std::sync::Arc::new(check);
+                let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+                if cur.0 != key {
+                    tracing::info!(backend = ?check, "password check changed by the reloaded configuration");
+                    *cur = (key, check);
+                }
+                cur.1.clone()
+            }
+            Err(e) => {
+                let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                if refused.as_deref() != Some(key.as_str()) {
+                    tracing::warn!(error = %e, "reloaded password check unusable; keeping the running one");
+                    *refused = Some(key);
+                }
+                read().1.clone()
+            }
+        }
+    }
+}
+
 /// The mechanisms a corvid server offers in its banner, as libsasl2 would
 /// under the security properties Cyrus sets (`imap/global.c
 /// mysasl_secprops`, libsasl `server.c mech_permitted`): PLAIN and LOGIN

@@ -30,6 +30,21 @@ pub const LIVE_KEYS: &[(&str, &str)] = &[
     ("sync_timeout", "idle timeout of new csync connections"),
     ("failedloginpause", "new csync connections"),
     (
+        "allowplaintext",
+        "SASL mechanisms offered to new connections",
+    ),
+    (
+        "sasl_mech_list",
+        "SASL mechanisms offered to new connections",
+    ),
+    (
+        "sasl_minimum_layer",
+        "SASL mechanisms offered to new connections",
+    ),
+    ("corvid_passwd_file", "password checks of new logins"),
+    ("sasl_pwcheck_method", "password checks of new logins"),
+    ("sasl_saslauthd_path", "password checks of new logins"),
+    (
         "mupdate_connections_max",
         "checked at each new MUPDATE connection",
     ),
