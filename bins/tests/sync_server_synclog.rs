@@ -39,6 +39,25 @@ fn peers() -> Option<Peers> {
     support::peers("sync_server_synclog")
 }
 
+/// `GET /metrics` on `port` until `pred` holds (bounded: 60 s).
+fn scrape_until(port: u16, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut body = String::new();
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            if s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_ok() {
+                let _ = s.read_to_string(&mut body);
+            }
+        }
+        if pred(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never matched:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -367,7 +386,14 @@ fn corvid_replica_replicates_onward_while_serving() {
     );
 
     // 2. With it, every change applied is logged in Cyrus's lines.
-    let c = Corvid::new(&p, "sync_log: 1\nsync_log_chain: 1\n");
+    let metrics = free_port();
+    let c = Corvid::new(
+        &p,
+        &format!(
+            "sync_log: 1\nsync_log_chain: 1\n\
+             sync_client_corvid_metrics_listen: 127.0.0.1:{metrics}\n"
+        ),
+    );
     let (server, port) = c.serve();
     p.real_sync(port, &["-v", "-u", &u]);
     let log = c.log();
@@ -385,6 +411,19 @@ fn corvid_replica_replicates_onward_while_serving() {
     assert!(
         first.iter().any(|l| l.contains(&format!("user.{u}.Work"))),
         "{first:#?}"
+    );
+    // The rolling client's /metrics (its own address, by the
+    // `sync_client_` prefix) has a replication-lag observation for it.
+    let lag = scrape_until(metrics, |b| {
+        b.lines().any(|l| {
+            l.strip_prefix("corvid_replication_lag_seconds_count{channel=\"\"} ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1)
+        })
+    });
+    assert!(
+        lag.contains("corvid_replication_lag_seconds_bucket{channel=\"\",le=\"+Inf\"}"),
+        "{lag}"
     );
 
     // 4. Changes on the master, through corvid, onward.
