@@ -159,3 +159,93 @@ fn count_messages(maildir: &Path) -> usize {
         .map(|s| fs::read_dir(maildir.join(s)).map_or(0, |r| r.count()))
         .sum()
 }
+
+/// Another process holds the user's lock as Dovecot takes it (an fcntl
+/// write lock on `<home>/.dovecot-sync.lock`, here held by python's
+/// `fcntl.lockf`, which is that call): corvid dsync waits `-l` seconds and
+/// gives up with exit 75, touching nothing; dsync-server the same; once
+/// the holder is gone the run proceeds, and the lock file is gone after.
+#[test]
+fn a_held_user_lock_makes_dsync_wait_then_fail_with_75() {
+    let d = tmp("lock");
+    let home = d.join("home");
+    let local = d.join("local");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(local.join(sub)).unwrap();
+    }
+    fs::write(
+        local.join("cur").join("1700000000.M1P1.test:2,S"),
+        "Subject: x\n\nbody\n",
+    )
+    .unwrap();
+    fs::create_dir_all(&home).unwrap();
+    let lock = home.join(".dovecot-sync.lock");
+    let ready = d.join("ready");
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,sys,time\n\
+             f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX)\n\
+             open(sys.argv[2],'w').close(); sys.stdin.read()",
+        )
+        .arg(&lock)
+        .arg(&ready)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "holder never locked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backup = |extra: &[&str]| {
+        let child = Command::new(CORVID)
+            .args(["dsync", "-u", "alice", "-l", "1", "-o"])
+            .arg(format!("mail_location=maildir:{}", local.display()))
+            .arg("-o")
+            .arg(format!("mail_home={}", home.display()))
+            .args(extra)
+            .arg("backup")
+            .arg(format!("maildir:{}", d.join("copy").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_bounded(child, Duration::from_secs(120))
+    };
+    let (code, err) = backup(&[]);
+    assert_eq!(code, Some(75), "stderr: {err}");
+    assert!(
+        err.contains("Couldn't lock") && err.contains(".dovecot-sync.lock"),
+        "stderr: {err}"
+    );
+    assert_eq!(count_messages(&d.join("copy")), 0, "a locked run wrote");
+    // The server side locks its own home for the session too.
+    let server = Command::new(CORVID)
+        .args(["dsync-server", "-u", "alice", "-l", "1", "-o"])
+        .arg(format!(
+            "mail_location=maildir:{}",
+            d.join("copy").display()
+        ))
+        .arg("-o")
+        .arg(format!("mail_home={}", home.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = wait_bounded(server, Duration::from_secs(120));
+    assert_eq!(code, Some(75), "stderr: {err}");
+    // The holder goes: the same run now succeeds and leaves no lock file.
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let (code, err) = backup(&[]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(count_messages(&d.join("copy")), 1);
+    assert!(!lock.exists(), "the lock file was left behind");
+    let _ = fs::remove_dir_all(&d);
+}

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! corvid dsync [-c config] [-o setting=value]... [-u user] [-m mailbox]
-//!              [-f] [-R] [-s state] [-T secs] [-v] [-D] mirror|backup LOCATION2
-//! corvid dsync-server [-c config] [-o setting=value]... [-u user] [-T secs]
+//!              [-f] [-R] [-s state] [-T secs] [-l secs] [-v] [-D] mirror|backup LOCATION2
+//! corvid dsync-server [-c config] [-o setting=value]... [-u user] [-T secs] [-l secs]
 //! ```
 //!
 //! `-T secs` (both sides, default 600 as Dovecot's): a peer that sends
@@ -20,9 +20,19 @@
 //! stream (`corvid dsync-server …`, `doveadm dsync-server -u user`), or
 //! `host` / `user@host` (`ssh host corvid dsync-server [-u user]`).
 //!
+//! The user lock (rule 9 of `engine::dsync`): every run holds Dovecot's
+//! `<home>/.dovecot-sync.lock` (fcntl, `store::maildir::lock::SyncLock`) on
+//! each local store it opens, for the whole run, so two runs for one user
+//! (corvid's, or a real `doveadm sync -l`) never interleave their writes.
+//! `home` is the `mail_home` setting if given, else the location's
+//! directory (`maildir:PATH`, `corvid:PATH`). Dovecot locks only with
+//! `-l SECS`; corvid always locks, and `-l SECS` sets how long to wait for
+//! a holder (default 30 s). Two local stores are locked in path order.
+//!
 //! Exit codes (man page): 0 synced perfectly; 2 synced, but something
-//! changed meanwhile, run again; 1 failed. With `-s` the new state is
-//! printed on stdout.
+//! changed meanwhile, run again; 1 failed; 75 (EX_TEMPFAIL, as doveadm's
+//! for a temporary failure) when the user's lock stayed held. With `-s`
+//! the new state is printed on stdout.
 //!
 //! The brains (`engine::dsync::Brain`) make every decision; this file
 //! parses flags, opens stores, and moves bytes and store writes. The
@@ -35,7 +45,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -60,8 +70,16 @@ struct Args {
     /// `-T secs`: give up when the peer sends nothing for this long while
     /// we wait for it (Dovecot's dsync: 600 s); 0 waits forever.
     io_timeout_secs: u64,
+    /// `-l secs`: how long to wait for another run's user lock.
+    lock_timeout_secs: u64,
     rest: Vec<String>,
 }
+
+/// How long a run waits for the user's lock without `-l`.
+const LOCK_TIMEOUT_SECS_DEFAULT: u64 = 30;
+
+/// Exit code when the user's lock stayed held (doveadm's EX_TEMPFAIL).
+const EXIT_LOCKED: u8 = 75;
 
 /// Dovecot's default I/O timeout for a dsync stream (10 minutes).
 const IO_TIMEOUT_SECS_DEFAULT: u64 = 600;
@@ -69,6 +87,7 @@ const IO_TIMEOUT_SECS_DEFAULT: u64 = 600;
 fn parse(args: Vec<OsString>) -> Result<Args, String> {
     let mut a = Args {
         io_timeout_secs: IO_TIMEOUT_SECS_DEFAULT,
+        lock_timeout_secs: LOCK_TIMEOUT_SECS_DEFAULT,
         ..Args::default()
     };
     let mut it = args
@@ -94,7 +113,13 @@ fn parse(args: Vec<OsString>) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("-T wants seconds, got {v:?}"))?;
             }
-            "-l" | "-C" => {
+            "-l" => {
+                let v = val("-l")?;
+                a.lock_timeout_secs = v
+                    .parse()
+                    .map_err(|_| format!("-l wants seconds, got {v:?}"))?;
+            }
+            "-C" => {
                 val(&x)?;
             }
             "-f" => a.full = true,
@@ -206,8 +231,21 @@ fn run_master(args: Vec<OsString>) -> Result<ExitCode, String> {
         o.state = Some(SyncState::parse(s).map_err(|e| format!("-s: {e}"))?);
     }
     let progress = Progress::new(a.verbose);
+    let both_local = loc2.len() == 1 && is_location(&loc2[0]);
+    let mut homes = vec![lock_home(&a, &local)?];
+    if both_local {
+        // The second store's own directory (mail_home names the first's).
+        homes.push(location_dir(&loc2[0])?);
+    }
+    let _locks = match lock_all(homes, &a) {
+        Ok(l) => l,
+        Err(Locked { msg, held }) => {
+            eprintln!("dsync: {msg}");
+            return Ok(ExitCode::from(if held { EXIT_LOCKED } else { 1 }));
+        }
+    };
     let local_store = open(&local, &user)?;
-    let outcome = if loc2.len() == 1 && is_location(&loc2[0]) {
+    let outcome = if both_local {
         let remote_store = open(&loc2[0], &user)?;
         let mut so = Options::new(Role::Slave, user.clone());
         so.hostname = o.hostname.clone();
@@ -244,6 +282,13 @@ fn run_server(args: Vec<OsString>) -> Result<ExitCode, String> {
     let mut o = Options::new(Role::Slave, user.clone());
     o.hostname = hostname();
     o.now = UnixTime(now());
+    let _lock = match lock_all(vec![lock_home(&a, &local)?], &a) {
+        Ok(l) => l,
+        Err(Locked { msg, held }) => {
+            eprintln!("dsync-server: {msg}");
+            return Ok(ExitCode::from(if held { EXIT_LOCKED } else { 1 }));
+        }
+    };
     let st = open(&local, &user)?;
     let progress = Progress::new(false);
     let outcome = with_store(st, |st| {
@@ -339,6 +384,78 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+// ----- the user lock -----
+
+/// The user lock was not taken: `held` when someone else kept it for the
+/// whole wait (a temporary failure), else it could not be created.
+struct Locked {
+    msg: String,
+    held: bool,
+}
+
+/// The directory a location names (`maildir:PATH[:params]`, `corvid:PATH`).
+fn location_dir(loc: &str) -> Result<PathBuf, String> {
+    if let Some(p) = loc.strip_prefix("corvid:") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = loc.strip_prefix("maildir:") {
+        return Ok(PathBuf::from(p.split(':').next().unwrap_or(p)));
+    }
+    Err(format!(
+        "{loc}: unknown location (maildir:PATH or corvid:PATH)"
+    ))
+}
+
+/// Where the local user's lock lives: `mail_home`, else the location's
+/// directory.
+fn lock_home(a: &Args, loc: &str) -> Result<PathBuf, String> {
+    match a.setting("mail_home") {
+        Some(h) if !h.is_empty() => Ok(PathBuf::from(h)),
+        _ => location_dir(loc),
+    }
+}
+
+/// Takes the user lock in each of `homes` (in path order, so two runs
+/// over the same pair cannot each hold one and wait for the other).
+fn lock_all(
+    mut homes: Vec<PathBuf>,
+    a: &Args,
+) -> Result<Vec<store::maildir::lock::SyncLock>, Locked> {
+    homes.sort();
+    homes.dedup();
+    let timeout = std::time::Duration::from_secs(a.lock_timeout_secs);
+    let mut held = Vec::new();
+    for home in homes {
+        if let Err(e) = std::fs::create_dir_all(&home) {
+            return Err(Locked {
+                msg: format!("{}: {e}", home.display()),
+                held: false,
+            });
+        }
+        match store::maildir::lock::SyncLock::acquire(&home, timeout) {
+            Ok(l) => held.push(l),
+            Err(e) => {
+                return Err(Locked {
+                    msg: lock_error(&home, &e),
+                    held: e.kind() == std::io::ErrorKind::TimedOut,
+                })
+            }
+        }
+    }
+    Ok(held)
+}
+
+fn lock_error(home: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        e.to_string()
+    } else {
+        format!(
+            "Couldn't create lock {}: {e}",
+            home.join(store::maildir::lock::SYNC_LOCK_NAME).display()
+        )
     }
 }
 

@@ -310,7 +310,8 @@ NAME
 
 SYNOPSIS
        dsync [ -c config ] [ -o setting=value ]... [ -u user ] [ -m mailbox ]
-             [ -f ] [ -R ] [ -s state ] [ -v ] [ -D ] mirror|backup LOCATION2
+             [ -f ] [ -R ] [ -s state ] [ -T secs ] [ -l secs ] [ -v ] [ -D ]
+             mirror|backup LOCATION2
 
 DESCRIPTION
        dsync synchronises the local location (mail_location, from -o or the
@@ -342,6 +343,18 @@ OPTIONS
        -s state
               Stateful sync from this state; the new state is printed.
 
+       -T secs
+              Give up when the peer is silent this long (default 600; 0
+              waits forever).
+
+       -l secs
+              Wait at most secs for another run's lock on this user
+              (default 30). Every run holds Dovecot's fcntl lock on
+              HOME/.dovecot-sync.lock for its whole run, HOME being the
+              mail_home setting or else the location's directory, so two
+              runs for one user (corvid's or doveadm sync -l) never
+              interleave.
+
        -v     Makes dsync more verbose.
 
        -D     Activates debug messages and makes dsync more verbose.
@@ -350,6 +363,7 @@ EXIT STATUS
        0      Synchronised perfectly.
        2      Synchronised, but something changed meanwhile; run again.
        1      Failed.
+       75     The user's lock stayed held by another run (temporary).
 
 SEE ALSO
        dsync-server --help, doveadm-sync(1)
@@ -361,6 +375,7 @@ NAME
 
 SYNOPSIS
        dsync-server [ -c config ] [ -o setting=value ]... [ -u user ]
+             [ -T secs ] [ -l secs ]
 
 DESCRIPTION
        Speaks the dsync protocol on standard input/output for the local
@@ -376,6 +391,10 @@ OPTIONS
 
        -u user
               The user to serve.
+
+       -T secs, -l secs
+              As dsync's: the peer's silence limit, and the wait for the
+              user's lock, which the server holds for the whole session.
 
 SEE ALSO
        dsync --help

@@ -1,4 +1,14 @@
-//! Dovecot-compatible dot-locks and atomic file replacement.
+//! Dovecot-compatible dot-locks, the dsync user lock, and atomic file
+//! replacement.
+//!
+//! The dsync user lock ([`SyncLock`]) is Dovecot 2.3's
+//! `<home>/.dovecot-sync.lock`: a file created `0600` and held with an
+//! fcntl write lock on the whole file for a sync's whole run; the holder
+//! unlinks it before unlocking. A waiter checks after locking that the
+//! path still names the file it locked (else the holder just removed it
+//! and it retries on the new one). fcntl locks are per process, so two
+//! runs in one process do not exclude each other; two processes (corvid or
+//! a real `doveadm sync -l`) do.
 //!
 //! A dot-lock on `F` is the file `F.lock`, created exclusively; its content
 //! is `<pid>:<hostname>` so a locker on the same host can tell a dead
@@ -82,6 +92,81 @@ fn is_stale(path: &Path, host: &str, stale: Duration) -> bool {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age > stale),
+    }
+}
+
+/// The file name of Dovecot's dsync user lock (`DSYNC_LOCK_FILENAME`).
+pub const SYNC_LOCK_NAME: &str = ".dovecot-sync.lock";
+
+/// A held dsync user lock: unlinked, then unlocked, on drop.
+#[derive(Debug)]
+pub struct SyncLock {
+    path: PathBuf,
+    file: File,
+}
+
+impl SyncLock {
+    /// Locks `home/.dovecot-sync.lock`, waiting up to `timeout` for a
+    /// holder to finish. An error of kind `TimedOut` means someone held it
+    /// all that time.
+    pub fn acquire(home: &Path, timeout: Duration) -> io::Result<SyncLock> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let path = home.join(SYNC_LOCK_NAME);
+        let started = Instant::now();
+        let mut wait_ms = 5u64;
+        loop {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            match rustix::fs::fcntl_lock(
+                &file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => {
+                    // Still the file the path names? The last holder may
+                    // have unlinked it between our open and our lock.
+                    let same = fs::metadata(&path)
+                        .ok()
+                        .zip(file.metadata().ok())
+                        .is_some_and(|(p, f)| p.ino() == f.ino() && p.dev() == f.dev());
+                    if same {
+                        return Ok(SyncLock { path, file });
+                    }
+                    continue;
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => {}
+                Err(e) => return Err(e.into()),
+            }
+            if started.elapsed() >= timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "Couldn't lock {}: Timed out after {} seconds",
+                        path.display(),
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            wait_ms = (wait_ms * 2).min(100);
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SyncLock {
+    fn drop(&mut self) {
+        // As Dovecot: unlink before the lock goes (closing the file drops
+        // it), so a waiter that wins the lock on the old file notices.
+        let _ = fs::remove_file(&self.path);
+        let _ = &self.file;
     }
 }
 
