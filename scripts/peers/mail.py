@@ -32,6 +32,7 @@ import argparse
 import base64
 import imaplib
 import os
+import subprocess
 import random
 import smtplib
 import socket
@@ -128,7 +129,20 @@ def cmd_append(a):
     c.logout()
 
 
+def ensure_sasl_user(user):
+    """Give `user` the lab's USER_PASS in the peers' sasldb, in each Cyrus
+    instance's realm, so that a user start.sh did not create can log in
+    (saslpasswd2 -c replaces an existing entry's password)."""
+    db = os.path.join(ENV["CORVID_PEERS_RUN"], "sasldb2")
+    for realm in (ENV["MASTER_NAME"], ENV["REPLICA_NAME"], ENV["REPLICA2_NAME"]):
+        subprocess.run(["saslpasswd2", "-p", "-c", "-f", db, "-u", realm, user],
+                       input=ENV["USER_PASS"].encode(), check=True)
+    subprocess.run(["chown", "cyrus:mail", db], check=False)
+
+
 def cmd_mkuser(a):
+    if a.user != ENV["ADMIN_USER"]:
+        ensure_sasl_user(a.user)
     c = login(ENV["ADMIN_USER"])
     ok(c.create("user/%s" % a.user), "create user/%s" % a.user)
     c.logout()
