@@ -18,7 +18,13 @@ const DEFAULT_SEEDS: std::ops::Range<u64> = 0..150;
 /// lower HIGHESTMODSEQ and UIDs (4 → 2). The replica's tombstone is
 /// invisible to the client (GET USER lists none), so the server must
 /// refuse or renumber an APPLY MAILBOX that would re-create a mailbox
-/// below its own tombstone (engine/src/csync, reported).
+/// below its own tombstone (engine/src/csync, reported). Session 4 tried
+/// raising the re-created mailbox's HIGHESTMODSEQ to the tombstone's: the
+/// modseq check then passes, and the same seed fails next on UID 1 of
+/// UIDVALIDITY 1001 naming another message (each side appended during the
+/// partition). Keeping the uniqueid and UIDVALIDITY cannot be made safe
+/// by the replica alone: the resurrected mailbox needs a new incarnation
+/// (the master renumbering into a new UIDVALIDITY), which is not built.
 const QUARANTINED: &[u64] = &[966];
 
 /// Seeds that failed once and are fixed, replayed in every `cargo test`:
