@@ -72,16 +72,7 @@ fn start_with_log(level: Option<&str>) -> Daemon {
     std::fs::create_dir_all(dir.path().join("spool")).unwrap();
     let conf = dir.path().join("imapd.conf");
     std::fs::write(&conf, config_text(dir.path())).unwrap();
-    let mut p = Command::new(corvid())
-        .args(["passwd"])
-        .arg(dir.path().join("passwd"))
-        .arg("repl")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(b"secret\n").unwrap();
-    assert!(p.wait().unwrap().success());
+    passwd(&dir.path().join("passwd"), "repl", "secret");
     let port = free_port();
     let log = dir.path().join("log");
     let mut cmd = Command::new(corvid());
