@@ -424,3 +424,30 @@ fn user_view_reads_the_engine_model() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn a_sidecar_from_before_the_cached_sizes_is_filled_in_without_new_modseqs() {
+    let t = tempfile::tempdir().unwrap();
+    let md = open(t.path());
+    let inbox = Name::inbox();
+    let a = md
+        .append(&inbox, &mut &body(1)[..], &Append::default())
+        .unwrap();
+    let sidecar = t.path().join("corvid-modseqs");
+    let text = fs::read_to_string(&sidecar).unwrap();
+    let line = text.lines().nth(1).unwrap().to_string();
+    assert!(
+        line.contains(" S") && line.contains(" W") && line.contains(" T"),
+        "{line}"
+    );
+    // The line as corvid wrote it before sizes were kept: uid modseq sha1 :letters.
+    let f: Vec<&str> = line.split(' ').collect();
+    let old_line = format!("{} {} {} {}", f[0], f[1], f[2], f[f.len() - 1]);
+    let old = format!("{}\n{old_line}\n", text.lines().next().unwrap());
+    fs::write(&sidecar, &old).unwrap();
+    let m = md.message(&inbox, a.uid).unwrap();
+    assert_eq!((m.modseq, m.size, m.vsize), (a.modseq, a.size, a.vsize));
+    assert_eq!(md.status(&inbox).unwrap().highest_modseq, a.modseq);
+    // Filled in, the rest of the line unchanged.
+    assert_eq!(fs::read_to_string(&sidecar).unwrap(), text);
+}

@@ -81,6 +81,7 @@ pub mod model;
 pub mod name;
 pub mod subscriptions;
 pub mod uidlist;
+mod view_cache;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -355,7 +356,16 @@ pub struct Maildir {
     host: String,
     uniq: AtomicU64,
     fault_steps: AtomicU64,
+    /// Mailbox views reused while their files are unchanged.
+    views: view_cache::ViewCache<Snapshot>,
+    /// Where an identity (GUID, uniqueid) was last seen: a hint, always
+    /// checked against the mailbox before it is believed.
+    name_hints: std::sync::Mutex<std::collections::HashMap<String, Name>>,
 }
+
+/// How many messages the reusable views of one [`Maildir`] may hold in
+/// all (about 200 bytes each).
+const VIEW_CACHE_MESSAGES: usize = 250_000;
 
 /// A visible message file.
 #[derive(Debug, Clone)]
@@ -371,15 +381,28 @@ struct Snapshot {
     files: BTreeMap<String, Found>,
     keywords: Keywords,
     modseqs: Modseqs,
-    /// SHA-1s of files this process just wrote (base → SHA-1), so their
+    /// What this process just wrote (base → SHA-1 and sizes), so their
     /// modseq lines need no second read.
-    fresh_sha1: BTreeMap<String, Guid>,
+    fresh: BTreeMap<String, Facts>,
+}
+
+/// What a message file's bytes and inode say, computed once per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Facts {
+    sha1: Guid,
+    size: u64,
+    vsize: u64,
 }
 
 /// The `corvid-modseqs` sidecar: `1 H<highest>` then per live UID
-/// `<uid> <modseq> <sha1-hex> :<flag letters>`. The SHA-1 of the file's
-/// bytes is what the engine model names message bytes by; it is computed
-/// once, when the message first shows up.
+/// `<uid> <modseq> <sha1-hex> [S<size> W<vsize> T<mtime>] :<flag letters>`.
+/// The SHA-1 of the file's bytes is what the engine model names message
+/// bytes by; it and the sizes and date are computed once, when the
+/// message first shows up, so a later pass over an unchanged mailbox
+/// reads no message file and stats none (Dovecot keeps the same facts in
+/// its `dovecot.index.cache`). Lines without the `S W T` fields (written
+/// before they existed) are filled in by the next locked pass; readers
+/// that predate them ignore the extra fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Modseqs {
     highest: u64,
@@ -394,6 +417,8 @@ struct Seen {
     modseq: u64,
     sha1: Guid,
     letters: String,
+    /// Physical size, virtual size, mtime (INTERNALDATE) of the file.
+    cached: Option<(u64, u64, i64)>,
 }
 
 impl Modseqs {
@@ -408,12 +433,21 @@ impl Modseqs {
             let uid = f.next()?.parse().ok()?;
             let modseq = f.next()?.parse().ok()?;
             let sha1 = Guid::parse(f.next()?.as_bytes()).ok()?;
+            let cached = match (f.next(), f.next(), f.next()) {
+                (Some(sz), Some(w), Some(t)) => Some((
+                    sz.strip_prefix('S')?.parse().ok()?,
+                    w.strip_prefix('W')?.parse().ok()?,
+                    t.strip_prefix('T')?.parse().ok()?,
+                )),
+                _ => None,
+            };
             per_uid.insert(
                 uid,
                 Seen {
                     modseq,
                     sha1,
                     letters: letters.to_string(),
+                    cached,
                 },
             );
         }
@@ -427,7 +461,13 @@ impl Modseqs {
     fn to_text(&self) -> String {
         let mut s = format!("1 H{} V{}\n", self.highest, self.uidvalidity);
         for (uid, x) in &self.per_uid {
-            s.push_str(&format!("{uid} {} {} :{}\n", x.modseq, x.sha1, x.letters));
+            match x.cached {
+                Some((size, vsize, date)) => s.push_str(&format!(
+                    "{uid} {} {} S{size} W{vsize} T{date} :{}\n",
+                    x.modseq, x.sha1, x.letters
+                )),
+                None => s.push_str(&format!("{uid} {} {} :{}\n", x.modseq, x.sha1, x.letters)),
+            }
         }
         s
     }
@@ -457,6 +497,8 @@ impl Maildir {
             host: file_name::escape_host(&host),
             uniq: AtomicU64::new(0),
             fault_steps: AtomicU64::new(0),
+            views: view_cache::ViewCache::new(VIEW_CACHE_MESSAGES),
+            name_hints: Default::default(),
         })
     }
 
@@ -552,6 +594,39 @@ impl Maildir {
             });
         }
         Ok(Some(s))
+    }
+
+    /// The first line of a control file (without its newline), read
+    /// without the rest: a uidlist's header names the mailbox's identity.
+    pub(crate) fn read_control_header(&self, path: &Path) -> Result<Option<String>> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let mut line = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::with_capacity(4096, f.take(self.options.control_file_bytes_max)),
+            &mut line,
+        )
+        .map_err(io_err(path))?;
+        Ok(Some(line.trim_end_matches('\n').to_string()))
+    }
+
+    /// The name last seen with identity `key` (a hint to check).
+    pub(crate) fn hinted_name(&self, key: &str) -> Option<Name> {
+        self.name_hints.lock().ok()?.get(key).cloned()
+    }
+
+    /// Remember that identity `key` was seen at `name`.
+    pub(crate) fn remember_name(&self, key: String, name: &Name) {
+        if let Ok(mut h) = self.name_hints.lock() {
+            // Bounded by the mailboxes that exist, unless names churn.
+            if h.len() > 4 * self.options.mailboxes_max {
+                h.clear();
+            }
+            h.insert(key, name.clone());
+        }
     }
 
     /// Every mailbox, by name: INBOX and each `.`-directory that decodes
@@ -1055,7 +1130,14 @@ impl Maildir {
                 },
             );
             s.files.insert(base.clone(), Found { sub, name: fname });
-            s.fresh_sha1.insert(base.clone(), w.sha1);
+            s.fresh.insert(
+                base.clone(),
+                Facts {
+                    sha1: w.sha1,
+                    size: w.size,
+                    vsize: w.vsize,
+                },
+            );
             bases.push(base);
         }
         // Checked whole: from here on the round is applied.
@@ -1330,25 +1412,31 @@ impl Maildir {
     }
 
     fn message_of(&self, s: &Snapshot, e: &Entry, f: &Found) -> Result<Message> {
-        let path = s.dir.join(f.sub).join(f.name.to_entry());
-        let md = fs::metadata(&path).map_err(io_err(&path))?;
-        let size = file_name::size_field(&e.base, 'S')
-            .or_else(|| e.ext('S').and_then(|v| v.parse().ok()))
-            .unwrap_or(md.len());
-        let vsize = match file_name::size_field(&e.base, 'W')
-            .or_else(|| e.ext('W').and_then(|v| v.parse().ok()))
-        {
-            Some(w) => w,
+        let named = |field: char| {
+            file_name::size_field(&e.base, field)
+                .or_else(|| e.ext(field).and_then(|v| v.parse().ok()))
+        };
+        let seen = s.modseqs.per_uid.get(&e.uid);
+        let (size, vsize, internaldate) = match seen.and_then(|x| x.cached) {
+            // Computed when the message first showed up: no stat, no read.
+            Some((size, vsize, date)) => (
+                named('S').unwrap_or(size),
+                named('W').unwrap_or(vsize),
+                date,
+            ),
             None => {
-                let mut r = File::open(&path).map_err(io_err(&path))?;
-                vsize_of(&mut r).map_err(io_err(&path))?.1
+                let path = s.dir.join(f.sub).join(f.name.to_entry());
+                let md = fs::metadata(&path).map_err(io_err(&path))?;
+                let vsize = match named('W') {
+                    Some(w) => w,
+                    None => {
+                        let mut r = File::open(&path).map_err(io_err(&path))?;
+                        vsize_of(&mut r).map_err(io_err(&path))?.1
+                    }
+                };
+                (named('S').unwrap_or(md.len()), vsize, mtime_secs(&md))
             }
         };
-        let internaldate = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
         let keywords = f
             .name
             .keyword_indexes()
@@ -1371,27 +1459,53 @@ impl Maildir {
             size,
             vsize,
             internaldate,
-            modseq: s.modseqs.per_uid.get(&e.uid).map_or(1, |x| x.modseq),
-            sha1: s.modseqs.per_uid.get(&e.uid).map(|x| x.sha1),
+            modseq: seen.map_or(1, |x| x.modseq),
+            sha1: seen.map(|x| x.sha1),
             file: format!("{}/{}", f.sub, f.name.to_entry()),
         })
     }
 
     /// A consistent view; takes the uidlist lock only when something must
-    /// be written (new files, no uidlist or GUID, modseqs behind).
-    fn snapshot(&self, name: &Name) -> Result<Snapshot> {
+    /// be written (new files, no uidlist or GUID, modseqs behind). Reuses
+    /// the last view while the files it was read from are unchanged
+    /// ([`view_cache`]).
+    fn snapshot(&self, name: &Name) -> Result<std::sync::Arc<Snapshot>> {
         let dir = self.existing_dir(name)?;
-        if let Some(s) = self.read_view(&dir)? {
-            if s.uidlist.guid.is_some()
-                && !dir.join(EXPUNGING).exists()
-                && s.files.keys().all(|b| s.uidlist.by_base(b).is_some())
-                && self.modseqs_current(&s)
-            {
-                return Ok(s);
-            }
+        let stamp = || view_cache::Stamp::take(&Self::view_paths(&dir)).map_err(io_err(&dir));
+        let before = stamp()?;
+        if let Some(s) = self.views.get(&dir, &before) {
+            return Ok(s);
         }
-        let _l = self.lock(&dir.join(UIDLIST))?;
-        self.snapshot_locked(name, &dir)
+        let s = match self.read_view(&dir)? {
+            Some(s)
+                if s.uidlist.guid.is_some()
+                    && !dir.join(EXPUNGING).exists()
+                    && s.files.keys().all(|b| s.uidlist.by_base(b).is_some())
+                    && self.modseqs_current(&s) =>
+            {
+                s
+            }
+            _ => {
+                let _l = self.lock(&dir.join(UIDLIST))?;
+                self.snapshot_locked(name, &dir)?
+            }
+        };
+        let s = std::sync::Arc::new(s);
+        self.views
+            .offer(&dir, &before, &stamp()?, s.uidlist.entries.len(), &s);
+        Ok(s)
+    }
+
+    /// Everything a mailbox's view is read from.
+    fn view_paths(dir: &Path) -> [PathBuf; 6] {
+        [
+            dir.join("new"),
+            dir.join("cur"),
+            dir.join(UIDLIST),
+            dir.join(MODSEQS),
+            dir.join(KEYWORDS),
+            dir.join(EXPUNGING),
+        ]
     }
 
     fn read_view(&self, dir: &Path) -> Result<Option<Snapshot>> {
@@ -1416,13 +1530,15 @@ impl Maildir {
             files,
             keywords,
             modseqs,
-            fresh_sha1: BTreeMap::new(),
+            fresh: BTreeMap::new(),
         }))
     }
 
     /// Under the uidlist lock: read, create the uidlist if missing, give
     /// unlisted files UIDs in Dovecot's order, bring modseqs up to date.
     fn snapshot_locked(&self, _name: &Name, dir: &Path) -> Result<Snapshot> {
+        // What follows may change the mailbox: no reader reuses the old view.
+        self.views.forget(dir);
         let (mut s, mut dirty) = match self.read_view(dir)? {
             Some(s) => (s, false),
             None => {
@@ -1440,7 +1556,7 @@ impl Maildir {
                             .read_control(&dir.join(MODSEQS))?
                             .and_then(|t| Modseqs::parse(&t))
                             .unwrap_or_default(),
-                        fresh_sha1: BTreeMap::new(),
+                        fresh: BTreeMap::new(),
                     },
                     true,
                 )
@@ -1527,9 +1643,12 @@ impl Maildir {
             .collect();
         s.modseqs.uidvalidity == s.uidlist.uidvalidity
             && live.len() == s.modseqs.per_uid.len()
-            && live
-                .iter()
-                .all(|(uid, l)| s.modseqs.per_uid.get(uid).is_some_and(|x| x.letters == *l))
+            && live.iter().all(|(uid, l)| {
+                s.modseqs
+                    .per_uid
+                    .get(uid)
+                    .is_some_and(|x| x.letters == *l && x.cached.is_some())
+            })
     }
 
     /// Under the lock: give new and changed messages the next modseqs,
@@ -1554,21 +1673,33 @@ impl Maildir {
         }
         for (uid, f) in live {
             let letters = f.name.flag_letters();
-            let sha1 = match m.per_uid.get(&uid) {
-                Some(x) if x.letters == letters => continue,
-                Some(x) => x.sha1,
-                None if s.fresh_sha1.contains_key(&f.name.base) => s.fresh_sha1[&f.name.base],
-                None => {
-                    let path = s.dir.join(f.sub).join(f.name.to_entry());
-                    match sha1_of(&path) {
-                        Ok(g) => g,
-                        // Renamed or expunged by Dovecot since the scan:
-                        // the next pass sees it.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(io_err(&path)(e)),
-                    }
-                }
+            let path = s.dir.join(f.sub).join(f.name.to_entry());
+            let known = m.per_uid.get(&uid).map(|x| (x.sha1, x.cached));
+            let (sha1, cached) = match known {
+                Some((sha1, Some(c))) => (sha1, c),
+                // A line from before the sizes were kept: fill them in.
+                Some((sha1, None)) => match facts_of(&path, None) {
+                    Ok((_, c)) => (sha1, c),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path)(e)),
+                },
+                None => match facts_of(&path, s.fresh.get(&f.name.base)) {
+                    Ok(x) => x,
+                    // Renamed or expunged by Dovecot since the scan:
+                    // the next pass sees it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path)(e)),
+                },
             };
+            let x = m.per_uid.get_mut(&uid);
+            match x {
+                Some(x) if x.letters == letters => {
+                    // Same flags: only the cached facts may be new.
+                    x.cached = Some(cached);
+                    continue;
+                }
+                _ => {}
+            }
             m.highest += 1;
             m.per_uid.insert(
                 uid,
@@ -1576,6 +1707,7 @@ impl Maildir {
                     modseq: m.highest,
                     sha1,
                     letters: letters.to_string(),
+                    cached: Some(cached),
                 },
             );
         }
@@ -1807,17 +1939,37 @@ fn usable_as_base(g: &str, size: u64, vsize: u64) -> bool {
 }
 
 /// SHA-1 of a file's bytes, read in chunks.
-fn sha1_of(path: &Path) -> io::Result<Guid> {
+/// A file's mtime as Unix seconds (0 before the epoch or unknown).
+fn mtime_secs(md: &fs::Metadata) -> i64 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// SHA-1, size, vsize and mtime of a message file, reading its bytes only
+/// when `fresh` (what this process wrote) does not already say them.
+fn facts_of(path: &Path, fresh: Option<&Facts>) -> io::Result<(Guid, (u64, u64, i64))> {
     use sha1::Digest;
     let mut f = File::open(path)?;
+    let date = mtime_secs(&f.metadata()?);
+    if let Some(x) = fresh {
+        return Ok((x.sha1, (x.size, x.vsize, date)));
+    }
     let mut h = sha1::Sha1::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut vsize, mut prev_cr) = (0u64, 0u64, false);
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(Guid::from_bytes(h.finalize().into()));
+            return Ok((Guid::from_bytes(h.finalize().into()), (size, vsize, date)));
         }
         h.update(&buf[..n]);
+        size += n as u64;
+        for &b in &buf[..n] {
+            vsize += if b == b'\n' && !prev_cr { 2 } else { 1 };
+            prev_cr = b == b'\r';
+        }
     }
 }
 

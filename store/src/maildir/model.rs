@@ -179,14 +179,13 @@ impl<'a> UserView<'a> {
     /// uidlist has no GUID yet (a full read creates one).
     fn identity(&self, name: &Name) -> Result<Option<(MailboxGuid, UniqueId)>, StoreError> {
         let dir = self.maildir.dir_of(name);
-        let Some(text) = self
+        let Some(header) = self
             .maildir
-            .read_control(&dir.join(super::UIDLIST))
+            .read_control_header(&dir.join(super::UIDLIST))
             .map_err(store_err)?
         else {
             return Ok(None);
         };
-        let header = text.split('\n').next().unwrap_or("");
         let Ok(l) = super::uidlist::Uidlist::parse(&format!("{header}\n")) else {
             return Ok(None);
         };
@@ -201,15 +200,36 @@ impl<'a> UserView<'a> {
         Ok(Some((guid, uniqueid)))
     }
 
-    /// The mailbox whose identity matches, by cheap identity reads first
-    /// (the common case), else by full reads.
+    /// A mailbox's identity, remembered as a hint for the next lookup.
+    fn identity_hinted(&self, name: &Name) -> Result<Option<(MailboxGuid, UniqueId)>, StoreError> {
+        let id = self.identity(name)?;
+        if let Some((g, u)) = &id {
+            self.maildir.remember_name(hint_key_guid(g), name);
+            self.maildir.remember_name(hint_key_uniqueid(u), name);
+        }
+        Ok(id)
+    }
+
+    /// The mailbox whose identity matches: the name it had at the last
+    /// lookup first (checked by one identity read), then by cheap identity
+    /// reads of every mailbox (the common case), else by full reads.
     fn find_mailbox(
         &self,
+        hint: &str,
         matches: &dyn Fn(&MailboxGuid, &UniqueId) -> bool,
     ) -> Result<Option<Mailbox>, StoreError> {
+        if let Some(n) = self.maildir.hinted_name(hint) {
+            if self.identity(&n)?.is_some_and(|(g, u)| matches(&g, &u)) {
+                if let Some(m) = self.mailbox_of(&n)? {
+                    if matches(&m.guid, &m.uniqueid) {
+                        return Ok(Some(m));
+                    }
+                }
+            }
+        }
         let mut unknown = Vec::new();
         for n in self.maildir.list().map_err(store_err)? {
-            match self.identity(&n)? {
+            match self.identity_hinted(&n)? {
                 Some((g, u)) if matches(&g, &u) => {
                     if let Some(m) = self.mailbox_of(&n)? {
                         if matches(&m.guid, &m.uniqueid) {
@@ -232,9 +252,14 @@ impl<'a> UserView<'a> {
     }
 
     fn name_of_uniqueid(&self, id: &UniqueId) -> Result<Option<Name>, StoreError> {
+        if let Some(n) = self.maildir.hinted_name(&hint_key_uniqueid(id)) {
+            if self.identity(&n)?.is_some_and(|(_, u)| u == *id) {
+                return Ok(Some(n));
+            }
+        }
         let mut unknown = Vec::new();
         for n in self.maildir.list().map_err(store_err)? {
-            match self.identity(&n)? {
+            match self.identity_hinted(&n)? {
                 Some((_, u)) if u == *id => return Ok(Some(n)),
                 Some(_) => {}
                 None => unknown.push(n),
@@ -344,14 +369,14 @@ impl MailRead for UserView<'_> {
     }
 
     fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
-        self.find_mailbox(&|_, u| u == id)
+        self.find_mailbox(&hint_key_uniqueid(id), &|_, u| u == id)
     }
 
     fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
         if guid.is_zero() {
             return Ok(None);
         }
-        self.find_mailbox(&|g, _| g == guid)
+        self.find_mailbox(&hint_key_guid(guid), &|g, _| g == guid)
     }
 
     fn mailboxes_of_user(&self, user: &UserId) -> Result<Vec<Mailbox>, StoreError> {
@@ -664,6 +689,14 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn hint_key_uniqueid(u: &UniqueId) -> String {
+    format!("u:{u}")
+}
+
+fn hint_key_guid(g: &MailboxGuid) -> String {
+    format!("g:{g}")
 }
 
 fn unsupported(what: &str) -> StoreError {
