@@ -83,8 +83,9 @@ impl Delta {
         staged: StagedLookup<'_>,
     ) -> Result<Delta, StoreError> {
         let mut d = Delta::default();
+        let base = BatchReads::new(base);
         for m in &batch.mutations {
-            d.apply(base, m, staged)?;
+            d.apply(&base, m, staged)?;
         }
         Ok(d)
     }
@@ -878,6 +879,82 @@ impl<S: MailRead> Pending<S> {
     fn view(&self) -> Overlay<'_, S> {
         Overlay::new(&self.base, &self.delta)
     }
+}
+
+/// `base` for the validation of one batch: the mailbox lookups every
+/// record's check repeats are answered once each. Sound because the base
+/// does not change while a batch is validated (the batch's own changes
+/// are in the delta, which is read first).
+struct BatchReads<'a, S: ?Sized> {
+    base: &'a S,
+    by_uniqueid: std::cell::RefCell<BTreeMap<UniqueId, Option<Mailbox>>>,
+    by_name: std::cell::RefCell<BTreeMap<MailboxName, Option<Mailbox>>>,
+    by_guid: std::cell::RefCell<BTreeMap<MailboxGuid, Option<Mailbox>>>,
+}
+
+impl<'a, S: MailRead + ?Sized> BatchReads<'a, S> {
+    fn new(base: &'a S) -> Self {
+        BatchReads {
+            base,
+            by_uniqueid: Default::default(),
+            by_name: Default::default(),
+            by_guid: Default::default(),
+        }
+    }
+}
+
+/// Look `key` up in `memo`, else ask and remember the answer.
+fn memo<K: Ord + Clone, V: Clone>(
+    memo: &std::cell::RefCell<BTreeMap<K, V>>,
+    key: &K,
+    ask: impl FnOnce() -> Result<V, StoreError>,
+) -> Result<V, StoreError> {
+    if let Some(v) = memo.borrow().get(key) {
+        return Ok(v.clone());
+    }
+    let v = ask()?;
+    memo.borrow_mut().insert(key.clone(), v.clone());
+    Ok(v)
+}
+
+macro_rules! via_base {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl<S: MailRead + ?Sized> MailRead for BatchReads<'_, S> {
+            fn mailbox(&self, name: &MailboxName) -> Result<Option<Mailbox>, StoreError> {
+                memo(&self.by_name, name, || self.base.mailbox(name))
+            }
+            fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
+                memo(&self.by_uniqueid, id, || self.base.mailbox_by_uniqueid(id))
+            }
+            fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+                memo(&self.by_guid, guid, || self.base.mailbox_by_guid(guid))
+            }
+            $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                self.base.$name($($arg),*)
+            })*
+        }
+    };
+}
+
+via_base! {
+    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
+    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
+    users() -> Vec<UserId>;
+    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
+    sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
+    message_size(guid: &Guid) -> Option<u64>;
+    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
+    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
+    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
+    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
+    quota(root: &MailboxName) -> Option<QuotaRoot>;
+    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
+    sieve_active(user: &UserId) -> Option<SieveName>;
+    server_annotations() -> Annotations;
+    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
+    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
+    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
+    sync_log_last(channel: &str) -> u64;
 }
 
 macro_rules! via_view {

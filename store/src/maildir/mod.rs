@@ -868,10 +868,27 @@ impl Maildir {
 
     /// Every message of a mailbox, by UID.
     pub fn messages(&self, name: &Name) -> Result<Vec<Message>> {
+        self.messages_in(name, 1..=u32::MAX, usize::MAX)
+    }
+
+    /// The first `limit` messages of a mailbox with UIDs in `uids`, by UID
+    /// (only those are built: a one-UID lookup costs one entry, not the
+    /// mailbox).
+    pub fn messages_in(
+        &self,
+        name: &Name,
+        uids: std::ops::RangeInclusive<u32>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         retry_renamed(|| {
             let s = self.snapshot(name)?;
+            let entries = &s.uidlist.entries;
+            let from = entries.partition_point(|e| e.uid < *uids.start());
             let mut out = Vec::new();
-            for e in &s.uidlist.entries {
+            for e in entries[from..].iter().take_while(|e| e.uid <= *uids.end()) {
+                if out.len() >= limit {
+                    break;
+                }
                 if let Some(f) = s.files.get(&e.base) {
                     out.push(self.message_of(&s, e, f)?);
                 }

@@ -285,36 +285,50 @@ impl<'a> UserView<'a> {
         let Some(name) = self.name_of_uniqueid(mailbox)? else {
             return Ok((Vec::new(), None));
         };
-        let msgs = match self.maildir.messages(&name) {
-            Ok(m) => m,
-            Err(Error::NoMailbox(_)) => return Ok((Vec::new(), None)),
-            Err(e) => return Err(store_err(e)),
-        };
         let mut out = Vec::new();
-        for m in &msgs {
-            let Ok(uid) = engine::model::Uid::new(m.uid) else {
-                continue;
+        let mut msgs = Vec::new();
+        let mut first = range.first.get();
+        // Pages of the limit's size (plus a few: a record without a
+        // SHA-1 is skipped) until the limit is met or the range read.
+        let want = limit.saturating_add(16);
+        loop {
+            let page = match self
+                .maildir
+                .messages_in(&name, first..=range.last.get(), want)
+            {
+                Ok(m) => m,
+                Err(Error::NoMailbox(_)) => return Ok((Vec::new(), None)),
+                Err(e) => return Err(store_err(e)),
             };
-            if !range.contains(uid) {
-                continue;
+            let more = page.len() == want;
+            for m in &page {
+                if out.len() >= limit {
+                    break;
+                }
+                let Ok(uid) = engine::model::Uid::new(m.uid) else {
+                    continue;
+                };
+                // A file that vanished while being hashed has no SHA-1 yet.
+                let Some(sha1) = m.sha1 else { continue };
+                let mut r = Record::new(
+                    uid,
+                    ModSeq(m.modseq),
+                    sha1,
+                    m.size,
+                    UnixTime(m.internaldate),
+                );
+                r.flags = m.model_flags();
+                // A GUID that is the SHA-1 hex is the model's own identity.
+                if m.guid != sha1.to_hex() {
+                    r.peer_guid = PeerMailGuid::new(&m.guid).ok();
+                }
+                out.push(r);
             }
-            // A file that vanished while being hashed has no SHA-1 yet.
-            let Some(sha1) = m.sha1 else { continue };
-            let mut r = Record::new(
-                uid,
-                ModSeq(m.modseq),
-                sha1,
-                m.size,
-                UnixTime(m.internaldate),
-            );
-            r.flags = m.model_flags();
-            // A GUID that is the SHA-1 hex is the model's own identity.
-            if m.guid != sha1.to_hex() {
-                r.peer_guid = PeerMailGuid::new(&m.guid).ok();
-            }
-            out.push(r);
-            if out.len() >= limit {
-                break;
+            let next = page.last().and_then(|m| m.uid.checked_add(1));
+            msgs.extend(page);
+            match next {
+                Some(n) if more && out.len() < limit && n <= range.last.get() => first = n,
+                _ => break,
             }
         }
         Ok((out, Some((self.maildir.dir_of(&name), msgs))))
