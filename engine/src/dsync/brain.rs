@@ -446,30 +446,26 @@ impl<S: MailRead> Brain<S> {
             .store
             .subscriptions(&self.opts.user)
             .unwrap_or_default();
-        let recs: BTreeMap<MailboxGuid, Vec<Record>> =
-            mbs.iter().map(|m| (m.guid, self.all_records(m))).collect();
         let saved = &self.saved;
+        // Read only for a mailbox a peer deleted (rule 3), not for every
+        // mailbox on every run.
         let unseen = |m: &Mailbox, at: i64| -> Vec<Record> {
             let common = saved
                 .mailboxes
                 .get(&Guid128(*m.guid.as_bytes()))
                 .map(|s| s.last_common_uid);
-            recs.get(&m.guid)
-                .map(|rs| {
-                    rs.iter()
-                        .filter(|r| !r.expunged)
-                        .filter(|r| {
-                            let saved_at = if r.savedate.0 != 0 {
-                                r.savedate.0
-                            } else {
-                                r.internaldate.0
-                            };
-                            saved_at > at || common.is_some_and(|c| r.uid.get() > c)
-                        })
-                        .cloned()
-                        .collect()
+            self.all_records(m)
+                .into_iter()
+                .filter(|r| !r.expunged)
+                .filter(|r| {
+                    let saved_at = if r.savedate.0 != 0 {
+                        r.savedate.0
+                    } else {
+                        r.internaldate.0
+                    };
+                    saved_at > at || common.is_some_and(|c| r.uid.get() > c)
                 })
-                .unwrap_or_default()
+                .collect()
         };
         let local = LocalTree {
             mailboxes: &mbs,
@@ -959,7 +955,16 @@ impl<S: MailRead> Brain<S> {
         let Ok(Some(m)) = self.store.mailbox_by_uniqueid(&uid) else {
             return;
         };
-        let count = self.all_records(&m).iter().filter(|r| !r.expunged).count() as u32;
+        // Unchanged since the mailbox was read at its start (no write of
+        // ours or anyone's moved its counters): count what was read then.
+        let unchanged = m.highestmodseq == cur.local.highestmodseq
+            && m.last_uid == cur.local.last_uid
+            && m.uidvalidity == cur.local.uidvalidity;
+        let count = if unchanged {
+            cur.records.iter().filter(|r| !r.expunged).count() as u32
+        } else {
+            self.all_records(&m).iter().filter(|r| !r.expunged).count() as u32
+        };
         let st = MailboxState {
             mailbox_guid: g,
             last_uidvalidity: m.uidvalidity.get(),

@@ -384,6 +384,21 @@ struct Snapshot {
     /// What this process just wrote (base → SHA-1 and sizes), so their
     /// modseq lines need no second read.
     fresh: BTreeMap<String, Facts>,
+    /// How many listed messages have a file, counted once per view (asked
+    /// only of finished views, which are shared and never changed).
+    live: std::sync::OnceLock<u32>,
+}
+
+impl Snapshot {
+    fn live_count(&self) -> u32 {
+        *self.live.get_or_init(|| {
+            self.uidlist
+                .entries
+                .iter()
+                .filter(|e| self.files.contains_key(&e.base))
+                .count() as u32
+        })
+    }
 }
 
 /// What a message file's bytes and inode say, computed once per file.
@@ -856,12 +871,7 @@ impl Maildir {
             guid: s.uidlist.guid.unwrap_or_default(),
             uidvalidity: s.uidlist.uidvalidity,
             uidnext: s.uidlist.next_uid(),
-            messages: s
-                .uidlist
-                .entries
-                .iter()
-                .filter(|e| s.files.contains_key(&e.base))
-                .count() as u32,
+            messages: s.live_count(),
             highest_modseq: s.modseqs.highest.max(1),
         })
     }
@@ -1098,11 +1108,17 @@ impl Maildir {
         let kw_before = s.keywords.clone();
         let mut links: Vec<(&Path, PathBuf)> = Vec::with_capacity(written.len());
         let mut bases = Vec::with_capacity(written.len());
+        // Bases and UIDs already listed, kept current as the round adds
+        // lines: one lookup each instead of a scan of the uidlist.
+        let mut listed: std::collections::HashSet<String> =
+            s.uidlist.entries.iter().map(|e| e.base.clone()).collect();
+        let mut listed_uids: std::collections::HashSet<u32> =
+            s.uidlist.entries.iter().map(|e| e.uid).collect();
         for (w, how) in written.iter().zip(hows) {
             let next = s.uidlist.next_uid();
             let uid = how.uid.unwrap_or(next);
             let below = uid < next;
-            if below && (!below_next_uid || s.uidlist.entries.iter().any(|e| e.uid == uid)) {
+            if below && (!below_next_uid || listed_uids.contains(&uid)) {
                 return Err(Error::UidTooLow { wanted: uid, next });
             }
             any_below |= below;
@@ -1111,7 +1127,7 @@ impl Maildir {
             let base = match &how.guid {
                 Some(g)
                     if usable_as_base(g, w.size, w.vsize)
-                        && s.uidlist.by_base(g).is_none()
+                        && !listed.contains(g.as_str())
                         && !s.files.contains_key(g) =>
                 {
                     g.clone()
@@ -1146,6 +1162,8 @@ impl Maildir {
                     base: base.clone(),
                 },
             );
+            listed.insert(base.clone());
+            listed_uids.insert(uid);
             s.files.insert(base.clone(), Found { sub, name: fname });
             s.fresh.insert(
                 base.clone(),
@@ -1188,10 +1206,16 @@ impl Maildir {
         }
         self.write_uidlist(dir, &s.uidlist)?;
         self.update_modseqs(&mut s)?;
+        let entry_of: std::collections::HashMap<&str, &Entry> = s
+            .uidlist
+            .entries
+            .iter()
+            .map(|e| (e.base.as_str(), e))
+            .collect();
         bases
             .iter()
             .map(|base| {
-                let e = s.uidlist.by_base(base).expect("just added");
+                let e = entry_of[base.as_str()];
                 let f = s.files.get(base).expect("just added");
                 self.message_of(&s, e, f)
             })
@@ -1497,7 +1521,7 @@ impl Maildir {
             Some(s)
                 if s.uidlist.guid.is_some()
                     && !dir.join(EXPUNGING).exists()
-                    && s.files.keys().all(|b| s.uidlist.by_base(b).is_some())
+                    && s.uidlist.lists_all(s.files.keys())
                     && self.modseqs_current(&s) =>
             {
                 s
@@ -1548,6 +1572,7 @@ impl Maildir {
             keywords,
             modseqs,
             fresh: BTreeMap::new(),
+            live: Default::default(),
         }))
     }
 
@@ -1574,6 +1599,7 @@ impl Maildir {
                             .and_then(|t| Modseqs::parse(&t))
                             .unwrap_or_default(),
                         fresh: BTreeMap::new(),
+                        live: Default::default(),
                     },
                     true,
                 )
@@ -1597,16 +1623,17 @@ impl Maildir {
                 sync_dir(&dir.join(sub)).map_err(io_err(dir))?;
             }
             s.uidlist.header_next_uid = s.uidlist.next_uid();
-            let bases: Vec<&str> = intent.lines().collect();
+            let bases: std::collections::HashSet<&str> = intent.lines().collect();
             s.uidlist
                 .entries
                 .retain(|e| !bases.contains(&e.base.as_str()));
             dirty = true;
         }
+        let listed = s.uidlist.bases();
         let mut unlisted: Vec<&String> = s
             .files
             .keys()
-            .filter(|b| s.uidlist.by_base(b).is_none())
+            .filter(|b| !listed.contains(b.as_str()))
             .collect();
         unlisted.sort_by_key(|b| file_name::new_file_order(b));
         let unlisted: Vec<String> = unlisted.into_iter().cloned().collect();

@@ -1454,7 +1454,13 @@ impl UserStore {
     fn note_located(&self, dir: &std::path::Path, msgs: &[super::Message]) {
         let mut located = self.located.lock().unwrap_or_else(|p| p.into_inner());
         for m in msgs {
-            if let Some(g) = m.sha1 {
+            let Some(g) = m.sha1 else { continue };
+            // Mostly already known from the last read: no new path then.
+            let known = located
+                .map
+                .get(&g)
+                .is_some_and(|(p, _)| p.starts_with(dir) && p.ends_with(&m.file));
+            if !known {
                 located.map.insert(g, (dir.join(&m.file), m.size));
             }
         }

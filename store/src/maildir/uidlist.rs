@@ -93,9 +93,21 @@ impl Uidlist {
         self.header_next_uid.max(last).max(1)
     }
 
-    /// The entry for a base name.
+    /// The entry for a base name (a scan: for many lookups use
+    /// [`Uidlist::bases`]).
     pub fn by_base(&self, base: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.base == base)
+    }
+
+    /// Every listed base name, for lookups.
+    pub fn bases(&self) -> std::collections::HashSet<&str> {
+        self.entries.iter().map(|e| e.base.as_str()).collect()
+    }
+
+    /// Whether every one of `bases` is listed.
+    pub fn lists_all<'a>(&self, mut bases: impl Iterator<Item = &'a String>) -> bool {
+        let listed = self.bases();
+        bases.all(|b| listed.contains(b.as_str()))
     }
 
     /// Parse the file's text.
