@@ -451,3 +451,35 @@ fn a_sidecar_from_before_the_cached_sizes_is_filled_in_without_new_modseqs() {
     // Filled in, the rest of the line unchanged.
     assert_eq!(fs::read_to_string(&sidecar).unwrap(), text);
 }
+
+#[test]
+fn a_reused_view_gives_way_to_any_foreign_change() {
+    let t = tempfile::tempdir().unwrap();
+    let md = open(t.path());
+    let inbox = Name::inbox();
+    let a = md
+        .append(&inbox, &mut &body(1)[..], &Append::default())
+        .unwrap();
+    // Quiet long enough that the view is kept and reused.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(md.messages(&inbox).unwrap().len(), 1);
+    assert_eq!(md.messages(&inbox).unwrap().len(), 1);
+    // Dovecot's flag change: a rename in new/ (into cur/ here).
+    let from = t.path().join(&a.file);
+    let base = a.file.rsplit('/').next().unwrap().to_string();
+    fs::rename(&from, t.path().join("cur").join(format!("{base}:2,S"))).unwrap();
+    let m = md.message(&inbox, a.uid).unwrap();
+    assert_eq!(m.flags, SystemFlags::SEEN);
+    assert!(m.modseq > a.modseq);
+    // A delivery by Dovecot: a new unlisted file gets the next UID.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(md.messages(&inbox).unwrap().len(), 1);
+    fs::write(
+        t.path().join("new").join("1893456009.M2P1.handhost"),
+        body(2),
+    )
+    .unwrap();
+    let all = md.messages(&inbox).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].uid, a.uid + 1);
+}
