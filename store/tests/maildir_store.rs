@@ -17,6 +17,16 @@ fn body(n: u32) -> Vec<u8> {
     format!("Subject: {n}\r\n\r\nbody {n}\r\nmore\n").into_bytes()
 }
 
+/// A fresh maildir with one message (body 1) in INBOX.
+fn with_one_message() -> (tempfile::TempDir, Maildir, store::maildir::Message) {
+    let t = tempfile::tempdir().unwrap();
+    let md = open(t.path());
+    let a = md
+        .append(&Name::inbox(), &mut &body(1)[..], &Append::default())
+        .unwrap();
+    (t, md, a)
+}
+
 fn kw(s: &str) -> Keyword {
     Keyword::new(s).unwrap()
 }
@@ -231,12 +241,8 @@ fn broken_uidlist_is_refused_and_left_alone() {
 
 #[test]
 fn modseqs_follow_every_change_including_foreign_ones() {
-    let t = tempfile::tempdir().unwrap();
-    let md = open(t.path());
+    let (t, md, a) = with_one_message();
     let inbox = Name::inbox();
-    let a = md
-        .append(&inbox, &mut &body(1)[..], &Append::default())
-        .unwrap();
     let b = md
         .append(&inbox, &mut &body(2)[..], &Append::default())
         .unwrap();
@@ -427,12 +433,8 @@ fn user_view_reads_the_engine_model() {
 
 #[test]
 fn a_sidecar_from_before_the_cached_sizes_is_filled_in_without_new_modseqs() {
-    let t = tempfile::tempdir().unwrap();
-    let md = open(t.path());
+    let (t, md, a) = with_one_message();
     let inbox = Name::inbox();
-    let a = md
-        .append(&inbox, &mut &body(1)[..], &Append::default())
-        .unwrap();
     let sidecar = t.path().join("corvid-modseqs");
     let text = fs::read_to_string(&sidecar).unwrap();
     let line = text.lines().nth(1).unwrap().to_string();
@@ -454,12 +456,8 @@ fn a_sidecar_from_before_the_cached_sizes_is_filled_in_without_new_modseqs() {
 
 #[test]
 fn a_reused_view_gives_way_to_any_foreign_change() {
-    let t = tempfile::tempdir().unwrap();
-    let md = open(t.path());
+    let (t, md, a) = with_one_message();
     let inbox = Name::inbox();
-    let a = md
-        .append(&inbox, &mut &body(1)[..], &Append::default())
-        .unwrap();
     // Quiet long enough that the view is kept and reused.
     std::thread::sleep(std::time::Duration::from_millis(250));
     assert_eq!(md.messages(&inbox).unwrap().len(), 1);

@@ -917,6 +917,33 @@ fn memo<K: Ord + Clone, V: Clone>(
     Ok(v)
 }
 
+/// Calls `$then!` with the [`MailRead`] methods other than the three
+/// mailbox lookups, so each wrapper below lists them once.
+macro_rules! with_other_reads {
+    ($then:ident) => {
+        $then! {
+            mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
+            mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
+            users() -> Vec<UserId>;
+            records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
+            sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
+            message_size(guid: &Guid) -> Option<u64>;
+            message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
+            seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
+            seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
+            subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
+            quota(root: &MailboxName) -> Option<QuotaRoot>;
+            sieve_scripts(user: &UserId) -> Vec<SieveScript>;
+            sieve_active(user: &UserId) -> Option<SieveName>;
+            server_annotations() -> Annotations;
+            tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
+            tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
+            sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
+            sync_log_last(channel: &str) -> u64;
+        }
+    };
+}
+
 macro_rules! via_base {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         impl<S: MailRead + ?Sized> MailRead for BatchReads<'_, S> {
@@ -936,30 +963,20 @@ macro_rules! via_base {
     };
 }
 
-via_base! {
-    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
-    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
-    users() -> Vec<UserId>;
-    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
-    sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
-    message_size(guid: &Guid) -> Option<u64>;
-    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
-    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
-    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
-    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
-    quota(root: &MailboxName) -> Option<QuotaRoot>;
-    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
-    sieve_active(user: &UserId) -> Option<SieveName>;
-    server_annotations() -> Annotations;
-    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
-    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
-    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
-    sync_log_last(channel: &str) -> u64;
-}
+with_other_reads!(via_base);
 
 macro_rules! via_view {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         impl<S: MailRead> MailRead for Pending<S> {
+            fn mailbox(&self, name: &MailboxName) -> Result<Option<Mailbox>, StoreError> {
+                self.view().mailbox(name)
+            }
+            fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
+                self.view().mailbox_by_uniqueid(id)
+            }
+            fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+                self.view().mailbox_by_guid(guid)
+            }
             $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
                 self.view().$name($($arg),*)
             })*
@@ -967,26 +984,4 @@ macro_rules! via_view {
     };
 }
 
-via_view! {
-    mailbox(name: &MailboxName) -> Option<Mailbox>;
-    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
-    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
-    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
-    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
-    users() -> Vec<UserId>;
-    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
-    sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
-    message_size(guid: &Guid) -> Option<u64>;
-    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
-    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
-    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
-    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
-    quota(root: &MailboxName) -> Option<QuotaRoot>;
-    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
-    sieve_active(user: &UserId) -> Option<SieveName>;
-    server_annotations() -> Annotations;
-    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
-    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
-    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
-    sync_log_last(channel: &str) -> u64;
-}
+with_other_reads!(via_view);
