@@ -608,12 +608,28 @@ fn drive(
     let mut outcome = None;
     let mut broken = false;
     let now = Time::ZERO;
+    // Bytes are gathered and written once per turn (before waiting for
+    // the peer, or when a turn has gathered `FLUSH_AT`): one item per
+    // write(2) cost a syscall and a wakeup of the peer per record line.
+    // Sending later is always safe: an acknowledgement is only produced
+    // after its writes are durable, whenever it leaves.
+    const FLUSH_AT: usize = 256 * 1024;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut flush = |pending: &mut Vec<u8>, broken: &mut bool| {
+        if !*broken && !pending.is_empty() {
+            *broken = out.write_all(pending).is_err() || out.flush().is_err();
+        }
+        pending.clear();
+    };
     loop {
         let mut done: Vec<(EffectId, Completion)> = Vec::new();
         while let Some(o) = brain.poll_output() {
             match o {
                 Output::Transmit(b) if !broken => {
-                    broken = out.write_all(&b).is_err() || out.flush().is_err();
+                    pending.extend_from_slice(&b);
+                    if pending.len() >= FLUSH_AT {
+                        flush(&mut pending, &mut broken);
+                    }
                 }
                 Output::Transmit(_) => {}
                 Output::Effect { id, effect } => done.push((id, apply(&st, effect))),
@@ -623,6 +639,7 @@ fn drive(
             }
         }
         if brain.is_closed() {
+            flush(&mut pending, &mut broken);
             break;
         }
         if !done.is_empty() {
@@ -631,6 +648,7 @@ fn drive(
             }
             continue;
         }
+        flush(&mut pending, &mut broken);
         let next = match io_timeout {
             Some(t) => rx.recv_timeout(t).map_err(|e| match e {
                 mpsc::RecvTimeoutError::Timeout => true,

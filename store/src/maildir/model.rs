@@ -336,21 +336,17 @@ impl<'a> UserView<'a> {
 
     /// Where every message's bytes are: SHA-1 → (file, size). One pass
     /// over every mailbox.
-    fn locate_all(&self) -> Result<BTreeMap<Guid, (PathBuf, u64)>, StoreError> {
-        let mut out = BTreeMap::new();
+    fn locate_all(&self) -> Result<Located, StoreError> {
+        let mut out = Located::default();
         for n in self.maildir.list().map_err(store_err)? {
             let msgs = match self.maildir.messages(&n) {
                 Ok(m) => m,
                 Err(Error::NoMailbox(_)) => continue,
                 Err(e) => return Err(store_err(e)),
             };
-            let dir = self.maildir.dir_of(&n);
-            for m in msgs {
-                if let Some(g) = m.sha1 {
-                    out.entry(g).or_insert((dir.join(&m.file), m.size));
-                }
-            }
+            out.note(&self.maildir.dir_of(&n), &msgs, true);
         }
+        out.complete = true;
         Ok(out)
     }
 
@@ -628,8 +624,45 @@ impl std::fmt::Debug for UserStore {
 /// (the peer sends the bytes), never a wrong answer about a record.
 #[derive(Debug, Default)]
 struct Located {
-    map: BTreeMap<Guid, (PathBuf, u64)>,
+    /// SHA-1 → (index in `dirs`, file relative to it, size).
+    map: std::collections::HashMap<Guid, (usize, String, u64)>,
+    /// The mailbox directories named by `map` (a handful; interned so an
+    /// entry costs one short string, and a re-read message none).
+    dirs: Vec<PathBuf>,
     complete: bool,
+}
+
+impl Located {
+    fn dir_index(&mut self, dir: &std::path::Path) -> usize {
+        match self.dirs.iter().position(|d| d == dir) {
+            Some(i) => i,
+            None => {
+                self.dirs.push(dir.to_path_buf());
+                self.dirs.len() - 1
+            }
+        }
+    }
+
+    /// Remember `msgs` of mailbox directory `dir`; with `keep_first`, a
+    /// GUID already known keeps its place.
+    fn note(&mut self, dir: &std::path::Path, msgs: &[super::Message], keep_first: bool) {
+        let d = self.dir_index(dir);
+        for m in msgs {
+            let Some(g) = m.sha1 else { continue };
+            match self.map.get(&g) {
+                Some(_) if keep_first => {}
+                Some((i, f, _)) if *i == d && *f == m.file => {}
+                _ => {
+                    self.map.insert(g, (d, m.file.clone(), m.size));
+                }
+            }
+        }
+    }
+
+    fn path(&self, guid: &Guid) -> Option<(PathBuf, u64)> {
+        let (d, f, size) = self.map.get(guid)?;
+        Some((self.dirs[*d].join(f), *size))
+    }
 }
 
 /// What one batch has read, kept current while it applies.
@@ -1428,10 +1461,9 @@ impl UserStore {
         for attempt in 0..2 {
             let miss = !located.map.contains_key(guid);
             if attempt == 1 || (miss && (miss_rescans || !located.complete)) {
-                located.map = self.view().locate_all()?;
-                located.complete = true;
+                *located = self.view().locate_all()?;
             }
-            let Some((path, size)) = located.map.get(guid).cloned() else {
+            let Some((path, size)) = located.path(guid) else {
                 return Ok(None);
             };
             let mut f = match File::open(&path) {
@@ -1453,17 +1485,7 @@ impl UserStore {
     /// Remember where these messages are (see [`Located`]).
     fn note_located(&self, dir: &std::path::Path, msgs: &[super::Message]) {
         let mut located = self.located.lock().unwrap_or_else(|p| p.into_inner());
-        for m in msgs {
-            let Some(g) = m.sha1 else { continue };
-            // Mostly already known from the last read: no new path then.
-            let known = located
-                .map
-                .get(&g)
-                .is_some_and(|(p, _)| p.starts_with(dir) && p.ends_with(&m.file));
-            if !known {
-                located.map.insert(g, (dir.join(&m.file), m.size));
-            }
-        }
+        located.note(dir, msgs, false);
     }
 }
 
