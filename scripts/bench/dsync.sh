@@ -21,9 +21,13 @@
 #
 # Last run (session 5, release, N=10,000 = 98.3 MB, 20 folders; 2 cores,
 # two nice-19 fuzzers beside it, load average about 3): doveadm vs corvid
-#   1. first backup     local  9.20 s vs 2.24 s (0.24x)  pipe 10.32 s vs 2.83 s (0.27x)
-#   2. no-change        local 0.207 s vs 0.147 s (0.71x) pipe 0.180 s vs 0.288 s (1.60x)
-#   3. after changes    local 0.236 s vs 0.442 s (1.87x) pipe 0.279 s vs 0.481 s (1.73x)
+#   1. first backup     local 15.22 s vs 2.19 s (0.14x)  pipe 11.12 s vs 2.59 s (0.23x)
+#   2. no-change        local 0.212 s vs 0.143 s (0.67x) pipe 0.205 s vs 0.187 s (0.91x)
+#   3. after changes    local 0.253 s vs 0.556 s (2.20x) pipe 0.096 s vs 0.424 s
+# (a run before the pipe writes were batched: step 2 pipe 0.180 vs 0.288 s;
+# step 3 local varies 0.44-0.56 s from run to run on this machine; its
+# user CPU is ~0.3 s: every mailbox written to is read afresh afterwards,
+# since a view of files changed in the last 100 ms is never reused).
 # Results identical after every step except step 3 over the pipe, where (as
 # in sessions 2 and 3) doveadm exited 0 without moving the 200 new messages
 # and corvid moved them. Session 3 measured 1.6-2.0x on step 2 and 2.0x on
