@@ -36,7 +36,7 @@
 # ,W= for its size, and looked uidlist lines up by scanning). The first copy
 # meets its goal (<= 0.3x); the re-syncs do not yet (goal <= 0.5x).
 # The untimed warm-up runs one corvid backup of the source (builds its
-# sidecars); at 10,000 messages it alone takes minutes.
+# sidecars: SHA-1, sizes, dates); at 10,000 messages about 3 s.
 set -euo pipefail
 
 N=${1:-10000}
