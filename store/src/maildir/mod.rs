@@ -46,10 +46,14 @@
 //! and file names, keeping UIDs, UIDVALIDITY, GUIDs and flags; only
 //! modseqs restart, which costs a dsync peer one full resync). corvid keeps
 //! its own per-mailbox sidecar `corvid-modseqs`: the highest modseq and,
-//! per UID, the modseq, the flag letters last seen and the SHA-1 of the
-//! bytes (computed once; the engine model names bytes by SHA-1), all for
-//! one UIDVALIDITY (a new one voids the per-UID lines). Every pass over a
-//! mailbox compares the file names with it under the uidlist lock; a new
+//! per UID, the modseq, the flag letters last seen, the SHA-1 of the
+//! bytes (the engine model names bytes by SHA-1) and the file's size,
+//! virtual size and mtime (all computed once, in one read, as Dovecot
+//! keeps them in its index cache), all for one UIDVALIDITY (a new one
+//! voids the per-UID lines). A pass over a mailbox whose files have not
+//! changed since the last one is answered from that view
+//! (`view_cache.rs`). Every pass that reads afresh compares the file
+//! names with the sidecar under the uidlist lock; a new
 //! message or changed letters get the next modseq, a vanished message
 //! bumps the highest modseq. So changes made by Dovecot are seen too, at
 //! the next corvid pass. Dovecot ignores the file.
