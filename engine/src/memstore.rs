@@ -537,6 +537,15 @@ impl MemStore {
 macro_rules! durable_reads {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         impl MailRead for MemStore {
+            fn mailbox(&self, name: &MailboxName) -> Result<Option<Mailbox>, StoreError> {
+                self.durable.mailbox(name)
+            }
+            fn mailbox_by_uniqueid(&self, id: &UniqueId) -> Result<Option<Mailbox>, StoreError> {
+                self.durable.mailbox_by_uniqueid(id)
+            }
+            fn mailbox_by_guid(&self, guid: &MailboxGuid) -> Result<Option<Mailbox>, StoreError> {
+                self.durable.mailbox_by_guid(guid)
+            }
             $(fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
                 self.durable.$name($($arg),*)
             })*
@@ -544,28 +553,7 @@ macro_rules! durable_reads {
     };
 }
 
-durable_reads! {
-    mailbox(name: &MailboxName) -> Option<Mailbox>;
-    mailbox_by_uniqueid(id: &UniqueId) -> Option<Mailbox>;
-    mailbox_by_guid(guid: &MailboxGuid) -> Option<Mailbox>;
-    mailboxes_of_user(user: &UserId) -> Vec<Mailbox>;
-    mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
-    users() -> Vec<UserId>;
-    records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
-    message_size(guid: &Guid) -> Option<u64>;
-    message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
-    seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
-    seen_of_user(user: &UserId) -> Vec<(UniqueId, Seen)>;
-    subscriptions(user: &UserId) -> Vec<(MailboxName, Subscription)>;
-    quota(root: &MailboxName) -> Option<QuotaRoot>;
-    sieve_scripts(user: &UserId) -> Vec<SieveScript>;
-    sieve_active(user: &UserId) -> Option<SieveName>;
-    server_annotations() -> Annotations;
-    tombstones_named(name: &MailboxName) -> Vec<Tombstone>;
-    tombstones_of_user(user: &UserId) -> Vec<Tombstone>;
-    sync_log(channel: &str, after: u64, limit: usize) -> Vec<(u64, SyncLogLine)>;
-    sync_log_last(channel: &str) -> u64;
-}
+crate::store::with_other_reads!(durable_reads);
 
 impl StoreWrite for MemStore {
     fn stage_begin(&mut self, guid: Guid, size: u64) -> Result<StageHandle, StoreError> {

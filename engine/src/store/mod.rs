@@ -28,6 +28,7 @@ mod batch;
 mod completion;
 pub mod conformance;
 mod overlay;
+pub(crate) use overlay::with_other_reads;
 mod plan;
 mod stage;
 pub mod synclog;

@@ -926,7 +926,7 @@ macro_rules! with_other_reads {
             mailboxes(after: Option<&MailboxName>, limit: usize) -> Vec<Mailbox>;
             users() -> Vec<UserId>;
             records(mailbox: &UniqueId, range: UidRange, limit: usize) -> Vec<Record>;
-            sync_crcs(mailbox: &UniqueId) -> SyncCrcs;
+            sync_crcs(mailbox: &UniqueId) -> crate::model::SyncCrcs;
             message_size(guid: &Guid) -> Option<u64>;
             message_bytes(guid: &Guid, offset: u64, max_len: usize) -> Bytes;
             seen(user: &UserId, mailbox: &UniqueId) -> Option<Seen>;
@@ -964,6 +964,7 @@ macro_rules! via_base {
 }
 
 with_other_reads!(via_base);
+pub(crate) use with_other_reads;
 
 macro_rules! via_view {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
